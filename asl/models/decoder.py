@@ -1,0 +1,145 @@
+"""One decoder for the Llama, Mistral, Qwen2 and Qwen3 families.
+
+Module names mirror Hugging Face checkpoints (`model.layers.0.self_attn.q_proj`, ...), so a
+state dict loads as is. A layer is split into `project` (post-RoPE q/k/v, what policies
+read), `attend` and `finish`, so the prefill loop in `asl.prefill` can change which tokens
+are alive between layers and store a different KV set per layer and per KV head.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .rope import Rope, apply_rope
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
+        self.q_proj = nn.Linear(c.hidden_size, c.num_heads * c.head_dim, bias=c.qkv_bias)
+        self.k_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=c.qkv_bias)
+        self.v_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=c.qkv_bias)
+        self.o_proj = nn.Linear(c.num_heads * c.head_dim, c.hidden_size, bias=c.o_bias)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
+            self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
+
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """x [B, n, D] -> post-RoPE q [B, H, n, d], k and v [B, G, n, d]."""
+        b, n, _ = x.shape
+        q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(b, n, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q.transpose(1, 2), cos, sin)
+        k = apply_rope(k.transpose(1, 2), cos, sin)
+        return q, k, v
+
+
+class MLP(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
+        self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
+        self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.self_attn = Attention(c)
+        self.mlp = MLP(c)
+        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+
+    def project(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        return self.self_attn.project(self.input_layernorm(h), cos, sin)
+
+    def finish(self, h: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """attn [B, n, H*d] (heads merged) -> the layer's output hidden states."""
+        h = h + self.self_attn.o_proj(attn)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+def prefill_attention(q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
+    """Causal GQA attention over the alive tokens; `mask` [B, 1, n, n] only when padded."""
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+    b, h, n, d = out.shape
+    return out.transpose(1, 2).reshape(b, n, h * d)
+
+
+def decode_attention(q, k_cache, v_cache, valid) -> torch.Tensor:
+    """One new token against per-KV-head caches.
+
+    q [B, H, 1, d]; caches [B, G, cap, d]; valid [B, G, cap] bool. The H/G query heads of a
+    group ride in the "query length" slot, so each KV head's own mask applies and nothing
+    is repeated.
+    """
+    b, h, _, d = q.shape
+    g = k_cache.shape[1]
+    out = F.scaled_dot_product_attention(q.view(b, g, h // g, d), k_cache, v_cache, attn_mask=valid[:, :, None, :])
+    return out.reshape(b, 1, h * d)
+
+
+class Body(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.num_layers))
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+
+
+class Decoder(nn.Module):
+    """The causal LM. `forward` is the plain full-sequence pass (used to check logits);
+    generation goes through `asl.prefill` and `asl.generation`."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = Body(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.rope = Rope(config)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.model.layers
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.model.norm(h)).float()
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, n, V] for every token (left padding marked by attention_mask == 0)."""
+        from ..prefill import attention_mask_for, positions_for  # the one place masks are built
+
+        valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        positions = positions_for(valid)
+        mask = attention_mask_for(valid)
+        cos, sin = self.rope(positions, self.model.embed_tokens.weight.dtype)
+        h = self.model.embed_tokens(input_ids)
+        for layer in self.layers:
+            q, k, v = layer.project(h, cos, sin)
+            h = layer.finish(h, prefill_attention(q, k, v, mask))
+        return self.logits(h)

