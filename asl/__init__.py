@@ -2,5 +2,11 @@
 from .generation import GenerationOutput, Trace, generate
 from .models import Decoder, ModelConfig
 from .models.loading import BUNDLED, load
+from .policies import (ASL, ASLTwoPass, EvictionPolicy, FastKV, Full, GemFilter, LayerView, PrefillInfo, Selection,
+                       SelectionPolicy, SnapKV, StreamingLLM)
 
-__all__ = ["BUNDLED", "Decoder", "GenerationOutput", "ModelConfig", "Trace", "generate", "load"]
+__all__ = [
+    "ASL", "ASLTwoPass", "BUNDLED", "Decoder", "EvictionPolicy", "FastKV", "Full", "GemFilter", "GenerationOutput",
+    "LayerView", "ModelConfig", "PrefillInfo", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "Trace",
+    "generate", "load",
+]

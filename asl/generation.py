@@ -13,6 +13,7 @@ import torch
 
 from .models.cache import KVCache
 from .models.decoder import Decoder, decode_attention
+from .policies.base import EvictionPolicy, SelectionPolicy
 from .prefill import prefill
 from .sampling import sample
 
@@ -27,6 +28,9 @@ class SequenceTrace:
     kv_tokens_per_head: list[list[int]]  # [L][G]
     kv_bytes: int
     new_tokens: int = 0
+    selection_layer: int | None = None  # the layer after which tokens were selected, if any
+    ratios: dict[int, float] = field(default_factory=dict)  # ASL: variance ratio per evaluated layer
+    kept_indices: list[int] = field(default_factory=list)  # prompt indices alive at the last layer
 
 
 @dataclass
@@ -34,6 +38,7 @@ class Trace:
     prefill_s: float
     decode_s_per_token: float
     kv_bytes: int  # all sequences
+    policy_s: float = 0.0  # share of prefill_s spent scoring, ranking and choosing
     sequences: list[SequenceTrace] = field(default_factory=list)
 
     def _single(self, name: str):
@@ -52,6 +57,18 @@ class Trace:
     @property
     def kv_tokens_per_head(self) -> list[list[int]]:
         return self._single("kv_tokens_per_head")
+
+    @property
+    def selection_layer(self) -> int | None:
+        return self._single("selection_layer")
+
+    @property
+    def ratios(self) -> dict[int, float]:
+        return self._single("ratios")
+
+    @property
+    def kept_indices(self) -> list[int]:
+        return self._single("kept_indices")
 
 
 @dataclass
@@ -143,6 +160,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@torch.inference_mode()
 def generate(
     model: Decoder,
     tokenizer,
@@ -155,10 +173,20 @@ def generate(
     stop: list[str] | None = None,
     chat: bool = False,
     seed: int = 0,
+    selection: SelectionPolicy | None = None,
+    eviction: EvictionPolicy | None = None,
 ) -> GenerationOutput:
-    """Generate from one prompt (returns str / list[int]) or a batch (lists of those)."""
+    """Generate from one prompt (returns str / list[int]) or a batch (lists of those).
+
+    `selection` decides which tokens propagate to deeper layers during prefill, `eviction`
+    which KV entries each layer keeps; any pair composes.
+    """
     single = isinstance(prompt_or_prompts, str)
     prompts = _check_args(model, prompt_or_prompts, max_new_tokens, temperature, top_k, top_p, stop)
+    if selection is not None and not isinstance(selection, SelectionPolicy):
+        raise ValueError(f"selection must be a SelectionPolicy (e.g. asl.ASL()), got {type(selection).__name__}")
+    if eviction is not None and not isinstance(eviction, EvictionPolicy):
+        raise ValueError(f"eviction must be an EvictionPolicy (e.g. asl.SnapKV(2048)), got {type(eviction).__name__}")
     ids = encode(tokenizer, prompts, chat)
     limit = model.config.max_position_embeddings
     for i, x in enumerate(ids):
@@ -176,7 +204,7 @@ def generate(
 
     _sync(device)
     start = time.perf_counter()
-    pre = prefill(model, input_ids, valid, extra_slots=max_new_tokens)
+    pre = prefill(model, input_ids, valid, max_new_tokens, selection, eviction)
     tokens = sample(pre.logits, temperature, top_k, top_p, generator)
     _sync(device)
     prefill_s = time.perf_counter() - start
@@ -185,10 +213,10 @@ def generate(
                                     (temperature, top_k, top_p, generator))
     _sync(device)
     decode_s = time.perf_counter() - start - prefill_s
-    return _finish(tokenizer, generated, pre, ids, stop, prefill_s, decode_s / max(steps, 1), single)
+    reports = (selection.report() if selection is not None else []) or [{} for _ in ids]
+    return _finish(tokenizer, generated, pre, ids, stop, prefill_s, decode_s / max(steps, 1), single, reports)
 
 
-@torch.inference_mode()
 def _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compile, sampling):
     """Returns the generated ids per sequence (EOS included) and the number of decode steps."""
     cache: KVCache = pre.cache
@@ -225,10 +253,8 @@ def _cut_at_stop(text: str, stop: list[str] | None) -> str:
     return text
 
 
-def _finish(tokenizer, generated, pre, ids, stop, prefill_s, decode_s_per_token, single) -> GenerationOutput:
+def _finish(tokenizer, generated, pre, ids, stop, prefill_s, decode_s_per_token, single, reports):
     per_head = pre.cache.kv_tokens()  # [L, B, G]
-    d = pre.cache.layers[0].k.shape[-1]
-    elem = pre.cache.layers[0].k.element_size()
     seqs = []
     for b, gen in enumerate(generated):
         heads = per_head[:, b].tolist()
@@ -238,11 +264,13 @@ def _finish(tokenizer, generated, pre, ids, stop, prefill_s, decode_s_per_token,
                 alive_tokens=pre.alive_tokens[b],
                 kv_tokens=[max(h) for h in heads],
                 kv_tokens_per_head=heads,
-                kv_bytes=int(2 * sum(map(sum, heads)) * d * elem),
+                kv_bytes=sum(map(sum, heads)) * pre.cache.entry_bytes,
                 new_tokens=len(gen),
+                kept_indices=pre.kept_indices[b],
+                **reports[b],
             )
         )
-    trace = Trace(prefill_s, decode_s_per_token, pre.cache.kv_bytes(), seqs)
+    trace = Trace(prefill_s, decode_s_per_token, pre.cache.kv_bytes(), pre.policy_s, seqs)
     texts = [_cut_at_stop(tokenizer.decode(g, skip_special_tokens=True), stop) for g in generated]
     if single:
         return GenerationOutput(texts[0], generated[0], trace)

@@ -1,17 +1,20 @@
-"""The prefill: the prompt runs layer by layer and each layer's KV entries are stored.
+"""The prefill: the prompt runs layer by layer, policies watch, the alive set may shrink.
 
-Sequences of a batch are left-padded; `valid` marks real tokens. Positions are explicit
-per token so that a later selection can drop tokens and keep the survivors' original
-positions.
+Sequences of a batch are left-padded; `valid` marks real tokens. Each token carries its
+position id and its index in its own prompt, so after a selection the survivors keep their
+original positions (ALGORITHMS.md section 7). A selection that asks for a restart (the
+two-pass methods) reruns the model from layer 0 on the kept tokens, positions renumbered.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
 
 from .models.cache import KVCache, LayerCache
 from .models.decoder import Decoder, prefill_attention
+from .policies.base import EvictionPolicy, LayerView, PrefillInfo, Selection, SelectionPolicy
 
 
 def positions_for(valid: torch.Tensor) -> torch.Tensor:
@@ -33,31 +36,137 @@ def attention_mask_for(valid: torch.Tensor) -> torch.Tensor | None:
 
 
 @dataclass
+class Tokens:
+    """The alive tokens of a batch, left-padded to a common width."""
+
+    ids: torch.Tensor  # [B, n] (only used to start a pass)
+    positions: torch.Tensor  # [B, n] RoPE position ids
+    index: torch.Tensor  # [B, n] index in the sequence's own prompt
+    valid: torch.Tensor  # [B, n] bool
+
+    @classmethod
+    def start(cls, ids: torch.Tensor, valid: torch.Tensor) -> "Tokens":
+        pos = positions_for(valid)
+        return cls(ids, pos, pos.clone(), valid)
+
+    def columns(self, selection: Selection) -> list[torch.Tensor]:
+        """Per sequence, the columns that survive `selection`."""
+        width = self.valid.shape[1]
+        alive = self.valid.sum(-1).tolist()
+        return [
+            sel[sel >= 0] if bool(active) else torch.arange(width - a, width, device=sel.device)
+            for sel, active, a in zip(selection.keep, selection.active, alive)
+        ]
+
+
+def left_pad_columns(columns: list[torch.Tensor], pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack per-row column lists right-aligned: ([B, n'] columns (0 on padding), [B, n'] valid)."""
+    width = pad_to or max(len(c) for c in columns)
+    cols = torch.zeros(len(columns), width, dtype=torch.long, device=columns[0].device)
+    valid = torch.zeros(len(columns), width, dtype=torch.bool, device=columns[0].device)
+    for b, c in enumerate(columns):
+        if len(c):
+            cols[b, width - len(c):] = c
+            valid[b, width - len(c):] = True
+    return cols, valid
+
+
+def _gather_rows(x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """x [B, n, ...] -> [B, n', ...] at cols [B, n']."""
+    idx = cols.view(*cols.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
+    return x.gather(1, idx)
+
+
+def store_layer(k, v, valid, keep: torch.Tensor | None, extra_slots: int) -> LayerCache:
+    """The layer's cache: all alive entries, or per KV head the columns `keep` [B, G, k] (-1 pads)."""
+    b, g, n, d = k.shape
+    valid = valid[:, None, :].expand(b, g, n)
+    if keep is None:
+        return LayerCache.from_prefill(k, v, valid, extra_slots)
+    safe = keep.clamp(min=0)
+    idx = safe[..., None].expand(-1, -1, -1, d)
+    return LayerCache.from_prefill(k.gather(2, idx), v.gather(2, idx), (keep >= 0) & valid.gather(2, safe),
+                                   extra_slots)
+
+
+@dataclass
 class PrefillResult:
     logits: torch.Tensor  # [B, V] of the last prompt token
     cache: KVCache
-    alive_tokens: list[list[int]]  # [B][L] real tokens each layer ran on
+    alive_tokens: list[list[int]]  # [B][L] real tokens each layer ran on (the final pass)
+    kept_indices: list[list[int]]  # [B] prompt indices of the tokens alive at the last layer
     next_positions: torch.Tensor  # [B] position of the first generated token
+    policy_s: float  # time spent in the policies (scoring, ranking, choosing)
+    restarted: bool
 
 
 @torch.inference_mode()
-def prefill(model: Decoder, input_ids: torch.Tensor, valid: torch.Tensor, extra_slots: int) -> PrefillResult:
+def prefill(
+    model: Decoder,
+    input_ids: torch.Tensor,
+    valid: torch.Tensor,
+    extra_slots: int,
+    selection: SelectionPolicy | None = None,
+    eviction: EvictionPolicy | None = None,
+) -> PrefillResult:
+    """Run the prompt through the model with the policies; see the module docstring."""
+    c = model.config
+    info = PrefillInfo(c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, tuple(valid.sum(-1).tolist()))
+    for policy in (selection, eviction):
+        if policy is not None:
+            policy.begin(info)
+    tokens = Tokens.start(input_ids, valid)
+    result = _run(model, tokens, extra_slots, selection, eviction)
+    if isinstance(result, PrefillResult):
+        return result
+    # two-pass: rerun the kept tokens alone, renumbered from 0, with no selection
+    cols, new_valid = left_pad_columns(tokens.columns(result[0]))
+    kept_ids = tokens.ids.gather(1, cols)
+    second = Tokens(kept_ids, positions_for(new_valid), tokens.index.gather(1, cols), new_valid)
+    out = _run(model, second, extra_slots, None, eviction)
+    out.policy_s += result[1]
+    out.restarted = True
+    return out
+
+
+def _run(model, tokens: Tokens, extra_slots, selection, eviction):
+    """One pass over the layers. Returns a PrefillResult, or (selection, policy_s) on a restart."""
     dtype = model.model.embed_tokens.weight.dtype
-    positions = positions_for(valid)
-    mask = attention_mask_for(valid)
-    cos, sin = model.rope(positions, dtype)
-    h = model.model.embed_tokens(input_ids)
-    g = model.config.num_kv_heads
-    layers, alive = [], []
-    for layer in model.layers:
+    restarts = getattr(selection, "restarts", False)
+    mask = attention_mask_for(tokens.valid)
+    cos, sin = model.rope(tokens.positions, dtype)
+    h = model.model.embed_tokens(tokens.ids)
+    layers, alive, policy_s = [], [], 0.0
+    for i, layer in enumerate(model.layers):
         q, k, v = layer.project(h, cos, sin)
         h = layer.finish(h, prefill_attention(q, k, v, mask))
-        layers.append(LayerCache.from_prefill(k, v, valid[:, None, :].expand(-1, g, -1), extra_slots))
-        alive.append(valid.sum(-1))
-        del q, k, v
+        alive.append(tokens.valid.sum(-1))
+        view = LayerView(i, q, k, v, tokens.positions, tokens.index, tokens.valid)
+        start = time.perf_counter()
+        keep = eviction.keep(i, view) if eviction is not None and not restarts else None
+        chosen = selection.after_layer(i, view) if selection is not None else None
+        policy_s += time.perf_counter() - start
+        if not restarts:  # a first pass that restarts keeps no KV
+            layers.append(store_layer(k, v, tokens.valid, keep, extra_slots))
+        del q, k, v, view
+        if chosen is not None and chosen.restart:
+            return chosen, policy_s
+        if chosen is None or not bool(chosen.active.any()):
+            continue
+        cols, valid = left_pad_columns(tokens.columns(chosen))
+        h = _gather_rows(h, cols)
+        tokens = Tokens(tokens.ids, tokens.positions.gather(1, cols), tokens.index.gather(1, cols), valid)
+        mask = attention_mask_for(valid)
+        cos, sin = model.rope(tokens.positions, dtype)
+    if restarts:  # it never asked to restart: rerun storing KV, all tokens kept
+        nothing = torch.zeros(tokens.valid.shape[0], dtype=torch.bool, device=h.device)
+        return Selection(keep=tokens.index[:, :0], active=nothing, restart=True), policy_s
     return PrefillResult(
         logits=model.logits(h[:, -1]),
         cache=KVCache(layers),
         alive_tokens=torch.stack(alive, 1).tolist(),
-        next_positions=valid.sum(-1),
+        kept_indices=[idx[ok].tolist() for idx, ok in zip(tokens.index, tokens.valid)],
+        next_positions=tokens.positions[:, -1] + 1,
+        policy_s=policy_s,
+        restarted=False,
     )

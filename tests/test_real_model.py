@@ -1,10 +1,10 @@
 """The bundled smollm2-135m: our decoder against transformers on the same converted weights."""
 import pytest
 import torch
-from pydoc_data.topics import topics
 from transformers import AutoModelForCausalLM
 
 import asl
+from asl.bench.haystack import passkey_prompt, prose_tokens
 from asl.models.loading import resolve_checkpoint
 
 
@@ -16,9 +16,7 @@ def real():
 
 
 def prose_prompt(tok, n_tokens: int) -> str:
-    text = " ".join(topics[k] for k in sorted(topics))
-    ids = tok(text, add_special_tokens=False)["input_ids"][: n_tokens - 20]
-    return tok.decode(ids) + "\n\nSummarise the text above in one sentence:"
+    return tok.decode(prose_tokens(tok, n_tokens - 20)) + "\n\nSummarise the text above in one sentence:"
 
 
 def test_load_ties_embeddings_and_keeps_config(real):
@@ -50,3 +48,18 @@ def test_chat_answer(real):
     out = asl.generate(model, tok, "What is the capital of France? Answer in one word.", chat=True,
                        max_new_tokens=16, compile=False)
     assert "Paris" in out.text
+
+
+def test_compiled_decode_matches_eager(real):
+    model, tok, _ = real
+    prompt = prose_prompt(tok, 300)
+    eager = asl.generate(model, tok, prompt, max_new_tokens=12)
+    assert asl.generate(model, tok, prompt, max_new_tokens=12, compile=True).tokens == eager.tokens
+
+
+def test_passkey_2000_tokens_full_cache_finds_the_key(real):
+    model, tok, _ = real
+    prompt = passkey_prompt(tok, 2000, "68172")
+    assert 1900 <= len(tok(prompt)["input_ids"]) <= 2100
+    out = asl.generate(model, tok, prompt, max_new_tokens=8)
+    assert "68172" in out.text

@@ -52,11 +52,15 @@ class KVCache:
         """[L, B, G] entries per layer, sequence and KV head after prefill."""
         return torch.stack([layer.kv_tokens() for layer in self.layers])
 
+    @property
+    def entry_bytes(self) -> int:
+        """Bytes of one stored entry of one KV head: its key and its value."""
+        k = self.layers[0].k
+        return 2 * k.shape[-1] * k.element_size()
+
     def kv_bytes(self) -> int:
         """Bytes of the stored prefill K and V (ALGORITHMS.md section 8), all sequences."""
-        d = self.layers[0].k.shape[-1]
-        elem = self.layers[0].k.element_size()
-        return int(2 * self.kv_tokens().sum().item() * d * elem)
+        return int(self.kv_tokens().sum().item()) * self.entry_bytes
 
     def write_slots(self, step: torch.Tensor) -> torch.Tensor:
         """Slot of generated token `step` in each layer: [L] int64."""

@@ -1,0 +1,1 @@
+"""python -m asl.bench: the project's main job (see __main__)."""

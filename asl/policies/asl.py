@@ -1,0 +1,123 @@
+"""ASL: select tokens at the first layer where their attention ranking has settled.
+
+ALGORITHMS.md section 3. From layer `l_min` on, ASL compares the ranks of the prefix tokens
+over the last `l_obs` layers: the variance of a token's rank across those layers, over the
+union of each layer's top-k', relative to the same variance at `l_min`. When that ratio
+drops below `tau` the ranking is stable; the current layer's top-k' plus the window then
+travel on to the deeper layers (one-shot). Every sequence of a batch decides on its own.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import ops
+from .base import (LayerView, PrefillInfo, Selection, SelectionPolicy, check_kernel, check_layer, check_pooling,
+                   check_positive_int, check_window_below, sort_keep, top_prefix)
+
+
+@dataclass
+class _SequenceState:
+    history: deque  # rank vectors of the last l_obs layers, over the sequence's real prefix
+    var0: float | None = None
+    ratios: dict[int, float] = field(default_factory=dict)
+    layer: int | None = None
+    done: bool = False
+    keep: torch.Tensor | None = None  # prompt-relative columns chosen (used by the two-pass variant)
+
+
+@dataclass
+class ASL(SelectionPolicy):
+    tau: float = 0.3
+    l_min: int = 10
+    l_obs: int = 8
+    select_tokens: int = 2048  # k, window included
+    window: int = 32
+    kernel: int = 7
+    pooling: str = "avg"
+    l_max: int | None = None  # our addition: select here at the latest
+
+    def _check(self) -> None:
+        if not isinstance(self.tau, (int, float)) or self.tau < 0:
+            raise ValueError(f"tau must be a number >= 0, got {self.tau!r}")
+        check_positive_int("l_min", self.l_min, 0)
+        check_positive_int("l_obs", self.l_obs, 2)
+        if self.l_obs > self.l_min + 1:
+            raise ValueError(f"l_obs must be in [2, l_min + 1] = [2, {self.l_min + 1}] (it looks back from l_min), "
+                             f"got {self.l_obs}")
+        check_positive_int("window", self.window)
+        check_positive_int("select_tokens", self.select_tokens)
+        check_window_below(self.window, "select_tokens", self.select_tokens)
+        check_kernel(self.kernel)
+        check_pooling(self.pooling)
+        if self.l_max is not None and (not isinstance(self.l_max, int) or self.l_max < self.l_min):
+            raise ValueError(f"l_max must be None or a layer index >= l_min ({self.l_min}), got {self.l_max!r}")
+
+    def begin(self, prefill: PrefillInfo) -> None:
+        check_layer("l_min", self.l_min, prefill.num_layers)
+        if self.l_max is not None:
+            check_layer("l_max", self.l_max, prefill.num_layers)
+        self._num_layers = prefill.num_layers
+        self._states = [_SequenceState(deque(maxlen=self.l_obs)) for _ in prefill.prompt_lengths]
+
+    def after_layer(self, layer: int, view: LayerView) -> Selection | None:
+        chosen = self._evaluate(layer, view)
+        if not chosen:
+            return None
+        return self._selection(view, chosen)
+
+    def _evaluate(self, layer: int, view: LayerView) -> dict[int, torch.Tensor]:
+        """Run the criterion for every undecided sequence; {b: kept columns of b's own tokens}."""
+        if layer < self.l_min - self.l_obs + 1:
+            return {}
+        width, k_prefix = view.width, self.select_tokens - self.window
+        scores = None
+        chosen = {}
+        for b, (state, alive) in enumerate(zip(self._states, view.alive.tolist())):
+            m = alive - self.window
+            if state.done:
+                continue
+            if m <= k_prefix:  # nothing to prune: never selects
+                state.done = True
+                continue
+            if scores is None:
+                scores = view.token_scores(self.window, self.kernel, self.pooling)
+            own = scores[b, width - alive: width - self.window]  # the sequence's real prefix
+            state.history.append(ops.token_ranks(own))
+            if layer < self.l_min:
+                continue
+            v = float(ops.rank_variance(torch.stack(tuple(state.history))[:, None], k_prefix)[0])
+            if state.var0 is None:
+                state.var0, ratio = v, 1.0  # faithful: the ratio at l_min is 1
+            else:
+                ratio = 0.0 if state.var0 == 0 else v / state.var0
+            state.ratios[layer] = ratio
+            if ratio < self.tau or layer == self.l_max:
+                state.layer, state.done = layer, True
+                chosen[b] = self._top_with_window(own, alive)
+        return chosen
+
+    def _top_with_window(self, own_scores: torch.Tensor, alive: int) -> torch.Tensor:
+        """Sorted columns (of the sequence's own 0..alive-1) of its top k' prefix plus the window."""
+        k_prefix = self.select_tokens - self.window
+        top = top_prefix(own_scores[None], torch.tensor([k_prefix]))[0]
+        window = torch.arange(alive - self.window, alive, device=own_scores.device)
+        return torch.cat([top, window]).sort().values
+
+    @staticmethod
+    def _selection(view: LayerView, chosen: dict[int, torch.Tensor], restart: bool = False) -> Selection:
+        """Turn per-sequence own-column choices into a padded Selection over the view's columns."""
+        batch, width = view.valid.shape[0], view.width
+        alive = view.alive.tolist()
+        k = max(len(c) for c in chosen.values())
+        keep = torch.full((batch, k), -1, dtype=torch.long, device=view.valid.device)
+        active = torch.zeros(batch, dtype=torch.bool, device=view.valid.device)
+        for b, cols in chosen.items():
+            keep[b, : len(cols)] = cols + (width - alive[b])
+            active[b] = True
+        return Selection(sort_keep(keep), active, restart)
+
+    def report(self) -> list[dict]:
+        return [{"selection_layer": s.layer, "ratios": dict(s.ratios)} for s in self._states]

@@ -1,0 +1,172 @@
+"""The two policy interfaces and what a policy may read at a layer.
+
+A `SelectionPolicy` decides, during prefill, which tokens travel on to deeper layers; an
+`EvictionPolicy` decides which KV entries each layer stores for decoding. Both read a
+`LayerView`. Sequences of a batch are left-padded to a common width `n`; every index a
+policy returns is a column of that padded layout, and `-1` marks an unused slot.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from .. import ops
+
+POOLINGS = ("avg", "max")
+
+
+@dataclass(frozen=True)
+class PrefillInfo:
+    """What a policy learns before the prefill starts (so it can check itself against the model)."""
+
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    prompt_lengths: tuple[int, ...]
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.prompt_lengths)
+
+
+@dataclass
+class Selection:
+    """Tokens to propagate, per sequence: sorted columns of the current layer (`-1` pads).
+
+    `active[b]` says whether sequence b selects now (others keep all their tokens).
+    `restart`: two-pass methods rerun the model from layer 0 on the kept tokens.
+    """
+
+    keep: torch.Tensor  # [B, k] int64
+    active: torch.Tensor  # [B] bool
+    restart: bool = False
+
+
+class LayerView:
+    """Post-RoPE q/k/v of one layer's alive tokens, with the shared window scores.
+
+    queries [B, H, n, d], keys / values [B, G, n, d], positions and `index` (the token's
+    index in its own prompt) [B, n], `valid` [B, n] (False on left padding).
+    """
+
+    def __init__(self, layer: int, queries, keys, values, positions, index, valid):
+        self.layer = layer
+        self.queries, self.keys, self.values = queries, keys, values
+        self.positions, self.index, self.valid = positions, index, valid
+        self._scores: dict[tuple, torch.Tensor] = {}
+
+    @property
+    def alive(self) -> torch.Tensor:
+        """[B] real tokens alive at this layer."""
+        return self.valid.sum(-1)
+
+    @property
+    def width(self) -> int:
+        return self.valid.shape[-1]
+
+    def window_scores(self, window: int = 32, kernel: int = 7, pooling: str = "avg") -> torch.Tensor:
+        """Per-KV-head scores of the prefix [B, G, n - window], -inf on padding (section 1, steps 1-4).
+
+        Computed once per layer and argument set, so a selection and an eviction policy with
+        the same settings share one computation.
+        """
+        key = (window, kernel, pooling)
+        if key not in self._scores:
+            self._scores[key] = ops.window_scores(self.queries, self.keys, self.valid, window, kernel, pooling)
+        return self._scores[key]
+
+    def token_scores(self, window: int = 32, kernel: int = 7, pooling: str = "avg") -> torch.Tensor:
+        """Per-token scores of the prefix [B, n - window], summed over all heads (step 5)."""
+        return self.window_scores(window, kernel, pooling).sum(1)
+
+    def with_window(self, prefix_keep: torch.Tensor, window: int) -> torch.Tensor:
+        """Sorted union of chosen prefix columns [B, k'] (-1 pads) and the last `window` columns."""
+        b = prefix_keep.shape[0]
+        win = torch.arange(self.width - window, self.width, device=prefix_keep.device).expand(b, -1)
+        return sort_keep(torch.cat([prefix_keep, win], dim=1))
+
+
+def sort_keep(keep: torch.Tensor) -> torch.Tensor:
+    """Sort kept columns ascending with the -1 pads moved to the end."""
+    big = torch.iinfo(keep.dtype).max
+    ordered = torch.where(keep < 0, big, keep).sort(-1).values
+    return torch.where(ordered == big, -1, ordered)
+
+
+def top_prefix(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Per row, the columns of the `counts[b]` best scores ([..., m] -> [..., max(counts)], -1 pads).
+
+    Ties go to the lower column (stable), so the choice is the same on every run and device.
+    """
+    k = int(counts.max()) if counts.numel() else 0
+    order = ops.stable_descending_order(scores)[..., :k]
+    slot = torch.arange(k, device=scores.device)
+    counts = counts.view(*counts.shape, *([1] * (order.dim() - counts.dim())))
+    return torch.where(slot < counts, order, -1)
+
+
+class _Validated:
+    """Dataclass policies check their fields on construction (`_check`) and against the model (`begin`)."""
+
+    def __post_init__(self) -> None:
+        self._check()
+
+    def _check(self) -> None:  # pragma: no cover - overridden
+        pass
+
+
+class SelectionPolicy(_Validated, ABC):
+    """Decides which tokens propagate to deeper layers during prefill."""
+
+    def begin(self, prefill: PrefillInfo) -> None:
+        """Called once before any compute: check parameters against the model, reset state."""
+
+    @abstractmethod
+    def after_layer(self, layer: int, view: LayerView) -> Selection | None:
+        """After `layer` ran on the alive tokens: a Selection, or None to keep going."""
+
+    def report(self) -> list[dict]:
+        """Per sequence, trace fields such as `selection_layer` and `ratios` ([] for none)."""
+        return []
+
+
+class EvictionPolicy(_Validated, ABC):
+    """Decides which KV entries each layer stores for decoding."""
+
+    def begin(self, prefill: PrefillInfo) -> None:
+        """Called once before any compute: check parameters against the model, reset state."""
+
+    @abstractmethod
+    def keep(self, layer: int, view: LayerView) -> torch.Tensor | None:
+        """[B, G, k] columns to store per KV head (-1 pads), or None to store all."""
+
+
+# -- field checks shared by the policies -------------------------------------------------------
+
+def check_positive_int(name: str, value, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_kernel(kernel) -> None:
+    if not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"kernel must be a positive odd integer (1, 3, 5, ...), got {kernel!r}")
+
+
+def check_pooling(pooling) -> None:
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+
+
+def check_layer(name: str, layer, num_layers: int) -> None:
+    if not isinstance(layer, int) or not 0 <= layer < num_layers:
+        raise ValueError(f"{name} must be a layer index in [0, {num_layers - 1}] for this model, got {layer!r}")
+
+
+def check_window_below(window: int, name: str, value: int) -> None:
+    if window >= value:
+        raise ValueError(f"window ({window}) must be smaller than {name} ({value}): {name} includes the window")
+

@@ -1,0 +1,52 @@
+"""SnapKV: per layer and KV head, the most attended prefix entries plus the window (section 6)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import (EvictionPolicy, LayerView, check_kernel, check_pooling, check_positive_int, check_window_below,
+                   sort_keep, top_prefix)
+
+
+@dataclass
+class SnapKV(EvictionPolicy):
+    budget: int = 2048  # KV entries per KV head per layer, window included
+    window: int = 32
+    kernel: int = 7
+    pooling: str = "avg"
+
+    def _check(self) -> None:
+        check_positive_int("budget", self.budget)
+        check_positive_int("window", self.window)
+        check_window_below(self.window, "budget", self.budget)
+        check_kernel(self.kernel)
+        check_pooling(self.pooling)
+
+    def keep(self, layer: int, view: LayerView) -> torch.Tensor | None:
+        alive = view.alive
+        evict = alive > self.budget
+        if not bool(evict.any()):
+            return None
+        scores = view.window_scores(self.window, self.kernel, self.pooling)  # [B, G, m]
+        counts = torch.where(evict, self.budget - self.window, 0)[:, None].expand(-1, scores.shape[1])
+        keep = view.with_window(top_prefix(scores, counts).flatten(0, 1), self.window)
+        keep = keep.view(*scores.shape[:2], -1)
+        return fill_unevicted(keep, view, evict)
+
+
+def fill_unevicted(keep: torch.Tensor, view: LayerView, evict: torch.Tensor) -> torch.Tensor:
+    """Rows of sequences that fit their budget keep every real column instead ([B, G, k], -1 pads)."""
+    width, g = view.width, keep.shape[1]
+    out = []
+    for b, alive in enumerate(view.alive.tolist()):
+        if bool(evict[b]):
+            out.append(keep[b])
+        else:
+            cols = torch.arange(width - alive, width, device=keep.device)
+            out.append(cols.expand(g, -1))
+    k = max(x.shape[-1] for x in out)
+    padded = torch.full((len(out), g, k), -1, dtype=torch.long, device=keep.device)
+    for b, x in enumerate(out):
+        padded[b, :, : x.shape[-1]] = x
+    return sort_keep(padded)

@@ -1,0 +1,33 @@
+"""StreamingLLM: the first `sink` tokens plus the most recent ones (ALGORITHMS.md section 6)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import EvictionPolicy, LayerView, check_positive_int
+from .snapkv import fill_unevicted
+
+
+@dataclass
+class StreamingLLM(EvictionPolicy):
+    budget: int = 2048  # KV entries per KV head per layer, sink included
+    sink: int = 4
+
+    def _check(self) -> None:
+        check_positive_int("budget", self.budget)
+        check_positive_int("sink", self.sink, 0)
+        if self.sink >= self.budget:
+            raise ValueError(f"sink ({self.sink}) must be smaller than budget ({self.budget})")
+
+    def keep(self, layer: int, view: LayerView) -> torch.Tensor | None:
+        alive = view.alive
+        evict = alive > self.budget
+        if not bool(evict.any()):
+            return None
+        width, g = view.width, view.keys.shape[1]
+        recent = torch.arange(width - (self.budget - self.sink), width, device=alive.device)
+        rows = [torch.cat([torch.arange(self.sink, device=alive.device) + (width - a), recent])
+                for a in alive.tolist()]
+        keep = torch.stack(rows)[:, None].expand(-1, g, -1)
+        return fill_unevicted(keep, view, evict)

@@ -1,0 +1,44 @@
+"""Shared helpers for the speed scripts: thread pinning, median timing, a haystack prompt."""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+
+def setup_threads(n: int = 2) -> None:
+    torch.set_num_threads(n)
+
+
+def median_time(fn, repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of fn() over repeats, after warmup calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def interleaved_medians(fns: dict, repeats: int = 5, warmup: int = 1) -> dict:
+    """Median wall time of each fn, runs interleaved (a, b, a, b, ...) so drift hits all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def prose_ids(tokenizer, n_tokens: int) -> torch.Tensor:
+    """[1, n_tokens] ids of Python's own documentation prose (ships with Python)."""
+    from asl.bench.haystack import prose_tokens
+
+    return torch.tensor([prose_tokens(tokenizer, n_tokens)])

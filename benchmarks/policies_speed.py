@@ -1,0 +1,64 @@
+"""Prefill time of the selection methods against the full cache, same prompt, one run.
+
+    python benchmarks/policies_speed.py [--model smollm2-135m] [--context 4096] [--threads 2]
+
+Reports FastKV (selecting at the model's middle layer, keeping --select-tokens) and ASL
+prefill time as a ratio of the full-cache prefill, and ASL's scoring overhead: the time
+spent in the policies (window scores, ranks, rank variance, choosing) as a share of its
+prefill time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import torch
+
+import asl
+from asl.prefill import prefill
+from common import median_time, prose_ids, setup_threads
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--context", type=int, default=4096)
+    ap.add_argument("--select-tokens", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    setup_threads(args.threads)
+    model, tok = asl.load(args.model)
+    layers = model.config.num_layers
+    ids = prose_ids(tok, args.context)
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    k = args.select_tokens
+    methods = {
+        "full": None,
+        f"fastkv(layer={layers // 2})": asl.FastKV(layer=layers // 2, select_tokens=k),
+        "asl(tau=0.3, never selects here)": asl.ASL(tau=0.3, l_min=layers // 3, l_obs=8, select_tokens=k),
+        f"asl(l_max={layers // 2})": asl.ASL(tau=0.0, l_min=layers // 3, l_obs=8, select_tokens=k, l_max=layers // 2),
+    }
+    rows = {}
+    for name, selection in methods.items():
+        shares = []
+
+        def run():
+            out = prefill(model, ids, valid, 1, selection)
+            shares.append(out.policy_s)
+
+        t = median_time(run, args.repeats)
+        rows[name] = {"prefill_s": t, "policy_s": statistics.median(shares)}
+    full = rows["full"]["prefill_s"]
+    print(f"{args.model}, {ids.shape[1]} tokens, {args.threads} threads, select_tokens={k}, median of {args.repeats}")
+    print(f"{'method':36}{'prefill s':>10}{'vs full':>9}{'scoring share':>15}")
+    for name, r in rows.items():
+        r["ratio_to_full"] = r["prefill_s"] / full
+        r["scoring_share"] = r["policy_s"] / r["prefill_s"]
+        print(f"{name:36}{r['prefill_s']:10.2f}{r['ratio_to_full']:9.2f}{r['scoring_share']:15.1%}")
+    print(json.dumps({"model": args.model, "context": ids.shape[1], "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""The README's "Write your own policy" example runs as written, and does what it says."""
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+import asl
+from test_real_model import prose_prompt
+from tiny import CharTokenizer, random_text, tiny_pair
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+@pytest.fixture(scope="module")
+def StableTopK():
+    section = README.read_text().split("## Write your own policy", 1)[1]
+    source = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len([line for line in source.splitlines() if line.strip()]) < 30
+    namespace = {}
+    exec(compile(source, str(README), "exec"), namespace)
+    return namespace["StableTopK"]
+
+
+def test_readme_policy_on_the_real_model(StableTopK):
+    model, tok = asl.load("smollm2-135m")
+    out = asl.generate(model, tok, prose_prompt(tok, 300), max_new_tokens=4,
+                       selection=StableTopK(select_tokens=64, window=8))
+    layer, n = out.trace.selection_layer, out.trace.alive_tokens[0]
+    assert layer is not None and 0 < layer < model.config.num_layers - 1
+    assert out.trace.alive_tokens == [n] * (layer + 1) + [64] * (model.config.num_layers - layer - 1)
+    assert set(range(n - 8, n)) <= set(out.trace.kept_indices)
+
+
+def test_readme_policy_in_a_batch(StableTopK):
+    _, model = tiny_pair("llama", num_hidden_layers=8, eos_token_id=None)
+    texts = [random_text(random.Random(0), 120), random_text(random.Random(1), 90)]
+    policy = StableTopK(select_tokens=48, window=4, overlap=0.6)
+    out = asl.generate(model, CharTokenizer(), texts, max_new_tokens=4, selection=policy)
+    assert all(s.selection_layer is not None for s in out.trace.sequences)
+    assert [s.alive_tokens[-1] for s in out.trace.sequences] == [48, 48]
