@@ -1,4 +1,4 @@
-"""Shared helpers for the speed scripts: thread pinning, median timing, a haystack prompt."""
+"""Shared helpers for the speed scripts: thread pinning, interleaved median timing, prose ids."""
 from __future__ import annotations
 
 import statistics
@@ -9,18 +9,6 @@ import torch
 
 def setup_threads(n: int = 2) -> None:
     torch.set_num_threads(n)
-
-
-def median_time(fn, repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall time of fn() over repeats, after warmup calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def interleaved_medians(fns: dict, repeats: int = 5, warmup: int = 1) -> dict:

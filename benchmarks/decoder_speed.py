@@ -4,8 +4,8 @@
 
 Prefill: our layer-by-layer prefill (KV cache + last-token logits) vs transformers' sdpa
 forward with use_cache=True and logits_to_keep=1 (the same work). Decode: time per token at
-the given context, ours with compile=True vs transformers' generate (greedy), each
-measured as (time for N+1 tokens - time for 1 token) / N.
+the given context, ours with compile=True vs transformers' generate (greedy), both
+measured as (time for N+1 tokens - time for 1 token) / N, runs interleaved.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 import asl
 from asl.models.loading import resolve_checkpoint
 from asl.prefill import prefill
-from common import interleaved_medians, median_time, prose_ids, setup_threads
+from common import interleaved_medians, prose_ids, setup_threads
 
 
 def main() -> None:
@@ -43,21 +43,23 @@ def main() -> None:
     t_ours, t_hf = t["ours"], t["hf"]
 
     n = args.new_tokens
-
-    def ours_decode() -> float:
-        out = asl.generate(model, tok, prompt, max_new_tokens=n + 1, compile=True)
-        assert len(out.tokens) == n + 1, "hit EOS early; pick another prompt"
-        return out.trace.decode_s_per_token
-
-    ours_decode()  # compile once
-    tpot_ours = sorted(ours_decode() for _ in range(3))[1]
-    gen_ids = tok(prompt)["input_ids"]
-    x = torch.tensor([gen_ids])
+    x = torch.tensor([tok(prompt)["input_ids"]])
     kw = dict(do_sample=False, pad_token_id=tok.eos_token_id)
-    with torch.inference_mode():
-        t1 = median_time(lambda: hf.generate(x, max_new_tokens=1, min_new_tokens=1, **kw), 3)
-        tn = median_time(lambda: hf.generate(x, max_new_tokens=n + 1, min_new_tokens=n + 1, **kw), 3)
-    tpot_hf = (tn - t1) / n
+
+    def ours(tokens: int):
+        def run():
+            out = asl.generate(model, tok, prompt, max_new_tokens=tokens, compile=True)
+            assert len(out.tokens) == tokens, "hit EOS early; pick another prompt"
+        return run
+
+    def theirs(tokens: int):
+        return lambda: hf.generate(x, max_new_tokens=tokens, min_new_tokens=tokens, **kw)
+
+    ours(2)()  # compile the decode step once
+    with torch.inference_mode():  # time per token = (time for n+1 tokens - time for 1) / n, both sides
+        t = interleaved_medians({"ours_1": ours(1), "ours_n": ours(n + 1), "hf_1": theirs(1),
+                                 "hf_n": theirs(n + 1)}, 3, warmup=0)
+    tpot_ours, tpot_hf = (t["ours_n"] - t["ours_1"]) / n, (t["hf_n"] - t["hf_1"]) / n
 
     result = {
         "model": args.model, "context": ids.shape[1], "threads": args.threads,

@@ -17,7 +17,7 @@ import torch
 
 import asl
 from asl.prefill import prefill
-from common import median_time, prose_ids, setup_threads
+from common import interleaved_medians, prose_ids, setup_threads
 
 
 def main() -> None:
@@ -40,16 +40,13 @@ def main() -> None:
         "asl(tau=0.3, never selects here)": asl.ASL(tau=0.3, l_min=layers // 3, l_obs=8, select_tokens=k),
         f"asl(l_max={layers // 2})": asl.ASL(tau=0.0, l_min=layers // 3, l_obs=8, select_tokens=k, l_max=layers // 2),
     }
-    rows = {}
-    for name, selection in methods.items():
-        shares = []
+    shares = {name: [] for name in methods}
 
-        def run():
-            out = prefill(model, ids, valid, 1, selection)
-            shares.append(out.policy_s)
+    def runner(name, selection):
+        return lambda: shares[name].append(prefill(model, ids, valid, 1, selection).policy_s)
 
-        t = median_time(run, args.repeats)
-        rows[name] = {"prefill_s": t, "policy_s": statistics.median(shares)}
+    times = interleaved_medians({name: runner(name, sel) for name, sel in methods.items()}, args.repeats)
+    rows = {name: {"prefill_s": times[name], "policy_s": statistics.median(shares[name])} for name in methods}
     full = rows["full"]["prefill_s"]
     print(f"{args.model}, {ids.shape[1]} tokens, {args.threads} threads, select_tokens={k}, median of {args.repeats}")
     print(f"{'method':36}{'prefill s':>10}{'vs full':>9}{'scoring share':>15}")
