@@ -1,5 +1,42 @@
-"""Build script. The custom ops in csrc/ (asl._C) are added here by the ops issue; until
-then the package is pure Python and the ops fall back to asl/reference.py."""
-from setuptools import setup
+"""Build script: the package plus its custom ops, the extension asl._C (csrc/).
 
-setup()
+asl._C is always built from csrc/*.cpp (CPU kernels, with OpenMP as torch uses it). When
+torch was built with CUDA and a CUDA toolkit is found (CUDA_HOME / nvcc), the CUDA kernels
+of csrc/cuda/*.cu are added. Set ASL_NO_CUDA=1 to build the CPU kernels only.
+
+Build in place with `pip install --no-build-isolation -e .` (the Makefile does). A compile
+error fails the install: there is no silent fallback at build time. (At import time,
+asl/ops.py falls back to pure torch, with a warning, when asl._C is missing.)
+"""
+import glob
+import os
+
+import torch
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _with_cuda() -> bool:
+    if os.environ.get("ASL_NO_CUDA", "0") == "1":
+        return False
+    return torch.version.cuda is not None and CUDA_HOME is not None
+
+
+def _extensions():
+    sources = sorted(glob.glob("csrc/*.cpp", root_dir=HERE))
+    cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math"]  # the last lets -O3 vectorise csrc loops with selects
+    kwargs = dict(extra_link_args=["-fopenmp"], py_limited_api=True)
+    if not _with_cuda():
+        return [CppExtension("asl._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)]
+    sources += sorted(glob.glob("csrc/cuda/*.cu", root_dir=HERE))
+    nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]
+    return [CUDAExtension("asl._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)]
+
+
+setup(
+    ext_modules=_extensions(),
+    cmdclass={"build_ext": BuildExtension},
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},  # abi3: no Python C++ API is used
+)
