@@ -11,7 +11,8 @@ defines (ALGORITHMS.md sections 1-3), with the custom ops of the compiled extens
 with CPU kernels always and CUDA kernels when the extension was built with CUDA. The ops
 accept inputs of any strides (non-contiguous ones are copied with .contiguous()), compute
 in float32 (window scores) or float64 (rank variance) whatever the input dtype, and are not
-differentiable (no autograd kernel: they only rank tokens). Fake kernels are registered
+differentiable (they only rank tokens: autograd falls through to them, so inputs that require
+grad are read as constants and the outputs carry no history). Fake kernels are registered
 below, so torch.compile traces them without graph breaks.
 
 When `asl._C` cannot be imported, a warning says why and how to build it, and the pure-torch

@@ -1,8 +1,7 @@
 // The asl op library: schemas and CPU kernels. CUDA kernels register in cuda/register.cu.
 //
 // Importing the Python module asl._C loads this shared object, whose static initialisers
-// (TORCH_LIBRARY*) register torch.ops.asl.*; the module itself is empty. None of the ops
-// is differentiable (they rank tokens): no autograd kernel is registered.
+// (TORCH_LIBRARY*) register torch.ops.asl.*; the module itself is empty.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -27,4 +26,12 @@ TORCH_LIBRARY_IMPL(asl, CPU, m) {
   m.impl("token_ranks", &asl::token_ranks_cpu);
   m.impl("rank_variance", &asl::rank_variance_cpu);
   m.impl("window_scores", &asl::window_scores_cpu);
+}
+
+// None of the ops is differentiable (they rank tokens): autograd falls through to the kernels,
+// so inputs that require grad are read as constants and the outputs carry no autograd history.
+TORCH_LIBRARY_IMPL(asl, Autograd, m) {
+  m.impl("token_ranks", torch::CppFunction::makeFallthrough());
+  m.impl("rank_variance", torch::CppFunction::makeFallthrough());
+  m.impl("window_scores", torch::CppFunction::makeFallthrough());
 }

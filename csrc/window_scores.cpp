@@ -111,7 +111,7 @@ struct Scratch {
 // Fills scratch.logits [rows, c1 - c0] with Q K[c0:c1]^T / sqrt(d), -inf on padding keys, and
 // scratch.keep [c1 - c0] with 1 for real keys, 0 for padding.
 template <typename scalar_t>
-void chunk_logits(const Dims& s, const at::Tensor& q_bg, const scalar_t* keys_bg, const bool* mask_b, int64_t c0,
+void chunk_logits(const Dims& s, const float* q_bg, const scalar_t* keys_bg, const bool* mask_b, int64_t c0,
                   int64_t c1, Scratch& scratch) {
   const int64_t cw = c1 - c0;
   const float* kf;
@@ -123,11 +123,13 @@ void chunk_logits(const Dims& s, const at::Tensor& q_bg, const scalar_t* keys_bg
     kf = scratch.keys.data();
   }
   for (int64_t j = 0; j < cw; ++j) scratch.keep[j] = mask_b[c0 + j] ? 1.0f : 0.0f;
-  // Raw pointers wrapped without ownership; at::mm_out is the BLAS call.
+  // Raw pointers wrapped without ownership (plain tensors: no autograd history, whatever the
+  // caller's inputs and thread-local state); at::mm_out is the BLAS call.
   const auto opts = at::TensorOptions().dtype(at::kFloat);
-  at::Tensor k_chunk = at::from_blob(const_cast<float*>(kf), {cw, s.d}, opts);
+  const at::Tensor q_rows = at::from_blob(const_cast<float*>(q_bg), {s.rows, s.d}, opts);
+  const at::Tensor k_chunk = at::from_blob(const_cast<float*>(kf), {cw, s.d}, opts);
   at::Tensor out = at::from_blob(scratch.logits.data(), {s.rows, cw}, opts);
-  at::mm_out(out, q_bg, k_chunk.t());
+  at::mm_out(out, q_rows, k_chunk.t());
   for (int64_t row = 0; row < s.rows; ++row) {
     scale_and_mask(scratch.logits.data() + row * cw, scratch.keep.data(), s.scale, cw);
   }
@@ -139,9 +141,7 @@ void window_scores_impl(const Dims& s, const at::Tensor& q, const at::Tensor& ke
   const scalar_t* k_ptr = keys.const_data_ptr<scalar_t>();
   const bool* mask_ptr = mask.const_data_ptr<bool>();
   const int64_t bg_count = s.batch * s.groups;
-  // Views made here, not in the worker threads: q_bg[bg] is the group's [rows, d] block.
-  std::vector<at::Tensor> q_bg;
-  for (int64_t bg = 0; bg < bg_count; ++bg) q_bg.push_back(q[bg / s.groups][bg % s.groups]);
+  const float* q_ptr = q.const_data_ptr<float>();  // [B, G, rows, d]: group bg's block at bg * rows * d
 
   // Pass 1: per (b, g, chunk, row) the chunk's max logit and sum of exp(logit - max).
   std::vector<float> chunk_max(bg_count * s.chunks * s.rows), chunk_sum(bg_count * s.chunks * s.rows);
@@ -150,7 +150,7 @@ void window_scores_impl(const Dims& s, const at::Tensor& q, const at::Tensor& ke
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bg = task / s.chunks, c = task % s.chunks, b = bg / s.groups;
       const int64_t c0 = c * kKeyChunk, c1 = std::min(s.n, c0 + kKeyChunk), cw = c1 - c0;
-      chunk_logits(s, q_bg[bg], k_ptr + bg * s.n * s.d, mask_ptr + b * s.n, c0, c1, scratch);
+      chunk_logits(s, q_ptr + bg * s.rows * s.d, k_ptr + bg * s.n * s.d, mask_ptr + b * s.n, c0, c1, scratch);
       const float* keep = scratch.keep.data();
       for (int64_t row = 0; row < s.rows; ++row) {
         const int64_t query_col = s.m + row % s.w;                       // absolute column of the query
@@ -193,7 +193,7 @@ void window_scores_impl(const Dims& s, const at::Tensor& q, const at::Tensor& ke
       const int64_t bg = task / prefix_chunks, c = task % prefix_chunks, b = bg / s.groups;
       const int64_t c0 = c * kKeyChunk, c1 = std::min(s.n, c0 + kKeyChunk), cw = c1 - c0;
       const int64_t cols = std::min(c1, s.m) - c0;
-      chunk_logits(s, q_bg[bg], k_ptr + bg * s.n * s.d, mask_ptr + b * s.n, c0, c1, scratch);
+      chunk_logits(s, q_ptr + bg * s.rows * s.d, k_ptr + bg * s.n * s.d, mask_ptr + b * s.n, c0, c1, scratch);
       const float* keep = scratch.keep.data();
       for (int64_t hl = 0; hl < s.ratio; ++hl) {
         float* acc = sums_ptr + (bg * s.ratio + hl) * s.m + c0;

@@ -184,8 +184,10 @@ def test_results_do_not_depend_on_threads_or_inference_mode():
 def opcheck_cases():
     q, k, valid = make_window_inputs(dict(b=2, g=2, r=2, w=4, n=40, pads=[0, 5], d=8, kernel=3, pooling="avg",
                                           sharpness=1.0, dtype=torch.float32, seed=1))
+    q.requires_grad_()  # read as constants: the ops are not differentiable
+    scores = make_scores(0, 3, 50, "ties", torch.float32, "cpu").requires_grad_()
     return {
-        "token_ranks": (torch.ops.asl.token_ranks.default, (make_scores(0, 3, 50, "ties", torch.float32, "cpu"),)),
+        "token_ranks": (torch.ops.asl.token_ranks.default, (scores,)),
         "rank_variance": (torch.ops.asl.rank_variance.default, (make_ranks(0, 4, 2, 60), 7)),
         "window_scores": (torch.ops.asl.window_scores.default, (q[:, :, -4:], k, valid, 3, "avg")),
     }
@@ -194,10 +196,20 @@ def opcheck_cases():
 @requires_ext
 @pytest.mark.parametrize("name", ["token_ranks", "rank_variance", "window_scores"])
 def test_opcheck(name):
-    """Schema, fake kernel and AOT dispatch. No autograd test: the ops are not differentiable."""
+    """Schema, autograd registration (a fallthrough: not differentiable), fake kernel, AOT dispatch."""
     op, args = opcheck_cases()[name]
-    torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static",
-                                                "test_aot_dispatch_dynamic"))
+    torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor",
+                                                "test_aot_dispatch_static", "test_aot_dispatch_dynamic"))
+
+
+@requires_ext
+def test_ops_are_not_differentiable():
+    """Inputs that require grad are read as constants; the outputs carry no autograd history."""
+    q = torch.randn(1, 4, 20, 8, requires_grad=True)
+    k = torch.randn(1, 2, 20, 8, requires_grad=True)
+    scores = ops.window_scores(q, k, torch.ones(1, 20, dtype=torch.bool), 4, 3, "avg")
+    assert not scores.requires_grad and scores.grad_fn is None
+    assert not torch.ops.asl.token_ranks(torch.randn(2, 9, requires_grad=True)).requires_grad
 
 
 @requires_ext
