@@ -166,21 +166,22 @@ void window_scores_impl(const Dims& s, const at::Tensor& q, const at::Tensor& ke
 
   // Merge the chunks in order: per row the max M and 1 / sum (0 for a row that sees no key).
   std::vector<float> row_max(bg_count * s.rows), row_inv(bg_count * s.rows);
-  for (int64_t bg = 0; bg < bg_count; ++bg) {
-    for (int64_t row = 0; row < s.rows; ++row) {
+  at::parallel_for(0, bg_count * s.rows, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bg = task / s.rows, row = task % s.rows;
       float mx = kNegInf;
       for (int64_t c = 0; c < s.chunks; ++c) mx = std::max(mx, chunk_max[(bg * s.chunks + c) * s.rows + row]);
       float sum = 0.0f;
       if (mx != kNegInf) {
         for (int64_t c = 0; c < s.chunks; ++c) {
-          const int64_t at = (bg * s.chunks + c) * s.rows + row;
-          if (chunk_max[at] != kNegInf) sum += chunk_sum[at] * std::exp(chunk_max[at] - mx);
+          const int64_t slot = (bg * s.chunks + c) * s.rows + row;
+          if (chunk_max[slot] != kNegInf) sum += chunk_sum[slot] * std::exp(chunk_max[slot] - mx);
         }
       }
-      row_max[bg * s.rows + row] = mx;
-      row_inv[bg * s.rows + row] = sum > 0.0f ? 1.0f / sum : 0.0f;
+      row_max[task] = mx;
+      row_inv[task] = sum > 0.0f ? 1.0f / sum : 0.0f;
     }
-  }
+  });
 
   // Pass 2: column sums of the probabilities over each head's w rows, prefix columns only.
   // Every window query sees every prefix key (causally), so only padding masks them.

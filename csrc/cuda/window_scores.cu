@@ -94,9 +94,9 @@ __global__ void chunk_stats(const float* __restrict__ q, const scalar_t* __restr
     const float mx = warp_max(x);
     const float sum = warp_sum(allowed ? expf(x - mx) : 0.0f);  // no lane allowed: mx = -inf, sum = 0
     if (lane == 0) {
-      const int64_t at = ((b * s.groups + g) * tiles + c) * s.rows + row;
-      tile_max[at] = mx;
-      tile_sum[at] = sum;
+      const int64_t slot = ((b * s.groups + g) * tiles + c) * s.rows + row;
+      tile_max[slot] = mx;
+      tile_sum[slot] = sum;
     }
   }
 }
@@ -112,8 +112,8 @@ __global__ void merge_stats(const float* __restrict__ tile_max, const float* __r
     float sum = 0.0f;
     if (mx != -INFINITY) {
       for (int64_t c = 0; c < tiles; ++c) {
-        const int64_t at = (bg * tiles + c) * s.rows + row;
-        if (tile_max[at] != -INFINITY) sum += tile_sum[at] * expf(tile_max[at] - mx);
+        const int64_t slot = (bg * tiles + c) * s.rows + row;
+        if (tile_max[slot] != -INFINITY) sum += tile_sum[slot] * expf(tile_max[slot] - mx);
       }
     }
     row_max[idx] = mx;
