@@ -41,5 +41,5 @@ def _extensions():
 setup(
     ext_modules=_extensions(),
     cmdclass={"build_ext": BuildExtension},
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},  # abi3: no Python C++ API is used
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},  # abi3 (requires-python >= 3.10): no pybind11
 )
