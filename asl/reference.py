@@ -18,8 +18,8 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, wind
     g = k.shape[1]
     keys = k.repeat_interleave(h // g, dim=1).float()  # query head i reads KV head i // (H/G)
     logits = q[:, :, n - window:].float() @ keys.transpose(-1, -2) / math.sqrt(d)
-    query_col = torch.arange(n - window, n)[:, None]
-    key_col = torch.arange(n)[None, :]
+    query_col = torch.arange(n - window, n, device=q.device)[:, None]
+    key_col = torch.arange(n, device=q.device)[None, :]
     allowed = (key_col <= query_col)[None, None] & valid[:, None, None, :]
     logits = logits.masked_fill(~allowed, float("-inf"))
     probs = logits.softmax(-1)

@@ -4,21 +4,35 @@
 
 Prefill: our layer-by-layer prefill (KV cache + last-token logits) vs transformers' sdpa
 forward with use_cache=True and logits_to_keep=1 (the same work). Decode: time per token at
-the given context, ours with compile=True vs transformers' generate (greedy), both
-measured as (time for N+1 tokens - time for 1 token) / N, runs interleaved.
+the given context, ours with compile=True vs transformers' generate (greedy): the decode
+loop's time over its steps, the prefill left out (for transformers, read off a logits
+processor that notes the time of every step), runs interleaved, median of 3.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import time
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
 
 import asl
 from asl.models.loading import resolve_checkpoint
 from asl.prefill import prefill
 from common import interleaved_medians, prose_ids, setup_threads
+
+
+class StepClock(LogitsProcessor):
+    """Notes the time at every generation step of transformers' generate."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def __call__(self, input_ids, scores):
+        self.times.append(time.perf_counter())
+        return scores
 
 
 def main() -> None:
@@ -44,22 +58,25 @@ def main() -> None:
 
     n = args.new_tokens
     x = torch.tensor([tok(prompt)["input_ids"]])
-    kw = dict(do_sample=False, pad_token_id=tok.eos_token_id)
+    clock = StepClock()
+    kw = dict(do_sample=False, pad_token_id=tok.eos_token_id, logits_processor=LogitsProcessorList([clock]))
+    tpots: dict[str, list[float]] = {"ours": [], "hf": []}
 
-    def ours(tokens: int):
-        def run():
-            out = asl.generate(model, tok, prompt, max_new_tokens=tokens, compile=True)
-            assert len(out.tokens) == tokens, "hit EOS early; pick another prompt"
-        return run
+    def ours() -> None:
+        out = asl.generate(model, tok, prompt, max_new_tokens=n + 1, compile=True)
+        assert len(out.tokens) == n + 1, "hit EOS early; pick another prompt"
+        tpots["ours"].append(out.trace.decode_s_per_token)
 
-    def theirs(tokens: int):
-        return lambda: hf.generate(x, max_new_tokens=tokens, min_new_tokens=tokens, **kw)
+    def theirs() -> None:
+        clock.times.clear()
+        hf.generate(x, max_new_tokens=n + 1, min_new_tokens=n + 1, **kw)
+        tpots["hf"].append((clock.times[-1] - clock.times[0]) / (len(clock.times) - 1))
 
-    ours(2)()  # compile the decode step once
-    with torch.inference_mode():  # time per token = (time for n+1 tokens - time for 1) / n, both sides
-        t = interleaved_medians({"ours_1": ours(1), "ours_n": ours(n + 1), "hf_1": theirs(1),
-                                 "hf_n": theirs(n + 1)}, 3, warmup=0)
-    tpot_ours, tpot_hf = (t["ours_n"] - t["ours_1"]) / n, (t["hf_n"] - t["hf_1"]) / n
+    ours()  # compile the decode step once
+    tpots["ours"].clear()
+    with torch.inference_mode():
+        interleaved_medians({"ours": ours, "hf": theirs}, 3, warmup=0)
+    tpot_ours, tpot_hf = statistics.median(tpots["ours"]), statistics.median(tpots["hf"])
 
     result = {
         "model": args.model, "context": ids.shape[1], "threads": args.threads,

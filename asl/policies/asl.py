@@ -102,7 +102,7 @@ class ASL(SelectionPolicy):
     def _top_with_window(self, own_scores: torch.Tensor, alive: int) -> torch.Tensor:
         """Sorted columns (of the sequence's own 0..alive-1) of its top k' prefix plus the window."""
         k_prefix = self.select_tokens - self.window
-        top = top_prefix(own_scores[None], torch.tensor([k_prefix]))[0]
+        top = top_prefix(own_scores[None], torch.tensor([k_prefix], device=own_scores.device))[0]
         window = torch.arange(alive - self.window, alive, device=own_scores.device)
         return torch.cat([top, window]).sort().values
 
