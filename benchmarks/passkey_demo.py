@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
 
 import asl
 from asl.bench.haystack import passkey_prompt
