@@ -10,6 +10,7 @@
 
 #include "checks.h"
 #include "ops.h"
+#include "column_math.h"
 #include "sort_key.h"
 
 namespace asl {
@@ -110,20 +111,7 @@ at::Tensor rank_variance_cpu(const at::Tensor& ranks_in, int64_t k) {
       double acc = 0.0;
       int64_t count = 0;
       for (int64_t t = c0; t < c1; ++t) {
-        bool in_union = false;
-        double sum = 0.0;
-        for (int64_t j = 0; j < layers; ++j) {
-          const int64_t v = row[j * layer_stride + t];
-          in_union |= v <= k;  // a layer's top-k are exactly its ranks 1..k
-          sum += static_cast<double>(v);
-        }
-        if (!in_union) continue;
-        const double mean = sum / static_cast<double>(layers);
-        for (int64_t j = 0; j < layers; ++j) {
-          const double dev = static_cast<double>(row[j * layer_stride + t]) - mean;
-          acc += dev * dev;
-        }
-        ++count;
+        count += add_column_rank_deviation(row, t, layers, layer_stride, k, acc);
       }
       part_sum[task] = acc;
       part_count[task] = count;

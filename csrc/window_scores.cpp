@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "column_math.h"
 #include "ops.h"
 
 namespace asl {
@@ -213,7 +214,6 @@ void window_scores_impl(const Dims& s, const at::Tensor& q, const at::Tensor& ke
   // Final: pool each head's column sums (stride 1, padding kernel / 2; avg divides by
   // kernel always, max ignores the padding), sum the group's heads, -inf on padding.
   float* out_ptr = out.data_ptr<float>();
-  const int64_t half = kernel / 2;
   at::parallel_for(0, bg_count, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bg = begin; bg < end; ++bg) {
       const bool* mask_b = mask_ptr + (bg / s.groups) * s.n;
@@ -223,22 +223,7 @@ void window_scores_impl(const Dims& s, const at::Tensor& q, const at::Tensor& ke
           dst[j] = kNegInf;
           continue;
         }
-        const int64_t lo = std::max<int64_t>(0, j - half), hi = std::min(s.m - 1, j + half);
-        float total = 0.0f;
-        for (int64_t hl = 0; hl < s.ratio; ++hl) {
-          const float* row = sums_ptr + (bg * s.ratio + hl) * s.m;
-          float pooled;
-          if (avg) {
-            float acc = 0.0f;
-            for (int64_t t = lo; t <= hi; ++t) acc += row[t];
-            pooled = acc / static_cast<float>(kernel);
-          } else {
-            pooled = row[lo];
-            for (int64_t t = lo + 1; t <= hi; ++t) pooled = std::max(pooled, row[t]);
-          }
-          total += pooled;
-        }
-        dst[j] = total;
+        dst[j] = pooled_group_score(sums_ptr + bg * s.ratio * s.m, s.ratio, s.m, j, kernel, avg);
       }
     }
   });

@@ -17,6 +17,7 @@
 #include <limits>
 
 #include "../checks.h"
+#include "../column_math.h"
 #include "../sort_key.h"
 #include "kernels.h"
 
@@ -61,20 +62,7 @@ __global__ void rank_variance_kernel(const int64_t* __restrict__ ranks, int64_t 
   double acc = 0.0;
   long long count = 0;
   for (int64_t t = threadIdx.x; t < m; t += blockDim.x) {
-    bool in_union = false;
-    double sum = 0.0;
-    for (int64_t j = 0; j < layers; ++j) {
-      const int64_t v = row[j * layer_stride + t];
-      in_union |= v <= k;  // a layer's top-k are exactly its ranks 1..k
-      sum += static_cast<double>(v);
-    }
-    if (!in_union) continue;
-    const double mean = sum / static_cast<double>(layers);
-    for (int64_t j = 0; j < layers; ++j) {
-      const double dev = static_cast<double>(row[j * layer_stride + t]) - mean;
-      acc += dev * dev;
-    }
-    ++count;
+    count += add_column_rank_deviation(row, t, layers, layer_stride, k, acc);
   }
   acc_s[threadIdx.x] = acc;
   count_s[threadIdx.x] = count;

@@ -25,6 +25,7 @@
 #include <limits>
 
 #include "../checks.h"
+#include "../column_math.h"
 #include "kernels.h"
 
 namespace asl {
@@ -149,7 +150,7 @@ __global__ void column_sums(const float* __restrict__ q, const scalar_t* __restr
 
 __global__ void pool_heads(const float* __restrict__ sums, const bool* __restrict__ mask, Dims s, int64_t kernel,
                            bool avg, float* __restrict__ out) {
-  const int64_t total = s.batch * s.groups * s.m, half = kernel / 2;
+  const int64_t total = s.batch * s.groups * s.m;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     const int64_t bg = idx / s.m, j = idx % s.m, b = bg / s.groups;
@@ -157,22 +158,7 @@ __global__ void pool_heads(const float* __restrict__ sums, const bool* __restric
       out[idx] = -INFINITY;
       continue;
     }
-    const int64_t lo = j - half > 0 ? j - half : 0, hi = j + half < s.m - 1 ? j + half : s.m - 1;
-    float total_heads = 0.0f;
-    for (int64_t hl = 0; hl < s.ratio; ++hl) {
-      const float* row = sums + (bg * s.ratio + hl) * s.m;
-      float pooled;
-      if (avg) {
-        float acc = 0.0f;
-        for (int64_t t = lo; t <= hi; ++t) acc += row[t];
-        pooled = acc / static_cast<float>(kernel);
-      } else {
-        pooled = row[lo];
-        for (int64_t t = lo + 1; t <= hi; ++t) pooled = fmaxf(pooled, row[t]);
-      }
-      total_heads += pooled;
-    }
-    out[idx] = total_heads;
+    out[idx] = pooled_group_score(sums + bg * s.ratio * s.m, s.ratio, s.m, j, kernel, avg);
   }
 }
 
