@@ -170,7 +170,7 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     compile: bool = False,
-    stop: list[str] | None = None,
+    stop: list[str] | None = None,  # end once one appears after the first word; cut from the text
     chat: bool = False,
     seed: int = 0,
     selection: SelectionPolicy | None = None,
@@ -241,16 +241,24 @@ def _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compi
     return generated, steps
 
 
+_LEAD = " \t\r\n:.,;-*`\"'"  # what an answer may start with before its first word
+
+
+def _stop_index(text: str, stop: list[str] | None) -> int | None:
+    """Where the earliest stop string starts, looking only after the text's leading
+    whitespace and punctuation (so a stop of "\n" lets an answer begin on a new line)."""
+    start = len(text) - len(text.lstrip(_LEAD))
+    hits = [i for i in (text.find(s, start) for s in stop or ()) if i >= 0]
+    return min(hits) if hits else None
+
+
 def _hits_stop(tokenizer, ids: list[int], stop: list[str]) -> bool:
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    return any(s in text for s in stop)
+    return _stop_index(tokenizer.decode(ids, skip_special_tokens=True), stop) is not None
 
 
 def _cut_at_stop(text: str, stop: list[str] | None) -> str:
-    for s in stop or ():
-        if s in text:
-            text = text[: text.index(s)]
-    return text
+    i = _stop_index(text, stop)
+    return text if i is None else text[:i]
 
 
 def _finish(tokenizer, generated, pre, ids, stop, prefill_s, decode_s_per_token, single, reports):
