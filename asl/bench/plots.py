@@ -1,0 +1,250 @@
+"""PNG plots of benchmark results (matplotlib, Agg backend; imported lazily so that importing
+asl.bench never needs matplotlib or a display).
+
+make_plots(records, summary, out_dir) writes into out_dir/"plots":
+  niah_<method>.png             NIAH heat map (length x depth, mean score) per method
+  accuracy_vs_budget.png        accuracy (mean over tasks) against KV budget, one panel per length
+  selection_layers_<method>.png selection-layer histogram per task, for methods that select
+  ratios_<method>.png           per-layer variance-ratio curves, for methods that record ratios
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from .report import ALL_TASKS, FULL_METHOD, NO_LAYER, _first_appearance, _layer_key, _num, selects, summarize
+
+DPI = 120
+
+
+def safe_name(label: str) -> str:
+    """A filename-safe version of a method label ("mymod:MyPolicy(x=1)" -> "mymod_MyPolicy_x_1")."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", str(label)).strip("._")
+    return s[:80] or "method"
+
+
+def _safe_names(labels) -> dict:
+    out, used = {}, set()
+    for lab in labels:
+        base = safe_name(lab)
+        s, i = base, 2
+        while s in used:
+            s = f"{base}_{i}"
+            i += 1
+        used.add(s)
+        out[lab] = s
+    return out
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(plt, fig, path: Path, tight: bool = True) -> Path:
+    if tight:
+        fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=DPI)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _grid(n: int, max_cols: int = 3):
+    cols = min(n, max_cols)
+    return math.ceil(n / cols), cols
+
+
+def _budget_str(b) -> str:
+    return "full" if b is None else str(b)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _plot_niah(plt, records, out: Path, names) -> list[Path]:
+    niah = [r for r in records if r.get("task") == "niah" and r.get("depth") is not None
+            and _num(r.get("score")) is not None]
+    if not niah:
+        return []
+    paths = []
+    for method in _first_appearance(r["method"] for r in niah):
+        recs = [r for r in niah if r["method"] == method]
+        budgets = sorted(_first_appearance(r.get("budget") for r in recs), key=lambda b: (b is not None, b or 0))
+        lengths = sorted(_first_appearance(r["length"] for r in recs))
+        depths = sorted(_first_appearance(round(float(r["depth"]), 2) for r in recs))
+        nr, nc = _grid(len(budgets), 2)
+        fig, axes = plt.subplots(nr, nc, squeeze=False, layout="constrained",
+                                 figsize=(max(4.5, 1.0 + 0.9 * len(lengths)) * nc + 1.0,
+                                          max(3.5, 1.2 + 0.45 * len(depths)) * nr))
+        im = None
+        for ax, budget in zip(axes.flat, budgets):
+            cells = defaultdict(list)
+            for r in recs:
+                if r.get("budget") == budget:
+                    cells[(round(float(r["depth"]), 2), r["length"])].append(float(r["score"]))
+            grid = [[(sum(cells[(d, L)]) / len(cells[(d, L)])) if cells.get((d, L)) else float("nan")
+                     for L in lengths] for d in depths]
+            im = ax.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto", origin="upper")
+            for i, row in enumerate(grid):
+                for j, v in enumerate(row):
+                    if not math.isnan(v):
+                        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                                color="black" if 0.25 < v < 0.85 else "white")
+            ax.set_xticks(range(len(lengths)), [str(L) for L in lengths])
+            ax.set_yticks(range(len(depths)), [f"{d:.2f}" for d in depths])
+            ax.set_xlabel("context length (tokens)")
+            ax.set_ylabel("needle depth (fraction of context)")
+            title = f"NIAH: {method}"
+            if budget is not None or len(budgets) > 1:
+                title += f" (budget {_budget_str(budget)})"
+            ax.set_title(title, fontsize=10)
+        for ax in list(axes.flat)[len(budgets):]:
+            ax.axis("off")
+        if im is not None:
+            fig.colorbar(im, ax=axes.ravel().tolist(), label="mean score", shrink=0.9)
+        paths.append(_save(plt, fig, out / f"niah_{names[method]}.png", tight=False))
+    return paths
+
+
+def _plot_accuracy_vs_budget(plt, summary, out: Path) -> list[Path]:
+    rows = [r for r in summary if r.get("task") == ALL_TASKS and _num(r.get("accuracy")) is not None]
+    if not any(r.get("budget") is not None for r in rows):
+        return []
+    lengths = sorted(_first_appearance(r["length"] for r in rows))
+    methods = _first_appearance(r["method"] for r in rows)
+    budgets = sorted({r["budget"] for r in rows if r.get("budget") is not None})
+    colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    nr, nc = _grid(len(lengths), 3)
+    fig, axes = plt.subplots(nr, nc, squeeze=False, figsize=(5.2 * nc, 4.0 * nr))
+    for ax, length in zip(axes.flat, lengths):
+        lrows = [r for r in rows if r["length"] == length]
+        for m in methods:
+            mrows = [r for r in lrows if r["method"] == m]
+            pts = sorted((r["budget"], r["accuracy"]) for r in mrows if r.get("budget") is not None)
+            flat = [r["accuracy"] for r in mrows if r.get("budget") is None]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=colors[m], label=m)
+            for acc in flat:
+                ax.axhline(acc, color=colors[m], ls="--" if m == FULL_METHOD else ":", lw=1.5,
+                           label=f"{m} (no budget)" if m != FULL_METHOD else "full cache")
+        if len(budgets) > 1:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.minorticks_off()
+        ax.set_ylim(-2, 102)
+        ax.set_xlabel("KV budget (tokens per head per layer)")
+        ax.set_ylabel("accuracy (%, mean over tasks)")
+        ax.set_title(f"accuracy vs KV budget, length {length}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(lengths):]:
+        ax.axis("off")
+    return [_save(plt, fig, out / "accuracy_vs_budget.png")]
+
+
+def _plot_selection_layers(plt, records, out: Path, names) -> list[Path]:
+    paths = []
+    for method in _first_appearance(r["method"] for r in records):
+        recs = [r for r in records if r["method"] == method]
+        if not any(selects(r) for r in recs):
+            continue
+        tasks = _first_appearance(r["task"] for r in recs)
+        budgets = sorted(_first_appearance(r.get("budget") for r in recs), key=lambda b: (b is not None, b or 0))
+
+        def lab(r):
+            return NO_LAYER if r.get("selection_layer") is None else str(int(r["selection_layer"]))
+
+        cats = sorted({lab(r) for r in recs} | {NO_LAYER}, key=_layer_key)
+        nr, nc = _grid(len(tasks), 3)
+        fig, axes = plt.subplots(nr, nc, squeeze=False,
+                                 figsize=(max(4.0, 0.45 * len(cats) + 1.5) * nc, 3.4 * nr))
+        width = 0.8 / len(budgets)
+        for ax, task in zip(axes.flat, tasks):
+            for k, b in enumerate(budgets):
+                c = Counter(lab(r) for r in recs if r["task"] == task and r.get("budget") == b)
+                xs = [i - 0.4 + width * (k + 0.5) for i in range(len(cats))]
+                ax.bar(xs, [c.get(cat, 0) for cat in cats], width=width, color=f"C{k % 10}",
+                       label=f"budget {_budget_str(b)}" if len(budgets) > 1 else None)
+            ax.set_xticks(range(len(cats)), cats, rotation=45 if len(cats) > 12 else 0, fontsize=8)
+            ax.set_xlabel("selection layer")
+            ax.set_ylabel("samples")
+            ax.set_title(f"{method}: {task}", fontsize=10)
+            ax.yaxis.get_major_locator().set_params(integer=True)
+            if len(budgets) > 1:
+                ax.legend(fontsize=7)
+        for ax in list(axes.flat)[len(tasks):]:
+            ax.axis("off")
+        paths.append(_save(plt, fig, out / f"selection_layers_{names[method]}.png"))
+    return paths
+
+
+def _plot_ratios(plt, records, out: Path, names, method_params) -> list[Path]:
+    paths = []
+    for method in _first_appearance(r["method"] for r in records):
+        recs = [r for r in records if r["method"] == method and r.get("ratios")]
+        if not recs:
+            continue
+        params = (method_params or {}).get(method) or {}
+        tasks = _first_appearance(r["task"] for r in recs)
+        colors = {t: f"C{i % 10}" for i, t in enumerate(tasks)}
+        fig, ax = plt.subplots(figsize=(7.5, 4.5))
+        alpha = max(0.15, min(0.8, 8.0 / math.sqrt(len(recs))))
+        n_layers = 0
+        for r in recs:
+            ys = [float("nan") if _num(v) is None else float(v) for v in r["ratios"]]
+            n_layers = max(n_layers, len(ys))
+            ax.plot(range(len(ys)), ys, lw=0.8, alpha=alpha, color=colors[r["task"]])
+            sl = r.get("selection_layer")
+            if sl is not None and 0 <= int(sl) < len(ys) and not math.isnan(ys[int(sl)]):
+                ax.plot([int(sl)], [ys[int(sl)]], marker="o", ms=4, color=colors[r["task"]],
+                        markeredgecolor="black", markeredgewidth=0.5, ls="none")
+        handles = [plt.Line2D([], [], color=colors[t], lw=1.5, label=t) for t in tasks]
+        tau = _num(params.get("tau"))
+        if tau is not None:
+            ax.axhline(tau, color="black", ls="--", lw=1.2)
+            handles.append(plt.Line2D([], [], color="black", ls="--", label=f"tau = {tau:g}"))
+        l_min = _num(params.get("l_min"))
+        if l_min is not None:
+            ax.axvline(l_min, color="grey", ls=":", lw=1.0)
+            handles.append(plt.Line2D([], [], color="grey", ls=":", label=f"l_min = {l_min:g}"))
+        handles.append(plt.Line2D([], [], marker="o", color="grey", markeredgecolor="black", ls="none",
+                                  label="selection layer"))
+        ax.legend(handles=handles, fontsize=8, loc="best")
+        ax.set_xlim(-0.5, max(1, n_layers) - 0.5)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("variance ratio")
+        ax.set_title(f"{method}: per-layer ratio ({len(recs)} samples)", fontsize=10)
+        ax.grid(alpha=0.3)
+        paths.append(_save(plt, fig, out / f"ratios_{names[method]}.png"))
+    return paths
+
+
+def make_plots(records: list[dict], summary: list[dict], out_dir,
+               method_params: dict[str, dict] | None = None) -> list[Path]:
+    """Write the plots into out_dir/"plots" and return their paths; a plot whose data is absent is skipped.
+
+    method_params maps a method label to its parameters (e.g. {"asl": {"tau": 0.7, "l_min": 8}});
+    tau (and l_min) are drawn on that method's ratio curves when given.
+    """
+    records = list(records or [])
+    if summary is None:
+        summary = summarize(records)
+    if not records and not summary:
+        return []
+    plt = _pyplot()
+    out = Path(out_dir) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    names = _safe_names(_first_appearance([r.get("method") for r in records] + [r.get("method") for r in summary]))
+    paths: list[Path] = []
+    paths += _plot_niah(plt, records, out, names)
+    paths += _plot_accuracy_vs_budget(plt, summary, out)
+    paths += _plot_selection_layers(plt, records, out, names)
+    paths += _plot_ratios(plt, records, out, names, method_params)
+    return paths
