@@ -1,0 +1,65 @@
+"""Peak memory of one run, above what was in use when it started.
+
+CUDA: the caching allocator's peak. CPU: the process's resident-set high-water mark
+(`VmHWM`), which Linux lets us reset by writing 5 to /proc/self/clear_refs; large tensors are
+mmapped by glibc and returned on free, so the difference tracks the run's tensors.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+_STATUS = "/proc/self/status"
+_CLEAR = "/proc/self/clear_refs"
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open(_STATUS) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_cpu_peak() -> bool:
+    try:
+        with open(_CLEAR, "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """`with PeakMemory(device) as m: ...` then `m.bytes` (None where it cannot be measured)."""
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
+        self.bytes: int | None = None
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        else:
+            self._ok = _reset_cpu_peak()
+            self._start = _status_kib("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.bytes = torch.cuda.max_memory_allocated(self.device) - self._start
+        elif self._ok and self._start is not None:
+            peak = _status_kib("VmHWM")
+            self.bytes = max(0, peak - self._start) * 1024 if peak is not None else None
+        return False
+
+
+def cpu_peak_supported() -> bool:
+    return os.path.exists(_CLEAR) and _reset_cpu_peak()

@@ -1,0 +1,111 @@
+"""Run every (sample, method, budget) of a benchmark: generate, score, time, record."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+import asl
+from asl.bench import metrics
+from asl.bench.memory import PeakMemory
+from asl.bench.methods import MethodSpec, build
+from asl.bench.tasks import Sample, make_sample
+
+
+@dataclass(frozen=True)
+class Job:
+    """One generate call: a sample (by its coordinates), a method and its budget."""
+
+    task: str
+    length: int
+    index: int
+    group: int  # which sample this is in the run's order (what ranks shard on)
+    method: MethodSpec
+    budget: int | None  # None for the full cache
+    select_tokens: int | None
+
+    @property
+    def key(self) -> tuple:
+        return (f"{self.task}/{self.length}/{self.index}", self.method.label, self.budget)
+
+
+def plan(tasks, lengths, samples, methods, budgets, select_tokens) -> list[Job]:
+    """Sample index outermost, so a partial run covers every cell evenly."""
+    jobs, group = [], 0
+    for index in range(samples):
+        for length in lengths:
+            for task in tasks:
+                for m in methods:
+                    if m.name == "full":
+                        jobs.append(Job(task, length, index, group, m, None, None))
+                        continue
+                    for b in budgets:
+                        jobs.append(Job(task, length, index, group, m, b, select_tokens or b))
+                group += 1
+    return jobs
+
+
+def run_job(model, tokenizer, sample: Sample, job: Job, params: dict, compile: bool = False) -> dict:
+    params = {k: ({"budget": job.budget, "select_tokens": job.select_tokens}.get(k, v) if k not in job.method.kwargs else v)
+              for k, v in params.items()}
+    selection, eviction = build(job.method, params, job.budget, job.select_tokens)
+    device = model.lm_head.weight.device
+    with PeakMemory(device) as mem:
+        out = asl.generate(model, tokenizer, sample.prompt, max_new_tokens=sample.max_new_tokens,
+                           stop=list(sample.stop) or None, selection=selection, eviction=eviction, compile=compile)
+    seq = out.trace.sequences[0]
+    layers = model.config.num_layers
+    return {
+        "id": sample.id, "task": sample.task, "length": sample.length, "index": sample.index, "depth": sample.depth,
+        "method": job.method.label, "budget": job.budget, "select_tokens": job.select_tokens,
+        "prompt_tokens": sample.prompt_tokens, "answers": list(sample.answers), "prediction": out.text,
+        "score": metrics.score(sample.metric, out.text, sample.answers),
+        "ttft_s": out.trace.prefill_s, "tpot_s": out.trace.decode_s_per_token if seq.new_tokens > 1 else None,
+        "new_tokens": seq.new_tokens, "kv_tokens": seq.kv_tokens, "kv_bytes": seq.kv_bytes,
+        "peak_mem_bytes": mem.bytes, "selection_layer": seq.selection_layer,
+        "ratios": [seq.ratios.get(layer) for layer in range(layers)] if seq.ratios else [],
+        "alive_tokens": seq.alive_tokens, "policy_s": out.trace.policy_s,
+    }
+
+
+def warm_up(model, tokenizer, methods, params, budgets, select_tokens, length: int) -> None:
+    """One short run per method first, so one-time costs (kernels, lazy imports) stay out of
+    the timings."""
+    sample = make_sample("passkey", tokenizer, length, 0, seed=-1)
+    for m in methods:
+        budget = None if m.name == "full" else budgets[0]
+        run_job(model, tokenizer, sample, Job("passkey", sample.length, 0, 0, m, budget,
+                                              None if budget is None else (select_tokens or budget)), params[m.label])
+
+
+def run(model, tokenizer, jobs: list[Job], params: dict[str, dict], seed: int, done: set, write, rank_label: str = "",
+        show: bool = True, compile: bool = False) -> list[dict]:
+    """Runs the jobs not in `done`, calling `write(record)` after each; returns the new records."""
+    todo = [j for j in jobs if j.key not in done]
+    records, sample, running = [], None, {}
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"bench{rank_label}", unit="run",
+               file=sys.stdout, disable=not show, dynamic_ncols=True)
+    try:
+        for job in todo:
+            if sample is None or (sample.task, sample.length, sample.index) != (job.task, job.length, job.index):
+                sample = make_sample(job.task, tokenizer, job.length, job.index, seed)
+            record = run_job(model, tokenizer, sample, job, params[job.method.label], compile)
+            write(record)
+            records.append(record)
+            s = running.setdefault(job.method.label, [0.0, 0])
+            s[0] += record["score"]
+            s[1] += 1
+            bar.set_postfix_str(" ".join(f"{k}={100 * v[0] / v[1]:.0f}%" for k, v in running.items())[:90])
+            bar.update()
+    finally:
+        bar.close()
+    return records
+
+
+def set_threads(threads: int | None, local_world: int) -> int:
+    n = threads or max(1, (os.cpu_count() or 1) // local_world)
+    torch.set_num_threads(n)
+    return n

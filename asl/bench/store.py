@@ -1,0 +1,93 @@
+"""The run folder: per-sample records in JSON lines, written one whole line at a time so an
+interrupted run leaves valid files and a rerun picks up where it stopped.
+
+Each rank appends to its own file while running (`samples.jsonl` alone, `samples.rankR.jsonl`
+under torchrun); rank 0 folds everything into `samples.jsonl` in a canonical order.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+SAMPLES = "samples.jsonl"
+CONFIG = "config.json"
+
+
+def record_key(r: dict) -> tuple:
+    """What identifies a result: the sample, the method and its budget."""
+    return (r["id"], r["method"], r["budget"])
+
+
+def read_jsonl(path: pathlib.Path) -> list[dict]:
+    """Whole lines only: a line cut short by a kill is ignored (and dropped on the next append)."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def shard_files(out: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(out.glob("samples.rank*.jsonl"))
+
+
+def load_done(out: pathlib.Path) -> dict[tuple, dict]:
+    done = {}
+    for path in [out / SAMPLES, *shard_files(out)]:
+        for r in read_jsonl(path):
+            done[record_key(r)] = r
+    return done
+
+
+class Appender:
+    """Appends records durably: flush + fsync per line, after cutting any partial last line."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path = path
+        if path.exists():
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                with open(path, "r+b") as f:
+                    f.truncate(data.rfind(b"\n") + 1)
+        self._f = open(path, "a")
+
+    def write(self, record: dict) -> None:
+        self._f.write(json.dumps(record) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def write_atomic(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def consolidate(out: pathlib.Path, order: dict[tuple, int], extra: list[dict] = ()) -> list[dict]:
+    """Fold shard files (and records gathered from other ranks) into samples.jsonl, sorted by
+    `order` (the run's work order; unknown keys last, by key). Returns all records."""
+    done = load_done(out)
+    for r in extra:
+        done[record_key(r)] = r
+    records = sorted(done.values(), key=lambda r: (order.get(record_key(r), len(order)), str(record_key(r))))
+    write_atomic(out / SAMPLES, "".join(json.dumps(r) + "\n" for r in records))
+    for path in shard_files(out):
+        path.unlink()
+    return records
+
+
+def load_config(out: pathlib.Path) -> dict | None:
+    path = out / CONFIG
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_config(out: pathlib.Path, config: dict) -> None:
+    write_atomic(out / CONFIG, json.dumps(config, indent=2) + "\n")

@@ -1,0 +1,96 @@
+"""python -m asl.bench end to end on smollm2 at short lengths: bad arguments, a custom
+policy through --methods, resume after an interruption, and torchrun sharding."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from asl.bench import runner
+from asl.bench.cli import main
+
+TESTS = pathlib.Path(__file__).parent
+BASE = ["--model", "smollm2-135m", "--tasks", "passkey,kv_retrieval", "--lengths", "512", "--budget", "64",
+        "--threads", "1", "--no-plots"]
+TIMING = {"ttft_s", "tpot_s", "peak_mem_bytes", "policy_s"}
+
+
+def records(out) -> list[dict]:
+    return [json.loads(line) for line in (pathlib.Path(out) / "samples.jsonl").read_text().splitlines()]
+
+
+def without_timing(rs):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rs]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tasks", "passkey,nope"], "--tasks: unknown task(s) nope; allowed: passkey"),
+    (["--methods", "full,fastest"], "--methods: unknown method 'fastest'; allowed: full, snapkv"),
+    (["--model", "no-such-model"], "--model: cannot resolve checkpoint 'no-such-model'"),
+    (["--lengths", "2048,100000"], "--lengths: [100000] exceed what smollm2-135m can take"),
+    (["--budget", "16"], "--budget 16"),
+    (["--methods", "asl(tau=-1)"], "tau must be a number >= 0"),
+    (["--methods", "json:JSONDecoder"], "is not a SelectionPolicy or EvictionPolicy"),
+    (["--samples", "0"], "--samples must be >= 1"),
+])
+def test_bad_arguments_fail_before_any_work(tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    assert main([*BASE, "--out", str(out), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_custom_policy_interrupt_and_resume(tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "run")
+    methods = ["--methods", "full,asl,bench_custom_policy:HalfwayTopK(fraction=0.25)"]
+    real_run_job, calls = runner.run_job, []
+
+    def interrupted_after_four(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3 + 5:  # 3 warm-up runs, then 4 scored runs
+            raise KeyboardInterrupt
+        return real_run_job(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_job", interrupted_after_four)
+    assert main([*BASE, *methods, "--samples", "1", "--out", out]) == 130
+    partial = records(out)
+    assert len(partial) == 4
+    with open(pathlib.Path(out) / "samples.jsonl", "a") as f:
+        f.write('{"id": "cut short by a kil')  # what a kill mid-write leaves
+    monkeypatch.setattr(runner, "run_job", real_run_job)
+
+    assert main([*BASE, *methods, "--samples", "2", "--out", out]) == 0
+    rs = records(out)
+    assert len(rs) == 2 * 2 * 3 and len({(r["id"], r["method"]) for r in rs}) == 12
+    for old in partial:  # kept as they were, not rerun
+        assert old in rs
+    custom = [r for r in rs if r["method"].startswith("bench_custom_policy:HalfwayTopK")]
+    assert len(custom) == 4
+    for r in custom:
+        assert r["selection_layer"] == 7  # int(30 layers * 0.25)
+        assert max(r["kv_tokens"]) <= 64 and r["prompt_tokens"] <= 512
+    summary = json.loads((pathlib.Path(out) / "summary.json").read_text())
+    cells = {(s["task"], s["method"]) for s in summary}
+    assert ("kv_retrieval", "asl") in cells and all(s["n"] == 2 for s in summary if s["task"] != "all")
+    assert "HalfwayTopK" in capsys.readouterr().out  # the table names it
+
+
+def _bench(args, out, nproc=None):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    launcher = [sys.executable, "-m", "asl.bench"] if nproc is None else [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", "29517",
+        "-m", "asl.bench"]
+    done = subprocess.run([*launcher, *args, "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return records(out)
+
+
+def test_two_processes_equal_one(tmp_path):
+    args = [*BASE, "--methods", "full,snapkv,fastkv", "--samples", "2"]
+    one = _bench(args, tmp_path / "one")
+    two = _bench(args, tmp_path / "two", nproc=2)
+    assert len(one) == 2 * 2 * 3
+    assert without_timing(two) == without_timing(one)
+    assert not list((tmp_path / "two").glob("samples.rank*.jsonl"))
