@@ -31,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--methods", default=DEFAULT_METHODS,
                     help="comma-separated: full, snapkv, fastkv, gemfilter, asl, asl-2pass, streaming, or "
                          "module:Class; arguments as name(key=value,...)")
-    ap.add_argument("--budget", default="256", help="KV tokens per head per layer; comma-separated for several")
+    ap.add_argument("--budget", default="512", help="KV tokens per head per layer; comma-separated for several")
     ap.add_argument("--select-tokens", type=int, default=None, help="tokens kept by selection (default: the budget)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench-out", help="results folder (a rerun resumes it)")

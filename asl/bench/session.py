@@ -73,7 +73,8 @@ class Session:
         records, interrupted = [], False
         try:
             if any(j.key not in done for j in mine):
-                warm_up(model, tokenizer, args.methods, self.params, args.budget, args.select_tokens, min(args.lengths))
+                warm_up(model, tokenizer, args.methods, self.params, args.budget, args.select_tokens,
+                        min(min(args.lengths), max(512, 2 * max(args.budget) + 64)))
             records = run(model, tokenizer, mine, self.params, args.seed, done, appender.write,
                           rank_label="" if ranks.world == 1 else f"[{ranks.rank}]", show=True, compile=args.compile)
         except KeyboardInterrupt:
