@@ -61,7 +61,8 @@ def test_a_stop_counts_after_the_first_word(text, cut):
 
 @pytest.mark.skipif(not cpu_peak_supported(), reason="needs /proc/self/clear_refs")
 def test_peak_memory_sees_a_freed_allocation():
+    # Above glibc's largest mmap threshold (32 MiB), so it is mapped fresh whatever ran before.
     with PeakMemory("cpu") as m:
-        x = torch.ones(32 * 2**20 // 4)  # 32 MiB
+        x = torch.ones(96 * 2**20 // 4)
         del x
-    assert 30 * 2**20 <= m.bytes <= 64 * 2**20
+    assert 90 * 2**20 <= m.bytes <= 128 * 2**20

@@ -2,7 +2,8 @@
 
 CUDA: the caching allocator's peak. CPU: the process's resident-set high-water mark
 (`VmHWM`), which Linux lets us reset by writing 5 to /proc/self/clear_refs; large tensors are
-mmapped by glibc and returned on free, so the difference tracks the run's tensors.
+mmapped by glibc and returned on free, so the difference tracks the run's tensors (smaller
+ones may reuse heap memory an earlier run left resident and then go uncounted).
 """
 from __future__ import annotations
 
