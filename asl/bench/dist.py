@@ -33,7 +33,7 @@ def init(device: str) -> Ranks:
         return Ranks()
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     dist.init_process_group(backend)
     return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
                  int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
@@ -41,7 +41,7 @@ def init(device: str) -> Ranks:
 
 def device_for(ranks: Ranks, device: str) -> str:
     if device == "cuda" and ranks.world > 1:
-        return f"cuda:{ranks.local_rank}"
+        return f"cuda:{ranks.local_rank % torch.cuda.device_count()}"
     return device
 
 

@@ -87,7 +87,8 @@ def run(model, tokenizer, jobs: list[Job], params: dict[str, dict], seed: int, d
     todo = [j for j in jobs if j.key not in done]
     records, sample, running = [], None, {}
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"bench{rank_label}", unit="run",
-               file=sys.stdout, disable=not show, dynamic_ncols=True)
+               file=sys.stdout, disable=not show, dynamic_ncols=True,
+               mininterval=0.5 if sys.stdout.isatty() else 60)
     try:
         for job in todo:
             if sample is None or (sample.task, sample.length, sample.index) != (job.task, job.length, job.index):
