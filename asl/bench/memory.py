@@ -64,3 +64,20 @@ class PeakMemory:
 
 def cpu_peak_supported() -> bool:
     return os.path.exists(_CLEAR) and _reset_cpu_peak()
+
+
+MMAP_THRESHOLD = 64 * 1024
+
+
+def exact_cpu_peaks() -> bool:
+    """Make glibc map every allocation of 64 KiB or more fresh and unmap it on free (a fixed
+    mmap threshold), so the RSS probe counts a run's tensors even after earlier runs freed
+    theirs. Costs some page faults; call it once in processes that compare peaks."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        return bool(libc.mallopt(-3, MMAP_THRESHOLD))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False

@@ -1,0 +1,228 @@
+"""Ours vs transformers vs kvpress on the same asl.bench samples: accuracy, TTFT, TPOT, peak
+memory and KV bytes, each also as a ratio to transformers' own generate with the full cache.
+
+    make peers                         # both bundled models, 2,048 / 4,096 / 8,192 tokens
+    python benchmarks/peers.py --models smollm2-135m --lengths 1024 --samples 1 --repeats 1
+
+kvpress runs in its own virtual environment (benchmarks/peers_env.sh makes .venv-kvpress):
+it pins transformers below 5.3 and patches attention functions when imported, so it is never
+imported here; benchmarks/peers_kvpress.py runs there on the same prompts and weights.
+Timings: every (sample, method) runs --repeats times, methods interleaved, median kept.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+from common import StepClock, setup_threads
+from transformers import AutoModelForCausalLM, LogitsProcessorList
+
+import asl
+from asl.bench import metrics
+from asl.bench.memory import MMAP_THRESHOLD, PeakMemory, exact_cpu_peaks
+from asl.bench.methods import default_params, parse_method
+from asl.bench.runner import Job, run_job
+from asl.bench.tasks import make_sample
+from asl.generation import _cut_at_stop
+from asl.models.loading import resolve_checkpoint
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+KVPRESS_PY = ROOT / ".venv-kvpress" / "bin" / "python"
+OURS = ("full", "snapkv", "fastkv", "gemfilter", "asl")
+KVPRESS = ("snapkv", "streaming")
+
+
+def transformers_run(hf, tokenizer, sample) -> dict:
+    """transformers' generate, greedy, full cache; TTFT to the first step, TPOT between steps."""
+    ids = torch.tensor([tokenizer(sample.prompt)["input_ids"]])
+    clock = StepClock()
+    with PeakMemory("cpu") as mem:
+        start = time.perf_counter()
+        out = hf.generate(ids, max_new_tokens=sample.max_new_tokens, do_sample=False,
+                          pad_token_id=tokenizer.eos_token_id, logits_processor=LogitsProcessorList([clock]))
+    new = out[0, ids.shape[1]:].tolist()
+    text = _cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), list(sample.stop))
+    steps = [b - a for a, b in zip(clock.times, clock.times[1:])]
+    c = hf.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    kv_bytes = 2 * c.num_hidden_layers * c.num_key_value_heads * ids.shape[1] * head_dim * hf.dtype.itemsize
+    return {"prediction": text, "ttft_s": clock.times[0] - start, "tpot_s": statistics.median(steps) if steps else None,
+            "peak_mem_bytes": mem.bytes, "kv_bytes": kv_bytes, "new_tokens": len(new)}
+
+
+def ours_run(model, tokenizer, sample, name: str, budget: int, num_layers: int, model_name: str) -> dict:
+    spec = parse_method(name)
+    b = None if name == "full" else budget
+    params = default_params(spec, model_name, num_layers, budget, budget)
+    job = Job(sample.task, sample.length, sample.index, 0, spec, b, b)
+    r = run_job(model, tokenizer, sample, job, params, compile=True)
+    return {k: r[k] for k in ("prediction", "ttft_s", "tpot_s", "peak_mem_bytes", "kv_bytes", "new_tokens",
+                              "selection_layer")}
+
+
+def kvpress_runs(folder, samples, press: str, budget: int, args, token_bytes: int) -> dict[str, list[dict]]:
+    """Runs the worker in .venv-kvpress; returns per sample id the list of repeats.
+    `token_bytes`: K and V bytes of one token in one layer, all KV heads."""
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = pathlib.Path(tmp) / "samples.json"
+        out = pathlib.Path(tmp) / "out.json"
+        spec.write_text(json.dumps([{"id": s.id, "prompt": s.prompt, "max_new_tokens": s.max_new_tokens,
+                                     "stop": list(s.stop)} for s in samples]))
+        cmd = [str(KVPRESS_PY), str(ROOT / "benchmarks" / "peers_kvpress.py"), "--model-dir", str(folder),
+               "--samples", str(spec), "--press", press, "--budget", str(budget), "--repeats", str(args.repeats),
+               "--threads", str(args.threads), "--dtype", args.dtype, "--out", str(out)]
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}  # as exact_cpu_peaks() does here
+        subprocess.run(cmd, check=True, env=env)
+        data = json.loads(out.read_text())
+    runs: dict[str, list[dict]] = {}
+    for r in data["results"]:
+        r["kv_bytes"] = sum(r["kv_tokens"]) * token_bytes
+        runs.setdefault(r["id"], []).append(r)
+    return runs, data.get("versions", {})
+
+
+def _median(rows: list[dict], key: str) -> float:
+    """Median over every repeat of every row."""
+    return statistics.median([x for r in rows for x in r[key] if x is not None] or [float("nan")])
+
+
+def _ratio(s: dict, key: str) -> str:
+    return f"{s[key]:6.2f}" if s[key] is not None else "     -"
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per model, length and method: accuracy, medians, and ratios to transformers' full cache."""
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        cells.setdefault((r["model"], r["length"], r["method"]), []).append(r)
+    out = []
+    for (model, length, method), rs in cells.items():
+        out.append({"model": model, "length": length, "method": method, "n": len(rs),
+                    "accuracy": 100 * statistics.mean(r["score"] for r in rs), "ttft_s": _median(rs, "ttft_s"),
+                    "tpot_s": _median(rs, "tpot_s"), "peak_mem_bytes": _median(rs, "peak_mem_bytes"),
+                    "kv_bytes": statistics.mean(r["kv_bytes"] for r in rs)})
+    base = {(s["model"], s["length"]): s for s in out if s["method"] == "transformers"}
+    for s in out:
+        b = base.get((s["model"], s["length"]))
+        for k in ("ttft_s", "tpot_s", "peak_mem_bytes", "kv_bytes"):
+            s[f"{k}_vs_hf"] = s[k] / b[k] if b and b[k] else None
+    return out
+
+
+def table(summary: list[dict]) -> str:
+    lines = []
+    for model, length in dict.fromkeys((s["model"], s["length"]) for s in summary):
+        lines.append(f"\n== {model}, {length} tokens " + "=" * 40)
+        lines.append(f"{'method':<18}{'n':>3}{'acc %':>7}{'TTFT s':>9}{'x hf':>6}{'TPOT ms':>9}{'x hf':>6}"
+                     f"{'peak MiB':>10}{'x hf':>6}{'KV MiB':>8}{'x hf':>6}")
+        for s in (s for s in summary if (s["model"], s["length"]) == (model, length)):
+            lines.append(f"{s['method']:<18}{s['n']:>3}{s['accuracy']:7.1f}{s['ttft_s']:9.3f}{_ratio(s, 'ttft_s_vs_hf')}"
+                         f"{s['tpot_s'] * 1e3:9.1f}{_ratio(s, 'tpot_s_vs_hf')}{s['peak_mem_bytes'] / 2**20:10.0f}"
+                         f"{_ratio(s, 'peak_mem_bytes_vs_hf')}{s['kv_bytes'] / 2**20:8.1f}{_ratio(s, 'kv_bytes_vs_hf')}")
+    return "\n".join(lines)
+
+
+def plot(summary: list[dict], path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(s["model"] for s in summary))
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for method in dict.fromkeys(s["method"] for s in summary):
+            pts = sorted((s["length"], s["ttft_s"]) for s in summary if s["model"] == model and s["method"] == method)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=method, linestyle="--" if method.startswith("kvpress") else "-")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("prompt tokens")
+        ax.set_ylabel("time to first token (s)")
+        ax.set_title(model)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="smollm2-135m,qwen2.5-0.5b")
+    ap.add_argument("--lengths", default="2048,4096,8192")
+    ap.add_argument("--tasks", default="passkey,niah_single_2,kv_retrieval,niah_multikey_2")
+    ap.add_argument("--samples", type=int, default=2, help="per task and length")
+    ap.add_argument("--budget", type=int, default=512, help="KV tokens per head per layer (and selection size)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ap.add_argument("--no-kvpress", action="store_true", help="skip kvpress (no .venv-kvpress)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "peers"))
+    args = ap.parse_args()
+    setup_threads(args.threads)
+    exact_cpu_peaks()
+    if not args.no_kvpress and not KVPRESS_PY.exists():
+        sys.exit(f"{KVPRESS_PY} missing: run benchmarks/peers_env.sh first (or pass --no-kvpress)")
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = getattr(torch, args.dtype)
+    rows, versions = [], {"torch": torch.__version__}
+    for model_name in args.models.split(","):
+        folder = resolve_checkpoint(model_name)
+        model, tok = asl.load(folder, dtype=dtype)
+        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").eval()
+        L = model.config.num_layers
+        samples = [make_sample(t, tok, n, i, seed=0) for n in map(int, args.lengths.split(","))
+                   for t in args.tasks.split(",") for i in range(args.samples)]
+        runs: dict[tuple, list[dict]] = {}
+        with torch.inference_mode():
+            # One sample per task (their answer lengths differ, so the cache shapes do): the decode
+            # step compiles here, and turns dynamic, before anything is timed.
+            for warm in {s.task: s for s in reversed(samples)}.values():
+                for name in OURS:
+                    ours_run(model, tok, warm, name, args.budget, L, model_name)
+                transformers_run(hf, tok, warm)
+            for s in samples:
+                for rep in range(args.repeats):
+                    runs.setdefault((s.id, "transformers"), []).append(transformers_run(hf, tok, s))
+                    for name in OURS:
+                        runs.setdefault((s.id, f"asl-{name}"), []).append(
+                            ours_run(model, tok, s, name, args.budget, L, model_name))
+                print(f"{model_name} {s.id} done", flush=True)
+        if not args.no_kvpress:
+            for press in KVPRESS:
+                c = model.config
+                got, v = kvpress_runs(folder, samples, press, args.budget, args,
+                                      2 * c.num_kv_heads * c.head_dim * dtype.itemsize)
+                versions.update(v)
+                for sid, rs in got.items():
+                    runs[(sid, f"kvpress-{press}")] = rs
+        by_id = {s.id: s for s in samples}
+        for (sid, method), rs in runs.items():
+            s = by_id[sid]
+            rows.append({"model": model_name, "task": s.task, "length": s.length, "id": sid, "method": method,
+                         "prompt_tokens": s.prompt_tokens, "answers": list(s.answers), "prediction": rs[0]["prediction"],
+                         "score": metrics.score(s.metric, rs[0]["prediction"], s.answers),
+                         "ttft_s": [r["ttft_s"] for r in rs], "tpot_s": [r["tpot_s"] for r in rs],
+                         "peak_mem_bytes": [r["peak_mem_bytes"] for r in rs], "kv_bytes": rs[0]["kv_bytes"]})
+        del model, hf
+    summary = summarize(rows)
+    print(table(summary))
+    meta = {"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "dtype": args.dtype, "budget": args.budget,
+            "repeats": args.repeats, "versions": versions}
+    (out / "peers.json").write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
+    plot(summary, out / "ttft_vs_length.png")
+    print(f"\nwrote {out}/peers.json and {out}/ttft_vs_length.png")
+
+
+if __name__ == "__main__":
+    main()
