@@ -265,8 +265,12 @@ def abbreviate_tasks(tasks, width: int = TASK_W) -> dict[str, str]:
     used: set[str] = set()
     for t in tasks:
         name = str(t)
+        known = re.fullmatch(r"niah_(single|multikey|multivalue|multiquery)_?(\d?)", name)
         if len(name) <= width:
             ab = name
+        elif known:  # niah_multikey_3 -> nh_mk3, niah_single_1 -> nh_s1, niah_multivalue -> nh_mv
+            kind = {"single": "s", "multikey": "mk", "multivalue": "mv", "multiquery": "mq"}[known[1]]
+            ab = f"nh_{kind}{known[2]}"
         else:
             parts = [p for p in re.split(r"[_\-.\s/]+", name) if p]
             if len(parts) >= 2 and width >= 3:
