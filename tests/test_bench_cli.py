@@ -76,6 +76,12 @@ def test_custom_policy_interrupt_and_resume(tmp_path, monkeypatch, capsys):
     assert ("kv_retrieval", "asl") in cells and all(s["n"] == 2 for s in summary if s["task"] != "all")
     assert "HalfwayTopK" in capsys.readouterr().out  # the table names it
 
+    (pathlib.Path(out) / "summary.json").unlink()
+    monkeypatch.setattr(runner, "run_job", None)  # --report-only must run nothing
+    assert main([*BASE, *methods, "--samples", "2", "--out", out, "--report-only"]) == 0
+    assert json.loads((pathlib.Path(out) / "summary.json").read_text()) == summary
+    assert records(out) == rs
+
 
 def _bench(args, out, nproc=None):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}

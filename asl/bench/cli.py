@@ -40,6 +40,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: cores / processes)")
     ap.add_argument("--compile", action="store_true", help="compile the decode step (pays off on long answers only)")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: rebuild the summary, table and plots from what --out holds")
     ap.add_argument("--list", action="store_true", help="list the tasks and methods, then exit")
     return ap
 

@@ -59,6 +59,10 @@ class Session:
         import asl
 
         args = self.args
+        if args.report_only:
+            if ranks.main:
+                self._report_existing()
+            return 0
         threads = set_threads(args.threads, ranks.local_world)
         device = dist.device_for(ranks, args.device)
         model, tokenizer = asl.load(self.folder, dtype=getattr(torch, args.dtype), device=device)
@@ -91,6 +95,15 @@ class Session:
             self._report([r for r in everything if store.record_key(r) in order])
         dist.barrier(ranks)
         return 0
+
+    def _report_existing(self) -> None:
+        args = self.args
+        jobs = plan(args.tasks, args.lengths, args.samples, args.methods, args.budget, args.select_tokens)
+        order = {j.key: i for i, j in enumerate(jobs)}
+        done = store.load_done(self.out)  # read only: a run may still be appending there
+        records = sorted((r for k, r in done.items() if k in order), key=lambda r: order[store.record_key(r)])
+        print(f"{len(records)} of {len(jobs)} runs done in {self.out}")
+        self._report(records)
 
     def _print_header(self, threads, ranks, total, done) -> None:
         a = self.args
