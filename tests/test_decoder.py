@@ -87,3 +87,17 @@ def test_legacy_rope_scaling_layout():
     cfg["rope_theta"], cfg["rope_scaling"] = 5e5, {"type": "linear", "factor": 4.0}
     rope = ModelConfig.from_hf(cfg).rope
     assert rope["rope_type"] == "linear" and rope["factor"] == 4.0 and rope["rope_theta"] == 5e5
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_chunked_mlp_matches_transformers(model_type, monkeypatch):
+    import asl.models.decoder as decoder
+
+    monkeypatch.setattr(decoder, "MLP_CHUNK", 16)  # 150 tokens: 9 full chunks and a partial one
+    hf, ours = tiny_pair(model_type)
+    ids = torch.randint(0, 128, (2, 150), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        got = ours(ids)
+    with torch.no_grad():
+        expected = hf(ids).logits.float()
+    assert (got - expected).abs().max().item() < 1e-4

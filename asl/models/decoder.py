@@ -72,6 +72,9 @@ class Attention(nn.Module):
         return q, k, v
 
 
+MLP_CHUNK = 2048  # tokens per MLP call in prefill
+
+
 class MLP(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
@@ -98,9 +101,19 @@ class DecoderLayer(nn.Module):
         return self.self_attn.project(self.input_layernorm(h), cos, sin)
 
     def finish(self, h: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        """attn [B, n, H*d] (heads merged) -> the layer's output hidden states."""
+        """attn [B, n, H*d] (heads merged) -> the layer's output hidden states.
+
+        In inference, long prompts run the MLP MLP_CHUNK tokens at a time, so its
+        [n, intermediate] temporaries stay bounded (the largest tensors of a prefill).
+        """
         h = h + self.self_attn.o_proj(attn)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        n = h.shape[-2]
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or n <= MLP_CHUNK:
+            return h + self.mlp(self.post_attention_layernorm(h))
+        for start in range(0, n, MLP_CHUNK):
+            part = h[:, start : start + MLP_CHUNK]
+            part += self.mlp(self.post_attention_layernorm(part))  # h is this function's own tensor
+        return h
 
 
 def prefill_attention(q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
