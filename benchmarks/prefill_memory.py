@@ -20,11 +20,12 @@ IMPLS = ("asl", "transformers_generate_prefill", "transformers_forward")
 
 
 def child(impl: str, model_name: str, tokens: int, dtype: str) -> dict:
+    from common import prose_ids, setup_threads
+
     import asl
     from asl.bench.memory import PeakMemory, exact_cpu_peaks
     from asl.models.loading import resolve_checkpoint
     from asl.prefill import prefill
-    from common import prose_ids, setup_threads
 
     setup_threads(2)
     exact_cpu_peaks()

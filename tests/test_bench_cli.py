@@ -88,7 +88,7 @@ def _bench(args, out, nproc=None):
     launcher = [sys.executable, "-m", "asl.bench"] if nproc is None else [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", "29517",
         "-m", "asl.bench"]
-    done = subprocess.run([*launcher, *args, "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([*launcher, *args, "--out", str(out)], env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return records(out)
 

@@ -146,7 +146,7 @@ def load_class(name: str):
     except (ImportError, AttributeError) as e:
         raise ValueError(f"--methods: cannot import {name!r} ({e}); give an importable module:Class") from None
     if not (isinstance(obj, type) and issubclass(obj, (SelectionPolicy, EvictionPolicy))):
-        raise ValueError(f"--methods: {name} is not a SelectionPolicy or EvictionPolicy subclass")
+        raise ValueError(f"--methods: {name} is not a SelectionPolicy or EvictionPolicy subclass")  # noqa: TRY004 - an argument error, reported like the others
     return obj
 
 

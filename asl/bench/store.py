@@ -54,7 +54,7 @@ class Appender:
             if data and not data.endswith(b"\n"):
                 with open(path, "r+b") as f:
                     f.truncate(data.rfind(b"\n") + 1)
-        self._f = open(path, "a")
+        self._f = open(path, "a")  # noqa: SIM115 - held open across appends, closed in close()
 
     def write(self, record: dict) -> None:
         self._f.write(json.dumps(record) + "\n")
