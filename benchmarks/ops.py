@@ -41,6 +41,7 @@ import time
 import torch
 
 from asl import ops, reference
+from asl.bench.memory import status_kib
 
 RANKS = dict(T=8, m=32768, k=2048)
 WINDOW = dict(B=1, H=14, G=2, w=32, n=32768, d=64, kernel=7, pooling="avg")
@@ -104,16 +105,6 @@ def time_case(case: str, device: str, repeats: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _rss_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
 
 def memory_child(case: str, name: str, threads: int) -> None:
     """In a fresh process: print the extra peak resident memory (MiB) of one call."""
@@ -123,11 +114,11 @@ def memory_child(case: str, name: str, threads: int) -> None:
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current resident set
-        before, how = _rss_kib("VmRSS"), "VmHWM"
+        before, how = status_kib("VmRSS"), "VmHWM"
     except OSError:
         before, how = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss"
     fn()
-    after = _rss_kib("VmHWM") if how == "VmHWM" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = status_kib("VmHWM") if how == "VmHWM" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"peak_mib": (after - before) / 1024, "method": how}))
 
 

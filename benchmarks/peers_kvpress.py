@@ -59,48 +59,18 @@ def cut_at_stop(text: str, stop) -> str:
 
 
 # ---------------------------------------------------------------------------- peak memory
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+def _load_memory_module():
+    """asl/bench/memory.py by path: it needs only torch, and asl itself is not installed here."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "asl", "bench", "memory.py")
+    spec = importlib.util.spec_from_file_location("asl_bench_memory", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-class PeakMemory:
-    """CUDA: the allocator's peak above the start. CPU: VmHWM (reset by writing 5 to
-    /proc/self/clear_refs) minus VmRSS at the start. `bytes` is None where unsupported."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.bytes = None
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = torch.cuda.memory_allocated(self.device)
-        else:
-            try:
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")
-                self._ok = True
-            except OSError:
-                self._ok = False
-            self._start = _status_kib("VmRSS")
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.bytes = torch.cuda.max_memory_allocated(self.device) - self._start
-        elif self._ok and self._start is not None:
-            peak = _status_kib("VmHWM")
-            self.bytes = max(0, peak - self._start) * 1024 if peak is not None else None
-        return False
+PeakMemory = _load_memory_module().PeakMemory
 
 
 # ---------------------------------------------------------------------------- presses

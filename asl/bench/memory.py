@@ -1,4 +1,5 @@
-"""Peak memory of one run, above what was in use when it started.
+"""Peak memory of one run (needs only torch: benchmarks/peers_kvpress.py loads this file
+from kvpress's venv without importing asl), above what was in use when it started.
 
 CUDA: the caching allocator's peak. CPU: the process's resident-set high-water mark
 (`VmHWM`), which Linux lets us reset by writing 5 to /proc/self/clear_refs; large tensors are
@@ -15,7 +16,8 @@ _STATUS = "/proc/self/status"
 _CLEAR = "/proc/self/clear_refs"
 
 
-def _status_kib(field: str) -> int | None:
+def status_kib(field: str) -> int | None:
+    """A /proc/self/status field in KiB (VmRSS, VmHWM), None where there is none."""
     try:
         with open(_STATUS) as f:
             for line in f:
@@ -49,7 +51,7 @@ class PeakMemory:
             self._start = torch.cuda.memory_allocated(self.device)
         else:
             self._ok = _reset_cpu_peak()
-            self._start = _status_kib("VmRSS")
+            self._start = status_kib("VmRSS")
         return self
 
     def __exit__(self, *exc):
@@ -57,7 +59,7 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             self.bytes = torch.cuda.max_memory_allocated(self.device) - self._start
         elif self._ok and self._start is not None:
-            peak = _status_kib("VmHWM")
+            peak = status_kib("VmHWM")
             self.bytes = max(0, peak - self._start) * 1024 if peak is not None else None
         return False
 
