@@ -40,5 +40,7 @@ class StepClock(LogitsProcessor):
         self.times: list[float] = []
 
     def __call__(self, input_ids, scores):
+        if scores.is_cuda:
+            torch.cuda.synchronize(scores.device)
         self.times.append(time.perf_counter())
         return scores

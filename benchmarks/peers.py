@@ -42,9 +42,9 @@ KVPRESS = ("snapkv", "streaming")
 
 def transformers_run(hf, tokenizer, sample) -> dict:
     """transformers' generate, greedy, full cache; TTFT to the first step, TPOT between steps."""
-    ids = torch.tensor([tokenizer(sample.prompt)["input_ids"]])
+    ids = torch.tensor([tokenizer(sample.prompt)["input_ids"]], device=hf.device)
     clock = StepClock()
-    with PeakMemory("cpu") as mem:
+    with PeakMemory(hf.device) as mem:
         start = time.perf_counter()
         out = hf.generate(ids, max_new_tokens=sample.max_new_tokens, do_sample=False,
                           pad_token_id=tokenizer.eos_token_id, logits_processor=LogitsProcessorList([clock]))
@@ -76,9 +76,9 @@ def kvpress_runs(folder, samples, press: str, budget: int, args, token_bytes: in
         out = pathlib.Path(tmp) / "out.json"
         spec.write_text(json.dumps([{"id": s.id, "prompt": s.prompt, "max_new_tokens": s.max_new_tokens,
                                      "stop": list(s.stop)} for s in samples]))
-        cmd = [str(KVPRESS_PY), str(ROOT / "benchmarks" / "peers_kvpress.py"), "--model-dir", str(folder),
+        cmd = [args.kvpress_python, str(ROOT / "benchmarks" / "peers_kvpress.py"), "--model-dir", str(folder),
                "--samples", str(spec), "--press", press, "--budget", str(budget), "--repeats", str(args.repeats),
-               "--threads", str(args.threads), "--dtype", args.dtype, "--out", str(out)]
+               "--threads", str(args.threads), "--dtype", args.dtype, "--device", args.device, "--out", str(out)]
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}  # as exact_cpu_peaks() does here
         subprocess.run(cmd, check=True, env=env)
         data = json.loads(out.read_text())
@@ -106,7 +106,8 @@ def summarize(rows: list[dict]) -> list[dict]:
     out = []
     for (model, length, method), rs in cells.items():
         out.append({"model": model, "length": length, "method": method, "n": len(rs),
-                    "accuracy": 100 * statistics.mean(r["score"] for r in rs), "ttft_s": _median(rs, "ttft_s"),
+                    "accuracy": None if rs[0]["score"] is None else 100 * statistics.mean(r["score"] for r in rs),
+                    "ttft_s": _median(rs, "ttft_s"),
                     "tpot_s": _median(rs, "tpot_s"), "peak_mem_bytes": _median(rs, "peak_mem_bytes"),
                     "kv_bytes": statistics.mean(r["kv_bytes"] for r in rs)})
     base = {(s["model"], s["length"]): s for s in out if s["method"] == "transformers"}
@@ -124,7 +125,8 @@ def table(summary: list[dict]) -> str:
         lines.append(f"{'method':<18}{'n':>3}{'acc %':>7}{'TTFT s':>9}{'x hf':>6}{'TPOT ms':>9}{'x hf':>6}"
                      f"{'peak MiB':>10}{'x hf':>6}{'KV MiB':>8}{'x hf':>6}")
         for s in (s for s in summary if (s["model"], s["length"]) == (model, length)):
-            lines.append(f"{s['method']:<18}{s['n']:>3}{s['accuracy']:7.1f}{s['ttft_s']:9.3f}{_ratio(s, 'ttft_s_vs_hf')}"
+            acc = "      -" if s["accuracy"] is None else f"{s['accuracy']:7.1f}"
+            lines.append(f"{s['method']:<18}{s['n']:>3}{acc}{s['ttft_s']:9.3f}{_ratio(s, 'ttft_s_vs_hf')}"
                          f"{s['tpot_s'] * 1e3:9.1f}{_ratio(s, 'tpot_s_vs_hf')}{s['peak_mem_bytes'] / 2**20:10.0f}"
                          f"{_ratio(s, 'peak_mem_bytes_vs_hf')}{s['kv_bytes'] / 2**20:8.1f}{_ratio(s, 'kv_bytes_vs_hf')}")
     return "\n".join(lines)
@@ -155,6 +157,64 @@ def plot(summary: list[dict], path: pathlib.Path) -> None:
     plt.close(fig)
 
 
+def fitting_lengths(lengths: str, model, model_name: str) -> list[int]:
+    """The asked lengths, each cut to the model's context less 256 tokens for the answer
+    (as asl.bench's --lengths allows), with a note when one is cut."""
+    limit = model.config.max_position_embeddings - 256
+    out = []
+    for n in map(int, lengths.split(",")):
+        if n > limit:
+            print(f"{model_name}: {n} tokens -> {limit} (context {limit + 256}, 256 left for the answer)")
+        out.append(min(n, limit))
+    return list(dict.fromkeys(out))
+
+
+class RunLog:
+    """Every timed run, one JSON line each in OUT/runs.jsonl, so an interrupted or crashed
+    peers run resumes where it stopped; refuses a folder made with other settings."""
+
+    def __init__(self, out: pathlib.Path, setting: dict):
+        self.path = out / "runs.jsonl"
+        settings = out / "settings.json"
+        if settings.exists() and json.loads(settings.read_text()) != setting:
+            sys.exit(f"--out {out} holds runs made with {settings.read_text()}; use another --out")
+        settings.write_text(json.dumps(setting))
+        self.lines = [json.loads(x) for x in self.path.read_text().splitlines()] if self.path.exists() else []
+        self._done = {(x["model"], x["id"], x["method"], x["repeat"]) for x in self.lines}
+
+    def done(self, model: str, sid: str, method: str, repeat: int) -> bool:
+        return (model, sid, method, repeat) in self._done
+
+    def add(self, model: str, s, method: str, repeat: int, run: dict) -> None:
+        line = {"model": model, "id": s.id, "task": s.task, "length": s.length, "prompt_tokens": s.prompt_tokens,
+                "metric": s.metric, "answers": list(s.answers), "method": method, "repeat": repeat,
+                **{k: run[k] for k in ("prediction", "ttft_s", "tpot_s", "peak_mem_bytes", "kv_bytes")}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+        self.lines.append(line)
+        self._done.add((model, s.id, method, repeat))
+
+    def rows(self) -> list[dict]:
+        """One row per model, sample and method: the first repeat's answer and score, every
+        repeat's timings."""
+        runs: dict[tuple, list[dict]] = {}
+        for x in self.lines:  # a repeat cut short and run again: its last run counts
+            runs.setdefault((x["model"], x["id"], x["method"]), {})[x["repeat"]] = x
+        setting = json.loads((self.path.parent / "settings.json").read_text())
+        rows = []
+        for (model, sid, method), rs in runs.items():
+            rs = [rs[k] for k in sorted(rs)]
+            first = rs[0]
+            score = None if setting["random_weights"] else metrics.score(first["metric"], first["prediction"],
+                                                                         first["answers"])
+            rows.append({"model": model, "task": first["task"], "length": first["length"], "id": sid,
+                         "method": method, "prompt_tokens": first["prompt_tokens"], "answers": first["answers"],
+                         "prediction": first["prediction"], "score": score, "ttft_s": [r["ttft_s"] for r in rs],
+                         "tpot_s": [r["tpot_s"] for r in rs], "peak_mem_bytes": [r["peak_mem_bytes"] for r in rs],
+                         "kv_bytes": first["kv_bytes"]})
+        return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="smollm2-135m,qwen2.5-0.5b")
@@ -165,60 +225,66 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--kvpress-python", default=str(KVPRESS_PY), help="a Python that can import kvpress")
     ap.add_argument("--no-kvpress", action="store_true", help="skip kvpress (no .venv-kvpress)")
+    ap.add_argument("--random-weights", action="store_true",
+                    help="the checkpoints hold random weights (benchmarks/random_checkpoint.py): time and memory "
+                         "only, accuracy is not reported")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "peers"))
     args = ap.parse_args()
     setup_threads(args.threads)
     exact_cpu_peaks()
-    if not args.no_kvpress and not KVPRESS_PY.exists():
-        sys.exit(f"{KVPRESS_PY} missing: run benchmarks/peers_env.sh first (or pass --no-kvpress)")
+    if not args.no_kvpress and not pathlib.Path(args.kvpress_python).exists():
+        sys.exit(f"{args.kvpress_python} missing: run benchmarks/peers_env.sh first (or pass --no-kvpress)")
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, args.dtype)
-    rows, versions = [], {"torch": torch.__version__}
-    for model_name in args.models.split(","):
-        folder = resolve_checkpoint(model_name)
-        model, tok = asl.load(folder, dtype=dtype)
-        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").eval()
+    device = torch.device(args.device)
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
+    setting = {"device": machine, "random_weights": args.random_weights, "threads": args.threads,
+               "dtype": args.dtype, "budget": args.budget}
+    log = RunLog(out, setting)
+    versions = {"torch": torch.__version__}
+    for model_arg in args.models.split(","):
+        folder = resolve_checkpoint(model_arg)
+        model_name = model_arg if "/" not in model_arg else folder.name
+        model, tok = asl.load(folder, dtype=dtype, device=args.device)
+        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").to(args.device).eval()
         L = model.config.num_layers
-        samples = [make_sample(t, tok, n, i, seed=0) for n in map(int, args.lengths.split(","))
+        samples = [make_sample(t, tok, n, i, seed=0) for n in fitting_lengths(args.lengths, model, model_name)
                    for t in args.tasks.split(",") for i in range(args.samples)]
-        runs: dict[tuple, list[dict]] = {}
+        todo = [(s, rep) for s in samples for rep in range(args.repeats) if not log.done(model_name, s.id, f"asl-{OURS[-1]}", rep)]
         with torch.inference_mode():
-            # One sample per task (their answer lengths differ, so the cache shapes do): the decode
-            # step compiles here, and turns dynamic, before anything is timed.
-            for warm in {s.task: s for s in reversed(samples)}.values():
-                for name in OURS:
-                    ours_run(model, tok, warm, name, args.budget, L, model_name)
-                transformers_run(hf, tok, warm)
-            for s in samples:
-                for rep in range(args.repeats):
-                    runs.setdefault((s.id, "transformers"), []).append(transformers_run(hf, tok, s))
+            if todo:
+                # One sample per task (their answer lengths differ, so the cache shapes do): the decode
+                # step compiles here, and turns dynamic, before anything is timed.
+                for warm in {s.task: s for s in samples}.values():
                     for name in OURS:
-                        runs.setdefault((s.id, f"asl-{name}"), []).append(
-                            ours_run(model, tok, s, name, args.budget, L, model_name))
-                print(f"{model_name} {s.id} done", flush=True)
+                        ours_run(model, tok, warm, name, args.budget, L, model_name)
+                    transformers_run(hf, tok, warm)
+            for s, rep in todo:
+                log.add(model_name, s, "transformers", rep, transformers_run(hf, tok, s))
+                for name in OURS:
+                    log.add(model_name, s, f"asl-{name}", rep, ours_run(model, tok, s, name, args.budget, L, model_name))
+                print(f"{model_name} {s.id} repeat {rep} done", flush=True)
         if not args.no_kvpress:
             for press in KVPRESS:
+                missing = [s for s in samples if not log.done(model_name, s.id, f"kvpress-{press}", 0)]
+                if not missing:
+                    continue
                 c = model.config
-                got, v = kvpress_runs(folder, samples, press, args.budget, args,
+                got, v = kvpress_runs(folder, missing, press, args.budget, args,
                                       2 * c.num_kv_heads * c.head_dim * dtype.itemsize)
                 versions.update(v)
-                for sid, rs in got.items():
-                    runs[(sid, f"kvpress-{press}")] = rs
-        by_id = {s.id: s for s in samples}
-        for (sid, method), rs in runs.items():
-            s = by_id[sid]
-            rows.append({"model": model_name, "task": s.task, "length": s.length, "id": sid, "method": method,
-                         "prompt_tokens": s.prompt_tokens, "answers": list(s.answers), "prediction": rs[0]["prediction"],
-                         "score": metrics.score(s.metric, rs[0]["prediction"], s.answers),
-                         "ttft_s": [r["ttft_s"] for r in rs], "tpot_s": [r["tpot_s"] for r in rs],
-                         "peak_mem_bytes": [r["peak_mem_bytes"] for r in rs], "kv_bytes": rs[0]["kv_bytes"]})
+                for s in missing:
+                    for rep, r in enumerate(got[s.id]):
+                        log.add(model_name, s, f"kvpress-{press}", rep, r)
         del model, hf
+    rows = log.rows()
     summary = summarize(rows)
     print(table(summary))
-    meta = {"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "dtype": args.dtype, "budget": args.budget,
-            "repeats": args.repeats, "versions": versions}
+    meta = {"date": time.strftime("%Y-%m-%d"), **setting, "repeats": args.repeats, "versions": versions}
     (out / "peers.json").write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
     plot(summary, out / "ttft_vs_length.png")
     print(f"\nwrote {out}/peers.json and {out}/ttft_vs_length.png")
