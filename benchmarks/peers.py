@@ -132,6 +132,24 @@ def table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def markdown(summary: list[dict]) -> str:
+    """The same tables in Markdown, for benchmarks/README.md."""
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    lines = []
+    for model, length in dict.fromkeys((s["model"], s["length"]) for s in summary):
+        lines += [f"\n**{model}, {length} tokens**\n",
+                  "| method | n | acc % | TTFT s | x hf | TPOT ms | x hf | peak MiB | x hf | KV MiB | x hf |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for s in (s for s in summary if (s["model"], s["length"]) == (model, length)):
+            lines.append(f"| {s['method']} | {s['n']} | {num(s['accuracy'], '.0f')} | {s['ttft_s']:.3f} | "
+                         f"{num(s['ttft_s_vs_hf'], '.2f')} | {s['tpot_s'] * 1e3:.1f} | {num(s['tpot_s_vs_hf'], '.2f')} | "
+                         f"{s['peak_mem_bytes'] / 2**20:.0f} | {num(s['peak_mem_bytes_vs_hf'], '.2f')} | "
+                         f"{s['kv_bytes'] / 2**20:.1f} | {num(s['kv_bytes_vs_hf'], '.2f')} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(summary: list[dict], path: pathlib.Path) -> None:
     import matplotlib
 
@@ -286,8 +304,9 @@ def main() -> None:
     print(table(summary))
     meta = {"date": time.strftime("%Y-%m-%d"), **setting, "repeats": args.repeats, "versions": versions}
     (out / "peers.json").write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
+    (out / "peers.md").write_text(markdown(summary))
     plot(summary, out / "ttft_vs_length.png")
-    print(f"\nwrote {out}/peers.json and {out}/ttft_vs_length.png")
+    print(f"\nwrote {out}/peers.json, peers.md and ttft_vs_length.png")
 
 
 if __name__ == "__main__":
