@@ -22,6 +22,7 @@ import tempfile
 import time
 
 import torch
+import transformers
 from common import StepClock, setup_threads
 from transformers import AutoModelForCausalLM, LogitsProcessorList
 
@@ -263,7 +264,7 @@ def main() -> None:
     setting = {"device": machine, "random_weights": args.random_weights, "threads": args.threads,
                "dtype": args.dtype, "budget": args.budget}
     log = RunLog(out, setting)
-    versions = {"torch": torch.__version__}
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
     for model_arg in args.models.split(","):
         folder = resolve_checkpoint(model_arg)
         model_name = model_arg if "/" not in model_arg else folder.name
@@ -294,7 +295,7 @@ def main() -> None:
                 c = model.config
                 got, v = kvpress_runs(folder, missing, press, args.budget, args,
                                       2 * c.num_kv_heads * c.head_dim * dtype.itemsize)
-                versions.update(v)
+                versions.update({f"kvpress venv {k}": x for k, x in v.items()})
                 for s in missing:
                     for rep, r in enumerate(got[s.id]):
                         log.add(model_name, s, f"kvpress-{press}", rep, r)
