@@ -7,7 +7,11 @@ memory and KV bytes, each also as a ratio to transformers' own generate with the
 kvpress runs in its own virtual environment (benchmarks/peers_env.sh makes .venv-kvpress):
 it pins transformers below 5.3 and patches attention functions when imported, so it is never
 imported here; benchmarks/peers_kvpress.py runs there on the same prompts and weights.
-Timings: every (sample, method) runs --repeats times, methods interleaved, median kept.
+Timings: every (sample, method) runs --repeats times, methods interleaved, median kept,
+under glibc's default allocator. Peak memory: one more run of each in a second process
+(--memory-pass) with the mmap threshold fixed, so freed memory goes back to the OS and the
+resident-set high-water mark is exact; that setting costs long prefills ~10%, so it never
+applies to the timed runs.
 """
 from __future__ import annotations
 
@@ -80,7 +84,9 @@ def kvpress_runs(folder, samples, press: str, budget: int, args, token_bytes: in
         cmd = [args.kvpress_python, str(ROOT / "benchmarks" / "peers_kvpress.py"), "--model-dir", str(folder),
                "--samples", str(spec), "--press", press, "--budget", str(budget), "--repeats", str(args.repeats),
                "--threads", str(args.threads), "--dtype", args.dtype, "--device", args.device, "--out", str(out)]
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}  # as exact_cpu_peaks() does here
+        env = dict(os.environ)
+        if args.memory_pass:  # as exact_cpu_peaks() does here
+            env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
         subprocess.run(cmd, check=True, env=env)
         data = json.loads(out.read_text())
     runs: dict[str, list[dict]] = {}
@@ -192,8 +198,8 @@ class RunLog:
     """Every timed run, one JSON line each in OUT/runs.jsonl, so an interrupted or crashed
     peers run resumes where it stopped; refuses a folder made with other settings."""
 
-    def __init__(self, out: pathlib.Path, setting: dict):
-        self.path = out / "runs.jsonl"
+    def __init__(self, out: pathlib.Path, setting: dict, name: str = "runs.jsonl"):
+        self.path = out / name
         settings = out / "settings.json"
         if settings.exists() and json.loads(settings.read_text()) != setting:
             sys.exit(f"--out {out} holds runs made with {settings.read_text()}; use another --out")
@@ -234,6 +240,14 @@ class RunLog:
         return rows
 
 
+def with_exact_peaks(rows: list[dict], out: pathlib.Path, setting: dict) -> list[dict]:
+    """The rows with peak memory from the memory pass (OUT/memory.jsonl) where it has them."""
+    if not (out / "memory.jsonl").exists():
+        return rows
+    peaks = {(r["model"], r["id"], r["method"]): r["peak_mem_bytes"] for r in RunLog(out, setting, "memory.jsonl").rows()}
+    return [{**r, "peak_mem_bytes": peaks.get((r["model"], r["id"], r["method"]), r["peak_mem_bytes"])} for r in rows]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="smollm2-135m,qwen2.5-0.5b")
@@ -250,10 +264,17 @@ def main() -> None:
     ap.add_argument("--random-weights", action="store_true",
                     help="the checkpoints hold random weights (benchmarks/random_checkpoint.py): time and memory "
                          "only, accuracy is not reported")
+    ap.add_argument("--no-memory-pass", action="store_true",
+                    help="skip the separate peak-memory pass (peaks then come from the timed runs, inexact)")
+    ap.add_argument("--memory-pass", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "peers"))
     args = ap.parse_args()
     setup_threads(args.threads)
-    exact_cpu_peaks()
+    if args.memory_pass:
+        # Exact peaks need glibc's mmap threshold fixed, which slows long prefills by ~10%, so
+        # they are measured here, in a process of their own, one run per sample and method.
+        exact_cpu_peaks()
+        args.repeats = 1
     if not args.no_kvpress and not pathlib.Path(args.kvpress_python).exists():
         sys.exit(f"{args.kvpress_python} missing: run benchmarks/peers_env.sh first (or pass --no-kvpress)")
     out = pathlib.Path(args.out)
@@ -263,7 +284,7 @@ def main() -> None:
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
     setting = {"device": machine, "random_weights": args.random_weights, "threads": args.threads,
                "dtype": args.dtype, "budget": args.budget}
-    log = RunLog(out, setting)
+    log = RunLog(out, setting, "memory.jsonl" if args.memory_pass else "runs.jsonl")
     versions = {"torch": torch.__version__, "transformers": transformers.__version__}
     for model_arg in args.models.split(","):
         folder = resolve_checkpoint(model_arg)
@@ -300,7 +321,11 @@ def main() -> None:
                     for rep, r in enumerate(got[s.id]):
                         log.add(model_name, s, f"kvpress-{press}", rep, r)
         del model, hf
-    rows = log.rows()
+    if args.memory_pass:
+        return
+    if not args.no_memory_pass:
+        subprocess.run([sys.executable, __file__, *sys.argv[1:], "--memory-pass"], check=True)
+    rows = with_exact_peaks(log.rows(), out, setting)
     summary = summarize(rows)
     print(table(summary))
     meta = {"date": time.strftime("%Y-%m-%d"), **setting, "repeats": args.repeats, "versions": versions}

@@ -58,3 +58,14 @@ def test_lengths_are_cut_to_the_context_less_the_answer_room(capsys):
     model = types.SimpleNamespace(config=types.SimpleNamespace(max_position_embeddings=8192))
     assert peers.fitting_lengths("2048,8192,16384", model, "m") == [2048, 7936]
     assert "8192 tokens -> 7936" in capsys.readouterr().out
+
+
+def test_peaks_come_from_the_memory_pass_where_it_has_them(tmp_path):
+    timed = peers.RunLog(tmp_path, SETTING)
+    a, b = sample(index=0), sample(index=1)
+    for s in (a, b):
+        timed.add("m", s, "asl-full", 0, run("68172", 1.0, peak=999))
+    peers.RunLog(tmp_path, SETTING, "memory.jsonl").add("m", a, "asl-full", 0, run("68172", 5.0, peak=123))
+    rows = {r["id"]: r for r in peers.with_exact_peaks(timed.rows(), tmp_path, SETTING)}
+    assert rows[a.id]["peak_mem_bytes"] == [123] and rows[a.id]["ttft_s"] == [1.0]
+    assert rows[b.id]["peak_mem_bytes"] == [999]
