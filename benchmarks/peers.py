@@ -4,14 +4,16 @@ memory and KV bytes, each also as a ratio to transformers' own generate with the
     make peers                         # both bundled models, 2,048 / 4,096 / 8,192 tokens
     python benchmarks/peers.py --models smollm2-135m --lengths 1024 --samples 1 --repeats 1
 
-kvpress runs in its own virtual environment (benchmarks/peers_env.sh makes .venv-kvpress):
-it pins transformers below 5.3 and patches attention functions when imported, so it is never
-imported here; benchmarks/peers_kvpress.py runs there on the same prompts and weights.
-Timings: every (sample, method) runs --repeats times, methods interleaved, median kept,
-under glibc's default allocator. Peak memory: one more run of each in a second process
-(--memory-pass) with the mmap threshold fixed, so freed memory goes back to the OS and the
-resident-set high-water mark is exact; that setting costs long prefills ~10%, so it never
-applies to the timed runs.
+Each library runs in a process that holds only its own model: ours here, transformers'
+generate in benchmarks/peers_transformers.py, and kvpress in its own virtual environment
+(benchmarks/peers_env.sh makes .venv-kvpress; it pins transformers below 5.3 and patches
+attention functions when imported, so it is never imported here) through
+benchmarks/peers_kvpress.py, all on the same prompts and weights.
+Timings: every (sample, method) runs --repeats times (our methods interleaved), median kept,
+under glibc's default allocator. Peak memory: one more run of each method on one sample per
+length, in a second process (--memory-pass) with the mmap threshold fixed, so freed memory
+goes back to the OS and the resident-set high-water mark is exact; that setting costs long
+prefills ~10%, so it never applies to the timed runs.
 """
 from __future__ import annotations
 
@@ -27,40 +29,21 @@ import time
 
 import torch
 import transformers
-from common import StepClock, setup_threads
-from transformers import AutoModelForCausalLM, LogitsProcessorList
+from common import setup_threads
 
 import asl
 from asl.bench import metrics
-from asl.bench.memory import MMAP_THRESHOLD, PeakMemory, exact_cpu_peaks
+from asl.bench.memory import MMAP_THRESHOLD, exact_cpu_peaks
 from asl.bench.methods import default_params, parse_method
 from asl.bench.runner import Job, run_job
 from asl.bench.tasks import make_sample
-from asl.generation import _cut_at_stop
 from asl.models.loading import resolve_checkpoint
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
 KVPRESS_PY = ROOT / ".venv-kvpress" / "bin" / "python"
 OURS = ("full", "snapkv", "fastkv", "gemfilter", "asl")
 KVPRESS = ("snapkv", "streaming")
-
-
-def transformers_run(hf, tokenizer, sample) -> dict:
-    """transformers' generate, greedy, full cache; TTFT to the first step, TPOT between steps."""
-    ids = torch.tensor([tokenizer(sample.prompt)["input_ids"]], device=hf.device)
-    clock = StepClock()
-    with PeakMemory(hf.device) as mem:
-        start = time.perf_counter()
-        out = hf.generate(ids, max_new_tokens=sample.max_new_tokens, do_sample=False,
-                          pad_token_id=tokenizer.eos_token_id, logits_processor=LogitsProcessorList([clock]))
-    new = out[0, ids.shape[1]:].tolist()
-    text = _cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), list(sample.stop))
-    steps = [b - a for a, b in zip(clock.times, clock.times[1:])]
-    c = hf.config
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    kv_bytes = 2 * c.num_hidden_layers * c.num_key_value_heads * ids.shape[1] * head_dim * hf.dtype.itemsize
-    return {"prediction": text, "ttft_s": clock.times[0] - start, "tpot_s": statistics.median(steps) if steps else None,
-            "peak_mem_bytes": mem.bytes, "kv_bytes": kv_bytes, "new_tokens": len(new)}
 
 
 def ours_run(model, tokenizer, sample, name: str, budget: int, num_layers: int, model_name: str) -> dict:
@@ -73,27 +56,33 @@ def ours_run(model, tokenizer, sample, name: str, budget: int, num_layers: int, 
                               "selection_layer")}
 
 
-def kvpress_runs(folder, samples, press: str, budget: int, args, token_bytes: int) -> dict[str, list[dict]]:
-    """Runs the worker in .venv-kvpress; returns per sample id the list of repeats.
-    `token_bytes`: K and V bytes of one token in one layer, all KV heads."""
+def worker_runs(cmd: list[str], samples, args) -> tuple[dict[str, list[dict]], dict]:
+    """Runs a worker script (transformers or kvpress, each in a process of its own) on the
+    samples; returns per sample id the list of its repeats, and the worker's versions."""
     with tempfile.TemporaryDirectory() as tmp:
         spec = pathlib.Path(tmp) / "samples.json"
         out = pathlib.Path(tmp) / "out.json"
         spec.write_text(json.dumps([{"id": s.id, "prompt": s.prompt, "max_new_tokens": s.max_new_tokens,
                                      "stop": list(s.stop)} for s in samples]))
-        cmd = [args.kvpress_python, str(ROOT / "benchmarks" / "peers_kvpress.py"), "--model-dir", str(folder),
-               "--samples", str(spec), "--press", press, "--budget", str(budget), "--repeats", str(args.repeats),
-               "--threads", str(args.threads), "--dtype", args.dtype, "--device", args.device, "--out", str(out)]
         env = dict(os.environ)
         if args.memory_pass:  # as exact_cpu_peaks() does here
             env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
-        subprocess.run(cmd, check=True, env=env)
+        subprocess.run([*cmd, "--samples", str(spec), "--repeats", str(args.repeats), "--threads", str(args.threads),
+                        "--dtype", args.dtype, "--device", args.device, "--out", str(out)], check=True, env=env)
         data = json.loads(out.read_text())
     runs: dict[str, list[dict]] = {}
     for r in data["results"]:
-        r["kv_bytes"] = sum(r["kv_tokens"]) * token_bytes
         runs.setdefault(r["id"], []).append(r)
     return runs, data.get("versions", {})
+
+
+def workers(folder, args) -> list[tuple[str, list[str]]]:
+    """(method, command) of every peer: transformers' generate, then each kvpress press."""
+    found = [("transformers", [sys.executable, str(HERE / "peers_transformers.py"), "--model-dir", str(folder)])]
+    if not args.no_kvpress:
+        found += [(f"kvpress-{press}", [args.kvpress_python, str(HERE / "peers_kvpress.py"), "--model-dir", str(folder),
+                                        "--press", press, "--budget", str(args.budget)]) for press in KVPRESS]
+    return found
 
 
 def _median(rows: list[dict], key: str) -> float:
@@ -241,11 +230,14 @@ class RunLog:
 
 
 def with_exact_peaks(rows: list[dict], out: pathlib.Path, setting: dict) -> list[dict]:
-    """The rows with peak memory from the memory pass (OUT/memory.jsonl) where it has them."""
+    """The rows with peak memory from the memory pass (OUT/memory.jsonl), which measures one
+    sample per model, length and method (the peak depends on the length, not on the task)."""
     if not (out / "memory.jsonl").exists():
         return rows
-    peaks = {(r["model"], r["id"], r["method"]): r["peak_mem_bytes"] for r in RunLog(out, setting, "memory.jsonl").rows()}
-    return [{**r, "peak_mem_bytes": peaks.get((r["model"], r["id"], r["method"]), r["peak_mem_bytes"])} for r in rows]
+    peaks = {(r["model"], r["length"], r["method"]): r["peak_mem_bytes"]
+             for r in RunLog(out, setting, "memory.jsonl").rows()}
+    return [{**r, "peak_mem_bytes": peaks.get((r["model"], r["length"], r["method"]), r["peak_mem_bytes"])}
+            for r in rows]
 
 
 def main() -> None:
@@ -290,10 +282,13 @@ def main() -> None:
         folder = resolve_checkpoint(model_arg)
         model_name = model_arg if "/" not in model_arg else folder.name
         model, tok = asl.load(folder, dtype=dtype, device=args.device)
-        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").to(args.device).eval()
         L = model.config.num_layers
-        samples = [make_sample(t, tok, n, i, seed=0) for n in fitting_lengths(args.lengths, model, model_name)
-                   for t in args.tasks.split(",") for i in range(args.samples)]
+        lengths = fitting_lengths(args.lengths, model, model_name)
+        tasks = args.tasks.split(",")
+        if args.memory_pass:  # one sample per length
+            samples = [make_sample(tasks[0], tok, n, 0, seed=0) for n in lengths]
+        else:
+            samples = [make_sample(t, tok, n, i, seed=0) for n in lengths for t in tasks for i in range(args.samples)]
         todo = [(s, rep) for s in samples for rep in range(args.repeats) if not log.done(model_name, s.id, f"asl-{OURS[-1]}", rep)]
         with torch.inference_mode():
             if todo:
@@ -302,25 +297,27 @@ def main() -> None:
                 for warm in {s.task: s for s in reversed(samples)}.values():  # each task's shortest
                     for name in OURS:
                         ours_run(model, tok, warm, name, args.budget, L, model_name)
-                    transformers_run(hf, tok, warm)
             for s, rep in todo:
-                log.add(model_name, s, "transformers", rep, transformers_run(hf, tok, s))
                 for name in OURS:
                     log.add(model_name, s, f"asl-{name}", rep, ours_run(model, tok, s, name, args.budget, L, model_name))
                 print(f"{model_name} {s.id} repeat {rep} done", flush=True)
-        if not args.no_kvpress:
-            for press in KVPRESS:
-                missing = [s for s in samples if not log.done(model_name, s.id, f"kvpress-{press}", 0)]
+        c = model.config
+        token_bytes = 2 * c.num_kv_heads * c.head_dim * dtype.itemsize  # K and V, one token, one layer
+        del model  # the peers run with only their own model in memory
+        for method, cmd in workers(folder, args):
+            for n in lengths:  # one worker per length, so an interrupted run loses at most one
+                missing = [s for s in samples if s.length == n
+                           and not all(log.done(model_name, s.id, method, rep) for rep in range(args.repeats))]
                 if not missing:
                     continue
-                c = model.config
-                got, v = kvpress_runs(folder, missing, press, args.budget, args,
-                                      2 * c.num_kv_heads * c.head_dim * dtype.itemsize)
-                versions.update({f"kvpress venv {k}": x for k, x in v.items()})
+                got, v = worker_runs(cmd, missing, args)
+                if method.startswith("kvpress"):
+                    versions.update({f"kvpress venv {k}": x for k, x in v.items()})
                 for s in missing:
                     for rep, r in enumerate(got[s.id]):
-                        log.add(model_name, s, f"kvpress-{press}", rep, r)
-        del model, hf
+                        if "kv_tokens" in r:
+                            r["kv_bytes"] = sum(r["kv_tokens"]) * token_bytes
+                        log.add(model_name, s, method, rep, r)
     if args.memory_pass:
         return
     if not args.no_memory_pass:

@@ -60,12 +60,38 @@ def test_lengths_are_cut_to_the_context_less_the_answer_room(capsys):
     assert "8192 tokens -> 7936" in capsys.readouterr().out
 
 
-def test_peaks_come_from_the_memory_pass_where_it_has_them(tmp_path):
+def test_peaks_come_from_the_memory_pass_for_each_length(tmp_path):
     timed = peers.RunLog(tmp_path, SETTING)
-    a, b = sample(index=0), sample(index=1)
-    for s in (a, b):
+    a, b, longer = sample(index=0), sample(task="kv_retrieval", index=1), sample(length=1024)
+    for s in (a, b, longer):
         timed.add("m", s, "asl-full", 0, run("68172", 1.0, peak=999))
     peers.RunLog(tmp_path, SETTING, "memory.jsonl").add("m", a, "asl-full", 0, run("68172", 5.0, peak=123))
     rows = {r["id"]: r for r in peers.with_exact_peaks(timed.rows(), tmp_path, SETTING)}
     assert rows[a.id]["peak_mem_bytes"] == [123] and rows[a.id]["ttft_s"] == [1.0]
-    assert rows[b.id]["peak_mem_bytes"] == [999]
+    assert rows[b.id]["peak_mem_bytes"] == [123]  # same length, another task: the same peak
+    assert rows[longer.id]["peak_mem_bytes"] == [999]  # no memory-pass run at this length
+
+
+@pytest.mark.slow
+def test_transformers_worker_answers_as_our_full_cache_does(tmp_path):
+    """The transformers peer runs in a process of its own, every repeat, and greedy-decodes
+    the same answer as our full cache on the real smollm2-135m."""
+    import asl
+    from asl.bench.tasks import make_sample
+    from asl.models.loading import resolve_checkpoint
+
+    folder = resolve_checkpoint("smollm2-135m")
+    model, tok = asl.load(folder)
+    s = make_sample("passkey", tok, 512, 0, seed=0)
+    args = types.SimpleNamespace(repeats=2, threads=2, dtype="float32", device="cpu", memory_pass=False,
+                                 no_kvpress=True)
+    (method, cmd), = peers.workers(folder, args)
+    got, versions = peers.worker_runs(cmd, [s], args)
+    assert method == "transformers" and versions["transformers"]
+    first, second = got[s.id]
+    assert (first["repeat"], second["repeat"]) == (0, 1) and first["prediction"] == second["prediction"]
+    ours = asl.generate(model, tok, s.prompt, max_new_tokens=s.max_new_tokens, stop=list(s.stop))
+    assert first["prediction"] == ours.text
+    c = model.config
+    assert first["kv_bytes"] == 2 * c.num_layers * c.num_kv_heads * s.prompt_tokens * c.head_dim * 4
+    assert first["ttft_s"] > 0 and first["new_tokens"] >= 1
