@@ -1,6 +1,7 @@
 """Shared helpers for the speed scripts: thread pinning, interleaved median timing, prose ids."""
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
@@ -10,6 +11,17 @@ from transformers import LogitsProcessor
 
 def setup_threads(n: int = 2) -> None:
     torch.set_num_threads(n)
+
+
+def speed_parser(doc: str | None, model: str = "smollm2-135m", context: int = 4096,
+                 repeats: int = 3) -> argparse.ArgumentParser:
+    """The options every speed script shares, named alike: --model, --context, --threads, --repeats."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=model)
+    ap.add_argument("--context", type=int, default=context, help="prompt tokens")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=repeats)
+    return ap
 
 
 def interleaved_medians(fns: dict, repeats: int = 5, warmup: int = 1) -> dict:

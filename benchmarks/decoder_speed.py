@@ -10,26 +10,20 @@ processor that notes the time of every step), runs interleaved, median of 3.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import time
 
 import torch
+from common import StepClock, interleaved_medians, prose_ids, setup_threads, speed_parser
 from transformers import AutoModelForCausalLM, LogitsProcessorList
 
 import asl
 from asl.models.loading import resolve_checkpoint
 from asl.prefill import prefill
-from common import StepClock, interleaved_medians, prose_ids, setup_threads
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--context", type=int, default=4096)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap = speed_parser(__doc__, repeats=5)
     ap.add_argument("--new-tokens", type=int, default=32)
     args = ap.parse_args()
     setup_threads(args.threads)
@@ -48,7 +42,7 @@ def main() -> None:
     n = args.new_tokens
     x = torch.tensor([tok(prompt)["input_ids"]])
     clock = StepClock()
-    kw = dict(do_sample=False, pad_token_id=tok.eos_token_id, logits_processor=LogitsProcessorList([clock]))
+    kw = {"do_sample": False, "pad_token_id": tok.eos_token_id, "logits_processor": LogitsProcessorList([clock])}
     tpots: dict[str, list[float]] = {"ours": [], "hf": []}
 
     def ours() -> None:

@@ -9,24 +9,19 @@ prefill time.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 
 import torch
+from common import interleaved_medians, prose_ids, setup_threads, speed_parser
 
 import asl
 from asl.prefill import prefill
-from common import interleaved_medians, prose_ids, setup_threads
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--context", type=int, default=4096)
+    ap = speed_parser(__doc__)
     ap.add_argument("--select-tokens", type=int, default=1024)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     setup_threads(args.threads)
     model, tok = asl.load(args.model)

@@ -1,6 +1,6 @@
 """Where a long full-cache prefill spends its time: ours vs transformers' forward, op by op.
 
-    python benchmarks/prefill_profile.py [--model qwen2.5-0.5b] [--tokens 8192] [--repeats 2]
+    python benchmarks/prefill_profile.py [--model qwen2.5-0.5b] [--context 8192] [--repeats 2]
 
 Both run in this one process on the same prose prompt (transformers as generate prefills:
 use_cache=True, logits_to_keep=1), interleaved, each profiled with the PyTorch profiler;
@@ -9,11 +9,10 @@ a gap between the two shows up as the op that makes it.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
-from common import prose_ids, setup_threads
+from common import prose_ids, setup_threads, speed_parser
 from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForCausalLM, DynamicCache
 
@@ -23,18 +22,14 @@ from asl.prefill import prefill
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="qwen2.5-0.5b")
-    ap.add_argument("--tokens", type=int, default=8192)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
+    ap = speed_parser(__doc__, model="qwen2.5-0.5b", context=8192, repeats=2)
     ap.add_argument("--top", type=int, default=12)
     args = ap.parse_args()
     setup_threads(args.threads)
     folder = resolve_checkpoint(args.model)
     ours, tok = asl.load(folder, dtype=torch.bfloat16)
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
-    ids = prose_ids(tok, args.tokens)
+    ids = prose_ids(tok, args.context)
     valid = torch.ones_like(ids, dtype=torch.bool)
     runs = {
         "ours": lambda x, v: prefill(ours, x, v, 1),
@@ -53,7 +48,7 @@ def main() -> None:
                     times[name].append(time.perf_counter() - start)
                 tables[name] = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
     for name, t in times.items():
-        print(f"{name:13s} {args.tokens} tokens: {', '.join(f'{x:.2f}' for x in t)} s")
+        print(f"{name:13s} {args.context} tokens: {', '.join(f'{x:.2f}' for x in t)} s")
     keys = sorted(set(tables["ours"]) | set(tables["transformers"]),
                   key=lambda k: -max(tables["ours"].get(k, 0), tables["transformers"].get(k, 0)))
     print(f"\n{'op (self CPU s, last repeat)':45s} {'ours':>8s} {'transformers':>13s}")
