@@ -4,6 +4,9 @@ Sequences of a batch are left-padded; `valid` marks real tokens. Each token carr
 position id and its index in its own prompt, so after a selection the survivors keep their
 original positions (ALGORITHMS.md section 7). A selection that asks for a restart (the
 two-pass methods) reruns the model from layer 0 on the kept tokens, positions renumbered.
+
+The last layer attends and finishes only the last token: every token's K/V is stored, but
+only that token's output is read (its logits), so the rest of that layer would be wasted.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .models.cache import KVCache, LayerCache
-from .models.decoder import Decoder, prefill_attention
+from .models.decoder import Decoder, last_token_attention, prefill_attention
 from .policies.base import EvictionPolicy, LayerView, PrefillInfo, Selection, SelectionPolicy
 
 
@@ -45,7 +48,7 @@ class Tokens:
     valid: torch.Tensor  # [B, n] bool
 
     @classmethod
-    def start(cls, ids: torch.Tensor, valid: torch.Tensor) -> "Tokens":
+    def start(cls, ids: torch.Tensor, valid: torch.Tensor) -> Tokens:
         pos = positions_for(valid)
         return cls(ids, pos, pos.clone(), valid)
 
@@ -137,9 +140,13 @@ def _run(model, tokens: Tokens, extra_slots, selection, eviction):
     cos, sin = model.rope(tokens.positions, dtype)
     h = model.model.embed_tokens(tokens.ids)
     layers, alive, policy_s = [], [], 0.0
+    last = len(model.layers) - 1
     for i, layer in enumerate(model.layers):
         q, k, v = layer.project(h, cos, sin)
-        h = layer.finish(h, prefill_attention(q, k, v, mask))
+        if i < last:
+            h = layer.finish(h, prefill_attention(q, k, v, mask))
+        else:  # only the last token's output is read (its logits): attend and finish it alone
+            h = layer.finish(h[:, -1:], last_token_attention(q[:, :, -1:], k, v, tokens.valid))
         alive.append(tokens.valid.sum(-1))
         view = LayerView(i, q, k, v, tokens.positions, tokens.index, tokens.valid)
         start = time.perf_counter()
@@ -154,7 +161,8 @@ def _run(model, tokens: Tokens, extra_slots, selection, eviction):
         if chosen is None or not bool(chosen.active.any()):
             continue
         cols, valid = left_pad_columns(tokens.columns(chosen))
-        h = _gather_rows(h, cols)
+        if i < last:
+            h = _gather_rows(h, cols)
         tokens = Tokens(tokens.ids, tokens.positions.gather(1, cols), tokens.index.gather(1, cols), valid)
         mask = attention_mask_for(valid)
         cos, sin = model.rope(tokens.positions, dtype)

@@ -3,9 +3,10 @@ import random
 
 import pytest
 import torch
+from tiny import CharTokenizer, random_text, tiny_pair
 
 import asl
-from tiny import CharTokenizer, random_text, tiny_pair
+from asl.prefill import prefill
 
 TOK = CharTokenizer()
 
@@ -41,6 +42,21 @@ def test_batch_of_different_lengths_equals_one_by_one(pair):
     assert [s.alive_tokens[0] for s in batch.trace.sequences] == [3, 61, 24, 40]
 
 
+def test_prefill_logits_equal_the_full_forward_last_token(pair):
+    """The prefill attends and finishes only the last token in the last layer; its logits
+    must still be the full forward's, padded rows included."""
+    _, ours = pair
+    rng = random.Random(9)
+    rows = [TOK(random_text(rng, n))["input_ids"] for n in (7, 50, 33)]
+    width = max(map(len, rows))
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    valid = ids != 0
+    full = ours(ids, attention_mask=valid.long())[:, -1]
+    out = prefill(ours, ids, valid, extra_slots=0)
+    torch.testing.assert_close(out.logits, full, rtol=1e-4, atol=1e-4)
+    assert out.cache.layers[-1].k.shape[-2] == width  # every token's K/V is still stored
+
+
 def test_compiled_decode_gives_the_same_tokens():
     _, ours = tiny_pair("llama", eos_token_id=None)
     rng = random.Random(6)
@@ -62,7 +78,7 @@ def test_trace_reports_cache_and_timings():
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy():
     _, ours = tiny_pair("llama", eos_token_id=None)
-    kw = dict(max_new_tokens=15, temperature=1.5)
+    kw = {"max_new_tokens": 15, "temperature": 1.5}
     a = asl.generate(ours, TOK, "abc", seed=1, **kw).tokens
     assert a == asl.generate(ours, TOK, "abc", seed=1, **kw).tokens
     assert a != asl.generate(ours, TOK, "abc", seed=2, **kw).tokens
@@ -93,21 +109,21 @@ def test_max_new_tokens_zero_only_prefills():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(prompt_or_prompts=""), "prompt 0 is empty"),
-        (dict(prompt_or_prompts=["ok", "  "]), "prompt 1 is empty"),
-        (dict(prompt_or_prompts=[]), "non-empty"),
-        (dict(max_new_tokens=-1), "max_new_tokens must be an integer >= 0"),
-        (dict(temperature=-0.1), "temperature"),
-        (dict(top_k=0), "top_k"),
-        (dict(top_p=1.5), "top_p"),
-        (dict(prompt_or_prompts="x" * 300), "exceeds the model's maximum of 256 positions"),
-        (dict(prompt_or_prompts="x" * 250, max_new_tokens=10), "maximum of 256"),
-        (dict(stop="abc"), "stop"),
+        ({"prompt_or_prompts": ""}, "prompt 0 is empty"),
+        ({"prompt_or_prompts": ["ok", "  "]}, "prompt 1 is empty"),
+        ({"prompt_or_prompts": []}, "non-empty"),
+        ({"max_new_tokens": -1}, "max_new_tokens must be an integer >= 0"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"top_k": 0}, "top_k"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"prompt_or_prompts": "x" * 300}, "exceeds the model's maximum of 256 positions"),
+        ({"prompt_or_prompts": "x" * 250, "max_new_tokens": 10}, "maximum of 256"),
+        ({"stop": "abc"}, "stop"),
     ],
 )
 def test_bad_input_is_rejected_before_work(kwargs, match, monkeypatch):
     _, ours = tiny_pair("llama")
     monkeypatch.setattr(asl.generation, "prefill", lambda *a, **k: pytest.fail("prefill ran"))
-    args = dict(prompt_or_prompts="abc", max_new_tokens=4) | kwargs
+    args = {"prompt_or_prompts": "abc", "max_new_tokens": 4} | kwargs
     with pytest.raises(ValueError, match=match):
         asl.generate(ours, TOK, **args)

@@ -126,6 +126,17 @@ def prefill_attention(q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
     return out.transpose(1, 2).reshape(b, n, h * d)
 
 
+def last_token_attention(q_last, k, v, valid: torch.Tensor) -> torch.Tensor:
+    """The last alive token's attention over all alive keys: q_last [B, H, 1, d] -> [B, 1, H*d].
+
+    Rows are left-padded, so the last column is real in every row and sees every valid key.
+    """
+    mask = None if bool(valid.all()) else valid[:, None, None, :]
+    out = F.scaled_dot_product_attention(q_last, k, v, attn_mask=mask, enable_gqa=True)
+    b, h, _, d = out.shape
+    return out.reshape(b, 1, h * d)
+
+
 def decode_attention(q, k_cache, v_cache, valid) -> torch.Tensor:
     """One new token against per-KV-head caches.
 
