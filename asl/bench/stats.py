@@ -1,0 +1,241 @@
+"""How sure a benchmark result is: confidence intervals and paired tests between methods.
+
+A benchmark cell has few samples (often 10-50), so "40 vs 55" may be noise. These helpers give
+the interval around a score and the p-value of a difference, pairing methods on the same samples
+(the same prompt under two methods) because pairing removes the per-sample difficulty.
+
+    wilson(successes, n)                -> (lo, hi)        proportion interval
+    bootstrap_mean_ci(values)           -> (lo, hi)        interval of a mean (fractional scores)
+    mcnemar_exact(b, c)                 -> p               paired binary outcomes
+    paired_bootstrap_diff(a, b)         -> (diff, lo, hi)  paired mean difference
+    wilcoxon_p(a, b)                    -> p               paired graded outcomes
+    compare(records)                    -> [row, ...]      every pair of methods, see COMPARISON_FIELDS
+
+The tests are scipy.stats'; the bootstrap is a plain percentile bootstrap, deterministic by seed.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+from itertools import combinations
+
+import numpy as np
+
+__all__ = ["COMPARISON_FIELDS", "CORRECT_EPS", "bootstrap_mean_ci", "compare", "correct", "mcnemar_exact",
+           "paired_bootstrap_diff", "wilcoxon_p", "wilson"]
+
+CORRECT_EPS = 1e-9  # a score counts as "fully correct" when score >= 1 - CORRECT_EPS
+ALL_TASKS = "all"  # the task of pooled rows (asl.bench.report uses the same)
+_CHUNK = 2**22  # bootstrap elements drawn at once (bounds memory for large pooled n)
+_CACHE_MAX = 2**21  # resample-count matrices up to this many entries are kept for reuse
+
+COMPARISON_FIELDS = ["task", "length", "method_a", "budget_a", "method_b", "budget_b", "n", "acc_a", "acc_b",
+                     "a_only", "b_only", "mcnemar_p", "partial_a", "partial_b", "partial_diff", "partial_diff_lo",
+                     "partial_diff_hi", "wilcoxon_p"]
+
+
+def _st():
+    """scipy.stats, imported on first use: it takes seconds, and importing asl.bench.report should not."""
+    from scipy import stats
+
+    return stats
+
+
+# --------------------------------------------------------------------------------------------
+# intervals
+
+
+def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float | None, float | None]:
+    """Wilson score interval of a proportion: unlike the normal approximation it stays inside
+    [0, 1] and is not zero-width at 0 or n successes, which small cells hit often. n == 0 -> (None, None)."""
+    if n <= 0:
+        return None, None
+    ci = _st().binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def bootstrap_mean_ci(values: Sequence[float], confidence: float = 0.95, resamples: int = 2000,
+                      seed: int = 0) -> tuple[float | None, float | None]:
+    """Percentile bootstrap interval of the mean, for scores that are not 0/1 (no binomial model).
+    Deterministic by seed (numpy Generator). n == 0 -> (None, None); all values equal -> (v, v)."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return None, None
+    if np.all(x == x[0]):
+        return float(x[0]), float(x[0])
+    means = _resampled_means(x, resamples, seed)
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def _resampled_means(x: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """The means of `resamples` resamples of x with replacement. The draws depend only on
+    (n, resamples, seed), so for small n they are drawn once and reused: compare() runs thousands."""
+    n = x.size
+    if n * resamples <= _CACHE_MAX:
+        return _draw_counts(n, resamples, seed) @ x / n
+    rng = np.random.default_rng(seed)
+    rows = max(1, _CHUNK // n)
+    return np.concatenate([x[rng.integers(0, n, size=(min(rows, resamples - i), n))].mean(axis=1)
+                           for i in range(0, resamples, rows)])
+
+
+@lru_cache(maxsize=16)
+def _draw_counts(n: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n): how often each position is drawn in each resample."""
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    flat = (idx + n * np.arange(resamples)[:, None]).ravel()
+    counts = np.bincount(flat, minlength=resamples * n).reshape(resamples, n).astype(float)
+    counts.flags.writeable = False
+    return counts
+
+
+# --------------------------------------------------------------------------------------------
+# paired tests
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Exact McNemar test: only discordant samples carry information (b: a right and b wrong,
+    c: the reverse); under "no difference" b ~ Binomial(b + c, 1/2). Two-sided; 1.0 when b + c == 0."""
+    return _mcnemar(int(b), int(c))
+
+
+@lru_cache(maxsize=4096)
+def _mcnemar(b: int, c: int) -> float:
+    if b + c == 0:
+        return 1.0
+    return float(_st().binomtest(b, b + c, 0.5, alternative="two-sided").pvalue)
+
+
+def _paired(a, b) -> np.ndarray:
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"paired samples must be two 1-d sequences of one length, got {x.shape} and {y.shape}")
+    return x - y
+
+
+def paired_bootstrap_diff(a: Sequence[float], b: Sequence[float], confidence: float = 0.95, resamples: int = 2000,
+                          seed: int = 0) -> tuple[float | None, float | None, float | None]:
+    """Mean of a - b over paired samples and its percentile bootstrap interval (resampling pairs,
+    so per-sample difficulty cancels). Empty -> (None, None, None)."""
+    d = _paired(a, b)
+    if d.size == 0:
+        return None, None, None
+    lo, hi = bootstrap_mean_ci(d, confidence, resamples, seed)
+    return float(d.mean()), lo, hi
+
+
+def wilcoxon_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Wilcoxon signed-rank p-value of paired graded scores (two-sided). Ties at zero are split
+    between the signs (zero_method="zsplit"): samples where both methods agree count, which keeps
+    the test conservative. 1.0 when there is no difference at all (or no samples)."""
+    d = _paired(a, b)
+    if d.size == 0 or np.all(d == 0):
+        return 1.0
+    return _wilcoxon(tuple(np.sort(d).tolist()))
+
+
+@lru_cache(maxsize=4096)
+def _wilcoxon(d: tuple) -> float:
+    """Cached on the sorted differences (the test ignores their order): pairs of methods that
+    agree on most samples repeat the same few multisets."""
+    p = float(_st().wilcoxon(d, zero_method="zsplit").pvalue)
+    return p if math.isfinite(p) else 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# compare: every pair of methods on their shared samples
+
+
+def correct(score) -> bool:
+    """Fully correct (what McNemar and acc_a / acc_b count): score >= 1 - CORRECT_EPS."""
+    return score is not None and float(score) >= 1.0 - CORRECT_EPS
+
+
+def _partial_of(r: dict):
+    v = r.get("partial")
+    if v is None or isinstance(v, bool):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _pct(x: float | None) -> float | None:
+    return None if x is None else 100.0 * x
+
+
+def _compare_pair(ra: list[dict], rb: list[dict], **boot) -> dict:
+    """The comparison fields of two methods' records, paired position by position."""
+    ca = [correct(r.get("score")) for r in ra]
+    cb = [correct(r.get("score")) for r in rb]
+    a_only = sum(x and not y for x, y in zip(ca, cb))
+    b_only = sum(y and not x for x, y in zip(ca, cb))
+    n = len(ra)
+    row = {"n": n, "acc_a": 100.0 * sum(ca) / n, "acc_b": 100.0 * sum(cb) / n, "a_only": a_only, "b_only": b_only,
+           "mcnemar_p": mcnemar_exact(a_only, b_only), "partial_a": None, "partial_b": None, "partial_diff": None,
+           "partial_diff_lo": None, "partial_diff_hi": None, "wilcoxon_p": None}
+    pa, pb = [_partial_of(r) for r in ra], [_partial_of(r) for r in rb]
+    if None not in pa and None not in pb:
+        diff, lo, hi = paired_bootstrap_diff(pa, pb, **boot)
+        row.update(partial_a=_pct(float(np.mean(pa))), partial_b=_pct(float(np.mean(pb))), partial_diff=_pct(diff),
+                   partial_diff_lo=_pct(lo), partial_diff_hi=_pct(hi), wilcoxon_p=wilcoxon_p(pa, pb))
+    return row
+
+
+def _pair_rows(task, length, by_method: dict[tuple, dict], rank: dict, **boot) -> list[dict]:
+    """One row per unordered pair of methods with at least one shared sample key (a before b in rank)."""
+    rows = []
+    for (ma, ba), (mb, bb) in combinations(sorted(by_method, key=rank.__getitem__), 2):
+        da, db = by_method[(ma, ba)], by_method[(mb, bb)]
+        shared = [k for k in da if k in db]
+        if not shared:
+            continue
+        row = {"task": task, "length": length, "method_a": ma, "budget_a": ba, "method_b": mb, "budget_b": bb}
+        row.update(_compare_pair([da[k] for k in shared], [db[k] for k in shared], **boot))
+        rows.append(row)
+    return rows
+
+
+def compare(records, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> list[dict]:
+    """Paired comparison of every pair of methods (a method is its label and budget; budget may
+    be None) on the samples both ran, per (task, length), plus a pooled task "all" row per
+    (length, pair) pairing over every sample of every task. Fields: COMPARISON_FIELDS.
+
+    acc_a / acc_b are the % of samples *fully correct* (score >= 1 - 1e-9), and a_only / b_only
+    / mcnemar_p count the same binarisation: McNemar needs right/wrong outcomes, so a fractional
+    score (ruler_all with several references) counts as wrong. The graded comparison is in
+    partial_*: means x100, the paired bootstrap interval of a - b, and Wilcoxon's p. They are None
+    unless every paired record has a ``partial`` (older records lack it).
+
+    Samples are matched by ``id`` (and task for "all"); a sample only one method ran is left out.
+    Row order: tasks in first-appearance order then "all", lengths ascending, pairs in
+    first-appearance order of the methods.
+    """
+    boot = {"confidence": confidence, "resamples": resamples, "seed": seed}
+    cells: dict[tuple, dict[tuple, dict]] = {}   # (task, length) -> method -> id -> record
+    pooled: dict = {}                            # length -> method -> (task, id) -> record
+    rank: dict[tuple, int] = {}                  # method -> first appearance
+    for r in records:
+        task, length, method = r.get("task"), r.get("length"), (r.get("method"), r.get("budget"))
+        if task == ALL_TASKS:
+            continue
+        rank.setdefault(method, len(rank))
+        cells.setdefault((task, length), {}).setdefault(method, {})[r.get("id")] = r
+        pooled.setdefault(length, {}).setdefault(method, {})[(task, r.get("id"))] = r
+
+    task_rank = {t: i for i, t in enumerate(dict.fromkeys(t for t, _ in cells))}
+    rows: list[dict] = []
+    for task, length in sorted(cells, key=lambda k: (task_rank[k[0]], _length_key(k[1]))):
+        rows += _pair_rows(task, length, cells[(task, length)], rank, **boot)
+    for length in sorted(pooled, key=_length_key):
+        rows += _pair_rows(ALL_TASKS, length, pooled[length], rank, **boot)
+    return rows
+
+
+def _length_key(x):
+    try:
+        return (0, float(x))
+    except (TypeError, ValueError):
+        return (1, 0.0)

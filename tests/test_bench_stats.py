@@ -1,0 +1,206 @@
+"""asl.bench.stats on hand-made inputs, against values computed independently of scipy."""
+import math
+import statistics
+
+import pytest
+
+from asl.bench.stats import (
+    COMPARISON_FIELDS,
+    bootstrap_mean_ci,
+    compare,
+    mcnemar_exact,
+    paired_bootstrap_diff,
+    wilcoxon_p,
+    wilson,
+)
+
+Z = {0.95: 1.959963984540054, 0.90: 1.6448536269514722}  # standard normal quantiles
+
+
+def wilson_by_hand(k, n, z):
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+def mcnemar_by_hand(b, c):
+    n, k = b + c, min(b, c)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+
+@pytest.mark.parametrize("k,n", [(0, 1), (1, 1), (0, 10), (3, 10), (7, 10), (10, 10), (17, 50), (81, 263)])
+@pytest.mark.parametrize("conf", [0.95, 0.90])
+def test_wilson_matches_the_formula(k, n, conf):
+    lo, hi = wilson(k, n, conf)
+    elo, ehi = wilson_by_hand(k, n, Z[conf])
+    assert lo == pytest.approx(max(0.0, elo), abs=1e-9) and hi == pytest.approx(min(1.0, ehi), abs=1e-9)
+
+
+def test_wilson_textbook_values_and_edges():
+    # Newcombe (1998), Statistics in Medicine 17:857, table I, method 3 (Wilson score)
+    for (k, n), (elo, ehi) in {(81, 263): (0.2553, 0.3662), (15, 148): (0.0624, 0.1605),
+                               (0, 20): (0.0, 0.1611), (1, 29): (0.0061, 0.1718)}.items():
+        lo, hi = wilson(k, n)
+        assert (round(lo, 4), round(hi, 4)) == (elo, ehi)
+    assert wilson(0, 0) == (None, None)
+    lo, hi = wilson(5, 10)
+    assert lo < 0.5 < hi and lo == pytest.approx(1 - hi)
+
+
+@pytest.mark.parametrize("b,c", [(0, 1), (1, 0), (0, 5), (0, 6), (3, 7), (10, 2), (5, 5), (1, 20), (12, 30)])
+def test_mcnemar_matches_binomial_sums(b, c):
+    assert mcnemar_exact(b, c) == pytest.approx(mcnemar_by_hand(b, c), rel=1e-12)
+    assert mcnemar_exact(b, c) == pytest.approx(mcnemar_exact(c, b), rel=1e-12)
+
+
+def test_mcnemar_known_values():
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(4, 4) == 1.0
+    # all discordant pairs one way: 5 are not enough at the 5% level, 6 are
+    assert mcnemar_exact(0, 5) == pytest.approx(2 / 32)
+    assert mcnemar_exact(0, 6) == pytest.approx(2 / 64)
+    assert mcnemar_exact(2, 10) == pytest.approx(2 * (1 + 12 + 66) / 4096)
+
+
+def test_bootstrap_mean_ci():
+    vals = [0.0, 0.25, 0.5, 1.0, 1.0, 0.75, 0.0, 0.5, 1.0, 0.25]
+    a = bootstrap_mean_ci(vals)
+    assert a == bootstrap_mean_ci(vals, seed=0)  # deterministic by seed
+    assert a != bootstrap_mean_ci(vals, seed=1)
+    lo, hi = a
+    assert 0.0 <= lo < statistics.fmean(vals) < hi <= 1.0
+    lo90, hi90 = bootstrap_mean_ci(vals, confidence=0.90)
+    assert lo <= lo90 and hi90 <= hi
+    assert bootstrap_mean_ci([]) == (None, None)
+    assert bootstrap_mean_ci([0.4] * 7) == (0.4, 0.4)
+    assert bootstrap_mean_ci([0.3]) == (0.3, 0.3)
+
+
+def test_bootstrap_agrees_with_the_normal_approximation_on_large_samples():
+    vals = [1.0] * 300 + [0.0] * 700
+    lo, hi = bootstrap_mean_ci(vals, resamples=4000)
+    half = 1.959963984540054 * math.sqrt(0.3 * 0.7 / 1000)
+    assert lo == pytest.approx(0.3 - half, abs=0.006) and hi == pytest.approx(0.3 + half, abs=0.006)
+
+
+def test_paired_bootstrap_diff():
+    a = [0.9, 0.5, 1.0, 0.2, 0.7, 0.3]
+    b = [0.4, 0.5, 0.8, 0.0, 0.7, 0.1]
+    diff, lo, hi = paired_bootstrap_diff(a, b)
+    assert diff == pytest.approx(statistics.fmean(x - y for x, y in zip(a, b)))
+    assert 0.0 <= lo <= diff <= hi
+    assert (diff, lo, hi) == paired_bootstrap_diff(a, b)
+    # a constant shift is known exactly: pairing removes the per-sample spread
+    shifted = paired_bootstrap_diff([x + 0.25 for x in a], a)
+    assert shifted == pytest.approx((0.25, 0.25, 0.25))
+    assert paired_bootstrap_diff([], []) == (None, None, None)
+    with pytest.raises(ValueError):
+        paired_bootstrap_diff([1.0, 0.0], [1.0])
+
+
+def test_wilcoxon_p():
+    assert wilcoxon_p([0.5, 1.0, 0.0], [0.5, 1.0, 0.0]) == 1.0  # no difference at all
+    assert wilcoxon_p([], []) == 1.0
+    # six positive differences, no ties: exact two-sided p = 2 / 2**6
+    a, b = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [0.0] * 6
+    assert wilcoxon_p(a, b) == pytest.approx(2 / 64)
+    assert wilcoxon_p(b, a) == pytest.approx(wilcoxon_p(a, b))
+    p = wilcoxon_p([0.9, 0.1, 0.5, 0.5], [0.1, 0.9, 0.5, 0.4])
+    assert 0.0 < p <= 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# compare
+
+
+def _r(task, length, i, method, budget, score, partial=None):
+    r = {"id": f"{task}/{length}/{i}", "task": task, "length": length, "method": method, "budget": budget,
+         "score": score}
+    if partial is not None:
+        r["partial"] = partial
+    return r
+
+
+A, B, C = ("full", None), ("asl", 64), ("fastkv", 64)
+
+
+def make_records():
+    recs = []
+    for i in range(10):  # t1/100: full misses 9; asl misses 6..9; fastkv ran 0..7 only, half credit on 4..7
+        recs.append(_r("t1", 100, i, *A, float(i != 9), 1.0 if i != 9 else 0.5))
+        recs.append(_r("t1", 100, i, *B, float(i < 6), 1.0 if i < 6 else 0.25))
+        if i < 8:
+            recs.append(_r("t1", 100, i, *C, 1.0 if i < 4 else 0.5))  # no partial: an older record
+    recs.append(_r("t1", 100, 99, *C, 1.0))  # a sample only fastkv ran
+    for i in range(2):
+        recs.append(_r("t1", 200, i, *A, 1.0, 1.0))
+        recs.append(_r("t1", 200, i, *B, 0.0, 0.0))
+    for i in range(5):  # t2/100: full always wrong, asl always right
+        recs.append(_r("t2", 100, i, *A, 0.0, 0.0))
+        recs.append(_r("t2", 100, i, *B, 1.0, 1.0))
+    recs.append(dict(_r("all", 100, 0, *A, 1.0), id="all/100/0"))  # an "all" record is no task: ignored
+    return recs
+
+
+def _find(rows, task, length, a, b):
+    found = [r for r in rows if (r["task"], r["length"], (r["method_a"], r["budget_a"]),
+                                 (r["method_b"], r["budget_b"])) == (task, length, a, b)]
+    assert len(found) == 1, (task, length, a, b)
+    return found[0]
+
+
+def test_compare_rows_and_order():
+    rows = compare(make_records())
+    assert all(list(r) == COMPARISON_FIELDS for r in rows)
+    keys = [(r["task"], r["length"], r["method_a"], r["method_b"]) for r in rows]
+    assert keys == [("t1", 100, "full", "asl"), ("t1", 100, "full", "fastkv"), ("t1", 100, "asl", "fastkv"),
+                    ("t1", 200, "full", "asl"), ("t2", 100, "full", "asl"),
+                    ("all", 100, "full", "asl"), ("all", 100, "full", "fastkv"), ("all", 100, "asl", "fastkv"),
+                    ("all", 200, "full", "asl")]
+
+
+def test_compare_counts_and_tests():
+    rows = compare(make_records())
+    ab = _find(rows, "t1", 100, A, B)
+    assert (ab["n"], ab["a_only"], ab["b_only"]) == (10, 3, 0)
+    assert (ab["acc_a"], ab["acc_b"]) == (pytest.approx(90.0), pytest.approx(60.0))
+    assert ab["mcnemar_p"] == pytest.approx(mcnemar_by_hand(3, 0))
+    pa = [1.0] * 9 + [0.5]
+    pb = [1.0] * 6 + [0.25] * 4
+    assert ab["partial_a"] == pytest.approx(100 * statistics.fmean(pa))
+    assert ab["partial_b"] == pytest.approx(100 * statistics.fmean(pb))
+    assert ab["partial_diff"] == pytest.approx(ab["partial_a"] - ab["partial_b"])
+    assert ab["partial_diff_lo"] <= ab["partial_diff"] <= ab["partial_diff_hi"]
+    assert ab["wilcoxon_p"] == pytest.approx(wilcoxon_p(pa, pb))
+
+    # unpaired samples are left out (fastkv's 8, 9 missing, its 99 alone); fractional = not fully correct
+    ac = _find(rows, "t1", 100, A, C)
+    assert (ac["n"], ac["a_only"], ac["b_only"], ac["acc_b"]) == (8, 4, 0, pytest.approx(50.0))
+    assert all(ac[k] is None for k in ("partial_a", "partial_b", "partial_diff", "partial_diff_lo",
+                                       "partial_diff_hi", "wilcoxon_p"))
+    bc = _find(rows, "t1", 100, B, C)
+    assert (bc["n"], bc["a_only"], bc["b_only"]) == (8, 2, 0)
+
+    t2 = _find(rows, "t2", 100, A, B)
+    assert (t2["n"], t2["a_only"], t2["b_only"], t2["mcnemar_p"]) == (5, 0, 5, pytest.approx(2 / 32))
+    assert t2["partial_diff"] == pytest.approx(-100.0)
+    assert (t2["partial_diff_lo"], t2["partial_diff_hi"]) == (pytest.approx(-100.0), pytest.approx(-100.0))
+
+
+def test_compare_pooled_all_rows():
+    rows = compare(make_records())
+    ab = _find(rows, "all", 100, A, B)  # t1 and t2 at length 100, not length 200
+    assert (ab["n"], ab["a_only"], ab["b_only"]) == (15, 3, 5)
+    assert ab["mcnemar_p"] == pytest.approx(mcnemar_by_hand(3, 5))
+    assert ab["acc_a"] == pytest.approx(100 * 9 / 15) and ab["acc_b"] == pytest.approx(100 * 11 / 15)
+    assert _find(rows, "all", 100, A, C)["n"] == 8
+    assert _find(rows, "all", 200, A, B)["n"] == 2
+    assert compare([]) == []
+
+
+def test_compare_pairs_on_ids_not_positions():
+    recs = [_r("t", 10, i, *A, float(i % 2)) for i in range(4)]
+    recs += [_r("t", 10, i, *B, float(i % 2)) for i in reversed(range(4))]  # same outcomes, other order
+    (row,) = [r for r in compare(recs) if r["task"] == "t"]
+    assert (row["n"], row["a_only"], row["b_only"], row["mcnemar_p"]) == (4, 0, 0, 1.0)
