@@ -1,12 +1,25 @@
 """asl.bench.report / asl.bench.plots on synthetic per-sample records (no model)."""
 import csv
 import json
+import re
 import statistics
 import sys
 
 import pytest
 
-from asl.bench.report import SUMMARY_FIELDS, format_table, summarize, write_summary
+from asl.bench.report import (
+    LEGEND,
+    LEGEND_MARK,
+    SUMMARY_FIELDS,
+    TABLE_W,
+    format_table,
+    method_family,
+    reference_method,
+    summarize,
+    write_comparisons,
+    write_summary,
+)
+from asl.bench.stats import COMPARISON_FIELDS, bootstrap_mean_ci, compare, wilson
 
 TASKS = ["niah", "qa_long_task_name", "sum"]
 LENGTHS = [1024, 4096]
@@ -75,15 +88,20 @@ def test_summarize_counts_order_and_values():
     assert f["peak_mem_bytes"] == pytest.approx(10_001)
     assert f["selection_layers"] == {}
     assert f["select_tokens"] is None
+    assert f["family"] == "full"
+    assert (f["accuracy_lo"], f["accuracy_hi"]) == pytest.approx(tuple(100 * x for x in wilson(3, 3)))
+    assert f["partial"] is None and f["partial_lo"] is None and f["partial_hi"] is None  # records lack it
 
     k = _row(s, "sum", 4096, "fastkv", 128)
     assert k["accuracy"] == pytest.approx(100 / 3)
     assert _row(s, "sum", 4096, "fastkv", 512)["accuracy"] == pytest.approx(200 / 3)
     assert k["prefill_vs_full"] == pytest.approx(0.5 / 1.1)
     assert k["selection_layers"] == {}
+    assert (k["accuracy_lo"], k["accuracy_hi"]) == pytest.approx(tuple(100 * x for x in wilson(1, 3)))
 
     a = _row(s, "sum", 1024, "asl", 128)
     assert a["accuracy"] == pytest.approx(50.0)
+    assert (a["accuracy_lo"], a["accuracy_hi"]) == pytest.approx((50.0, 50.0))  # fractional: bootstrap of the mean
     assert a["ttft_s"] == pytest.approx(1.024 * 3 * 0.25 + 1)
     assert a["select_tokens"] == 256
     assert a["selection_layers"] == {"3": 1, "8": 1, "none": 1}
@@ -104,6 +122,11 @@ def test_summarize_all_rows():
         assert asl["prefill_vs_full"] == pytest.approx(asl["ttft_s"] / full["ttft_s"])
         assert asl["selection_layers"] == {"3": 3, "8": 5, "none": 1}
         assert _row(s, "all", L, "fastkv", 512)["selection_layers"] == {}
+        # intervals over the 9 pooled samples, not over the 3 task means
+        assert (full["accuracy_lo"], full["accuracy_hi"]) == pytest.approx(tuple(100 * x for x in wilson(9, 9)))
+        k = _row(s, "all", L, "fastkv", 128)
+        assert (k["accuracy_lo"], k["accuracy_hi"]) == pytest.approx(tuple(100 * x for x in wilson(3, 9)))
+        assert full["family"] == "full" and full["partial"] is None
 
 
 def test_summarize_without_full_and_empty():
@@ -118,6 +141,45 @@ def test_summarize_without_full_and_empty():
     assert row["selection_layers"] == {"none": 2}
     assert row["accuracy"] == pytest.approx(50.0) and row["ttft_s"] == pytest.approx(0.2)
     assert allrow["task"] == "all"
+
+
+def test_method_family():
+    assert method_family("asl(tau=0.5)+snapkv") == "asl+snapkv"
+    assert method_family("asl(tau=(0.3, 0.5))") == "asl"
+    assert method_family("mypkg.policies:MyPolicy(overlap=0.8)+snapkv(window=8)") == "mypkg.policies:MyPolicy+snapkv"
+    assert method_family("full") == "full"
+
+
+def test_summarize_partial_family_and_fractional_intervals():
+    recs = []
+    for i in range(4):
+        recs.append(dict(_rec("qa", 100, i, "asl(tau=0.5)", 64, [1.0, 0.5, 0.0, 1.0][i], 0.1), partial=0.25 * i))
+        recs.append(dict(_rec("kv", 100, i, "asl(tau=0.5)", 64, float(i < 3), 0.1), partial=1.0))
+        recs.append(dict(_rec("kv", 100, i, "mine:X(a=1)", 64, 1.0, 0.1), family="custom"))  # no partial
+    s = summarize(recs)
+    qa = _row(s, "qa", 100, "asl(tau=0.5)", 64)
+    assert qa["family"] == "asl"
+    assert qa["accuracy"] == pytest.approx(62.5)
+    lo, hi = bootstrap_mean_ci([1.0, 0.5, 0.0, 1.0])  # fractional scores: the interval of the mean score
+    assert (qa["accuracy_lo"], qa["accuracy_hi"]) == pytest.approx((100 * lo, 100 * hi))
+    assert qa["partial"] == pytest.approx(100 * statistics.fmean([0, 0.25, 0.5, 0.75]))
+    lo, hi = bootstrap_mean_ci([0, 0.25, 0.5, 0.75])
+    assert (qa["partial_lo"], qa["partial_hi"]) == pytest.approx((100 * lo, 100 * hi))
+    kv = _row(s, "kv", 100, "asl(tau=0.5)", 64)
+    assert (kv["accuracy_lo"], kv["accuracy_hi"]) == pytest.approx(tuple(100 * x for x in wilson(3, 4)))
+    assert (kv["partial"], kv["partial_lo"], kv["partial_hi"]) == pytest.approx((100.0, 100.0, 100.0))
+    allr = _row(s, "all", 100, "asl(tau=0.5)", 64)
+    assert allr["partial"] == pytest.approx((qa["partial"] + kv["partial"]) / 2)
+    lo, hi = bootstrap_mean_ci([1.0, 0.5, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0])  # pooled, fractional
+    assert (allr["accuracy_lo"], allr["accuracy_hi"]) == pytest.approx((100 * lo, 100 * hi))
+    lo, hi = bootstrap_mean_ci([0, 0.25, 0.5, 0.75, 1, 1, 1, 1])
+    assert (allr["partial_lo"], allr["partial_hi"]) == pytest.approx((100 * lo, 100 * hi))
+    mine = _row(s, "kv", 100, "mine:X(a=1)", 64)
+    assert mine["family"] == "custom" and _row(s, "all", 100, "mine:X(a=1)", 64)["family"] == "custom"
+    assert mine["partial"] is None and mine["partial_lo"] is None
+    # a group where only some records have a partial score reports none (old and new records mixed)
+    mixed = summarize([dict(recs[0]), {k: v for k, v in recs[3].items() if k != "partial"} | {"task": "qa"}])
+    assert _row(mixed, "qa", 100, "asl(tau=0.5)", 64)["partial"] is None
 
 
 def test_write_summary(tmp_path):
@@ -140,6 +202,23 @@ def test_write_summary(tmp_path):
     assert len(json.loads((tmp_path / "out" / "summary.json").read_text())) == 3
 
 
+def test_write_comparisons(tmp_path):
+    rows = compare(make_records())
+    assert rows
+    write_comparisons(rows, tmp_path / "out")
+    with open(tmp_path / "out" / "comparisons.csv", newline="") as f:
+        got = list(csv.DictReader(f))
+    assert list(got[0].keys()) == COMPARISON_FIELDS and len(got) == len(rows)
+    for r, ref in zip(got, rows):
+        assert (r["method_a"], r["method_b"], r["task"]) == (ref["method_a"], ref["method_b"], ref["task"])
+        assert float(r["mcnemar_p"]) == pytest.approx(ref["mcnemar_p"])
+        assert (r["budget_a"] == "") == (ref["budget_a"] is None)
+        assert r["partial_a"] == ""  # these records have no partial score
+    data = json.loads((tmp_path / "out" / "comparisons.json").read_text())
+    assert data == json.loads(json.dumps(rows))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["comparisons.csv", "comparisons.json"]
+
+
 def test_format_table():
     recs = make_records()
     recs += [dict(r, method="mymod:MyVeryLongPolicyName(x=1, y=2)") for r in recs if r["method"] == "fastkv"]
@@ -156,8 +235,117 @@ def test_format_table():
         assert t in table.splitlines()[0]
     assert "length 1024" in table and "length 4096" in table
     assert "3:1 8:1 none:1" in format_table(summarize([r for r in make_records() if r["task"] == "sum"]))
-    assert max(len(line) for line in table.splitlines()[1:]) <= 120
+    # accuracy cells now carry their interval, so the table wraps its task columns at TABLE_W (was: <= 120)
+    assert max(len(line) for line in table.splitlines()[1:]) <= TABLE_W
+    assert "mymod:MyVeryLongPolicyName(x=1, y=2)@128" in table  # 40 characters: not cut
+    assert LEGEND in table and LEGEND_MARK not in table  # no comparisons given: no markers
     assert format_table([])  # no crash
+
+
+CELL = re.compile(r"(\d+) \[(\d+),(\d+)\](\*?)")
+
+
+def _cells(table: str, label: str) -> list[tuple]:
+    """The (acc, lo, hi, marker) cells of the first line starting with `label `."""
+    line = next(ln for ln in table.splitlines() if ln.startswith(label + " "))
+    return CELL.findall(line[len(label):])
+
+
+def _cell_text(k, n, mark=""):
+    lo, hi = wilson(k, n)
+    return (f"{100 * k / n:.0f}", f"{100 * lo:.0f}", f"{100 * hi:.0f}", mark)
+
+
+LONG = "mypkg.policies:MyPolicy(overlap=0.8)+snapkv"
+LONG_CUT = "mypkg.policies:MyPo~(overlap=0.8)+snapkv"  # 43 > 40 characters: the middle is cut, the tail kept
+
+
+def marker_records(n=20):
+    """kv / qa at length 100, budget 64. Per method: how many of the n samples (ids 0..k-1) are right."""
+    right = {"full": (n, n), "asl": (n, n // 2), "fastkv": (n // 2, n // 2), "asl(tau=0.5)": (n, n),
+             "asl+snapkv": (n, n), LONG: (n // 2, n)}
+    recs = []
+    for method, (kv, qa) in right.items():
+        budget = None if method == "full" else 64
+        for task, k in (("kv", kv), ("qa", qa)):
+            for i in range(n):
+                r = _rec(task, 100, i, method, budget, float(i < k), 0.1)
+                recs.append(dict(r, partial=1.0 if i < k else 0.5, family=method_family(method)))
+    return recs
+
+
+def test_reference_method():
+    keys = [("full", None), ("asl", 64), ("asl(tau=0.5)", 64), ("fastkv", 64), ("asl+snapkv", 64),
+            (LONG, 64), ("asl", 128), ("fastkv", 128)]
+    fam = {k: method_family(k[0]) for k in keys}
+    assert reference_method(("fastkv", 64), keys, fam) == ("asl", 64)
+    assert reference_method(("fastkv", 128), keys, fam) == ("asl", 128)    # same budget
+    assert reference_method(("asl(tau=0.5)", 64), keys, fam) == ("asl", 64)  # the sweep's plain setting
+    assert reference_method(("asl", 64), keys, fam) is None                 # itself
+    assert reference_method((LONG, 64), keys, fam) == ("asl+snapkv", 64)   # its regime
+    assert reference_method(("full", None), keys, fam) is None              # two ASL budgets: ambiguous
+    assert reference_method(("full", None), keys[:6], fam) == ("asl", 64)  # one budget: that one
+    sweep = [("asl(tau=0.3)", 64), ("asl(tau=0.5)", 64), ("fastkv", 64)]
+    assert reference_method(("fastkv", 64), sweep, {k: "asl" for k in sweep[:2]}) is None  # no plain "asl"
+    assert reference_method(("fastkv", 64), sweep[1:], {sweep[1]: "asl"}) == ("asl(tau=0.5)", 64)  # the only one
+
+
+def test_format_table_intervals_markers_and_partial():
+    recs = marker_records()
+    s, c = summarize(recs), compare(recs)
+    table = format_table(s, c)
+    print(table)
+    assert "length 100 (budget 64, n=20 per task)" in table
+    assert LEGEND in table and LEGEND_MARK in table
+    # asl: the reference, never marked
+    assert _cells(table, "asl") == [_cell_text(20, 20), _cell_text(10, 20), _cell_text(30, 40)]
+    # fastkv loses 10 kv samples to asl (p = 2 / 2**10) and ties it on qa
+    assert _cells(table, "fastkv") == [_cell_text(10, 20, "*"), _cell_text(10, 20), _cell_text(20, 40, "*")]
+    # the full cache is tested against asl at the block's only budget
+    assert _cells(table, "full") == [_cell_text(20, 20), _cell_text(20, 20, "*"), _cell_text(40, 40, "*")]
+    # a sweep setting against plain asl; a +snapkv method against asl+snapkv, not asl
+    assert _cells(table, "asl(tau=0.5)") == [_cell_text(20, 20), _cell_text(20, 20, "*"), _cell_text(40, 40, "*")]
+    assert _cells(table, LONG_CUT) == [_cell_text(10, 20, "*"), _cell_text(20, 20), _cell_text(30, 40, "*")]
+    assert f"{LONG_CUT} = {LONG}" in table.splitlines()
+    assert _cells(table, "asl+snapkv") == [_cell_text(20, 20), _cell_text(20, 20), _cell_text(40, 40)]
+    # partial block: per-task means in %
+    part = table[table.index("partial (%)"):]
+    assert re.search(r"^fastkv +75 +75 +75$", part, re.MULTILINE), part
+    assert re.search(r"^asl +100 +75 +88$", part, re.MULTILINE), part
+    # too few samples for any marker
+    small = marker_records(n=4)
+    assert "*" not in format_table(summarize(small), compare(small)).replace(LEGEND_MARK, "")
+
+
+def test_format_table_long_labels_stay_distinct():
+    mid_a, mid_b = "m:" + "p" * 25 + "A" + "q" * 25, "m:" + "p" * 25 + "B" + "q" * 25  # differ where cut
+    methods = (LONG, LONG.replace("0.8", "0.9"), mid_a, mid_b)
+    recs = [_rec("kv", 100, i, m, bud, 1.0, 0.1) for i in range(2) for m in methods for bud in (64, 128)]
+    lines = format_table(summarize(recs)).splitlines()
+    print("\n".join(lines))
+    rows = [ln.split()[0] for ln in lines if ln.startswith(("mypkg", "m:")) and " = " not in ln]
+    assert len(rows) == 8 == len(set(rows)) and all(len(r) <= 40 for r in rows)
+    assert all(r.endswith(("@64", "@128")) for r in rows)  # the budget is never cut
+    assert "mypkg.policies:MyP~verlap=0.8)+snapkv@64" in rows
+    # every cut label is listed with the full one under the table
+    legend = dict(ln.split(" = ") for ln in lines if " = " in ln)
+    assert sorted(legend) == sorted(rows)
+    assert sorted(legend.values()) == sorted(f"{m}@{b}" for m in methods for b in (64, 128))
+
+
+def test_format_table_wraps_many_tasks():
+    tasks = [f"niah_multikey_{i}" for i in range(1, 4)] + ["qa_1", "qa_2", "vt", "cwe", "fwe", "niah_single_1",
+                                                           "niah_single_2", "niah_single_3", "multivalue", "mq"]
+    recs = [_rec(t, 4096, i, m, 64, float(i % 2), 0.1) for t in tasks for i in range(4)
+            for m in ("asl", LONG, "fastkv")]
+    table = format_table(summarize(recs), compare(recs))
+    print(table)
+    assert max(len(line) for line in table.splitlines()[1:]) <= TABLE_W
+    for m in ("asl", LONG_CUT, "fastkv"):
+        rows = [ln for ln in table.splitlines() if ln.startswith(m + " ")]
+        assert len(rows) >= 2  # the same rows in each sub-table
+        assert sum(len(CELL.findall(ln)) for ln in rows) == len(tasks) + 1
+    assert table.count("TTFT s") == 1  # costs once, after "all"
 
 
 def _is_png(p):
@@ -174,7 +362,8 @@ def test_make_plots(tmp_path):
     names = sorted(p.name for p in paths)
     assert names == sorted([
         "niah_full.png", "niah_fastkv.png", "niah_asl.png", "niah_mymod_MyPolicy_x_1.png",
-        "accuracy_vs_budget.png", "selection_layers_asl.png", "ratios_asl.png"])
+        "accuracy_vs_budget.png", "selection_layers_asl.png", "ratios_asl.png",
+        *[f"tradeoff_{t}_{n}.png" for t in ("niah", "qa_long_task_name", "sum", "all") for n in (1024, 4096)]])
     for p in paths:
         assert p.parent == tmp_path / "plots"
         assert _is_png(p), p
@@ -185,7 +374,8 @@ def test_make_plots(tmp_path):
     recs2 = [dict(r, ratios=[]) for r in recs2]
     paths2 = make_plots(recs2, summarize(recs2), tmp_path / "b")
     names2 = sorted(p.name for p in paths2)
-    assert names2 == ["accuracy_vs_budget.png", "selection_layers_asl.png"]
+    assert names2 == sorted(["accuracy_vs_budget.png", "selection_layers_asl.png",
+                             *[f"tradeoff_{t}_{n}.png" for t in ("qa_long_task_name", "sum", "all") for n in (1024, 4096)]])
     assert all(_is_png(p) for p in paths2)
 
     # only the full cache: nothing budget-related, nothing selection-related

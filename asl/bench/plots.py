@@ -6,6 +6,9 @@ make_plots(records, summary, out_dir) writes into out_dir/"plots":
   accuracy_vs_budget.png        accuracy (mean over tasks) against KV budget, one panel per length
   selection_layers_<method>.png selection-layer histogram per task, for methods that select
   ratios_<method>.png           per-layer variance-ratio curves, for methods that record ratios
+  tradeoff_<task>[_<length>].png accuracy (and partial score) vs TTFT relative to full and vs KV MiB,
+                                one point per method setting, families joined, Pareto front dashed;
+                                per task and "all", one file per length when there are several
 """
 from __future__ import annotations
 
@@ -226,6 +229,195 @@ def _plot_ratios(plt, records, out: Path, names, method_params) -> list[Path]:
     return paths
 
 
+# --------------------------------------------------------------------------------------------
+# accuracy / cost trade-off
+
+
+def family_of(label) -> str:
+    """A method label without its "(...)" argument parts ("asl(tau=0.5)+snapkv" -> "asl+snapkv"), so that the
+    settings of one sweep share a colour and a line."""
+    s, prev = str(label), None
+    while s != prev:
+        prev, s = s, re.sub(r"\([^()]*\)", "", s)
+    return s.strip() or str(label)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points that no other point dominates (x is a cost to minimise, y a value to maximise).
+
+    q dominates p when x_q <= x_p and y_q >= y_p with one of them strict, so exact duplicates do not dominate
+    each other and are all kept. The indices come in increasing x, ties by index, which is also the order in
+    which the front is drawn. Points with a None or NaN coordinate are ignored.
+    """
+    valid = []
+    for i, (x, y) in enumerate(points):
+        x, y = _num_or_inf(x), _num_or_inf(y)
+        if x is not None and y is not None:
+            valid.append((x, -y, i))
+    valid.sort()
+    front: list[int] = []
+    best = None  # highest y among points with a strictly lower x
+    k = 0
+    while k < len(valid):
+        j = k
+        while j < len(valid) and valid[j][0] == valid[k][0]:
+            j += 1
+        top = -valid[k][1]  # highest y at this x (sorted by -y)
+        if best is None or top > best:
+            front += [i for _, ny, i in valid[k:j] if -ny == top]
+            best = top
+        k = j
+    return front
+
+
+def _num_or_inf(v):
+    """A float that may be infinite but not NaN, else None (the front is well defined with infinities)."""
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def _setting_label(row) -> str:
+    b = row.get("budget")
+    return str(row.get("method")) if b is None else f"{row.get('method')}@{b}"
+
+
+def _yerr(row, metric):
+    """Asymmetric vertical error (below, above) from <metric>_lo / _hi, or None when absent."""
+    y, lo, hi = _num(row.get(metric)), _num(row.get(f"{metric}_lo")), _num(row.get(f"{metric}_hi"))
+    if y is None or lo is None or hi is None:
+        return None
+    return max(0.0, y - lo), max(0.0, hi - y)
+
+
+def _tradeoff_panel(plt, ax, rows, metric, xkey, colors, show_labels):
+    pts = []  # (x, y, row)
+    for r in rows:
+        y = _num(r.get(metric))
+        x = _num(r.get(xkey)) if xkey != "kv_mib" else (
+            None if _num(r.get("kv_bytes")) is None else _num(r.get("kv_bytes")) / 2 ** 20)
+        if x is not None and y is not None:
+            pts.append((x, y, r))
+    if not pts:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
+    fams = defaultdict(list)
+    for p in pts:
+        fams[p[2]["_family"]].append(p)
+    for fam, fp in fams.items():  # sweep line: the settings of one family in order of cost
+        if len(fp) > 1 and fam != FULL_METHOD:
+            fp = sorted(fp, key=lambda p: (p[0], p[1]))
+            ax.plot([p[0] for p in fp], [p[1] for p in fp], color=colors[fam], lw=0.8, alpha=0.6, zorder=2)
+    for x, y, r in pts:
+        err = _yerr(r, metric)
+        full = r["_family"] == FULL_METHOD
+        ax.plot([x], [y], marker="*" if full else "o", ms=14 if full else 6, color=colors[r["_family"]],
+                markeredgecolor="black", markeredgewidth=0.6, ls="none", zorder=4.5 if full else 4)
+        if err is not None:  # light, so that the markers and the front stay readable
+            ax.errorbar([x], [y], yerr=[[err[0]], [err[1]]], fmt="none", ecolor=colors[r["_family"]],
+                        elinewidth=0.8, capsize=2, alpha=0.45, zorder=1.5)
+        if full:
+            ax.axhline(y, color="black", ls=":", lw=0.8, alpha=0.6, zorder=1)
+    if show_labels:  # coincident settings share one label instead of overprinting
+        labels: dict[tuple, list[str]] = {}
+        for x, y, r in pts:
+            labels.setdefault((x, y), []).append(_setting_label(r))
+        for (x, y), labs in labels.items():
+            ax.annotate(" / ".join(labs), (x, y), xytext=(6, 4), textcoords="offset points", fontsize=7,
+                        color="black", zorder=3.5,
+                        bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.6))
+    xs = [p[0] for p in pts]
+    if xkey == "kv_mib" and min(xs) > 0 and max(xs) / min(xs) > 10:
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+        ax.set_xscale("log")
+        if math.log10(max(xs) / min(xs)) <= 3:  # few decades: 1-2-5 ticks, else only one tick would show
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    if xkey == "prefill_vs_full":
+        ax.axvline(1.0, color="black", ls=":", lw=0.8, alpha=0.6, zorder=1)
+    lo, hi = ax.get_xlim()
+    if show_labels:  # room on the right for the labels of the highest-cost points
+        hi = hi * (hi / lo) ** 0.15 if ax.get_xscale() == "log" else hi + 0.15 * (hi - lo)
+    # the front as "best score reachable at this cost or less": a staircase carried on to the right edge
+    front = pareto_front([(x, y) for x, y, _ in pts])
+    if front:
+        fx, fy = [pts[i][0] for i in front] + [hi], [pts[i][1] for i in front] + [pts[front[-1]][1]]
+        ax.step(fx, fy, where="post", color="black", ls="--", lw=1.3, alpha=0.7, zorder=2.5)
+    ax.set_xlim(lo, hi)
+    ax.grid(alpha=0.3)
+
+
+_XLABELS = {"prefill_vs_full": "TTFT relative to full cache (ratio of medians)", "ttft_s": "TTFT (s, median)",
+            "kv_mib": "KV cache (MiB)"}
+_YLABELS = {"accuracy": "accuracy (%)", "partial": "partial score (%)"}
+
+
+def _plot_tradeoff(plt, summary, out: Path) -> list[Path]:
+    """Accuracy (and partial score) against prefill time and KV memory: a method is only better than another
+    if it wins on the trade-off, so every setting is a point and the Pareto front is drawn."""
+    rows = [dict(r, _family=r.get("family") or family_of(r.get("method"))) for r in summary
+            if r.get("method") is not None and any(_num(r.get(m)) is not None for m in ("accuracy", "partial"))]
+    if not rows:
+        return []
+    families = _first_appearance(r["_family"] for r in rows)
+    colors, k = {}, 0
+    for fam in families:  # stable across figures; the full cache is black
+        if fam == FULL_METHOD:
+            colors[fam] = "black"
+        else:
+            colors[fam] = f"C{k % 10}"
+            k += 1
+    tasks = _first_appearance(r.get("task") for r in rows)
+    tasks = [t for t in tasks if t != ALL_TASKS] + [t for t in tasks if t == ALL_TASKS]
+    task_names = _safe_names(tasks)
+    paths = []
+    for task in tasks:
+        trows = [r for r in rows if r.get("task") == task]
+        lengths = sorted(_first_appearance(r.get("length") for r in trows),
+                         key=lambda v: (0, _num(v)) if _num(v) is not None else (1, str(v)))
+        for length in lengths:
+            lrows = [r for r in trows if r.get("length") == length]
+            xkey = "prefill_vs_full" if any(_num(r.get("prefill_vs_full")) is not None for r in lrows) else "ttft_s"
+            has_x = any(_num(r.get(xkey)) is not None or _num(r.get("kv_bytes")) is not None for r in lrows)
+            metrics = [m for m in ("accuracy", "partial") if any(_num(r.get(m)) is not None for r in lrows)]
+            settings = {(r.get("method"), r.get("budget")) for r in lrows}
+            if not has_x or not metrics or len(settings) < 2:  # one point is no trade-off
+                continue
+            xkeys = [xkey, "kv_mib"]  # both columns always, "no data" where one is missing
+            show_labels = len(settings) <= 12
+            fig, axes = plt.subplots(len(metrics), 2, squeeze=False, layout="constrained",
+                                     figsize=(12.0, 4.6 * len(metrics) + 0.8))
+            for i, metric in enumerate(metrics):
+                for j, xk in enumerate(xkeys):
+                    ax = axes[i][j]
+                    _tradeoff_panel(plt, ax, lrows, metric, xk, colors, show_labels)
+                    ax.set_xlabel(_XLABELS[xk])
+                    ax.set_ylabel(_YLABELS[metric])
+                    ax.set_title(f"{_YLABELS[metric].split(' (')[0]} vs {_XLABELS[xk].split(' (')[0]}", fontsize=10)
+            fams = [f for f in families if any(r["_family"] == f for r in lrows)]
+            handles = [plt.Line2D([], [], marker="*" if f == FULL_METHOD else "o", ms=10 if f == FULL_METHOD else 6,
+                                  color=colors[f], markeredgecolor="black", markeredgewidth=0.6,
+                                  lw=0.8 if f != FULL_METHOD else 0, label="full cache" if f == FULL_METHOD else f)
+                       for f in fams]
+            handles.append(plt.Line2D([], [], color="black", alpha=0.7, ls="--", lw=1.3, label="Pareto front"))
+            fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize=8,
+                       frameon=False)
+            n = max((_num(r.get("n")) or 0) for r in lrows)
+            fig.suptitle(f"{task}, length {length}: score vs cost"
+                         + (f" (up to {int(n)} samples per point)" if n else "")
+                         + ("; higher and further left is better"), fontsize=11)
+            stem = f"tradeoff_{task_names[task]}" + (f"_{safe_name(length)}" if len(lengths) > 1 else "")
+            paths.append(_save(plt, fig, out / f"{stem}.png", tight=False))
+    return paths
+
+
 def make_plots(records: list[dict], summary: list[dict], out_dir,
                method_params: dict[str, dict] | None = None) -> list[Path]:
     """Write the plots into out_dir/"plots" and return their paths; a plot whose data is absent is skipped.
@@ -247,4 +439,5 @@ def make_plots(records: list[dict], summary: list[dict], out_dir,
     paths += _plot_accuracy_vs_budget(plt, summary, out)
     paths += _plot_selection_layers(plt, records, out, names)
     paths += _plot_ratios(plt, records, out, names, method_params)
+    paths += _plot_tradeoff(plt, summary, out)
     return paths

@@ -1,0 +1,179 @@
+"""asl.bench.plots: the accuracy / cost trade-off plots and pareto_front, on synthetic summary rows (no model)."""
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from asl.bench.plots import _plot_tradeoff, family_of, make_plots, pareto_front
+
+TASKS = ["niah", "qa"]
+MIB = 2 ** 20
+
+
+def _row(task, length, method, budget, acc, rel, kv_mib, partial=None, ci=True, family=True):
+    r = {"task": task, "length": length, "method": method, "budget": budget, "n": 20,
+         "accuracy": acc, "partial": partial, "ttft_s": 0.5 * rel, "kv_bytes": kv_mib * MIB, "prefill_vs_full": rel}
+    if ci:
+        r.update(accuracy_lo=max(0.0, acc - 8), accuracy_hi=min(100.0, acc + 6))
+        if partial is not None:
+            r.update(partial_lo=max(0.0, partial - 5), partial_hi=min(100.0, partial + 5))
+    if family:
+        r["family"] = family_of(method)
+    return r
+
+
+def make_summary(lengths=(4096,), partial=True, ci=True, family=True, snap_budgets=(128,)):
+    """Two tasks plus "all": full, a tau sweep of asl, a layer sweep of fastkv, snapkv."""
+    rows = []
+    for task in TASKS + ["all"]:
+        off = {"niah": 0.0, "qa": -10.0, "all": -5.0}[task]
+        for length in lengths:
+            s = length / 4096
+
+            def add(method, budget, acc, rel, kv):
+                p = max(0.0, min(100.0, acc + 7)) if partial else None
+                rows.append(_row(task, length, method, budget, acc + off, rel, kv * s, p, ci, family))
+
+            add("full", None, 92.0, 1.0, 256.0)
+            for tau, acc, rel, kv in [(0.3, 60.0, 0.35, 8.0), (0.5, 74.0, 0.5, 14.0), (0.7, 85.0, 0.7, 30.0),
+                                      (0.9, 90.0, 0.9, 80.0)]:
+                add(f"asl(tau={tau})", None, acc, rel, kv)
+            for layer, acc, rel, kv in [(4, 55.0, 0.3, 20.0), (8, 70.0, 0.45, 40.0), (12, 78.0, 0.6, 60.0)]:
+                add(f"fastkv(layer={layer})", None, acc, rel, kv)
+            for b in snap_budgets:
+                add("snapkv", b, 50.0 + 10 * math.log2(b / 64), 1.02, 2.0 * b / 64)
+    return rows
+
+
+def _tradeoff(paths):
+    """The trade-off plots among make_plots' outputs (snapkv's budget also gives accuracy_vs_budget.png)."""
+    return [p for p in paths if p.name.startswith("tradeoff_")]
+
+
+def _is_png(p):
+    return p.exists() and p.stat().st_size > 5000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------------------------
+# family_of
+
+
+@pytest.mark.parametrize("label,family", [
+    ("asl", "asl"), ("asl(tau=0.5)", "asl"), ("fastkv(layer=8)", "fastkv"), ("asl+snapkv", "asl+snapkv"),
+    ("asl(tau=0.5)+snapkv", "asl+snapkv"), ("fastkv(layer=4)+snapkv", "fastkv+snapkv"), ("full", "full"),
+    ("mypkg:Cls(x=1)", "mypkg:Cls"), ("f(a=(1,2))", "f"),
+])
+def test_family_of(label, family):
+    assert family_of(label) == family
+
+
+# --------------------------------------------------------------------------------------------
+# pareto_front
+
+
+def brute_front(points):
+    """The definition: p is on the front unless some q is at least as good on both and strictly better on one."""
+    def dominates(q, p):
+        return q[0] <= p[0] and q[1] >= p[1] and (q[0] < p[0] or q[1] > p[1])
+    return {i for i, p in enumerate(points) if not any(dominates(q, p) for j, q in enumerate(points) if j != i)}
+
+
+@pytest.mark.parametrize("points,expected", [
+    ([], []),
+    ([(1.0, 1.0)], [0]),
+    ([(1.0, 5.0), (2.0, 4.0)], [0]),                      # cheaper and better dominates
+    ([(2.0, 4.0), (1.0, 3.0), (3.0, 6.0)], [1, 0, 2]),    # a staircase, returned by increasing cost
+    ([(1.0, 3.0), (1.0, 5.0)], [1]),                      # same cost: the better one only
+    ([(1.0, 5.0), (2.0, 5.0)], [0]),                      # same value: the cheaper one only
+    ([(1.0, 5.0), (1.0, 5.0), (0.5, 1.0)], [2, 0, 1]),    # exact duplicates both stay, by index
+    ([(1.0, float("nan")), (None, 3.0), (2.0, 1.0)], [2]),  # unusable points are ignored
+    ([(0.0, -math.inf), (1.0, 0.0)], [0, 1]),
+])
+def test_pareto_front_hand_cases(points, expected):
+    assert pareto_front(points) == expected
+
+
+coords = st.floats(min_value=-5, max_value=5, allow_nan=False) | st.sampled_from([0.0, 1.0, 2.0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(coords, coords), max_size=30))
+def test_pareto_front_matches_brute_force(points):
+    front = pareto_front(points)
+    assert set(front) == brute_front(points)
+    assert len(front) == len(set(front))
+    # increasing cost (ties by index) and, along the front, strictly increasing value between distinct costs
+    assert front == sorted(front, key=lambda i: (points[i][0], i))
+    for a, b in zip(front, front[1:]):
+        if points[a][0] < points[b][0]:
+            assert points[a][1] < points[b][1]
+        else:
+            assert points[a] == points[b]
+    assert pareto_front(list(reversed(points))) == sorted(
+        (len(points) - 1 - i for i in front), key=lambda i: (points[len(points) - 1 - i][0], i))
+
+
+# --------------------------------------------------------------------------------------------
+# the plots
+
+
+def test_tradeoff_plots_written(tmp_path):
+    paths = _tradeoff(make_plots([], make_summary(), tmp_path))
+    names = sorted(p.name for p in paths)
+    assert names == ["tradeoff_all.png", "tradeoff_niah.png", "tradeoff_qa.png"]
+    for p in paths:
+        assert p.parent == tmp_path / "plots"
+        assert _is_png(p), p
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["accuracy_vs_budget.png"] + names  # no temp files
+
+
+def test_tradeoff_one_file_per_length(tmp_path):
+    paths = _tradeoff(make_plots([], make_summary(lengths=(1024, 4096)), tmp_path))
+    assert sorted(p.name for p in paths) == sorted(
+        f"tradeoff_{t}_{L}.png" for t in TASKS + ["all"] for L in (1024, 4096))
+    assert all(_is_png(p) for p in paths)
+
+
+@pytest.mark.parametrize("kw", [dict(partial=False), dict(ci=False), dict(family=False),
+                                dict(partial=False, ci=False, family=False),
+                                dict(snap_budgets=(64, 128, 256, 512, 1024, 2048))])  # > 12 points: legend only
+def test_tradeoff_missing_fields_and_many_points(tmp_path, kw):
+    paths = _tradeoff(make_plots([], make_summary(**kw), tmp_path))
+    assert sorted(p.name for p in paths) == ["tradeoff_all.png", "tradeoff_niah.png", "tradeoff_qa.png"]
+    assert all(_is_png(p) for p in paths)
+
+
+def test_tradeoff_partial_row_only_when_present(tmp_path):
+    from asl.bench.plots import _pyplot
+
+    plt = _pyplot()
+    seen = []
+    orig = plt.subplots
+
+    def spy(*a, **k):
+        seen.append(a[:2])
+        return orig(*a, **k)
+
+    plt.subplots = spy
+    try:
+        _plot_tradeoff(plt, make_summary(partial=True), tmp_path)
+        _plot_tradeoff(plt, make_summary(partial=False), tmp_path)
+    finally:
+        plt.subplots = orig
+    assert seen == [(2, 2)] * 3 + [(1, 2)] * 3
+
+
+def test_tradeoff_degenerate_rows(tmp_path):
+    # new keys all absent / None, no full row (x falls back to TTFT seconds), one point, zero KV bytes
+    rows = [{"task": "qa", "length": 512, "method": "asl(tau=0.5)", "budget": None, "accuracy": 40.0,
+             "ttft_s": 0.2, "kv_bytes": 0.0, "prefill_vs_full": None, "partial": None, "accuracy_lo": None},
+            {"task": "qa", "length": 512, "method": "fastkv", "budget": None, "accuracy": 30.0, "ttft_s": None,
+             "kv_bytes": 0.0},
+            {"task": "qa", "length": 512, "method": "snapkv", "budget": 64, "accuracy": None, "ttft_s": None,
+             "kv_bytes": None}]
+    paths = make_plots([], rows, tmp_path)
+    assert [p.name for p in paths] == ["tradeoff_qa.png"] and _is_png(paths[0])
+    # a single setting is no trade-off; nothing to put on either axis: no file
+    assert make_plots([], rows[:1], tmp_path / "b") == []
+    assert make_plots([], [dict(r, ttft_s=None, kv_bytes=None) for r in rows], tmp_path / "c") == []
