@@ -137,7 +137,8 @@ def test_niah_grid(tok, cache):
 def test_aggregation_answers(tok, cache):
     for length in (512, 2048):
         s = sample(tok, cache, "cwe", length)
-        listed = collections.Counter(re.findall(r"\d+\. ([a-z]+)", s.prompt))
+        task = s.prompt.rsplit("Below is a numbered list", 1)[1]  # after the one-shot example
+        listed = collections.Counter(re.findall(r"\d+\. ([a-z]+)", task.split("\nQuestion:")[0]))
         common = sorted(listed, key=lambda w: -listed[w])[:10]
         assert set(common) == set(s.answers)
         assert min(listed[w] for w in s.answers) > max(c for w, c in listed.items() if w not in s.answers)
@@ -147,10 +148,11 @@ def test_aggregation_answers(tok, cache):
         top = [w for w, _ in counts.most_common()]
         assert top[:3] == list(s.answers) and counts[top[2]] > counts[top[3]]
         s = sample(tok, cache, "vt", length)
-        value = re.search(r"assigned the value (\d+) in", s.prompt).group(1)
-        assert f"VAR {s.answers[0]} = {value}\n" in s.prompt
+        task = s.prompt.rsplit("Memorize and track", 1)[1]  # after the one-shot example
+        value = re.search(r"assigned the value (\d+) in", task).group(1)
+        assert f"VAR {s.answers[0]} = {value}\n" in task
         for a, b in zip(s.answers, s.answers[1:]):
-            assert f"VAR {b} = VAR {a}\n" in s.prompt
+            assert f"VAR {b} = VAR {a} \n" in task  # RULER's hop lines end with a space
 
 
 def test_plain_prompt_without_chat_template():
@@ -158,7 +160,7 @@ def test_plain_prompt_without_chat_template():
     tok.chat_template = None
     s = make_sample("passkey", tok, 512, 0, 0)
     assert s.prompt.startswith("There is an important info hidden")
-    assert s.prompt.endswith("What is the pass key?\nThe pass key is")
+    assert s.prompt.endswith("What is the pass key?\n\nThe pass key is")  # InfiniteBench's blank line
     assert "<|im_start|>" not in s.prompt
     assert 504 <= s.prompt_tokens == len(tok(s.prompt)["input_ids"]) <= 512
 
@@ -188,7 +190,7 @@ class _BosTokenizer:
 
 def test_bos_not_doubled(tok):
     s = make_sample("niah_single_1", _BosTokenizer(tok), 512, 0, 0)
-    assert s.prompt.startswith("User: Some special magic")
+    assert s.prompt.startswith("User: A special magic number is hidden")  # RULER's singular
     assert 504 <= s.prompt_tokens <= 512
 
 
@@ -218,3 +220,312 @@ def test_metrics():
     assert score("infinitebench_kv", f'{{"{uid}"}}\n', [uid]) == 1.0
     assert score("infinitebench_kv", f"x{uid}", [uid]) == 0.0
     assert score("infinitebench_kv", uid, "8154dcc6-f69b-49bc-9916-c63b29448775") == 1.0
+
+
+# --- the originals' wording -----------------------------------------------------------------
+# Literals copied from the originals (read at NVIDIA/RULER c3f5e3b and OpenBMB/InfiniteBench 88b3daa);
+# each sample must be exactly the original template with the sample's values filled in.
+
+# NVIDIA/RULER scripts/data/synthetic/constants.py
+RULER_CONSTANTS = {
+    'niah': {
+        'tokens_to_generate': 128,
+        'template': """Some special magic {type_needle_v} are hidden within the following text. Make sure to memorize it. I will quiz you about the {type_needle_v} afterwards.\n{context}\nWhat are all the special magic {type_needle_v} for {query} mentioned in the provided text?""",  # noqa: E501
+        'answer_prefix': """ The special magic {type_needle_v} for {query} mentioned in the provided text are"""
+    },
+    'variable_tracking': {
+        'tokens_to_generate': 30,
+        'template': """Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\nQuestion: Find all variables that are assigned the value {query} in the text above.""",  # noqa: E501
+        'answer_prefix': """ Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are assigned the value {query}, they are: """  # noqa: E501
+    },
+    'common_words_extraction': {
+        'tokens_to_generate': 120,
+        'template': """Below is a numbered list of words. In these words, some appear more often than others. Memorize the ones that appear most often.\n{context}\nQuestion: What are the 10 most common words in the above list?""",  # noqa: E501
+        'answer_prefix': """ Answer: The top 10 words that appear most often in the list are:"""
+    },
+    'freq_words_extraction': {
+        'tokens_to_generate': 50,
+        'template': """Read the following coded text and track the frequency of each coded word. Find the three most frequently appeared coded words. {context}\nQuestion: Do not provide any explanation. Please ignore the dots '....'. What are the three most frequently appeared words in the above coded text?""",  # noqa: E501
+        'answer_prefix': """ Answer: According to the coded text above, the three most frequently appeared words are:"""
+    },
+}
+# NVIDIA/RULER scripts/synthetic.yaml: task -> RULER_CONSTANTS key and niah's num_needle_v, num_needle_q
+RULER_YAML = {"niah_single_1": ("niah", 1, 1), "niah_single_2": ("niah", 1, 1), "niah_single_3": ("niah", 1, 1),
+              "niah_multikey_1": ("niah", 1, 1), "niah_multikey_2": ("niah", 1, 1),
+              "niah_multikey_3": ("niah", 1, 1), "niah_multivalue": ("niah", 4, 1),
+              "niah_multiquery": ("niah", 1, 4), "vt": ("variable_tracking", None, None),
+              "cwe": ("common_words_extraction", None, None), "fwe": ("freq_words_extraction", None, None),
+              "niah": ("niah", 1, 1)}  # ours: niah_single_2 on a depth grid
+# NVIDIA/RULER scripts/data/synthetic/niah.py (and variable_tracking.py: the same noise)
+RULER_NEEDLE = "One of the special magic {type_needle_v} for {key} is: {value}."
+RULER_NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+
+
+def ruler_niah_template(template, type_needle_v, num_needle_q, num_needle_v):
+    """NVIDIA/RULER scripts/data/synthetic/niah.py, generate_input_output (copied)."""
+    if num_needle_q * num_needle_v == 1:
+        template = template.replace('Some', 'A')
+        template = template.replace('are all', 'is')
+        template = template.replace('are', 'is')
+        template = template.replace('answers', 'answer')
+        type_needle_v = type_needle_v[:-1]  # remove "s"
+    return template, type_needle_v
+
+
+# OpenBMB/InfiniteBench src/prompt.py: yarn_mistral_templates (its open models' prompts)
+INFINITE_TEMPLATES = {
+    "passkey": "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you about the important information.\n\n{context}\n\n{input}\n\nThe pass key is",  # noqa
+    "number_string": "There is an important info hidden inside a lot of irrelevant text. Find it. I will quiz you about the important information there.\n\n{context}\n\n{input}\n\nThe sequence of digits is",  # noqa
+    "kv_retrieval": "Extract the value corresponding to the specified key in the JSON object below.\n\n{context}\n\n{input}",  # noqa
+}
+# OpenBMB/InfiniteBench data/construct_synthetic_dataset.py: build_passkey / build_number_string
+INFINITE_NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n"
+INFINITE_ANS = {"passkey": "The pass key is {key}. Remember it. {key} is the pass key.\n",
+                "number_string": "The sequence of digits is {key}. Remember it. {key} is the sequence of digits.\n"}
+INFINITE_QUESTION = {"passkey": "What is the pass key?", "number_string": "What is the sequence of digits?"}
+# OpenBMB/InfiniteBench src/eval_utils.py: DATA_NAME_TO_MAX_NEW_TOKENS
+INFINITE_MAX_NEW_TOKENS = {"passkey": 6, "number_string": 12, "kv_retrieval": 50}
+
+
+def infinite_number_string_key(random):
+    """OpenBMB/InfiniteBench data/construct_synthetic_dataset.py, build_number_string (copied;
+    `random` is a random.Random here)."""
+    keys = []
+    for k in range(5):
+        keys.append(str(random.randint(0,9)))
+    for k in range(5):
+        pos = random.randint(0,5+k-1)
+        keys.insert(pos, keys[pos])
+    key_t = "".join(keys)
+    return key_t
+
+
+CHAT_TURN = "<|im_end|>\n<|im_start|>assistant\n"  # SmolLM2's template between the user text and the answer
+
+
+@pytest.fixture(scope="module")
+def plain_tok():
+    t = load_tokenizer(resolve_checkpoint("smollm2-135m"))
+    t.chat_template = None
+    return t
+
+
+def niah_values(s: Sample) -> tuple[str, str]:
+    """(type_needle_v, query) of a niah sample: the queried keys, in the answers' order."""
+    kind = "uuids" if "-" in s.answers[0] else "numbers"
+    keys = []
+    for a in s.answers:
+        key = re.search(rf"One of the special magic {kind} for (\S+) is: {re.escape(a)}\.", s.prompt).group(1)
+        if key not in keys:
+            keys.append(key)
+    query = keys[0] if len(keys) == 1 else ", ".join(keys[:-1]) + ", and " + keys[-1]
+    return kind, query
+
+
+def ruler_frame(task: str, s: Sample) -> tuple[str, str, str]:
+    """RULER's text before {context}, after it, and the answer prefix, with s's values."""
+    name, num_v, num_q = RULER_YAML[task]
+    template, prefix = RULER_CONSTANTS[name]["template"], RULER_CONSTANTS[name]["answer_prefix"]
+    values = {}
+    if name == "niah":
+        kind, query = niah_values(s)
+        # niah.py runs its replacements on the whole template, answer prefix included
+        both, v = ruler_niah_template(template + "\x01" + prefix, kind, num_q, num_v)
+        template, prefix = both.split("\x01")
+        values = {"type_needle_v": v, "query": query}
+    elif name == "variable_tracking":
+        value = re.findall(r"assigned the value (\d+) in the text above", s.prompt)[-1]
+        values = {"query": value, "num_v": 5}
+    head, tail = template.split("{context}")
+    return head.format(**values), tail.format(**values), prefix.format(**values)
+
+
+def test_max_new_tokens(tok, cache):
+    for task in NAMES:
+        s = sample(tok, cache, task, 512)
+        want = (INFINITE_MAX_NEW_TOKENS[task] if TASKS[task].source == "InfiniteBench"
+                else RULER_CONSTANTS[RULER_YAML[task][0]]["tokens_to_generate"])
+        assert s.max_new_tokens == want, task
+    assert {t: sample(tok, cache, t, 512).max_new_tokens for t in NAMES} == {
+        "passkey": 6, "number_string": 12, "kv_retrieval": 50, **{t: 128 for t in NEEDLE_TASKS},
+        "vt": 30, "cwe": 120, "fwe": 50}
+
+
+@pytest.mark.parametrize("length", [512, 2048])
+@pytest.mark.parametrize("task", [t for t in NAMES if TASKS[t].source == "RULER"])
+def test_ruler_templates(tok, plain_tok, cache, task, length):
+    # chat template: RULER's text in the user turn, its answer prefix opening the assistant's
+    s = sample(tok, cache, task, length)
+    head, tail, prefix = ruler_frame(task, s)
+    assert head in s.prompt
+    assert s.prompt.endswith(tail + CHAT_TURN + prefix)
+    # no chat template: RULER's 'base' model template, exactly "{task_template}" + answer_prefix
+    p = make_sample(task, plain_tok, length, 0, 0)
+    head, tail, prefix = ruler_frame(task, p)
+    assert p.prompt.endswith(tail + prefix)
+    assert 0 < p.prompt.rindex(tail) - p.prompt.rindex(head) - len(head)
+    assert p.prompt.startswith(head)  # vt, cwe: the one-shot example opens with it too
+    assert p.prompt.count(head) == (2 if task == "vt" or task == "cwe" and length >= 1024 else 1)
+
+
+def test_niah_singular_plural(tok, cache):
+    singular = {"A special magic number is hidden within the following text. Make sure to memorize it. "
+                "I will quiz you about the number afterwards.\n": "numbers",
+                "A special magic uuid is hidden within the following text. Make sure to memorize it. "
+                "I will quiz you about the uuid afterwards.\n": "uuids"}
+    for task in NEEDLE_TASKS:
+        s = sample(tok, cache, task, 2048)
+        kind, query = niah_values(s)
+        one = RULER_YAML[task][1] * RULER_YAML[task][2] == 1
+        assert one == (task not in ("niah_multivalue", "niah_multiquery"))
+        v = kind[:-1] if one else kind
+        if one:
+            assert any(h in s.prompt and k == kind for h, k in singular.items()), task
+            assert f"\nWhat is the special magic {v} for {query} mentioned in the provided text?" in s.prompt
+            assert s.prompt.endswith(f" The special magic {v} for {query} mentioned in the provided text is")
+            assert "Some special magic" not in s.prompt and "What are all" not in s.prompt
+        else:
+            assert (f"Some special magic {kind} are hidden within the following text. Make sure to memorize "
+                    f"it. I will quiz you about the {kind} afterwards.\n") in s.prompt
+            assert f"\nWhat are all the special magic {kind} for {query} mentioned in the provided text?" in s.prompt
+            assert s.prompt.endswith(f" The special magic {kind} for {query} mentioned in the provided text are")
+        # the needles keep the plural (niah.py formats them with args.type_needle_v)
+        for a in s.answers:
+            assert RULER_NEEDLE.format(type_needle_v=kind, key=re.search(
+                rf"for (\S+) is: {re.escape(a)}\.", s.prompt).group(1), value=a) in s.prompt
+
+
+def noise_context(p: Sample, head: str, tail: str) -> str:
+    return p.prompt[p.prompt.rindex(head) + len(head):p.prompt.rindex(tail)]
+
+
+@pytest.mark.parametrize("length", [512, 2048])
+def test_noise_haystack_lines(plain_tok, length):
+    """RULER: '\\n'.join of whole noise strings and the inserted lines (niah.py,
+    variable_tracking.py); only our last noise line may stop after fewer sentences."""
+    for task in ("niah_single_1", "vt"):
+        p = make_sample(task, plain_tok, length, 0, 0)
+        head, tail, _ = ruler_frame(task, p)
+        lines = noise_context(p, head, tail).split("\n")
+        noise = [i for i, line in enumerate(lines) if line.startswith("The grass")]
+        assert len(noise) > 3
+        assert all(lines[i] == RULER_NOISE for i in noise[:-1])
+        assert RULER_NOISE.startswith(lines[noise[-1]])
+        inserted = [line for i, line in enumerate(lines) if i not in noise]
+        if task == "vt":
+            names = p.answers
+            value = re.findall(r"assigned the value (\d+) in", p.prompt)[-1]
+            assert inserted == [f"VAR {names[0]} = {value}"] + [f"VAR {names[j + 1]} = VAR {names[j]} "
+                                                               for j in range(4)]
+        else:
+            kind, query = niah_values(p)
+            assert inserted == [RULER_NEEDLE.format(type_needle_v=kind, key=query, value=p.answers[0])]
+        assert max(noise) > max(i for i in range(len(lines)) if i not in noise)  # RULER inserts before noise
+
+
+@pytest.mark.parametrize("length", [512, 2048])
+def test_vt_demonstration(plain_tok, length):
+    """variable_tracking.py: the example (3-letter variables, the whole template and answer
+    prefix, ' ' + its answer and '\\n') and a newline before the task."""
+    p = make_sample("vt", plain_tok, length, 0, 0)
+    tmpl, prefix = (RULER_CONSTANTS["variable_tracking"][k] for k in ("template", "answer_prefix"))
+    head = tmpl.split("{context}")[0]
+    demo, task = p.prompt[:p.prompt.rindex(head)], p.prompt[p.prompt.rindex(head):]
+    assert demo.startswith(head) and demo.endswith("\n\n")
+    value = re.search(r"assigned the value (\d+) in the text above", demo).group(1)
+    names = re.search(r"they are:  ([A-Z]{3}(?: [A-Z]{3}){4})\n\n$", demo).group(1).split()
+    context = demo[len(head):demo.index("\nQuestion: ")]
+    assert demo == tmpl.format(context=context, query=value) + prefix.format(num_v=5, query=value) + " " + \
+        " ".join(names) + "\n" + "\n"
+    lines = context.split("\n")
+    assert [x for x in lines if x != RULER_NOISE] == [f"VAR {names[0]} = {value}"] + [
+        f"VAR {names[j + 1]} = VAR {names[j]} " for j in range(4)]
+    assert value not in task and not set(names) & set(p.answers)
+    example_input = demo[:demo.rindex("they are: ") + len("they are: ")]  # RULER sizes it without the answer
+    assert min(500, length // 3) - 30 <= len(plain_tok(example_input)["input_ids"]) <= min(500, length // 3)
+    assert make_sample("vt", plain_tok, 256, 0, 0).prompt.startswith(head)  # too short: no example
+    assert make_sample("vt", plain_tok, 256, 0, 0).prompt.count(head) == 1
+
+
+@pytest.mark.parametrize("length", [512, 2048, 4096])
+def test_cwe_demonstration_and_counts(plain_tok, length):
+    """common_words_extraction.py: below 4096 tokens an example of 20 words (3 / 1 repeats)
+    and the task's words 6 / 1 times; from 4096 on 40 words (10 / 3) and freq_cw 30, freq_ucw 3
+    (synthetic.yaml).  The example is left out where it would take over a third of the prompt."""
+    p = make_sample("cwe", plain_tok, length, 0, 0)
+    tmpl, prefix = (RULER_CONSTANTS["common_words_extraction"][k] for k in ("template", "answer_prefix"))
+    head, tail = tmpl.split("{context}")
+    at = p.prompt.rindex(head)
+    demo, task = p.prompt[:at], p.prompt[at:]
+    assert task == tmpl.format(context=task[len(head):task.rindex(tail)]) + prefix
+    entries = re.findall(r"(\d+)\. ([a-z]+)", task[len(head):task.rindex(tail)])
+    assert [int(i) for i, _ in entries] == list(range(1, len(entries) + 1))
+    counts = collections.Counter(w for _, w in entries)
+    freq_cw, freq_ucw = (6, 1) if length < 4096 else (30, 3)
+    assert {counts[w] for w in p.answers} == {freq_cw} and len(p.answers) == 10
+    rare = [c for w, c in counts.items() if w not in p.answers]
+    assert rare and max(rare) <= freq_ucw and sorted(rare)[len(rare) // 2] == freq_ucw  # the last may be cut
+    if length == 512:
+        assert demo == ""
+        return
+    n, cw, ucw = (20, 3, 1) if length < 4096 else (40, 10, 3)
+    assert demo.endswith("\n")
+    dctx = demo[len(head):demo.index(tail)]
+    answer = demo[demo.index(prefix) + len(prefix) + 1:-1]
+    dcounts = collections.Counter(re.findall(r"\d+\. ([a-z]+)", dctx))
+    common = re.findall(r"\d+\. ([a-z]+)", answer)
+    assert answer == " ".join(f"{i + 1}. {w}" for i, w in enumerate(common)) and len(common) == 10
+    assert demo == tmpl.format(context=dctx) + prefix + " " + answer + "\n"
+    assert len(dcounts) == n and {dcounts[w] for w in common} == {cw}
+    assert {c for w, c in dcounts.items() if w not in common} == {ucw}
+    assert not set(dcounts) & set(counts)
+
+
+@pytest.mark.parametrize("task", ["passkey", "number_string"])
+@pytest.mark.parametrize("length", [512, 2048])
+def test_infinitebench_noise_tasks(tok, plain_tok, cache, task, length):
+    """The template filled with InfiniteBench's context 'noise * j + ans + noise * (N - j)'
+    (our last noise line may stop after fewer sentences) and input, the question."""
+    p = make_sample(task, plain_tok, length, 0, 0)
+    intro, rest = INFINITE_TEMPLATES[task].split("{context}")
+    key = p.answers[0]
+    context = p.prompt[len(intro):p.prompt.rindex("\n\n" + INFINITE_QUESTION[task])]
+    assert p.prompt == INFINITE_TEMPLATES[task].format(context=context, input=INFINITE_QUESTION[task])
+    ans = INFINITE_ANS[task].format(key=key)
+    before, after = context.split(ans)
+    assert before == INFINITE_NOISE * (len(before) // len(INFINITE_NOISE))
+    j = len(after) // len(INFINITE_NOISE)
+    assert after[:j * len(INFINITE_NOISE)] == INFINITE_NOISE * j
+    tail = after[j * len(INFINITE_NOISE):]
+    assert tail == "" or (tail.endswith("\n") and INFINITE_NOISE.startswith(tail[:-1] + " "))
+    assert re.fullmatch(r"\d{5}" if task == "passkey" else r"\d{10}", key)
+    # with the chat template: the same text in the user turn, the answer prefix opening the reply
+    s = sample(tok, cache, task, length)
+    assert INFINITE_ANS[task].format(key=s.answers[0]) in s.prompt
+    assert s.prompt.endswith("\n\n" + INFINITE_QUESTION[task] + CHAT_TURN + rest.rsplit("\n\n", 1)[1])
+
+
+def test_number_string_digits():
+    import random
+
+    from asl.bench.tasks_infinite import digit_string
+    for seed in range(50):
+        assert digit_string(random.Random(seed)) == infinite_number_string_key(random.Random(seed))
+
+
+@pytest.mark.parametrize("length", [512, 2048])
+def test_kv_retrieval_template(tok, plain_tok, cache, length):
+    """build_kv_retrieval: context 'JSON data:\\n{...}', input '\\nKey: "k"\\nThe value
+    associated with the specified key is: ', in yarn_mistral_templates['kv_retrieval']."""
+    import json
+
+    p = make_sample("kv_retrieval", plain_tok, length, 0, 0)
+    key = re.search(r'\nKey: "([0-9a-f-]{36})"\n', p.prompt).group(1)
+    question = "\nKey: \"" + key + "\"\nThe value associated with the specified key is: "
+    intro = INFINITE_TEMPLATES["kv_retrieval"].split("{context}")[0]
+    context = p.prompt[len(intro):p.prompt.rindex("\n\n" + question)]
+    assert p.prompt == INFINITE_TEMPLATES["kv_retrieval"].format(context=context, input=question)
+    assert context.startswith("JSON data:\n{") and context.endswith("}")
+    assert json.loads(context[len("JSON data:\n"):])[key] == p.answers[0]
+    s = sample(tok, cache, "kv_retrieval", length)
+    assert s.prompt.endswith(CHAT_TURN + "The value associated with the specified key is: ")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import random
+import re
 import weakref
 from collections.abc import Callable, Sequence
 from functools import cache, lru_cache
@@ -16,6 +17,13 @@ def prose() -> str:
     from pydoc_data.topics import topics
 
     return " ".join(topics[k] for k in sorted(topics))
+
+
+@lru_cache(maxsize=1)
+def essay() -> str:
+    """The prose as RULER reads its essays: every run of whitespace one space (niah.py:
+    re.sub(r'\\s+', " ", essay)), the stand-in for its Paul Graham essays offline."""
+    return re.sub(r"\s+", " ", prose()).strip()
 
 
 def prose_tokens(tokenizer, n_tokens: int) -> list[int]:
@@ -38,6 +46,7 @@ def passkey_prompt(tokenizer, n_tokens: int, key: str, depth: float = 0.5) -> st
 
 NOISE_SENTENCES = ("The grass is green.", "The sky is blue.", "The sun is yellow.",
                    "Here we go.", "There and back again.")
+NOISE = " ".join(NOISE_SENTENCES)  # RULER's and InfiniteBench's noise haystack, one per line
 
 
 class Tokens:
@@ -47,7 +56,8 @@ class Tokens:
         self.tokenizer = tokenizer
         self._prose: tuple[list[int], list[int]] | None = None  # (ids, sentence boundaries)
         self._prose_complete = False
-        self.noise_lens = self.lens([" " + s for s in NOISE_SENTENCES])
+        # tokens of a noise line of the first k + 1 sentences, with the newline before it
+        self.block_lens = self.lens(["\n" + " ".join(NOISE_SENTENCES[:k]) for k in range(1, 6)])
 
     def lens(self, texts: Sequence[str]) -> list[int]:
         """Token counts of each text on its own, no special tokens."""
@@ -63,10 +73,10 @@ class Tokens:
         return self.tokenizer.decode(list(ids), clean_up_tokenization_spaces=False)
 
     def prose(self, n: int) -> tuple[list[int], list[int]]:
-        """At least n prose token ids (repeated if the prose is short) and the sorted token
-        indices where a sentence or line ends just before (insertion points)."""
+        """At least n token ids of essay() (repeated if it is short) and the sorted token
+        indices where a sentence ends just before (insertion points)."""
         if self._prose is None or (len(self._prose[0]) < n and not self._prose_complete):
-            text = prose()
+            text = essay()
             chars = min(len(text), max(65536, 8 * n))
             self._prose_complete = chars == len(text)
             enc = self.tokenizer(text[:chars], add_special_tokens=False, return_offsets_mapping=True)
@@ -130,24 +140,38 @@ def _join(pieces: Sequence[tuple[str, bool]], sep: str) -> str:
     return "".join(out)
 
 
-def noise_context(tk: Tokens, n: int, inserts: Sequence[tuple[float, str]], sep: str = " "
-                  ) -> tuple[str, list[float]]:
-    """n noise sentences with each (fraction, text) insert placed at the sentence boundary
-    nearest that fraction of the noise tokens.  Returns the text and the achieved fractions."""
-    lens = [tk.noise_lens[i % 5] for i in range(n)]
+def noise_lines(tk: Tokens, n: int, inserts: Sequence[tuple[float, str]], *, end: str = "",
+                before_noise: bool = True, distinct: bool = False) -> tuple[str, list[float]]:
+    """The noise haystack as RULER (niah.py, variable_tracking.py) and InfiniteBench
+    (construct_synthetic_dataset.py) build it: NOISE, the five sentences, once per line, lines
+    joined with newlines (InfiniteBench ends every line with one: end="\n").  n counts noise
+    sentences, so the last line may hold only the first n % 5 of them (fine sizing).
+
+    Each (fraction, text) insert becomes a line of its own at the line boundary nearest that
+    fraction of the noise tokens; before_noise keeps it before a noise line, as RULER inserts
+    (never after the last one); distinct spreads the inserts over different boundaries when
+    there are enough lines (RULER's chains take distinct positions).  Returns the text and
+    the achieved fractions."""
+    full, part = divmod(max(n, 0), 5)
+    sizes = [5] * full + ([part] if part else [])
     cum = [0]
-    for x in lens:
-        cum.append(cum[-1] + x)
-    slots = [_slot(cum, f) for f, _ in inserts]
-    pieces, achieved, k = [], [], 0
-    for i in range(n + 1):
+    for k in sizes:
+        cum.append(cum[-1] + tk.block_lens[k - 1])
+    last = len(sizes) - 1 if before_noise and sizes else len(sizes)
+    slots = [min(_slot(cum, f), last) for f, _ in inserts]
+    if distinct and len(inserts) <= last + 1:
+        for k in range(1, len(slots)):
+            slots[k] = max(slots[k], slots[k - 1] + 1)
+        for k in range(len(slots) - 1, -1, -1):
+            slots[k] = min(slots[k], last - (len(slots) - 1 - k))
+    lines, k = [], 0
+    for i in range(len(sizes) + 1):
         while k < len(inserts) and slots[k] <= i:
-            pieces.append((inserts[k][1], True))
-            achieved.append(cum[i] / max(cum[-1], 1))
+            lines.append(inserts[k][1])
             k += 1
-        if i < n:
-            pieces.append((NOISE_SENTENCES[i % 5], False))
-    return _join(pieces, sep), achieved
+        if i < len(sizes):
+            lines.append(NOISE if sizes[i] == 5 else " ".join(NOISE_SENTENCES[:sizes[i]]))
+    return "\n".join(lines) + end, [cum[s] / max(cum[-1], 1) for s in slots]
 
 
 def prose_context(tk: Tokens, n: int, inserts: Sequence[tuple[float, str]]) -> tuple[str, list[float]]:
@@ -269,7 +293,7 @@ class TaskPlan:
 
     head: str
     tail: str
-    answer_prefix: str
+    answer_prefix: str  # opens the model's turn (after the chat template's generation prompt)
     answers: tuple[str, ...]
     metric: str
     max_new_tokens: int
@@ -278,3 +302,4 @@ class TaskPlan:
     per_unit: float = 1.0  # context tokens per knob step (first guess)
     fixed: int = 0  # context tokens the knob does not control (needles)
     knob_min: int = 0
+    prefix_sep: str = "\n"  # between tail and answer_prefix when there is no chat template

@@ -2,7 +2,7 @@
 model's own tokens.
 
     sample = make_sample("niah", tokenizer, length=8192, index=3, seed=0)
-    sample.prompt          # chat template applied, answer prefix appended
+    sample.prompt          # chat template applied, answer prefix appended (docs/bench_tasks.md)
     score(sample.metric, prediction, sample.answers)   # asl.bench.metrics
 
 A sample depends only on (task, length, index, seed) and the tokenizer.  The prompt
@@ -110,7 +110,7 @@ def _frame(tokenizer, plan: TaskPlan) -> _Frame:
         if bos and text.startswith(bos) and _adds_bos(tokenizer):
             text = text[len(bos):]
         return _Frame(text + plan.answer_prefix)
-    return _Frame(body + "\n" + plan.answer_prefix)
+    return _Frame(body + plan.prefix_sep + plan.answer_prefix)
 
 
 def _adds_bos(tokenizer) -> bool:
