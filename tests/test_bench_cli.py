@@ -44,7 +44,7 @@ def test_bad_arguments_fail_before_any_work(tmp_path, capsys, argv, message):
 
 def test_custom_policy_interrupt_and_resume(tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "run")
-    methods = ["--methods", "full,asl,bench_custom_policy:HalfwayTopK(fraction=0.25)"]
+    methods = ["--methods", "full,asl+snapkv,bench_custom_policy:HalfwayTopK(fraction=0.25)+snapkv"]
     real_run_job, calls = runner.run_job, []
 
     def interrupted_after_four(*args, **kwargs):
@@ -73,7 +73,7 @@ def test_custom_policy_interrupt_and_resume(tmp_path, monkeypatch, capsys):
         assert max(r["kv_tokens"]) <= 64 and r["prompt_tokens"] <= 512
     summary = json.loads((pathlib.Path(out) / "summary.json").read_text())
     cells = {(s["task"], s["method"]) for s in summary}
-    assert ("kv_retrieval", "asl") in cells and all(s["n"] == 2 for s in summary if s["task"] != "all")
+    assert ("kv_retrieval", "asl+snapkv") in cells and all(s["n"] == 2 for s in summary if s["task"] != "all")
     assert "HalfwayTopK" in capsys.readouterr().out  # the table names it
 
     (pathlib.Path(out) / "summary.json").unlink()

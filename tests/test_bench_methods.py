@@ -1,52 +1,108 @@
 """Method specs, per-model defaults, the stop rule answers rely on, and the peak-memory probe."""
+import re
+
 import pytest
 import torch
 
 import asl
 from asl.bench.memory import PeakMemory, cpu_peak_supported
-from asl.bench.methods import build, default_params, parse_method, parse_methods, scaled_layer
+from asl.bench.methods import build, default_params, effective_fields, parse_methods, scaled_layer
+from bench_custom_policy import HalfwayTopK
 from asl.generation import _cut_at_stop
 
 
 def test_parse_methods_with_arguments_and_custom_classes():
     specs = parse_methods("full, asl(tau=0.5,l_min=8) ,bench_custom_policy:HalfwayTopK(fraction=0.25)")
-    assert [s.name for s in specs] == ["full", "asl", "bench_custom_policy:HalfwayTopK"]
-    assert specs[1].kwargs == {"tau": 0.5, "l_min": 8} and specs[1].label == "asl(tau=0.5,l_min=8)"
-    assert specs[2].custom and specs[2].kwargs == {"fraction": 0.25}
+    assert [s.family for s in specs] == ["full", "asl", "bench_custom_policy:HalfwayTopK"]
+    assert specs[1].parts[0].kwargs == {"tau": 0.5, "l_min": 8} and specs[1].label == "asl(tau=0.5,l_min=8)"
+    assert specs[2].parts[0].custom and specs[2].parts[0].kwargs == {"fraction": 0.25}
 
 
 @pytest.mark.parametrize("text, message", [
     ("fast", "unknown method 'fast'"), ("asl(0.5)", "key=value"), ("asl(tau=x)", "Python literals"),
     ("asl(tau=0.5", "must end with ')'"), ("full,full", "listed twice"), ("", "at least one"),
+    ("snapkv+asl", "composes a eviction with a selection; allowed: full, an eviction"),
+    ("asl+fastkv", "composes a selection with a selection"), ("snapkv+streaming", "composes a eviction with a eviction"),
+    ("asl+snapkv+streaming", "composes 3 policies"), ("asl+full", "full composes with nothing"),
+    ("asl(tau=[])", "the list for tau is empty"), ("asl(tau=[0.3,0.3])", "listed twice: asl(tau=0.3)"),
+    ("asl+nope", "unknown method 'nope' in 'asl+nope'"),
 ])
 def test_bad_method_specs(text, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         parse_methods(text)
+
+
+@pytest.mark.parametrize("text, selection, eviction", [
+    ("full", None, None), ("snapkv", None, asl.SnapKV), ("streaming", None, asl.StreamingLLM),
+    ("fastkv", asl.FastKV, None), ("asl", asl.ASL, None), ("asl-2pass", asl.ASLTwoPass, None),
+    ("gemfilter", asl.GemFilter, None), ("asl+snapkv", asl.ASL, asl.SnapKV), ("fastkv+snapkv", asl.FastKV, asl.SnapKV),
+    ("fastkv+streaming", asl.FastKV, asl.StreamingLLM), ("gemfilter+snapkv", asl.GemFilter, asl.SnapKV),
+    ("asl-2pass+streaming", asl.ASLTwoPass, asl.StreamingLLM),
+    ("bench_custom_policy:HalfwayTopK", HalfwayTopK, None), ("bench_custom_policy:HalfwayTopK+snapkv", HalfwayTopK, asl.SnapKV),
+])
+def test_every_composition_builds_its_policies_at_the_budget_and_selection_size(text, selection, eviction):
+    (spec,) = parse_methods(text)
+    sel, ev = build(spec, default_params(spec, "smollm2-135m", 30, 256, 128))
+    assert type(sel) is selection if selection else sel is None
+    assert type(ev) is eviction if eviction else ev is None
+    if sel is not None:
+        assert sel.select_tokens == 128
+    if ev is not None:
+        assert ev.budget == 256
+    assert spec.label == text and spec.family == text
+
+
+def test_lists_expand_into_one_method_per_value_and_their_product():
+    specs = parse_methods("asl(tau=[0.3,0.5,0.7]),fastkv(layer=[4,8])+snapkv(budget=[64,128]),full")
+    assert [s.label for s in specs] == [
+        "asl(tau=0.3)", "asl(tau=0.5)", "asl(tau=0.7)",
+        "fastkv(layer=4)+snapkv(budget=64)", "fastkv(layer=4)+snapkv(budget=128)",
+        "fastkv(layer=8)+snapkv(budget=64)", "fastkv(layer=8)+snapkv(budget=128)", "full"]
+    assert {s.family for s in specs[:3]} == {"asl"} and {s.family for s in specs[3:7]} == {"fastkv+snapkv"}
+    sel, ev = build(specs[4], default_params(specs[4], "smollm2-135m", 30, 512, 256))
+    assert sel.layer == 4 and ev.budget == 128  # the user's budget beats the run's
+
+
+def test_baselines_score_like_asl_and_the_papers_settings_stay_one_argument_away():
+    (fastkv,) = parse_methods("fastkv+snapkv")
+    sel, ev = build(fastkv, default_params(fastkv, "qwen2.5-0.5b", 24, 1024, 512))
+    assert (sel.layer, sel.window, sel.kernel, sel.pooling) == (11, 32, 7, "avg")  # the ASL paper's comparison
+    assert (ev.window, ev.kernel, ev.pooling) == (32, 7, "avg")
+    (own,) = parse_methods('fastkv(window=8,pooling="max")+snapkv')
+    sel, ev = build(own, default_params(own, "qwen2.5-0.5b", 24, 1024, 512))
+    assert (sel.window, sel.pooling) == (8, "max") and (ev.window, ev.pooling) == (8, "max")  # TSP and its eviction agree
+    (gem,) = parse_methods("gemfilter")
+    sel, _ = build(gem, default_params(gem, "qwen2.5-0.5b", 24, 1024, 512))
+    assert (sel.layer, sel.select_tokens, sel.kernel) == (10, 512, 5)
+
+
+def test_a_selection_given_a_budget_says_what_to_compose():
+    (spec,) = parse_methods("asl(budget=256)")
+    with pytest.raises(ValueError, match=re.escape("asl selects tokens only: give the budget to an eviction, e.g. asl+snapkv")):
+        build(spec, default_params(spec, "smollm2-135m", 30, 512, 512))
 
 
 def test_layers_scale_from_the_32_layer_settings():
     assert scaled_layer(15, 32) == 15 and scaled_layer(15, 24) == 11 and scaled_layer(13, 30) == 12
     assert scaled_layer(15, 4) == 2 and scaled_layer(40, 24) == 23
-    p = default_params(parse_method("asl"), "qwen2.5-0.5b", 24, 1024, 512)
-    assert p == {"tau": 0.7, "l_min": 8, "l_obs": 8, "select_tokens": 512, "budget": 1024}
-    p = default_params(parse_method("asl(tau=0.3,l_min=4)"), "other", 24, 1024, 512)
+    (spec,) = parse_methods("asl+snapkv")
+    assert default_params(spec, "qwen2.5-0.5b", 24, 1024, 512) == [
+        {"select_tokens": 512, "tau": 0.7, "l_min": 8, "l_obs": 8, "window": 32, "kernel": 7, "pooling": "avg"},
+        {"budget": 1024, "window": 32, "kernel": 7, "pooling": "avg"}]
+    (spec,) = parse_methods("asl(tau=0.3,l_min=4)")
+    (p,) = default_params(spec, "other", 24, 1024, 512)
     assert p["tau"] == 0.3 and p["l_min"] == 4 and p["l_obs"] == 5  # l_obs clipped to l_min + 1
 
 
-@pytest.mark.parametrize("name, selection, eviction", [
-    ("full", None, None), ("snapkv", None, asl.SnapKV), ("streaming", None, asl.StreamingLLM),
-    ("fastkv", asl.FastKV, asl.SnapKV), ("asl", asl.ASL, asl.SnapKV), ("asl-2pass", asl.ASLTwoPass, None),
-    ("gemfilter", asl.GemFilter, None),
-])
-def test_every_method_runs_at_the_budget_and_selection_size(name, selection, eviction):
-    spec = parse_method(name)
-    sel, ev = build(spec, default_params(spec, "smollm2-135m", 30, 256, 128), 256, 128)
-    assert type(sel) is selection if selection else sel is None
-    assert type(ev) is eviction if eviction else ev is None
-    if sel is not None:
-        assert sel.select_tokens == 128
-    if ev is not None and hasattr(ev, "budget"):
-        assert ev.budget == 256
+def test_effective_fields_record_defaults_and_custom_sources():
+    (spec,) = parse_methods("asl+snapkv")
+    fields = effective_fields(spec, default_params(spec, "smollm2-135m", 30, 256, 128))
+    assert [f["class"] for f in fields] == ["asl.policies.asl.ASL", "asl.policies.snapkv.SnapKV"]
+    assert fields[0]["fields"]["window"] == 32 and fields[0]["fields"]["l_max"] is None  # defaults included
+    assert "source" not in fields[0]
+    (custom,) = parse_methods("bench_custom_policy:HalfwayTopK")
+    (entry,) = effective_fields(custom, default_params(custom, "smollm2-135m", 30, 256, 128))
+    assert entry["fields"] == {"select_tokens": 128, "window": 32, "fraction": 0.5} and len(entry["source"]) == 16
 
 
 @pytest.mark.parametrize("text, cut", [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import platform
 import sys
 import time
@@ -20,27 +21,36 @@ DEFAULT_TASKS = "passkey,niah_single_1,kv_retrieval,niah_multikey_3"
 DEFAULT_METHODS = "full,snapkv,fastkv,gemfilter,asl"
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every option's default."""
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m asl.bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m asl.bench", description=__doc__, formatter_class=_Formatter)
     ap.add_argument("--model", default="smollm2-135m", help="bundled name (smollm2-135m, qwen2.5-0.5b), HF folder or .gguf")
     ap.add_argument("--tasks", default=DEFAULT_TASKS, help="comma-separated task names (see --list)")
     ap.add_argument("--lengths", default="2048", help="comma-separated prompt lengths in the model's tokens")
     ap.add_argument("--samples", type=int, default=3, help="samples per task and length")
     ap.add_argument("--methods", default=DEFAULT_METHODS,
-                    help="comma-separated: full, snapkv, fastkv, gemfilter, asl, asl-2pass, streaming, or "
-                         "module:Class; arguments as name(key=value,...)")
-    ap.add_argument("--budget", default="512", help="KV tokens per head per layer; comma-separated for several")
+                    help="comma-separated: full; an eviction (snapkv, streaming); a selection alone (asl, fastkv, "
+                         "gemfilter, asl-2pass, module:Class), which keeps the KV of every layer it ran on; or "
+                         "selection+eviction (asl+snapkv). Arguments as name(key=value,...); a [list] sweeps: "
+                         "asl(tau=[0.3,0.5])")
+    ap.add_argument("--budget", "--budgets", dest="budget", default="512",
+                    help="KV tokens per head per layer; comma-separated for several")
     ap.add_argument("--select-tokens", type=int, default=None, help="tokens kept by selection (default: the budget)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="bench-out", help="results folder (a rerun resumes it)")
+    ap.add_argument("--out", default="bench-out", help="results folder (a rerun of the same run resumes it)")
+    ap.add_argument("--force", action="store_true",
+                    help="discard the results in --out when they come from another configuration or code")
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: cores / processes)")
     ap.add_argument("--compile", action="store_true", help="compile the decode step (pays off on long answers only)")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--report-only", action="store_true",
-                    help="run nothing: rebuild the summary, table and plots from what --out holds")
+                    help="run nothing: rebuild the summary, table and plots of every record --out holds, with the "
+                         "settings of its config.json (other flags are ignored)")
     ap.add_argument("--list", action="store_true", help="list the tasks and methods, then exit")
     return ap
 
@@ -85,7 +95,7 @@ def parse(argv=None):
 
 def resolve(args):
     """Model-dependent checks and each method's parameters, before any generation.
-    Returns (folder, model config, {label: params})."""
+    Returns (folder, model config, {(label, budget): [kwargs per policy]})."""
     from asl.bench.methods import build, default_params
     from asl.models.config import ModelConfig
     from asl.models.loading import resolve_checkpoint
@@ -102,30 +112,61 @@ def resolve(args):
                          f"positions, so at most {limit} prompt tokens)")
     params = {}
     for spec in args.methods:
-        for budget in args.budget:
-            select = args.select_tokens or budget
+        for budget in [None] if spec.is_full else args.budget:
+            select = None if budget is None else args.select_tokens or budget
             p = default_params(spec, args.model, config.num_layers, budget, select)
             try:
-                build(spec, p, budget, select)
+                build(spec, p)
             except (ValueError, TypeError) as e:
                 raise ValueError(f"--budget {budget} / --select-tokens {select} / --methods {spec.label}: {e}") from None
-            for key in ("layer", "l_min", "l_max"):
-                if isinstance(p.get(key), int) and not 0 <= p[key] < config.num_layers:
-                    raise ValueError(f"--methods {spec.label}: {key}={p[key]} is not a layer of {args.model} "
+            for key, value in ((k, v) for fields in p for k, v in fields.items()):
+                if key in ("layer", "l_min", "l_max") and isinstance(value, int) and not 0 <= value < config.num_layers:
+                    raise ValueError(f"--methods {spec.label}: {key}={value} is not a layer of {args.model} "
                                      f"(0..{config.num_layers - 1})")
-        params[spec.label] = default_params(spec, args.model, config.num_layers, args.budget[0],
-                                            args.select_tokens or args.budget[0])
+            params[(spec.label, budget)] = p
+    short = [n for n in args.lengths if n <= min(args.budget)]
+    if short:
+        print(f"python -m asl.bench: warning: --lengths {short} are not above the budget {min(args.budget)}: there "
+              "every method keeps every token, like the full cache", file=sys.stderr)
     return folder, config, params
 
 
-def run_config(args, params, config) -> dict:
+def run_config(args, params, config, threads: int, world: int) -> dict:
+    """What config.json records. `run` and `policies` identify the run (a resume must match
+    them); the rest describes it."""
+    import transformers
+
+    from asl.bench.fingerprint import code_hash
+    from asl.bench.methods import effective_fields
+
+    specs = {s.label: s for s in args.methods}
+    policies = {f"{label} @ {budget}": effective_fields(specs[label], p) for (label, budget), p in params.items()}
     return {
-        "run": {"model": args.model, "dtype": args.dtype, "seed": args.seed},
+        "format": 2,
+        "run": {"model": args.model, "dtype": args.dtype, "seed": args.seed, "device": args.device,
+                "threads": threads, "processes": world, "compile": args.compile, "torch": torch.__version__,
+                "transformers": transformers.__version__, "code": code_hash()},
+        "policies": policies,
         "tasks": args.tasks, "lengths": args.lengths, "samples": args.samples, "budgets": args.budget,
-        "select_tokens": args.select_tokens, "methods": params, "device": args.device,
-        "layers": config.num_layers, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "select_tokens": args.select_tokens, "methods": [s.label for s in args.methods],
+        "layers": config.num_layers, "machine": platform.processor() or platform.machine(),
+        "commit": _git_commit(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def _git_commit() -> str | None:
+    """The checkout's commit (and "+changes" when the tree differs), where there is one."""
+    import subprocess
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+changes" if dirty else "")
 
 
 def main(argv=None) -> int:
@@ -133,6 +174,10 @@ def main(argv=None) -> int:
         args = parse(argv)
         if args.list:
             return _list()
+        if args.report_only:
+            from asl.bench.session import report_folder
+
+            return report_folder(pathlib.Path(args.out), plots=not args.no_plots)
         folder, config, params = resolve(args)
     except ValueError as e:
         print(f"python -m asl.bench: error: {e}", file=sys.stderr)
@@ -143,9 +188,16 @@ def main(argv=None) -> int:
 
 
 def _list() -> int:
-    from asl.bench.methods import BUILTIN
+    from asl.bench.methods import DESCRIPTIONS
     from asl.bench.tasks import TASKS
 
-    print("tasks:  ", ", ".join(TASKS))
-    print("methods:", ", ".join(BUILTIN), "or module:Class(key=value,...)")
+    print("tasks (after; shortest --lengths):")
+    for name, task in TASKS.items():
+        print(f"  {name:<16} {task.source:<14} >= {task.min_length} tokens")
+    print("methods:")
+    for name, text in DESCRIPTIONS.items():
+        print(f"  {name:<16} {text}")
+    print("  module:Class     your SelectionPolicy or EvictionPolicy subclass")
+    print("compose a selection with an eviction: asl+snapkv, fastkv(layer=8)+streaming(sink=8);"
+          " sweep with a list: asl(tau=[0.3,0.5,0.7])")
     return 0

@@ -50,6 +50,15 @@ def barrier(ranks: Ranks) -> None:
         dist.barrier()
 
 
+def broadcast(ranks: Ranks, value):
+    """Rank 0's value on every rank."""
+    if ranks.world == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def gather(ranks: Ranks, records: list[dict]) -> list[dict]:
     """All ranks' records on rank 0 (an empty list elsewhere)."""
     if ranks.world == 1:

@@ -1,32 +1,63 @@
-"""Methods for the benchmark: a name (or `module:Class`) with keyword arguments, turned into a
-(selection, eviction) pair at one KV budget and selection size, with per-model layer defaults.
+"""Methods for the benchmark: a selection policy, an eviction policy, or a selection composed
+with an eviction (docs/algorithms.md section 10, the two regimes), with per-model defaults.
 
-Spec syntax: `asl`, `asl(tau=0.5,l_min=8)`, `mypkg.mymod:MyPolicy(overlap=0.8)`. Values are
-Python literals. A custom selection policy is paired with SnapKV at the budget, like ASL.
+Spec syntax (`--methods`, comma-separated):
+
+    full                          the full cache
+    snapkv, streaming             eviction only
+    asl, fastkv, gemfilter, asl-2pass, mypkg.mod:MySelection
+                                  selection only: the layers before the selection keep the KV of
+                                  the whole prompt, later layers that of the selected tokens (the
+                                  ASL authors' one-shot regime, `cache_k=None`)
+    asl+snapkv, fastkv+streaming, mypkg.mod:MySel+snapkv(window=16)
+                                  selection, then every layer keeps at most the budget by the
+                                  eviction's rule (`cache_k = budget`)
+
+Arguments are Python literals: `asl(tau=0.5,l_min=8)`. A list expands into one method per
+value: `asl(tau=[0.3,0.5])` is `asl(tau=0.3)` and `asl(tau=0.5)`; several lists expand into
+their product. `select_tokens` and `budget` default to the run's (--select-tokens, --budget).
 """
 from __future__ import annotations
 
 import ast
 import dataclasses
 import importlib
+import itertools
 from dataclasses import dataclass, field
 
-from asl.policies import ASL, ASLTwoPass, EvictionPolicy, FastKV, GemFilter, SelectionPolicy, SnapKV, StreamingLLM
+from asl.policies import (ASL, ASLTwoPass, EvictionPolicy, FastKV, Full, GemFilter, SelectionPolicy, SnapKV,
+                          StreamingLLM)
 
-BUILTIN = ("full", "snapkv", "fastkv", "gemfilter", "asl", "asl-2pass", "streaming")
+SELECTIONS = {"fastkv": FastKV, "asl": ASL, "gemfilter": GemFilter, "asl-2pass": ASLTwoPass}
+EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM}
+BUILTIN = ("full", "snapkv", "streaming", "fastkv", "asl", "gemfilter", "asl-2pass")
+DESCRIPTIONS = {
+    "full": "the full cache (no selection, no eviction)",
+    "snapkv": "eviction: per layer and KV head, the most attended prefix entries plus the window",
+    "streaming": "eviction: the first `sink` tokens plus the most recent",
+    "fastkv": "selection at a fixed layer (FastKV's token-selective propagation)",
+    "asl": "selection at the first layer where the rank variance settles below tau (ASL)",
+    "gemfilter": "selection from the last query at a layer, then a second pass on the kept tokens",
+    "asl-2pass": "ASL's choice of tokens, then a second pass on them like GemFilter",
+}
 PAPER_LAYERS = 32  # FastKV (layer 15), GemFilter (13) and ASL (l_min 10) are tuned on 32-layer models
 
 # ASL's threshold per bundled model. The paper's tau = 0.3 never fires on these small models
-# (ALGORITHMS.md section 9); 0.7 reproduces the paper's pattern on qwen2.5-0.5b (easy tasks
+# (docs/algorithms.md section 9); 0.7 reproduces the paper's pattern on qwen2.5-0.5b (easy tasks
 # select early, kv-retrieval late) and lets smollm2 select on the retrieval prompts.
 ASL_TAU = {"qwen2.5-0.5b": 0.7, "smollm2-135m": 0.7}
 
+# The ASL paper's comparison scores every method's tokens the same way (window 32, average
+# pooling, kernel 7; the authors' run_ruler_per_task.sh): only the layer differs. FastKV's own
+# paper uses window 8 and max pooling: `fastkv(window=8,pooling="max")`.
+SCORING = {"window": 32, "kernel": 7, "pooling": "avg"}
+
 
 @dataclass(frozen=True)
-class MethodSpec:
-    """A parsed `--methods` entry; `label` names it in every output."""
+class PolicySpec:
+    """One policy of a method: a built-in name or `module:Class`, with the user's arguments."""
 
-    name: str  # a BUILTIN name or "module:Class"
+    name: str
     kwargs: dict = field(default_factory=dict)
 
     @property
@@ -39,25 +70,61 @@ class MethodSpec:
     def custom(self) -> bool:
         return ":" in self.name
 
+    def policy_class(self) -> type:
+        if self.name in SELECTIONS:
+            return SELECTIONS[self.name]
+        if self.name in EVICTIONS:
+            return EVICTIONS[self.name]
+        if self.name == "full":
+            return Full
+        return load_class(self.name)
 
-def split_top_level(text: str) -> list[str]:
-    """Split on commas outside parentheses: `asl(tau=0.5,l_min=8),full` -> two entries."""
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A parsed `--methods` entry: `full`, one policy, or a selection `+` an eviction."""
+
+    parts: tuple[PolicySpec, ...]
+
+    @property
+    def label(self) -> str:
+        """What names the method in every output (its arguments included)."""
+        return "+".join(p.label for p in self.parts)
+
+    @property
+    def family(self) -> str:
+        """The method without its arguments: the points of a sweep share it."""
+        return "+".join(p.name for p in self.parts)
+
+    @property
+    def name(self) -> str:
+        return self.family
+
+    @property
+    def is_full(self) -> bool:
+        return self.parts == (PolicySpec("full"),)
+
+
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split on `sep` outside brackets: `asl(tau=[0.3,0.5]),full` -> two entries."""
     parts, depth, start = [], 0, 0
     for i, ch in enumerate(text):
-        depth += ch == "("
-        depth -= ch == ")"
-        if ch == "," and depth == 0:
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == sep and depth == 0:
             parts.append(text[start:i])
             start = i + 1
     parts.append(text[start:])
     return [p.strip() for p in parts if p.strip()]
 
 
-def parse_method(text: str) -> MethodSpec:
+def _parse_policy(text: str, whole: str) -> PolicySpec:
     name, _, rest = text.partition("(")
     name = name.strip()
     if name not in BUILTIN and ":" not in name:
-        raise ValueError(f"--methods: unknown method {name!r}; allowed: {', '.join(BUILTIN)}, or module:Class")
+        where = "" if text.strip() == whole.strip() else f" in {whole!r}"
+        raise ValueError(f"--methods: unknown method {name!r}{where}; allowed: {', '.join(BUILTIN)}, "
+                         "module:Class, or selection+eviction (e.g. asl+snapkv)")
     kwargs = {}
     if rest:
         if not rest.endswith(")"):
@@ -71,17 +138,62 @@ def parse_method(text: str) -> MethodSpec:
         try:
             kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
         except ValueError:
-            raise ValueError(f"--methods: {text!r}: values must be Python literals (numbers, strings, None)") from None
-    return MethodSpec(name, kwargs)
+            raise ValueError(f"--methods: {text!r}: values must be Python literals (numbers, strings, None, "
+                             "or a [list] to sweep)") from None
+        empty = [k for k, v in kwargs.items() if isinstance(v, list) and not v]
+        if empty:
+            raise ValueError(f"--methods: {text!r}: the list for {empty[0]} is empty")
+    return PolicySpec(name, kwargs)
+
+
+def _expand(policy: PolicySpec) -> list[PolicySpec]:
+    """One PolicySpec per combination of the list-valued arguments."""
+    keys = list(policy.kwargs)
+    values = [v if isinstance(v, list) else [v] for v in policy.kwargs.values()]
+    return [PolicySpec(policy.name, dict(zip(keys, combo))) for combo in itertools.product(*values)]
+
+
+def role(policy: PolicySpec) -> str:
+    """"selection", "eviction" or "full" (custom classes are imported to find out)."""
+    if policy.name == "full":
+        return "full"
+    if policy.name in SELECTIONS:
+        return "selection"
+    if policy.name in EVICTIONS:
+        return "eviction"
+    return "selection" if issubclass(load_class(policy.name), SelectionPolicy) else "eviction"
+
+
+def _check_composition(parts: list[PolicySpec], text: str) -> None:
+    roles = [role(p) for p in parts]
+    allowed = "full, an eviction (snapkv), a selection (asl), or selection+eviction (asl+snapkv)"
+    if len(parts) == 1 or roles == ["selection", "eviction"]:
+        return
+    if len(parts) > 2:
+        raise ValueError(f"--methods: {text!r} composes {len(parts)} policies; allowed: {allowed}")
+    raise ValueError(f"--methods: {text!r} composes a {roles[0]} with a {roles[1]}; allowed: {allowed}")
+
+
+def parse_method(text: str) -> list[MethodSpec]:
+    """One `--methods` entry, its sweeps expanded."""
+    parts = [_parse_policy(p, text) for p in split_top_level(text, "+")]
+    if not parts:
+        raise ValueError(f"--methods: {text!r} names no policy")
+    if any(p.name == "full" for p in parts) and len(parts) > 1:
+        raise ValueError(f"--methods: {text!r}: full composes with nothing (a selection alone already keeps "
+                         "the KV of every layer it ran on)")
+    _check_composition(parts, text)
+    return [MethodSpec(combo) for combo in itertools.product(*(_expand(p) for p in parts))]
 
 
 def parse_methods(text: str) -> list[MethodSpec]:
-    specs = [parse_method(p) for p in split_top_level(text)]
+    specs = [spec for entry in split_top_level(text) for spec in parse_method(entry)]
     if not specs:
         raise ValueError("--methods: give at least one method")
     labels = [s.label for s in specs]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"--methods: a method is listed twice: {', '.join(labels)}")
+    twice = sorted({x for x in labels if labels.count(x) > 1})
+    if twice:
+        raise ValueError(f"--methods: a method is listed twice: {', '.join(twice)}")
     return specs
 
 
@@ -90,53 +202,88 @@ def scaled_layer(paper_layer: int, num_layers: int) -> int:
     return min(num_layers - 1, max(0, round(paper_layer * num_layers / PAPER_LAYERS)))
 
 
-def default_params(spec: MethodSpec, model_name: str, num_layers: int, budget: int, select_tokens: int) -> dict:
-    """The parameters a built-in method runs with on this model (user kwargs override)."""
-    base = {
+def _builtin_defaults(name: str, model_name: str, num_layers: int) -> dict:
+    asl = {"tau": ASL_TAU.get(model_name, 0.3), "l_min": scaled_layer(10, num_layers), "l_obs": 8, **SCORING}
+    return {
         "full": {},
-        "snapkv": {"budget": budget},
-        "streaming": {"budget": budget},
-        "fastkv": {"layer": scaled_layer(15, num_layers), "select_tokens": select_tokens, "budget": budget},
-        "gemfilter": {"layer": scaled_layer(13, num_layers), "select_tokens": select_tokens},
-    }
-    asl = {"tau": ASL_TAU.get(model_name, 0.3), "l_min": scaled_layer(10, num_layers), "l_obs": 8,
-           "select_tokens": select_tokens}
-    base["asl"] = {**asl, "budget": budget}
-    base["asl-2pass"] = asl
-    if spec.custom:
-        return dict(spec.kwargs)
-    params = {**base[spec.name], **spec.kwargs}
-    if "l_min" in params and "l_obs" in params:
-        params["l_obs"] = min(params["l_obs"], params["l_min"] + 1)
-    return params
+        "snapkv": dict(SCORING),
+        "streaming": {},
+        "fastkv": {"layer": scaled_layer(15, num_layers), **SCORING},
+        "gemfilter": {"layer": scaled_layer(13, num_layers)},
+        "asl": asl,
+        "asl-2pass": asl,
+    }[name]
 
 
-def _split_budget(params: dict) -> tuple[dict, int | None]:
-    params = dict(params)
-    return params, params.pop("budget", None)
+def _fill(policy: PolicySpec, defaults: dict, budget: int | None, select_tokens: int | None) -> dict:
+    """The policy's keyword arguments: the run's budget and selection size where it has those
+    fields, then the defaults, then the user's arguments."""
+    cls = policy.policy_class()
+    names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    kwargs = {}
+    if "select_tokens" in names and select_tokens is not None:
+        kwargs["select_tokens"] = select_tokens
+    if "budget" in names and budget is not None:
+        kwargs["budget"] = budget
+    kwargs.update({k: v for k, v in defaults.items() if k in names})
+    kwargs.update(policy.kwargs)
+    if cls in (ASL, ASLTwoPass) and "l_obs" not in policy.kwargs:
+        kwargs["l_obs"] = min(kwargs.get("l_obs", 8), kwargs.get("l_min", 10) + 1)
+    return kwargs
 
 
-def build(spec: MethodSpec, params: dict, budget: int, select_tokens: int) -> tuple[SelectionPolicy | None, EvictionPolicy | None]:
+def default_params(spec: MethodSpec, model_name: str, num_layers: int, budget: int | None,
+                   select_tokens: int | None) -> list[dict]:
+    """Per policy of the method, the keyword arguments it runs with on this model."""
+    out, previous = [], {}
+    for policy in spec.parts:
+        defaults = {} if policy.custom else dict(_builtin_defaults(policy.name, model_name, num_layers))
+        if role(policy) == "eviction":  # an eviction scores tokens like the selection before it
+            defaults.update({k: previous[k] for k in SCORING if k in previous})
+        previous = _fill(policy, defaults, budget, select_tokens)
+        out.append(previous)
+    return out
+
+
+def build(spec: MethodSpec, params: list[dict]) -> tuple[SelectionPolicy | None, EvictionPolicy | None]:
     """Fresh policy objects for one run (policies hold per-prompt state)."""
-    if spec.custom:
-        return _build_custom(spec, params, budget, select_tokens)
-    name = spec.name
-    if name == "full":
-        return None, None
-    if name == "snapkv":
-        return None, SnapKV(**params)
-    if name == "streaming":
-        return None, StreamingLLM(**params)
-    own, kv_budget = _split_budget(params)
-    if name == "fastkv":
-        return FastKV(**own), SnapKV(budget=kv_budget)
-    if name == "asl":
-        return ASL(**own), SnapKV(budget=kv_budget)
-    if name == "asl-2pass":
-        return ASLTwoPass(**own), None  # pass 2 keeps select_tokens <= budget entries
-    if name == "gemfilter":
-        return GemFilter(**own), None
-    raise AssertionError(name)
+    selection = eviction = None
+    for policy, kwargs in zip(spec.parts, params):
+        if policy.name == "full":
+            continue
+        cls = policy.policy_class()
+        try:
+            obj = cls(**kwargs)
+        except TypeError as e:
+            hint = ""
+            if "budget" in kwargs and role(policy) == "selection":
+                hint = f"; {policy.name} selects tokens only: give the budget to an eviction, e.g. {policy.name}+snapkv"
+            raise ValueError(f"{policy.label}: {e}{hint}") from None
+        if isinstance(obj, SelectionPolicy):
+            selection = obj
+        else:
+            eviction = obj
+    return selection, eviction
+
+
+def effective_fields(spec: MethodSpec, params: list[dict]) -> list[dict]:
+    """Every field of every policy the method builds, defaults included: what config.json
+    records so that a rerun with other effective settings is refused; a class from outside
+    the library also records a hash of its source."""
+    from asl.bench.fingerprint import class_source_hash
+
+    out = []
+    for obj in build(spec, params):
+        if obj is None:
+            continue
+        fields = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(vars(obj))
+        entry = {"class": f"{type(obj).__module__}.{type(obj).__qualname__}",
+                 "fields": {k: v for k, v in fields.items() if not k.startswith("_")}}
+        source = class_source_hash(type(obj))
+        if source is not None:
+            entry["source"] = source
+        out.append(entry)
+    return out
 
 
 def load_class(name: str):
@@ -148,18 +295,3 @@ def load_class(name: str):
     if not (isinstance(obj, type) and issubclass(obj, (SelectionPolicy, EvictionPolicy))):
         raise ValueError(f"--methods: {name} is not a SelectionPolicy or EvictionPolicy subclass")  # noqa: TRY004 - an argument error, reported like the others
     return obj
-
-
-def _build_custom(spec, params, budget, select_tokens):
-    cls = load_class(spec.name)
-    names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
-    kwargs = dict(params)
-    # Same budget and selection size as the built-in methods unless the user says otherwise.
-    if "select_tokens" in names:
-        kwargs.setdefault("select_tokens", select_tokens)
-    if "budget" in names:
-        kwargs.setdefault("budget", budget)
-    policy = cls(**kwargs)
-    if isinstance(policy, SelectionPolicy):
-        return policy, SnapKV(budget=budget)
-    return None, policy

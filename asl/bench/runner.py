@@ -31,6 +31,10 @@ class Job:
     def key(self) -> tuple:
         return (f"{self.task}/{self.length}/{self.index}", self.method.label, self.budget)
 
+    @property
+    def params_key(self) -> tuple:
+        return (self.method.label, self.budget)
+
 
 def plan(tasks, lengths, samples, methods, budgets, select_tokens) -> list[Job]:
     """Sample index outermost, so a partial run covers every cell evenly."""
@@ -39,19 +43,15 @@ def plan(tasks, lengths, samples, methods, budgets, select_tokens) -> list[Job]:
         for length in lengths:
             for task in tasks:
                 for m in methods:
-                    if m.name == "full":
-                        jobs.append(Job(task, length, index, group, m, None, None))
-                        continue
-                    for b in budgets:
-                        jobs.append(Job(task, length, index, group, m, b, select_tokens or b))
+                    for b in [None] if m.is_full else budgets:
+                        jobs.append(Job(task, length, index, group, m, b, None if b is None else select_tokens or b))
                 group += 1
     return jobs
 
 
-def run_job(model, tokenizer, sample: Sample, job: Job, params: dict, compile: bool = False) -> dict:
-    params = {k: ({"budget": job.budget, "select_tokens": job.select_tokens}.get(k, v) if k not in job.method.kwargs else v)
-              for k, v in params.items()}
-    selection, eviction = build(job.method, params, job.budget, job.select_tokens)
+def run_job(model, tokenizer, sample: Sample, job: Job, params: list[dict], compile: bool = False) -> dict:
+    """One generate call, scored. `params`: per policy of the method, its keyword arguments."""
+    selection, eviction = build(job.method, params)
     device = model.lm_head.weight.device
     with PeakMemory(device) as mem:
         out = asl.generate(model, tokenizer, sample.prompt, max_new_tokens=sample.max_new_tokens,
@@ -60,9 +60,10 @@ def run_job(model, tokenizer, sample: Sample, job: Job, params: dict, compile: b
     layers = model.config.num_layers
     return {
         "id": sample.id, "task": sample.task, "length": sample.length, "index": sample.index, "depth": sample.depth,
-        "method": job.method.label, "budget": job.budget, "select_tokens": job.select_tokens,
+        "method": job.method.label, "family": job.method.family, "budget": job.budget, "select_tokens": job.select_tokens,
         "prompt_tokens": sample.prompt_tokens, "answers": list(sample.answers), "prediction": out.text,
         "score": metrics.score(sample.metric, out.text, sample.answers),
+        "partial": metrics.partial(out.text, sample.answers),
         "ttft_s": out.trace.prefill_s, "tpot_s": out.trace.decode_s_per_token if seq.new_tokens > 1 else None,
         "new_tokens": seq.new_tokens, "kv_tokens": seq.kv_tokens, "kv_bytes": seq.kv_bytes,
         "peak_mem_bytes": mem.bytes, "selection_layer": seq.selection_layer,
@@ -76,12 +77,12 @@ def warm_up(model, tokenizer, methods, params, budgets, select_tokens, length: i
     the timings."""
     sample = make_sample("passkey", tokenizer, length, 0, seed=-1)
     for m in methods:
-        budget = None if m.name == "full" else budgets[0]
-        run_job(model, tokenizer, sample, Job("passkey", sample.length, 0, 0, m, budget,
-                                              None if budget is None else (select_tokens or budget)), params[m.label])
+        budget = None if m.is_full else budgets[0]
+        job = Job("passkey", sample.length, 0, 0, m, budget, None if budget is None else (select_tokens or budget))
+        run_job(model, tokenizer, sample, job, params[job.params_key])
 
 
-def run(model, tokenizer, jobs: list[Job], params: dict[str, dict], seed: int, done: set, write, rank_label: str = "",
+def run(model, tokenizer, jobs: list[Job], params: dict[tuple, list[dict]], seed: int, done: set, write, rank_label: str = "",
         show: bool = True, compile: bool = False) -> list[dict]:
     """Runs the jobs not in `done`, calling `write(record)` after each; returns the new records."""
     todo = [j for j in jobs if j.key not in done]
@@ -93,7 +94,7 @@ def run(model, tokenizer, jobs: list[Job], params: dict[str, dict], seed: int, d
         for job in todo:
             if sample is None or (sample.task, sample.length, sample.index) != (job.task, job.length, job.index):
                 sample = make_sample(job.task, tokenizer, job.length, job.index, seed)
-            record = run_job(model, tokenizer, sample, job, params[job.method.label], compile)
+            record = run_job(model, tokenizer, sample, job, params[job.params_key], compile)
             write(record)
             records.append(record)
             s = running.setdefault(job.method.label, [0.0, 0])

@@ -1,14 +1,122 @@
 """One benchmark invocation: resume check, model, warm-up, the runs (sharded), then the
-summary table, files and plots on rank 0."""
+summary table, files and plots on rank 0. And the read-only report of a run folder."""
 from __future__ import annotations
 
+import contextlib
 import pathlib
+import shutil
 import sys
 
 import torch
 
 from asl.bench import dist, store
+from asl.bench.fingerprint import differences
 from asl.bench.runner import plan, run, set_threads, warm_up
+
+# What a resume must match exactly in config.json: a run of other settings or code would mix.
+IDENTITY = ("format", "run")
+RESULTS = ("samples.jsonl", "summary.csv", "summary.json", "comparisons.csv", "comparisons.json")
+
+
+def check_resume(out: pathlib.Path, config: dict, force: bool) -> dict:
+    """The configuration to record in `out`: the new one merged with what the folder holds.
+    Raises ValueError naming what changed when the folder holds another run (unless `force`,
+    which discards the folder's results first)."""
+    old = store.load_config(out)
+    if old is None:
+        return config
+    changed = _changes(old, config)
+    if changed and not force:
+        shown = "\n  ".join(changed[:12]) + ("\n  ..." if len(changed) > 12 else "")
+        raise ValueError(f"--out {out} holds results of another configuration or code:\n  {shown}\n"
+                         "results must not mix: give another --out, or add --force to discard the old results")
+    if changed:
+        discard(out)
+        return config
+    merged = dict(config)
+    merged["policies"] = {**old.get("policies", {}), **config["policies"]}
+    for key in ("tasks", "lengths", "budgets", "methods"):
+        merged[key] = list(dict.fromkeys([*old.get(key, []), *config[key]]))
+    merged["samples"] = max(old.get("samples", 0), config["samples"])
+    merged["started"] = old.get("started", config["started"])
+    return merged
+
+
+def _changes(old: dict, new: dict) -> list[str]:
+    if not isinstance(old, dict) or old.get("format") != new["format"]:
+        return [f"format: {old.get('format') if isinstance(old, dict) else old!r} -> {new['format']!r} "
+                "(written by another version of asl.bench)"]
+    lines = differences({k: old.get(k) for k in IDENTITY}, {k: new[k] for k in IDENTITY})
+    for method in sorted(set(old.get("policies", {})) & set(new["policies"])):
+        if old["policies"][method] != new["policies"][method]:
+            lines += [f"{method}: {d}" for d in _policy_changes(old["policies"][method], new["policies"][method])]
+    return lines
+
+
+def _policy_changes(old: list, new: list) -> list[str]:
+    if len(old) != len(new) or any(a.get("class") != b.get("class") for a, b in zip(old, new)):
+        return [f"policies {[a.get('class') for a in old]} -> {[b.get('class') for b in new]}"]
+    return [d for a, b in zip(old, new) for d in differences(a, b, f"{b['class'].rsplit('.', 1)[-1]}.")]
+
+
+def discard(out: pathlib.Path) -> None:
+    """--force: remove the folder's results (records, summaries, plots), keep the folder."""
+    for name in RESULTS:
+        (out / name).unlink(missing_ok=True)
+    for path in store.shard_files(out):
+        path.unlink()
+    shutil.rmtree(out / "plots", ignore_errors=True)
+
+
+def method_params(config: dict) -> dict[str, dict]:
+    """label -> the fields of its policies, merged (what the plots annotate: tau, l_min)."""
+    out = {}
+    for key, policies in config.get("policies", {}).items():
+        label = key.rsplit(" @ ", 1)[0]
+        out.setdefault(label, {}).update({k: v for p in policies for k, v in p.get("fields", {}).items()})
+    return out
+
+
+def report_folder(out: pathlib.Path, plots: bool = True) -> int:
+    """--report-only: the summaries and plots of every record in `out`, from its own
+    config.json; reads the records, never writes them or the configuration."""
+    config = store.load_config(out) if out.is_dir() else None
+    if config is None:
+        print(f"python -m asl.bench: error: --out {out} holds no config.json: nothing to report", file=sys.stderr)
+        return 2
+    records = ordered(store.load_done(out).values(), config)  # read only: a run may still be appending
+    print(f"{len(records)} runs in {out}")
+    report(records, out, method_params(config), plots)
+    return 0
+
+
+def ordered(records, config: dict) -> list[dict]:
+    """Records in the run's order: sample index, length, task, method, budget."""
+    def rank(values, v):
+        return values.index(v) if v in values else len(values)
+
+    tasks, lengths, methods = config.get("tasks", []), config.get("lengths", []), config.get("methods", [])
+    return sorted(records, key=lambda r: (r.get("index", 0), rank(lengths, r.get("length")), rank(tasks, r.get("task")),
+                                          rank(methods, r.get("method")), str(r.get("method")),
+                                          -1 if r.get("budget") is None else r["budget"]))
+
+
+def report(records: list[dict], out: pathlib.Path, params: dict, plots: bool) -> None:
+    from asl.bench.report import format_table, summarize, write_comparisons, write_summary
+    from asl.bench.stats import compare
+
+    summary = summarize(records)
+    comparisons = compare(records)
+    write_summary(summary, out)
+    write_comparisons(comparisons, out)
+    print()
+    print(format_table(summary, comparisons))
+    if plots:
+        from asl.bench.plots import make_plots
+
+        paths = make_plots(records, summary, out, params)
+        print(f"\nplots: {', '.join(p.name for p in paths)}")
+    print(f"results: {out}/ (samples.jsonl, summary.csv, summary.json, comparisons.csv, config.json)")
 
 
 class Session:
@@ -16,54 +124,39 @@ class Session:
         self.args, self.folder, self.config, self.params = args, folder, config, params
         self.out = pathlib.Path(args.out)
 
-    def _check_resume(self, config: dict) -> None:
-        old = store.load_config(self.out)
-        if old is None:
-            return
-        if old["run"] != config["run"]:
-            raise ValueError(f"--out {self.out} holds a run with {old['run']}, not {config['run']}; "
-                             "give another --out (or delete it) to start afresh")
-        changed = [m for m, p in config["methods"].items() if m in old["methods"] and old["methods"][m] != p]
-        if changed:
-            raise ValueError(f"--out {self.out}: method(s) {', '.join(changed)} ran there with other parameters "
-                             f"({ {m: old['methods'][m] for m in changed} }); give another --out")
-        config["methods"] = {**old["methods"], **config["methods"]}
-
     def run(self) -> int:
-        from asl.bench.cli import run_config
-
         args = self.args
         ranks = dist.init(args.device)
         try:
-            config = run_config(args, self.params, self.config)
-            if ranks.main:
-                try:
-                    self._check_resume(config)
-                except ValueError as e:
-                    print(f"python -m asl.bench: error: {e}", file=sys.stderr)
-                    return self._abort(ranks)
-                self.out.mkdir(parents=True, exist_ok=True)
-                store.write_config(self.out, {**config, "world": ranks.world})
-            dist.barrier(ranks)
-            if not (self.out / store.CONFIG).exists():
-                return 2  # rank 0 refused the folder
-            return self._run(ranks, config)
+            with contextlib.ExitStack() as held:
+                threads = set_threads(args.threads, ranks.local_world)
+                config = None
+                if ranks.main:
+                    try:
+                        self.out.mkdir(parents=True, exist_ok=True)
+                        held.enter_context(store.FolderLock(self.out))  # held until the run ends
+                        config = self._prepare(threads, ranks)
+                    except (ValueError, OSError) as e:
+                        print(f"python -m asl.bench: error: {e}", file=sys.stderr)
+                config = dist.broadcast(ranks, config)
+                if config is None:
+                    return 2
+                return self._run(ranks, config, threads)
         finally:
             dist.finish(ranks)
 
-    def _abort(self, ranks) -> int:
-        dist.barrier(ranks)
-        return 2
+    def _prepare(self, threads, ranks) -> dict:
+        from asl.bench.cli import run_config
 
-    def _run(self, ranks, config) -> int:
+        config = check_resume(self.out, run_config(self.args, self.params, self.config, threads, ranks.world),
+                              self.args.force)
+        store.write_config(self.out, config)
+        return config
+
+    def _run(self, ranks, config, threads) -> int:
         import asl
 
         args = self.args
-        if args.report_only:
-            if ranks.main:
-                self._report_existing()
-            return 0
-        threads = set_threads(args.threads, ranks.local_world)
         device = dist.device_for(ranks, args.device)
         model, tokenizer = asl.load(self.folder, dtype=getattr(torch, args.dtype), device=device)
         jobs = plan(args.tasks, args.lengths, args.samples, args.methods, args.budget, args.select_tokens)
@@ -92,39 +185,19 @@ class Session:
         gathered = dist.gather(ranks, records)
         if ranks.main:
             everything = store.consolidate(self.out, order, gathered)
-            self._report([r for r in everything if store.record_key(r) in order])
+            report(ordered(everything, config), self.out, method_params(config), not args.no_plots)
         dist.barrier(ranks)
         return 0
-
-    def _report_existing(self) -> None:
-        args = self.args
-        jobs = plan(args.tasks, args.lengths, args.samples, args.methods, args.budget, args.select_tokens)
-        order = {j.key: i for i, j in enumerate(jobs)}
-        done = store.load_done(self.out)  # read only: a run may still be appending there
-        records = sorted((r for k, r in done.items() if k in order), key=lambda r: order[store.record_key(r)])
-        print(f"{len(records)} of {len(jobs)} runs done in {self.out}")
-        self._report(records)
 
     def _print_header(self, threads, ranks, total, done) -> None:
         a = self.args
         print(f"asl.bench: {a.model} ({self.config.num_layers} layers, {a.dtype}, {a.device}, {threads} threads"
               f" x {ranks.world} process{'es' if ranks.world > 1 else ''}); budgets {a.budget}, "
               f"select_tokens {a.select_tokens or '= budget'}; {total} runs, {done} already done")
-        for label, p in self.params.items():
-            shown = ", ".join(f"{k}={v}" for k, v in p.items() if k not in ("budget", "select_tokens"))
-            print(f"  {label:<12} {shown or '-'}")
+        width = min(40, max(len(s.label) for s in a.methods))
+        for spec in a.methods:
+            fields = self.params[(spec.label, None if spec.is_full else a.budget[0])]
+            shown = " + ".join(", ".join(f"{k}={v}" for k, v in f.items() if k not in ("budget", "select_tokens"))
+                               or "-" for f in fields)
+            print(f"  {spec.label:<{width}} {shown or '-'}")
         sys.stdout.flush()
-
-    def _report(self, records: list[dict]) -> None:
-        from asl.bench.report import format_table, summarize, write_summary
-
-        summary = summarize(records)
-        write_summary(summary, self.out)
-        print()
-        print(format_table(summary))
-        if not self.args.no_plots:
-            from asl.bench.plots import make_plots
-
-            paths = make_plots(records, summary, self.out, self.params)
-            print(f"\nplots: {', '.join(p.name for p in paths)}")
-        print(f"results: {self.out}/ (samples.jsonl, summary.csv, summary.json, config.json)")

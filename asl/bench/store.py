@@ -91,3 +91,34 @@ def load_config(out: pathlib.Path) -> dict | None:
 
 def write_config(out: pathlib.Path, config: dict) -> None:
     write_atomic(out / CONFIG, json.dumps(config, indent=2) + "\n")
+
+
+class FolderLock:
+    """One bench process per run folder: a second one on the same --out fails at once
+    (two plans appending to and consolidating one samples.jsonl would lose records)."""
+
+    def __init__(self, out: pathlib.Path):
+        self.path = out / ".lock"
+        self._f = None
+
+    def __enter__(self):
+        import fcntl
+
+        self._f = open(self.path, "a+")  # noqa: SIM115 - held for the run, closed in __exit__
+        try:
+            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._f.seek(0)
+            holder = self._f.read().strip() or "another process"
+            self._f.close()
+            raise ValueError(f"--out {self.path.parent} is in use by {holder}; wait for it to finish or give "
+                             "another --out") from None
+        self._f.seek(0)
+        self._f.truncate()
+        self._f.write(f"asl.bench pid {os.getpid()}\n")
+        self._f.flush()
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+        return False

@@ -1,0 +1,129 @@
+"""A run folder holds one run: a rerun with other settings, code or policy source is refused
+(or discarded with --force), two processes cannot share it, and --report-only only reads."""
+import json
+import pathlib
+import textwrap
+
+import pytest
+
+from asl.bench import fingerprint, store
+from asl.bench.cli import main
+
+BASE = ["--model", "smollm2-135m", "--tasks", "passkey", "--lengths", "512", "--budget", "64", "--samples", "1",
+        "--threads", "1", "--no-plots"]
+
+
+def lines(out) -> list[dict]:
+    return store.read_jsonl(pathlib.Path(out) / "samples.jsonl")
+
+
+@pytest.fixture(scope="module")
+def done_run(tmp_path_factory):
+    """One finished run of the full cache and SnapKV (a few seconds on smollm2 at 512 tokens)."""
+    out = tmp_path_factory.mktemp("bench") / "run"
+    assert main([*BASE, "--methods", "full,snapkv", "--out", str(out)]) == 0
+    return out
+
+
+def refused(capsys, argv, out) -> str:
+    def files():
+        return {p.name: p.read_bytes() for p in pathlib.Path(out).iterdir() if p.is_file() and p.name != ".lock"}
+
+    before = files()
+    assert main([*argv, "--out", str(out)]) == 2
+    after = files()
+    assert after == before  # nothing written, nothing lost
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, changed", [
+    (["--threads", "2"], "run.threads: 1 -> 2"),
+    (["--dtype", "float32"], "run.dtype: 'bfloat16' -> 'float32'"),
+    (["--seed", "3"], "run.seed: 0 -> 3"),
+    (["--compile"], "run.compile: False -> True"),
+    (["--select-tokens", "48"], "snapkv @ 64"),
+])
+def test_a_rerun_with_other_settings_is_refused_naming_them(done_run, capsys, extra, changed):
+    argv = [*BASE, "--methods", "full,snapkv", *extra]
+    if changed.startswith("snapkv"):  # --select-tokens changes nothing of SnapKV: resumes; asl's would change
+        assert main([*argv, "--out", str(done_run)]) == 0
+        return
+    err = refused(capsys, argv, done_run)
+    assert changed in err and "give another --out, or add --force" in err
+
+
+def test_changed_code_is_refused(done_run, capsys, monkeypatch):
+    monkeypatch.setattr(fingerprint, "code_hash", lambda: "0" * 16)
+    err = refused(capsys, [*BASE, "--methods", "full,snapkv"], done_run)
+    assert "run.code:" in err and "-> '0000000000000000'" in err
+
+
+def test_a_changed_default_of_a_method_is_refused(done_run, capsys, monkeypatch):
+    from asl.bench import methods
+
+    monkeypatch.setitem(methods.SCORING, "kernel", 5)  # a default edited between two runs
+    err = refused(capsys, [*BASE, "--methods", "full,snapkv"], done_run)
+    assert "snapkv @ 64: SnapKV.fields.kernel: 7 -> 5" in err
+
+
+def test_custom_policy_with_other_select_tokens_or_source_is_refused(tmp_path, capsys, monkeypatch):
+    module = tmp_path / "mypol.py"
+    source = textwrap.dedent('''
+        from dataclasses import dataclass
+        import asl
+
+        @dataclass
+        class Keep(asl.SelectionPolicy):
+            """Selects nothing: a stand-in for a researcher's policy."""
+            select_tokens: int = 256
+
+            def after_layer(self, layer, view):
+                return None
+        ''')
+    module.write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+    argv = [*BASE, "--methods", "mypol:Keep"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert main([*argv, "--out", str(out)]) == 0 and len(lines(out)) == 1  # the same run resumes
+    err = refused(capsys, [*argv, "--select-tokens", "48"], out)
+    assert "mypol:Keep @ 64: Keep.fields.select_tokens: 64 -> 48" in err
+    module.write_text(source.replace("return None", "return None  # edited"))
+    err = refused(capsys, argv, out)
+    assert "mypol:Keep @ 64: Keep.source:" in err
+    assert main([*argv, "--out", str(out), "--force"]) == 0  # discards the old results and runs anew
+    config = json.loads((out / "config.json").read_text())
+    assert config["policies"]["mypol:Keep @ 64"][0]["source"] == fingerprint.class_source_hash(
+        __import__("mypol").Keep)
+    assert len(lines(out)) == 1
+
+
+def test_a_second_process_on_the_same_out_fails_at_once(done_run, capsys):
+    with store.FolderLock(done_run):
+        err = refused(capsys, [*BASE, "--methods", "full,snapkv"], done_run)
+    assert "is in use by asl.bench pid" in err
+
+
+def test_added_methods_extend_the_configuration_and_the_report(done_run, capsys):
+    assert main([*BASE, "--methods", "full,streaming", "--out", str(done_run)]) == 0
+    config = json.loads((done_run / "config.json").read_text())
+    assert config["methods"] == ["full", "snapkv", "streaming"]
+    assert set(config["policies"]) == {"full @ None", "snapkv @ 64", "streaming @ 64"}
+    summary = json.loads((done_run / "summary.json").read_text())
+    assert {r["method"] for r in summary} == {"full", "snapkv", "streaming"}  # every method present
+
+
+def test_report_only_reads_the_folder_and_writes_only_the_summaries(done_run, capsys):
+    config, samples = (done_run / "config.json").read_bytes(), (done_run / "samples.jsonl").read_bytes()
+    (done_run / "summary.json").unlink()
+    assert main(["--out", str(done_run), "--report-only", "--no-plots"]) == 0  # no other flag needed
+    assert (done_run / "config.json").read_bytes() == config and (done_run / "samples.jsonl").read_bytes() == samples
+    summary = json.loads((done_run / "summary.json").read_text())
+    assert {r["method"] for r in summary} >= {"full", "snapkv"}
+    assert (done_run / "comparisons.csv").exists()
+
+
+def test_report_only_on_a_folder_without_a_run_creates_nothing(tmp_path, capsys):
+    out = tmp_path / "empty"
+    assert main(["--out", str(out), "--report-only"]) == 2
+    assert "holds no config.json" in capsys.readouterr().err and not out.exists()
