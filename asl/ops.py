@@ -1,7 +1,7 @@
 """The hot policy arithmetic, in one place: window scores, ranks, rank variance.
 
 These are the functions the policies call. They compute exactly what `asl.reference`
-defines (ALGORITHMS.md sections 1-3), with the custom ops of the compiled extension
+defines (docs/algorithms.md sections 1-3), with the custom ops of the compiled extension
 `asl._C` (csrc/), registered as
 
     torch.ops.asl.token_ranks(Tensor scores) -> Tensor
@@ -157,7 +157,7 @@ if _C is not None:  # fake (meta) kernels: shapes and dtypes only, for torch.com
 # ---- the functions the policies call
 
 def window_scores(q, k, valid, window: int, kernel: int = 7, pooling: str = "avg") -> torch.Tensor:
-    """Per-KV-head prefix scores [B, G, n - w] (ALGORITHMS.md section 1), -inf on padding.
+    """Per-KV-head prefix scores [B, G, n - w] (docs/algorithms.md section 1), -inf on padding.
 
     q [B, H, n, d] post-RoPE queries (only the last `window` are read), k [B, G, n, d],
     valid [B, n] bool (False on left padding). float32 result whatever the input dtype.
@@ -184,7 +184,7 @@ def token_ranks(scores: torch.Tensor) -> torch.Tensor:
 
 
 def rank_variance(ranks: torch.Tensor, k: int) -> torch.Tensor:
-    """ranks [T, B, m] -> variance over the union of per-layer top-k (ALGORITHMS.md section 3). float64 [B]"""
+    """ranks [T, B, m] -> variance over the union of per-layer top-k (docs/algorithms.md section 3). float64 [B]"""
     if _use_extension(ranks):
         return torch.ops.asl.rank_variance(ranks, k)
     _check_rank_variance(ranks, k)

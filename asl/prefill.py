@@ -2,7 +2,7 @@
 
 Sequences of a batch are left-padded; `valid` marks real tokens. Each token carries its
 position id and its index in its own prompt, so after a selection the survivors keep their
-original positions (ALGORITHMS.md section 7). A selection that asks for a restart (the
+original positions (docs/algorithms.md section 7). A selection that asks for a restart (the
 two-pass methods) reruns the model from layer 0 on the kept tokens, positions renumbered.
 
 The last layer attends and finishes only the last token: every token's K/V is stored, but

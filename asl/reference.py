@@ -1,4 +1,4 @@
-"""The reference path: plain PyTorch, written to be obviously right (ALGORITHMS.md).
+"""The reference path: plain PyTorch, written to be obviously right (docs/algorithms.md).
 
 Tests use it as the oracle for the policies and, later, for the custom ops. Clarity
 wins over speed here: K is repeated per query head, the probabilities are held in full.

@@ -2,7 +2,7 @@
 
     python benchmarks/ops.py [--device cpu|cuda] [--threads 2] [--repeats 5]
 
-Cases (ALGORITHMS.md sections 1-3, at the sizes of a 32k-token prompt):
+Cases (docs/algorithms.md sections 1-3, at the sizes of a 32k-token prompt):
   ranks          token_ranks of T=8 score rows of m=32,768, then rank_variance with k=2,048
   window_scores  B=1, H=14, G=2 (GQA 7:1), w=32, n=32,768, d=64, float32, kernel 7, avg
 

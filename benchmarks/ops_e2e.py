@@ -3,7 +3,7 @@
     python benchmarks/ops_e2e.py [--model qwen2.5-0.5b] [--context 8192] [--repeats 1]
 
 The reference path swaps asl.ops' window scores, ranks and rank variance for
-asl.reference's. ASL uses tau 0.3, which on this model never fires (ALGORITHMS.md
+asl.reference's. ASL uses tau 0.3, which on this model never fires (docs/algorithms.md
 section 9): it scores at every layer from l_min - l_obs + 1 on, the worst case for overhead.
 """
 from __future__ import annotations

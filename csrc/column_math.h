@@ -7,7 +7,7 @@
 
 namespace asl {
 
-// Rank variance (ALGORITHMS.md section 3), one column t: if t is in the union of the
+// Rank variance (docs/algorithms.md section 3), one column t: if t is in the union of the
 // per-layer top-k (some layer ranks it <= k), add its squared deviations from its mean rank
 // over the layers to `acc` and return true.
 ASL_HOST_DEVICE inline bool add_column_rank_deviation(const int64_t* row, int64_t t, int64_t layers,

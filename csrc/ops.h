@@ -1,4 +1,4 @@
-// CPU kernels of the asl ops (schemas in register.cpp, semantics in ALGORITHMS.md 1-3).
+// CPU kernels of the asl ops (schemas in register.cpp, semantics in docs/algorithms.md 1-3).
 #pragma once
 
 #include <ATen/core/Tensor.h>

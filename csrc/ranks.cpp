@@ -1,4 +1,4 @@
-// CPU kernels of asl::token_ranks and asl::rank_variance (ALGORITHMS.md sections 2 and 3).
+// CPU kernels of asl::token_ranks and asl::rank_variance (docs/algorithms.md sections 2 and 3).
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 

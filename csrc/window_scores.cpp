@@ -1,4 +1,4 @@
-// CPU kernel of asl::window_scores (ALGORITHMS.md section 1, steps 1-4).
+// CPU kernel of asl::window_scores (docs/algorithms.md section 1, steps 1-4).
 //
 // Per (batch b, KV group g) the r = H/G query heads of the group read the same keys, so
 // their w window rows are stacked into one [R = r*w, d] matrix (row hl*w + i is head

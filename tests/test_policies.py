@@ -1,4 +1,4 @@
-"""Policies against ALGORITHMS.md and asl.reference, with hypothesis on tiny random models."""
+"""Policies against docs/algorithms.md and asl.reference, with hypothesis on tiny random models."""
 from __future__ import annotations
 
 import random
@@ -58,7 +58,7 @@ def make_asl(p, l_obs_frac: float, l_max=None):
 
 
 def reference_asl(policy: asl.ASL, seen: list, num_layers: int):
-    """ALGORITHMS.md section 3, written out with the reference functions, on recorded layers."""
+    """docs/algorithms.md section 3, written out with the reference functions, on recorded layers."""
     w, k = policy.window, policy.select_tokens
     n = int(seen[0]["valid"].sum())
     m = n - w

@@ -59,7 +59,7 @@ class KVCache:
         return 2 * k.shape[-1] * k.element_size()
 
     def kv_bytes(self) -> int:
-        """Bytes of the stored prefill K and V (ALGORITHMS.md section 8), all sequences."""
+        """Bytes of the stored prefill K and V (docs/algorithms.md section 8), all sequences."""
         return int(self.kv_tokens().sum().item()) * self.entry_bytes
 
     def write_slots(self, step: torch.Tensor) -> torch.Tensor:

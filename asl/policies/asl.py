@@ -1,6 +1,6 @@
 """ASL: select tokens at the first layer where their attention ranking has settled.
 
-ALGORITHMS.md section 3. From layer `l_min` on, ASL compares the ranks of the prefix tokens
+docs/algorithms.md section 3. From layer `l_min` on, ASL compares the ranks of the prefix tokens
 over the last `l_obs` layers: the variance of a token's rank across those layers, over the
 union of each layer's top-k', relative to the same variance at `l_min`. When that ratio
 drops below `tau` the ranking is stable; the current layer's top-k' plus the window then
@@ -30,6 +30,14 @@ class _SequenceState:
 
 @dataclass
 class ASL(SelectionPolicy):
+    """ASL, adaptive selection layer (Taniguchi et al., ACL 2026 Findings, arXiv 2601.07667).
+
+    Selects the top `select_tokens - window` prefix tokens plus the window at the first layer
+    from `l_min` on where the rank variance ratio falls below `tau` (or at `l_max`, our
+    addition); never, if it is not met (faithful). Semantics and where we differ from the
+    authors' code: docs/algorithms.md section 3 (scores and ranks: sections 1-2).
+    """
+
     tau: float = 0.3
     l_min: int = 10
     l_obs: int = 8

@@ -1,4 +1,4 @@
-"""FastKV's token-selective propagation: select once, at a fixed layer (ALGORITHMS.md section 4)."""
+"""FastKV's token-selective propagation: select once, at a fixed layer (docs/algorithms.md section 4)."""
 from __future__ import annotations
 
 import math
@@ -12,6 +12,14 @@ from .base import (LayerView, PrefillInfo, Selection, SelectionPolicy, check_ker
 
 @dataclass
 class FastKV(SelectionPolicy):
+    """FastKV's token-selective propagation (Jo et al., arXiv 2502.01068), selection only.
+
+    At `layer`, keeps the top `select_tokens - window` prefix tokens plus the window. The
+    defaults are FastKV's own (window 8, max pooling); the ASL paper's comparison scores like
+    ASL (window 32, avg, kernel 7). Pair it with SnapKV for FastKV's own regime.
+    docs/algorithms.md section 4 (and 10).
+    """
+
     layer: int = 15  # FastKV's setting for 32-layer models
     select_tokens: int | None = 2048  # k, window included
     rate: float | None = None  # or k as a fraction of the prompt length

@@ -1,4 +1,4 @@
-"""Selection policies that restart: GemFilter and ASL two-pass (ALGORITHMS.md section 5).
+"""Selection policies that restart: GemFilter and ASL two-pass (docs/algorithms.md section 5).
 
 Pass 1 runs the first layers only to choose tokens and keeps no KV; pass 2 reruns the whole
 model from layer 0 on the chosen tokens alone, positions renumbered 0..k-1.
@@ -16,6 +16,13 @@ from .base import LayerView, PrefillInfo, Selection, SelectionPolicy, check_kern
 
 @dataclass
 class GemFilter(SelectionPolicy):
+    """GemFilter (Shi et al., arXiv 2409.17422): choose tokens at an early layer, then rerun.
+
+    At `layer`, the top `select_tokens` by the last query's summed dot products (avg-pooled,
+    `kernel` 5 by default); the window is not forced in (faithful; `keep_last=True` keeps the
+    last token). docs/algorithms.md section 5.
+    """
+
     layer: int = 13  # GemFilter's setting for 32-layer models
     select_tokens: int = 1024
     kernel: int = 5
@@ -72,7 +79,11 @@ def _keep_all(view: LayerView) -> Selection:
 
 @dataclass
 class ASLTwoPass(ASL):
-    """Pass 1 is ASL's criterion (its layer, its tokens; the last layer's top-k' if never met)."""
+    """ASL two-pass (Taniguchi et al., ACL 2026 Findings, arXiv 2601.07667; the authors' ASL_2pass).
+
+    Pass 1 is ASL's criterion (its layer, its tokens; the last layer's top-k' plus the window
+    if never met); pass 2 reruns like GemFilter. docs/algorithms.md section 5.
+    """
 
     restarts = True
 

@@ -1,4 +1,4 @@
-"""SnapKV: per layer and KV head, the most attended prefix entries plus the window (section 6)."""
+"""SnapKV: per layer and KV head, the most attended prefix entries plus the window (docs/algorithms.md section 6)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,6 +11,13 @@ from .base import (EvictionPolicy, LayerView, check_kernel, check_pooling, check
 
 @dataclass
 class SnapKV(EvictionPolicy):
+    """SnapKV (Li et al., arXiv 2404.14469): per layer and KV head, at most `budget` entries.
+
+    The top `budget - window` prefix entries by the group's summed window scores plus the
+    window (per KV head, where the original keeps `budget` per query head).
+    docs/algorithms.md section 6.
+    """
+
     budget: int = 2048  # KV entries per KV head per layer, window included
     window: int = 32
     kernel: int = 7

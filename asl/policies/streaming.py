@@ -1,4 +1,4 @@
-"""StreamingLLM: the first `sink` tokens plus the most recent ones (ALGORITHMS.md section 6)."""
+"""StreamingLLM: the first `sink` tokens plus the most recent ones (docs/algorithms.md section 6)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,6 +11,12 @@ from .snapkv import fill_unevicted
 
 @dataclass
 class StreamingLLM(EvictionPolicy):
+    """StreamingLLM (Xiao et al., arXiv 2309.17453): attention sinks plus the most recent tokens.
+
+    Evicts at the prefill only (decoding appends), at original positions; the original keeps
+    rolling during decoding, with positions inside the cache. docs/algorithms.md section 6.
+    """
+
     budget: int = 2048  # KV entries per KV head per layer, sink included
     sink: int = 4
 

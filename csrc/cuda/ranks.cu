@@ -1,4 +1,4 @@
-// CUDA kernels of asl::token_ranks and asl::rank_variance (ALGORITHMS.md sections 2 and 3).
+// CUDA kernels of asl::token_ranks and asl::rank_variance (docs/algorithms.md sections 2 and 3).
 //
 // token_ranks: one device-wide stable radix sort (cub) of all B*m entries by the 64-bit key
 // (row << 32 | descending score key), with the columns as values. Sorting by row first keeps

@@ -1,4 +1,4 @@
-// CUDA kernel of asl::window_scores (ALGORITHMS.md section 1, steps 1-4).
+// CUDA kernel of asl::window_scores (docs/algorithms.md section 1, steps 1-4).
 //
 // Same plan as the CPU kernel (../window_scores.cpp), with key tiles of 32 = one key per lane:
 //   1. chunk_stats   grid (n/32 tiles, G, B): the tile's keys in shared memory (float32); each
