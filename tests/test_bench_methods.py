@@ -2,12 +2,11 @@
 import re
 
 import pytest
-import torch
+from bench_custom_policy import HalfwayTopK
 
 import asl
-from asl.bench.memory import PeakMemory, cpu_peak_supported
+from asl.bench.memory import cpu_peak_supported
 from asl.bench.methods import build, default_params, effective_fields, parse_methods, scaled_layer
-from bench_custom_policy import HalfwayTopK
 from asl.generation import _cut_at_stop
 
 

@@ -88,7 +88,9 @@ def test_custom_policy_with_other_select_tokens_or_source_is_refused(tmp_path, c
     assert main([*argv, "--out", str(out)]) == 0 and len(lines(out)) == 1  # the same run resumes
     err = refused(capsys, [*argv, "--select-tokens", "48"], out)
     assert "mypol:Keep @ 64: Keep.fields.select_tokens: 64 -> 48" in err
-    module.write_text(source.replace("return None", "return None  # edited"))
+    module.write_text(source.replace("return None", "return None  # a comment"))
+    assert main([*argv, "--out", str(out)]) == 0  # a comment changes no result: resumes
+    module.write_text(source.replace("return None", "view = view\n        return None"))  # code: refused
     err = refused(capsys, argv, out)
     assert "mypol:Keep @ 64: Keep.source:" in err
     assert main([*argv, "--out", str(out), "--force"]) == 0  # discards the old results and runs anew
@@ -127,3 +129,22 @@ def test_report_only_on_a_folder_without_a_run_creates_nothing(tmp_path, capsys)
     out = tmp_path / "empty"
     assert main(["--out", str(out), "--report-only"]) == 2
     assert "holds no config.json" in capsys.readouterr().err and not out.exists()
+
+
+def test_the_code_hash_sees_code_not_comments_or_docstrings(tmp_path):
+    a, b, c = (tmp_path / n for n in ("a.py", "b.py", "c.py"))
+    a.write_text('def f(x):\n    """Why."""\n    return x + 1\n')
+    b.write_text('def f(x):  # a comment\n    """Another why."""\n\n    return x + 1\n')
+    c.write_text('def f(x):\n    """Why."""\n    return x + 2\n')
+    code = fingerprint._code_of
+    assert code(a) == code(b) and code(a) != code(c)
+    assert fingerprint.code_hash() == fingerprint.code_hash() and len(fingerprint.code_hash()) == 16
+
+
+def test_the_code_hash_ignores_cpp_comments_but_not_code(tmp_path):
+    a, b, c = (tmp_path / n for n in ("a.cpp", "b.cpp", "c.cpp"))
+    a.write_text('int f(int x) { return x + 1; }  // why\nconst char* s = "a // b";\n')
+    b.write_text('/* a longer\n   why */\nint f(int x) {\n  return x + 1;\n}\nconst char* s = "a // b";\n')
+    c.write_text('int f(int x) { return x + 1; }\nconst char* s = "a // c";\n')
+    code = fingerprint._code_of
+    assert code(a) == code(b) and code(a) != code(c)

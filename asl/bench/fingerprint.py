@@ -10,9 +10,11 @@ source.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import inspect
 import pathlib
+import re
 
 import asl
 
@@ -26,8 +28,33 @@ def _hash_files(paths) -> str:
     for path in sorted(paths):
         inside = path.is_relative_to(PACKAGE.parent)
         digest.update(str(path.relative_to(PACKAGE.parent) if inside else path.name).encode())
-        digest.update(path.read_bytes())
+        digest.update(_code_of(path))
     return digest.hexdigest()[:16]
+
+
+# C/C++ comments, or string and character literals (matched so that a "//" inside one is kept).
+_C_TOKENS = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'', re.S)
+
+
+def _code_of(path: pathlib.Path) -> bytes:
+    """What a file contributes: for Python its syntax tree without docstrings, for C++ and
+    CUDA the text without comments and with white space folded (so comments, docstrings and
+    formatting never invalidate a run)."""
+    data = path.read_bytes()
+    if path.suffix != ".py":
+        text = _C_TOKENS.sub(lambda m: " " if m.group(0).startswith("/") else m.group(0), data.decode("utf-8", "replace"))
+        return " ".join(text.split()).encode()
+    try:
+        tree = ast.parse(data)
+    except SyntaxError:
+        return data
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, include_attributes=False).encode()
 
 
 def result_files() -> list[pathlib.Path]:

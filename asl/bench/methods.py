@@ -25,8 +25,7 @@ import importlib
 import itertools
 from dataclasses import dataclass, field
 
-from asl.policies import (ASL, ASLTwoPass, EvictionPolicy, FastKV, Full, GemFilter, SelectionPolicy, SnapKV,
-                          StreamingLLM)
+from asl.policies import ASL, ASLTwoPass, EvictionPolicy, FastKV, Full, GemFilter, SelectionPolicy, SnapKV, StreamingLLM
 
 SELECTIONS = {"fastkv": FastKV, "asl": ASL, "gemfilter": GemFilter, "asl-2pass": ASLTwoPass}
 EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM}
