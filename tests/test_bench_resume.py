@@ -131,20 +131,18 @@ def test_report_only_on_a_folder_without_a_run_creates_nothing(tmp_path, capsys)
     assert "holds no config.json" in capsys.readouterr().err and not out.exists()
 
 
-def test_the_code_hash_sees_code_not_comments_or_docstrings(tmp_path):
-    a, b, c = (tmp_path / n for n in ("a.py", "b.py", "c.py"))
-    a.write_text('def f(x):\n    """Why."""\n    return x + 1\n')
-    b.write_text('def f(x):  # a comment\n    """Another why."""\n\n    return x + 1\n')
-    c.write_text('def f(x):\n    """Why."""\n    return x + 2\n')
+@pytest.mark.parametrize("suffix, same, other", [
+    (".py", ('def f(x):\n    """Why."""\n    return x + 1\n',
+             'def f(x):  # a comment\n    """Another why."""\n\n    return x + 1\n'),
+     'def f(x):\n    """Why."""\n    return x + 2\n'),
+    (".cpp", ('int f(int x) { return x + 1; }  // why\nconst char* s = "a // b";\n',
+              '/* a longer\n   why */\nint f(int x) {\n  return x + 1;\n}\nconst char* s = "a // b";\n'),
+     'int f(int x) { return x + 1; }\nconst char* s = "a // c";\n'),
+])
+def test_the_code_hash_sees_code_not_comments_or_docstrings(tmp_path, suffix, same, other):
+    a, b, c = (tmp_path / f"{n}{suffix}" for n in "abc")
+    for path, text in zip((a, b, c), (*same, other)):
+        path.write_text(text)
     code = fingerprint._code_of
     assert code(a) == code(b) and code(a) != code(c)
     assert fingerprint.code_hash() == fingerprint.code_hash() and len(fingerprint.code_hash()) == 16
-
-
-def test_the_code_hash_ignores_cpp_comments_but_not_code(tmp_path):
-    a, b, c = (tmp_path / n for n in ("a.cpp", "b.cpp", "c.cpp"))
-    a.write_text('int f(int x) { return x + 1; }  // why\nconst char* s = "a // b";\n')
-    b.write_text('/* a longer\n   why */\nint f(int x) {\n  return x + 1;\n}\nconst char* s = "a // b";\n')
-    c.write_text('int f(int x) { return x + 1; }\nconst char* s = "a // c";\n')
-    code = fingerprint._code_of
-    assert code(a) == code(b) and code(a) != code(c)
