@@ -17,7 +17,8 @@ import torch
 
 from .models.cache import KVCache, LayerCache
 from .models.decoder import Decoder, last_token_attention, prefill_attention
-from .policies.base import EvictionPolicy, LayerView, PrefillInfo, Selection, SelectionPolicy
+from .policies.base import (EvictionPolicy, LayerView, PrefillInfo, Selection, SelectionPolicy, check_selection,
+                            keep_problems)
 
 
 def positions_for(valid: torch.Tensor) -> torch.Tensor:
@@ -92,6 +93,18 @@ def store_layer(k, v, valid, keep: torch.Tensor | None, extra_slots: int) -> Lay
                                    extra_slots)
 
 
+def _check_evictions(problems: list[tuple[int, torch.Tensor]], eviction) -> None:
+    """Raise naming the eviction policy, the layer and the sequence whose keep was not sorted
+    distinct real columns (one host read per prefill, not one per layer)."""
+    if not problems:
+        return
+    bad = torch.stack([flags for _, flags in problems])  # [layers that evicted, B]
+    if bool(bad.any()):
+        step, seq = (int(x) for x in bad.nonzero()[0])
+        raise ValueError(f"{type(eviction).__name__}: keep() at layer {problems[step][0]} for sequence {seq} is not, "
+                         "per KV head, a sorted list of distinct real columns with -1 pads at the end")
+
+
 @dataclass
 class PrefillResult:
     logits: torch.Tensor  # [B, V] of the last prompt token
@@ -139,7 +152,7 @@ def _run(model, tokens: Tokens, extra_slots, selection, eviction):
     mask = attention_mask_for(tokens.valid)
     cos, sin = model.rope(tokens.positions, dtype)
     h = model.model.embed_tokens(tokens.ids)
-    layers, alive, policy_s = [], [], 0.0
+    layers, alive, policy_s, problems = [], [], 0.0, []
     last = len(model.layers) - 1
     for i, layer in enumerate(model.layers):
         q, k, v = layer.project(h, cos, sin)
@@ -153,12 +166,18 @@ def _run(model, tokens: Tokens, extra_slots, selection, eviction):
         keep = eviction.keep(i, view) if eviction is not None and not restarts else None
         chosen = selection.after_layer(i, view) if selection is not None else None
         policy_s += time.perf_counter() - start
+        if keep is not None:  # checked on the device; read once, after the loop
+            problems.append((i, keep_problems(keep, tokens.valid).any(-1)))
+            keep = keep.clamp(max=tokens.valid.shape[-1] - 1)
         if not restarts:  # a first pass that restarts keeps no KV
             layers.append(store_layer(k, v, tokens.valid, keep, extra_slots))
         del q, k, v, view
-        if chosen is not None and chosen.restart:
+        if chosen is None:
+            continue
+        check_selection(chosen, tokens.valid, selection)
+        if chosen.restart:
             return chosen, policy_s
-        if chosen is None or not bool(chosen.active.any()):
+        if not bool(chosen.active.any()):
             continue
         cols, valid = left_pad_columns(tokens.columns(chosen))
         if i < last:
@@ -166,6 +185,7 @@ def _run(model, tokens: Tokens, extra_slots, selection, eviction):
         tokens = Tokens(tokens.ids, tokens.positions.gather(1, cols), tokens.index.gather(1, cols), valid)
         mask = attention_mask_for(valid)
         cos, sin = model.rope(tokens.positions, dtype)
+    _check_evictions(problems, eviction)
     if restarts:  # it never asked to restart: rerun storing KV, all tokens kept
         nothing = torch.zeros(tokens.valid.shape[0], dtype=torch.bool, device=h.device)
         return Selection(keep=tokens.index[:, :0], active=nothing, restart=True), policy_s

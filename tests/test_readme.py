@@ -16,7 +16,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 def StableTopK():
     section = README.read_text().split("## Write your own policy", 1)[1]
     source = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    assert len(source.splitlines()) < 30
+    assert len(source.splitlines()) <= 35  # one small subclass
     namespace = {}
     exec(compile(source, str(README), "exec"), namespace)
     return namespace["StableTopK"]
@@ -39,3 +39,16 @@ def test_readme_policy_in_a_batch(StableTopK):
     out = asl.generate(model, CharTokenizer(), texts, max_new_tokens=4, selection=policy)
     assert all(s.selection_layer is not None for s in out.trace.sequences)
     assert [s.alive_tokens[-1] for s in out.trace.sequences] == [48, 48]
+
+
+def test_readme_policy_leaves_a_short_prompt_of_a_batch_whole(StableTopK):
+    # A 37-token prompt has fewer real tokens than the policy keeps: in a batch it must not
+    # select padding, and the batch must equal its sequences one by one.
+    _, model = tiny_pair("llama", num_hidden_layers=8, eos_token_id=None)
+    texts = [random_text(random.Random(0), 120), random_text(random.Random(1), 37)]
+    batch = asl.generate(model, CharTokenizer(), texts, max_new_tokens=4, selection=StableTopK(48, 4, 0.6))
+    alone = [asl.generate(model, CharTokenizer(), t, max_new_tokens=4, selection=StableTopK(48, 4, 0.6)) for t in texts]
+    assert batch.tokens == [a.tokens for a in alone]
+    long, short = batch.trace.sequences
+    assert long.alive_tokens[-1] == 48
+    assert short.alive_tokens == alone[1].trace.alive_tokens and short.kept_indices == list(range(short.prompt_tokens))

@@ -170,3 +170,38 @@ def check_window_below(window: int, name: str, value: int) -> None:
     if window >= value:
         raise ValueError(f"window ({window}) must be smaller than {name} ({value}): {name} includes the window")
 
+
+
+# -- what the prefill checks of a policy's answer (so a bad index can never become a token) -----
+
+def check_selection(selection: Selection, valid: torch.Tensor, policy) -> None:
+    """A Selection must name, per active sequence, sorted distinct real columns of this layer
+    (`-1` pads at the end): anything else would turn padding or a repeated token into a token.
+    Raises ValueError naming the policy and the sequence; runs once per selection."""
+    name = type(policy).__name__
+    b, width = valid.shape
+    keep, active = selection.keep, selection.active
+    if not (isinstance(keep, torch.Tensor) and keep.dim() == 2 and keep.shape[0] == b and not keep.is_floating_point()):
+        raise ValueError(f"{name}: Selection.keep must be an integer tensor [batch={b}, k], got "
+                         f"{getattr(keep, 'shape', type(keep).__name__)}")
+    if not (isinstance(active, torch.Tensor) and active.shape == (b,)):
+        raise ValueError(f"{name}: Selection.active must be a bool tensor [batch={b}], got "
+                         f"{getattr(active, 'shape', type(active).__name__)}")
+    bad = keep_problems(keep[:, None], valid)[:, 0] & active.bool()
+    if bool(bad.any()):
+        seq = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{name}: Selection.keep of sequence {seq} is not a sorted list of distinct real columns "
+                         f"in [0, {width}) with -1 pads at the end (padding columns: the first "
+                         f"{width - int(valid[seq].sum())}): {keep[seq].tolist()[:16]}")
+
+
+def keep_problems(keep: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """[B, G] True where the columns keep[b, g] ([B, G, k], -1 pads) are out of range, point at
+    padding, repeat, are unsorted or have a column after a pad. Stays on the device (no host read)."""
+    width = valid.shape[-1]
+    real = keep >= 0
+    safe = keep.clamp(0, width - 1)
+    on_pad = real & ~valid[:, None, :].expand(-1, keep.shape[1], -1).gather(2, safe)
+    bad = (keep < -1) | (keep >= width) | on_pad
+    order = real[..., 1:] & (~real[..., :-1] | (keep[..., 1:] <= keep[..., :-1]))
+    return bad.any(-1) | order.any(-1)
