@@ -6,6 +6,7 @@ eager path runs the very same function.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -104,24 +105,32 @@ def _step_fn(compile: bool):
     return _compiled_step
 
 
+def _real(x) -> bool:
+    """A finite int or float that is not a bool (NaN compares False with everything)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def _check_args(model, prompts, max_new_tokens, temperature, top_k, top_p, stop):
     if isinstance(prompts, str):
         prompts = [prompts]
     if not isinstance(prompts, (list, tuple)) or not prompts:
         raise ValueError("prompt_or_prompts must be a non-empty string or a non-empty list of strings")
     for i, p in enumerate(prompts):
-        if not isinstance(p, str) or not p.strip():
+        if not isinstance(p, str):
+            raise ValueError(f"prompt {i} is a {type(p).__name__}, not a string; every prompt must be a string")
+        if not p.strip():
             raise ValueError(f"prompt {i} is empty; every prompt must be a non-empty string")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+    if not _real(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a number >= 0 (0 means greedy), got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
         raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be None or in (0, 1], got {top_p}")
-    if stop is not None and (isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop)):
-        raise ValueError("stop must be None or a list of non-empty strings")
+    if top_p is not None and (not _real(top_p) or not 0 < top_p <= 1):
+        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
+    if stop is not None and (isinstance(stop, str) or not isinstance(stop, (list, tuple))
+                             or not all(isinstance(s, str) and s for s in stop)):
+        raise ValueError(f"stop must be None or a list of non-empty strings, got {stop!r}")
     return list(prompts)
 
 

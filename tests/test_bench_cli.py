@@ -31,7 +31,8 @@ def without_timing(rs):
     (["--model", "no-such-model"], "--model: cannot resolve checkpoint 'no-such-model'"),
     (["--lengths", "2048,100000"], "--lengths: [100000] exceed what smollm2-135m can take"),
     (["--budget", "16"], "--budget 16"),
-    (["--methods", "asl(tau=-1)"], "tau must be a number >= 0"),
+    (["--methods", "asl(tau=-1)"], "tau must be a finite number >= 0"),
+    (["--device", "cuda"], "--device cuda: this torch"),
     (["--methods", "json:JSONDecoder"], "is not a SelectionPolicy or EvictionPolicy"),
     (["--samples", "0"], "--samples must be >= 1"),
 ])

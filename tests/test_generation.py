@@ -119,6 +119,12 @@ def test_max_new_tokens_zero_only_prefills():
         ({"prompt_or_prompts": "x" * 300}, "exceeds the model's maximum of 256 positions"),
         ({"prompt_or_prompts": "x" * 250, "max_new_tokens": 10}, "maximum of 256"),
         ({"stop": "abc"}, "stop"),
+        ({"stop": 5}, "stop must be None or a list of non-empty strings, got 5"),
+        ({"prompt_or_prompts": ["hi", 5]}, "prompt 1 is a int, not a string"),
+        ({"temperature": float("nan")}, "temperature must be a number >= 0"),
+        ({"temperature": "a"}, "temperature must be a number >= 0"),
+        ({"top_p": float("nan")}, "top_p must be None or a number in"),
+        ({"max_new_tokens": True}, "max_new_tokens must be an integer"),
     ],
 )
 def test_bad_input_is_rejected_before_work(kwargs, match, monkeypatch):

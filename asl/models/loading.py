@@ -202,11 +202,40 @@ def _convert_gguf(gguf: pathlib.Path, out: pathlib.Path) -> None:
 
 
 def load(name_or_path: str | os.PathLike = "smollm2-135m", dtype=None, device="cpu"):
-    """(our Decoder, tokenizer) for a bundled name, an HF folder or a .gguf file."""
+    """(our Decoder, tokenizer) for a bundled name, an HF folder or a .gguf file. `dtype` is a
+    torch dtype or its name ("bfloat16"); both are checked before any file is read."""
     import torch
 
     from .weights import decoder_from_folder
 
+    dtype = _dtype(dtype)
+    device = _device(device)
     folder = resolve_checkpoint(name_or_path)
-    model = decoder_from_folder(folder, dtype=dtype or torch.float32, device=device)
+    model = decoder_from_folder(folder, dtype=dtype, device=device)
     return model, load_tokenizer(folder)
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _dtype(dtype):
+    import torch
+
+    if dtype is None:
+        return torch.float32
+    name = dtype.removeprefix("torch.") if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (a string or a torch dtype), got {dtype!r}")
+    return getattr(torch, name)
+
+
+def _device(device):
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} asks for CUDA, but this torch ({torch.__version__}) sees no CUDA device")
+    return dev

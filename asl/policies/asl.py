@@ -15,7 +15,7 @@ import torch
 
 from .. import ops
 from .base import (LayerView, PrefillInfo, Selection, SelectionPolicy, check_kernel, check_layer, check_pooling,
-                   check_positive_int, check_window_below, sort_keep, top_prefix)
+                   check_positive_int, check_window_below, is_number, sort_keep, top_prefix)
 
 
 @dataclass
@@ -48,8 +48,8 @@ class ASL(SelectionPolicy):
     l_max: int | None = None  # our addition: select here at the latest
 
     def _check(self) -> None:
-        if not isinstance(self.tau, (int, float)) or self.tau < 0:
-            raise ValueError(f"tau must be a number >= 0, got {self.tau!r}")
+        if not is_number(self.tau) or self.tau < 0:
+            raise ValueError(f"tau must be a finite number >= 0, got {self.tau!r}")
         check_positive_int("l_min", self.l_min, 0)
         check_positive_int("l_obs", self.l_obs, 2)
         if self.l_obs > self.l_min + 1:

@@ -7,6 +7,7 @@ policy returns is a column of that padded layout, and `-1` marks an unused slot.
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -145,6 +146,11 @@ class EvictionPolicy(_Validated, ABC):
 
 
 # -- field checks shared by the policies -------------------------------------------------------
+
+def is_number(value) -> bool:
+    """A finite int or float, not a bool (True is an int to Python; NaN passes every < test)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
 
 def check_positive_int(name: str, value, minimum: int = 1) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:

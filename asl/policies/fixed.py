@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import (LayerView, PrefillInfo, Selection, SelectionPolicy, check_kernel, check_layer, check_pooling,
-                   check_positive_int, top_prefix)
+                   check_positive_int, is_number, top_prefix)
 
 
 @dataclass
@@ -37,7 +37,7 @@ class FastKV(SelectionPolicy):
             if self.select_tokens <= self.window:
                 raise ValueError(f"select_tokens ({self.select_tokens}) must be larger than window ({self.window}): "
                                  "select_tokens includes the window")
-        elif not isinstance(self.rate, (int, float)) or not 0 < self.rate <= 1:
+        elif not is_number(self.rate) or not 0 < self.rate <= 1:
             raise ValueError(f"rate must be in (0, 1], got {self.rate!r}")
         check_kernel(self.kernel)
         check_pooling(self.pooling)
