@@ -301,3 +301,38 @@ def test_load_rejects_bad_dtype_and_device_before_reading(kwargs, match, monkeyp
     monkeypatch.setattr(loading, "resolve_checkpoint", None)  # nothing may be read
     with pytest.raises(ValueError, match=match):
         asl.load("smollm2-135m", **kwargs)
+
+
+AUTO_MAP_PROBE = """
+import pathlib, sys
+from asl.models.loading import load_tokenizer
+try:
+    tok = load_tokenizer(pathlib.Path(sys.argv[1]))
+    print("loaded", type(tok).__name__)
+except ValueError as e:
+    print("refused", e)
+"""
+
+
+def test_a_tokenizer_auto_map_is_never_run_and_never_prompts(tmp_path):
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    source = resolve_checkpoint("smollm2-135m")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (source / name).exists():
+            shutil.copy(source / name, folder / name)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["auto_map"] = {"AutoTokenizer": ["evil.EvilTokenizer", None]}
+    config["tokenizer_class"] = "EvilTokenizer"  # only the folder's code could provide it
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    marker = tmp_path / "ran"
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\nclass EvilTokenizer: pass\n")
+    done = subprocess.run([sys.executable, "-c", AUTO_MAP_PROBE, str(folder)], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not marker.exists()  # the folder's code never ran
+    assert "Do you wish to run the custom code" not in done.stdout  # transformers asked, and waited, before
+    assert done.stdout.startswith("refused cannot load the tokenizer of") and "custom code" in done.stdout

@@ -61,10 +61,14 @@ def cache_dir() -> pathlib.Path:
 
 
 def load_tokenizer(folder: pathlib.Path):
-    """Fast tokenizer from a resolved folder, never touching the network."""
+    """Fast tokenizer from a resolved folder, never touching the network and never running
+    code from the folder (an `auto_map` is refused, not imported, and nothing prompts)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"cannot load the tokenizer of {folder}: {e}") from None
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> pathlib.Path:
@@ -194,7 +198,10 @@ def _convert_gguf(gguf: pathlib.Path, out: pathlib.Path) -> None:
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(cfg)
     tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=skeleton)["tensors"]
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    with tempfile.TemporaryDirectory() as alone:  # the GGUF alone: no tokenizer file beside it is read
+        link = pathlib.Path(alone) / gguf.name
+        link.symlink_to(gguf.resolve())
+        tok = AutoTokenizer.from_pretrained(alone, gguf_file=gguf.name, local_files_only=True, trust_remote_code=False)
     cfg.save_pretrained(out)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"),
               metadata={"format": "pt"})
@@ -211,8 +218,8 @@ def load(name_or_path: str | os.PathLike = "smollm2-135m", dtype=None, device="c
     dtype = _dtype(dtype)
     device = _device(device)
     folder = resolve_checkpoint(name_or_path)
-    model = decoder_from_folder(folder, dtype=dtype, device=device)
-    return model, load_tokenizer(folder)
+    tokenizer = load_tokenizer(folder)  # its problems show before seconds of weight loading
+    return decoder_from_folder(folder, dtype=dtype, device=device), tokenizer
 
 
 DTYPES = ("float32", "bfloat16", "float16")
