@@ -41,6 +41,8 @@ class Trace:
     kv_bytes: int  # all sequences
     policy_s: float = 0.0  # share of prefill_s spent scoring, ranking and choosing
     sequences: list[SequenceTrace] = field(default_factory=list)
+    compile_s: float = 0.0  # torch.compile tracing during decode (compile=True), kept out of decode_s_per_token
+    compiles: int = 0  # decode steps that compiled a new graph (0 once every shape is warm)
 
     def _single(self, name: str):
         if len(self.sequences) != 1:
@@ -218,12 +220,29 @@ def generate(
     _sync(device)
     prefill_s = time.perf_counter() - start
 
-    generated, steps = _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compile,
-                                    (temperature, top_k, top_p, generator))
+    generated, steps, compiling = _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compile,
+                                               (temperature, top_k, top_p, generator))
     _sync(device)
-    decode_s = time.perf_counter() - start - prefill_s
+    decode_s = time.perf_counter() - start - prefill_s - compiling.seconds
     reports = (selection.report() if selection is not None else []) or [{} for _ in ids]
-    return _finish(tokenizer, generated, pre, ids, stop, prefill_s, decode_s / max(steps, 1), single, reports)
+    tpot = decode_s / max(steps - compiling.steps, 1)
+    out = _finish(tokenizer, generated, pre, ids, stop, prefill_s, tpot, single, reports)
+    out.trace.compile_s, out.trace.compiles = compiling.seconds, compiling.steps
+    return out
+
+
+@dataclass
+class _Compiling:
+    """Decode steps during which torch.compile traced a new graph, and their time (kept out of TPOT)."""
+
+    steps: int = 0
+    seconds: float = 0.0
+
+
+def _graphs() -> int:
+    import torch._dynamo.utils
+
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
 def _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compile, sampling):
@@ -234,7 +253,7 @@ def _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compi
     batch = tokens.shape[0]
     generated: list[list[int]] = [[] for _ in range(batch)]
     done = torch.zeros(batch, dtype=torch.bool, device=tokens.device)
-    steps = 0
+    steps, compiling = 0, _Compiling()
     for t in range(max_new_tokens):
         for i in (~done).nonzero().flatten().tolist():
             generated[i].append(int(tokens[i]))
@@ -244,10 +263,15 @@ def _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compi
         if bool(done.all()) or t == max_new_tokens - 1:
             break
         step = torch.tensor(t, device=tokens.device)
+        graphs, begun = (_graphs(), time.perf_counter()) if compile else (0, 0.0)
         logits = step_fn(model, tokens, pre.next_positions + t, cache.write_slots(step), ks, vs, valids)
+        if compile and _graphs() != graphs:  # this step compiled (a new shape): its time is compile time
+            _sync(tokens.device)
+            compiling.steps += 1
+            compiling.seconds += time.perf_counter() - begun
         tokens = sample(logits, *sampling)
         steps += 1
-    return generated, steps
+    return generated, steps, compiling
 
 
 _LEAD = " \t\r\n:.,;-*`\"'"  # what an answer may start with before its first word

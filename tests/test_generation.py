@@ -64,6 +64,12 @@ def test_compiled_decode_gives_the_same_tokens():
     eager = asl.generate(ours, TOK, prompts, max_new_tokens=16)
     compiled = asl.generate(ours, TOK, prompts, max_new_tokens=16, compile=True)
     assert eager.tokens == compiled.tokens
+    # compile time is reported apart, never inside the per-token time; a warm shape compiles nothing
+    assert eager.trace.compiles == 0 and eager.trace.compile_s == 0.0
+    again = asl.generate(ours, TOK, prompts, max_new_tokens=16, compile=True)
+    assert again.tokens == eager.tokens and again.trace.compiles == 0
+    if compiled.trace.compiles:  # a fresh process compiles here (an earlier test may have warmed it)
+        assert compiled.trace.compile_s > 10 * compiled.trace.decode_s_per_token
 
 
 def test_trace_reports_cache_and_timings():

@@ -69,6 +69,7 @@ def run_job(model, tokenizer, sample: Sample, job: Job, params: list[dict], comp
         "peak_mem_bytes": mem.bytes, "selection_layer": seq.selection_layer,
         "ratios": [seq.ratios.get(layer) for layer in range(layers)] if seq.ratios else [],
         "alive_tokens": seq.alive_tokens, "policy_s": out.trace.policy_s,
+        "compile_s": out.trace.compile_s, "compiles": out.trace.compiles,
     }
 
 

@@ -3,6 +3,7 @@ summary table, files and plots on rank 0. And the read-only report of a run fold
 from __future__ import annotations
 
 import contextlib
+import os
 import pathlib
 import shutil
 import sys
@@ -119,6 +120,20 @@ def report(records: list[dict], out: pathlib.Path, params: dict, plots: bool) ->
     print(f"results: {out}/ (samples.jsonl, summary.csv, summary.json, comparisons.csv, config.json)")
 
 
+def _busy(when: str) -> float | None:
+    """The 1-minute load average, with a warning when other work competes for the cores (the
+    timings are then not this code's alone)."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return None
+    cores = os.cpu_count() or 1
+    if load > cores + 0.5:
+        print(f"asl.bench: warning: load average {load:.1f} on {cores} cores {when}: other work competes for "
+              "the CPU, so TTFT and TPOT are not this run's alone", file=sys.stderr)
+    return round(load, 2)
+
+
 class Session:
     def __init__(self, args, folder, config, params):
         self.args, self.folder, self.config, self.params = args, folder, config, params
@@ -150,6 +165,7 @@ class Session:
 
         config = check_resume(self.out, run_config(self.args, self.params, self.config, threads, ranks.world),
                               self.args.force)
+        config["load_average_at_start"] = _busy("at the start")
         store.write_config(self.out, config)
         return config
 
@@ -182,6 +198,8 @@ class Session:
             print(f"\ninterrupted: the finished runs are in {self.out}; rerun the same command to resume",
                   file=sys.stderr)
             return 130
+        if ranks.main:
+            _busy("at the end")
         gathered = dist.gather(ranks, records)
         if ranks.main:
             everything = store.consolidate(self.out, order, gathered)
