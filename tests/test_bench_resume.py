@@ -146,3 +146,23 @@ def test_the_code_hash_sees_code_not_comments_or_docstrings(tmp_path, suffix, sa
     code = fingerprint._code_of
     assert code(a) == code(b) and code(a) != code(c)
     assert fingerprint.code_hash() == fingerprint.code_hash() and len(fingerprint.code_hash()) == 16
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"something": "else"}', "format: None -> 2 (written by another version of asl.bench)"),
+    ("not json {", "config.json is not valid JSON"),
+])
+def test_a_foreign_or_broken_config_in_out_is_refused_cleanly(tmp_path, capsys, content, message):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(content)
+    assert main([*BASE, "--methods", "full", "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert (out / "config.json").read_text() == content and not (out / "samples.jsonl").exists()
+
+
+def test_an_out_that_cannot_be_created_fails_cleanly(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main([*BASE, "--methods", "full", "--out", str(blocker / "run")]) == 2
+    assert "python -m asl.bench: error:" in capsys.readouterr().err

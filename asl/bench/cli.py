@@ -111,7 +111,10 @@ def resolve(args):
         folder = resolve_checkpoint(args.model)
     except ValueError as e:
         raise ValueError(f"--model: {e}") from None
-    config = ModelConfig.from_hf(json.loads((folder / "config.json").read_text()))
+    try:
+        config = ModelConfig.from_hf(json.loads((folder / "config.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--model: {folder / 'config.json'} cannot be read as a model config: {e}") from None
     limit = config.max_position_embeddings - 256  # room for the answer
     too_long = [n for n in args.lengths if n > limit]
     if too_long:

@@ -23,7 +23,12 @@ def check_resume(out: pathlib.Path, config: dict, force: bool) -> dict:
     """The configuration to record in `out`: the new one merged with what the folder holds.
     Raises ValueError naming what changed when the folder holds another run (unless `force`,
     which discards the folder's results first)."""
-    old = store.load_config(out)
+    try:
+        old = store.load_config(out)
+    except ValueError:
+        if not force:
+            raise
+        old = {}
     if old is None:
         return config
     changed = _changes(old, config)

@@ -86,7 +86,13 @@ def consolidate(out: pathlib.Path, order: dict[tuple, int], extra: list[dict] = 
 
 def load_config(out: pathlib.Path) -> dict | None:
     path = out / CONFIG
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--out {out}: {CONFIG} is not valid JSON ({e}); give another --out, or --force to start "
+                         "afresh there") from None
 
 
 def write_config(out: pathlib.Path, config: dict) -> None:
