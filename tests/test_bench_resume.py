@@ -166,3 +166,21 @@ def test_an_out_that_cannot_be_created_fails_cleanly(tmp_path, capsys):
     blocker.write_text("x")
     assert main([*BASE, "--methods", "full", "--out", str(blocker / "run")]) == 2
     assert "python -m asl.bench: error:" in capsys.readouterr().err
+
+
+def test_repeats_time_each_call_several_times_and_score_the_first(tmp_path):
+    out = tmp_path / "run"
+    assert main([*BASE, "--methods", "full", "--repeats", "3", "--out", str(out)]) == 0
+    (r,) = lines(out)
+    assert len(r["ttft_runs"]) == 3 and r["ttft_s"] == sorted(r["ttft_runs"])[1]  # the median
+    assert len(r["tpot_runs"]) == 3
+    config = json.loads((out / "config.json").read_text())
+    assert config["run"]["repeats"] == 3
+
+
+def test_list_shows_each_method_with_its_parameters_on_the_model(capsys):
+    assert main(["--list", "--model", "smollm2-135m"]) == 0
+    text = capsys.readouterr().out
+    assert "fastkv           selection at a fixed layer" in text
+    assert "select_tokens=512, layer=14, window=32, kernel=7, pooling='avg'" in text  # 15 of 32 -> 14 of 30
+    assert "kv_retrieval     InfiniteBench  >= 512 tokens" in text

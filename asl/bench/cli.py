@@ -52,6 +52,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: cores / processes)")
     ap.add_argument("--compile", action="store_true", help="compile the decode step (pays off on long answers only)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run each call this many times: the first is scored, TTFT and TPOT are the median of all, "
+                         "their spread is recorded (ttft_runs, tpot_runs)")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing: rebuild the summary, table and plots of every record --out holds, with the "
@@ -92,6 +95,8 @@ def parse(argv=None):
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
     if args.select_tokens is not None and args.select_tokens < 1:
         raise ValueError(f"--select-tokens must be >= 1, got {args.select_tokens}")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -154,7 +159,8 @@ def run_config(args, params, config, threads: int, world: int) -> dict:
     return {
         "format": 2,
         "run": {"model": args.model, "dtype": args.dtype, "seed": args.seed, "device": args.device,
-                "threads": threads, "processes": world, "compile": args.compile, "torch": torch.__version__,
+                "threads": threads, "processes": world, "compile": args.compile, "repeats": args.repeats,
+                "torch": torch.__version__,
                 "transformers": transformers.__version__, "code": code_hash()},
         "policies": policies,
         "tasks": args.tasks, "lengths": args.lengths, "samples": args.samples, "budgets": args.budget,
@@ -183,7 +189,7 @@ def main(argv=None) -> int:
     try:
         args = parse(argv)
         if args.list:
-            return _list()
+            return _list(args.model)
         if args.report_only:
             from asl.bench.session import report_folder
 
@@ -197,17 +203,34 @@ def main(argv=None) -> int:
     return Session(args, folder, config, params).run()
 
 
-def _list() -> int:
-    from asl.bench.methods import DESCRIPTIONS
+def _list(model: str | None = None) -> int:
+    from asl.bench.methods import BUILTIN, DESCRIPTIONS, default_params, parse_methods
     from asl.bench.tasks import TASKS
 
     print("tasks (after; shortest --lengths):")
     for name, task in TASKS.items():
         print(f"  {name:<16} {task.source:<14} >= {task.min_length} tokens")
-    print("methods:")
-    for name, text in DESCRIPTIONS.items():
-        print(f"  {name:<16} {text}")
+    layers = _layers_of(model) if model else None
+    print("methods" + (f" (their parameters on {model}, at budget = select_tokens = 512):" if layers else ":"))
+    for name in BUILTIN:
+        print(f"  {name:<16} {DESCRIPTIONS[name]}")
+        if layers:
+            (spec,) = parse_methods(name)
+            fields = default_params(spec, model, layers, None if spec.is_full else 512, None if spec.is_full else 512)
+            print(f"  {'':<16}   {', '.join(f'{k}={v!r}' for f in fields for k, v in f.items()) or '-'}")
     print("  module:Class     your SelectionPolicy or EvictionPolicy subclass")
     print("compose a selection with an eviction: asl+snapkv, fastkv(layer=8)+streaming(sink=8);"
           " sweep with a list: asl(tau=[0.3,0.5,0.7])")
     return 0
+
+
+def _layers_of(model: str) -> int | None:
+    from asl.models.config import ModelConfig
+    from asl.models.loading import resolve_checkpoint
+
+    try:
+        folder = resolve_checkpoint(model)
+        return ModelConfig.from_hf(json.loads((folder / "config.json").read_text())).num_layers
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"(no per-model parameters: --model {model}: {e})")
+        return None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 from dataclasses import dataclass
 
@@ -49,13 +50,21 @@ def plan(tasks, lengths, samples, methods, budgets, select_tokens) -> list[Job]:
     return jobs
 
 
-def run_job(model, tokenizer, sample: Sample, job: Job, params: list[dict], compile: bool = False) -> dict:
-    """One generate call, scored. `params`: per policy of the method, its keyword arguments."""
-    selection, eviction = build(job.method, params)
+def run_job(model, tokenizer, sample: Sample, job: Job, params: list[dict], compile: bool = False,
+            repeats: int = 1) -> dict:
+    """One generate call, scored. `params`: per policy of the method, its keyword arguments.
+    With `repeats` > 1 the call runs again (fresh policies) for timing: TTFT and TPOT are the
+    medians, every run's figures are kept."""
     device = model.lm_head.weight.device
-    with PeakMemory(device) as mem:
-        out = asl.generate(model, tokenizer, sample.prompt, max_new_tokens=sample.max_new_tokens,
-                           stop=list(sample.stop) or None, selection=selection, eviction=eviction, compile=compile)
+    outs, peaks = [], []
+    for _ in range(repeats):
+        selection, eviction = build(job.method, params)
+        with PeakMemory(device) as mem:
+            outs.append(asl.generate(model, tokenizer, sample.prompt, max_new_tokens=sample.max_new_tokens,
+                                     stop=list(sample.stop) or None, selection=selection, eviction=eviction,
+                                     compile=compile))
+        peaks.append(mem.bytes)
+    out = outs[0]
     seq = out.trace.sequences[0]
     layers = model.config.num_layers
     return {
@@ -64,12 +73,15 @@ def run_job(model, tokenizer, sample: Sample, job: Job, params: list[dict], comp
         "prompt_tokens": sample.prompt_tokens, "answers": list(sample.answers), "prediction": out.text,
         "score": metrics.score(sample.metric, out.text, sample.answers),
         "partial": metrics.partial(out.text, sample.answers),
-        "ttft_s": out.trace.prefill_s, "tpot_s": out.trace.decode_s_per_token if seq.new_tokens > 1 else None,
+        "ttft_s": statistics.median(o.trace.prefill_s for o in outs),
+        "tpot_s": statistics.median(o.trace.decode_s_per_token for o in outs) if seq.new_tokens > 1 else None,
         "new_tokens": seq.new_tokens, "kv_tokens": seq.kv_tokens, "kv_bytes": seq.kv_bytes,
-        "peak_mem_bytes": mem.bytes, "selection_layer": seq.selection_layer,
+        "peak_mem_bytes": peaks[0], "selection_layer": seq.selection_layer,
         "ratios": [seq.ratios.get(layer) for layer in range(layers)] if seq.ratios else [],
         "alive_tokens": seq.alive_tokens, "policy_s": out.trace.policy_s,
         "compile_s": out.trace.compile_s, "compiles": out.trace.compiles,
+        **({"ttft_runs": [o.trace.prefill_s for o in outs], "tpot_runs": [o.trace.decode_s_per_token for o in outs]}
+           if repeats > 1 else {}),
     }
 
 
@@ -84,7 +96,7 @@ def warm_up(model, tokenizer, methods, params, budgets, select_tokens, length: i
 
 
 def run(model, tokenizer, jobs: list[Job], params: dict[tuple, list[dict]], seed: int, done: set, write, rank_label: str = "",
-        show: bool = True, compile: bool = False) -> list[dict]:
+        show: bool = True, compile: bool = False, repeats: int = 1) -> list[dict]:
     """Runs the jobs not in `done`, calling `write(record)` after each; returns the new records."""
     todo = [j for j in jobs if j.key not in done]
     records, sample, running = [], None, {}
@@ -95,7 +107,7 @@ def run(model, tokenizer, jobs: list[Job], params: dict[tuple, list[dict]], seed
         for job in todo:
             if sample is None or (sample.task, sample.length, sample.index) != (job.task, job.length, job.index):
                 sample = make_sample(job.task, tokenizer, job.length, job.index, seed)
-            record = run_job(model, tokenizer, sample, job, params[job.params_key], compile)
+            record = run_job(model, tokenizer, sample, job, params[job.params_key], compile, repeats)
             write(record)
             records.append(record)
             s = running.setdefault(job.method.label, [0.0, 0])

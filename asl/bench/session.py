@@ -194,7 +194,8 @@ class Session:
                 warm_up(model, tokenizer, args.methods, self.params, args.budget, args.select_tokens,
                         min(min(args.lengths), max(512, 2 * max(args.budget) + 64)))
             records = run(model, tokenizer, mine, self.params, args.seed, done, appender.write,
-                          rank_label="" if ranks.world == 1 else f"[{ranks.rank}]", show=True, compile=args.compile)
+                          rank_label="" if ranks.world == 1 else f"[{ranks.rank}]", show=True, compile=args.compile,
+                          repeats=args.repeats)
         except KeyboardInterrupt:
             interrupted = True
         finally:
