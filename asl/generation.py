@@ -198,6 +198,9 @@ def generate(
         raise ValueError(f"selection must be a SelectionPolicy (e.g. asl.ASL()), got {type(selection).__name__}")
     if eviction is not None and not isinstance(eviction, EvictionPolicy):
         raise ValueError(f"eviction must be an EvictionPolicy (e.g. asl.SnapKV(2048)), got {type(eviction).__name__}")
+    for policy in (selection, eviction):  # fields may have changed since construction: check them again
+        if policy is not None and hasattr(policy, "_check"):
+            policy._check()
     ids = encode(tokenizer, prompts, chat)
     limit = model.config.max_position_embeddings
     for i, x in enumerate(ids):

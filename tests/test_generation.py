@@ -139,3 +139,12 @@ def test_bad_input_is_rejected_before_work(kwargs, match, monkeypatch):
     args = {"prompt_or_prompts": "abc", "max_new_tokens": 4} | kwargs
     with pytest.raises(ValueError, match=match):
         asl.generate(ours, TOK, **args)
+
+
+def test_a_policy_field_changed_after_construction_is_checked_before_work(monkeypatch):
+    _, ours = tiny_pair("llama")
+    policy = asl.ASL(select_tokens=16, window=4, l_min=2, l_obs=2)
+    policy.tau = float("nan")
+    monkeypatch.setattr(asl.generation, "prefill", None)  # no work may start
+    with pytest.raises(ValueError, match="tau must be a finite number >= 0, got nan"):
+        asl.generate(ours, TOK, "abcdef", max_new_tokens=2, selection=policy)

@@ -206,6 +206,10 @@ class Session:
             return 130
         if ranks.main:
             _busy("at the end")
+            compiled = [r for r in records if r.get("compiles")]
+            if compiled:
+                print(f"asl.bench: {len(compiled)} of {len(records)} calls compiled a new decode graph (a new batch or "
+                      f"cache size); their {sum(r['compile_s'] for r in compiled):.1f} s are in compile_s, not in TPOT")
         gathered = dist.gather(ranks, records)
         if ranks.main:
             everything = store.consolidate(self.out, order, gathered)
