@@ -184,3 +184,13 @@ def test_list_shows_each_method_with_its_parameters_on_the_model(capsys):
     assert "fastkv           selection at a fixed layer" in text
     assert "select_tokens=512, layer=14, window=32, kernel=7, pooling='avg'" in text  # 15 of 32 -> 14 of 30
     assert "kv_retrieval     InfiniteBench  >= 512 tokens" in text
+
+
+def test_lengths_not_above_the_budget_warn_and_help_shows_defaults(tmp_path, capsys):
+    from asl.bench.cli import parser
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    main([*BASE[:4], "--lengths", "256", "--budget", "512", "--methods", "full", "--out", str(blocker / "x")])
+    assert "--lengths [256] are not above the budget 512: there every method keeps every token" in capsys.readouterr().err
+    assert "(default: 512)" in parser().format_help()

@@ -395,3 +395,21 @@ def test_a_tokenizer_auto_map_is_never_run_and_never_prompts(tmp_path):
     assert not marker.exists()  # the folder's code never ran
     assert "Do you wish to run the custom code" not in done.stdout  # transformers asked, and waited, before
     assert done.stdout.startswith("refused cannot load the tokenizer of") and "custom code" in done.stdout
+
+
+@pytest.mark.parametrize("broken, match", [("config.json", "config.json cannot be read"),
+                                           ("tokenizer.json", "cannot load the tokenizer of")])
+def test_a_broken_folder_fails_naming_the_file_before_the_weights(tmp_path, monkeypatch, broken, match):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(resolve_checkpoint("smollm2-135m"), folder)
+    (folder / broken).write_text("not json {")
+    if broken == "tokenizer.json":
+        for extra in folder.glob("*.txt"):
+            extra.unlink()
+    from asl.models import weights
+
+    monkeypatch.setattr(weights, "decoder_from_folder", None)  # the weights must not be read first
+    with pytest.raises(ValueError, match=match):
+        asl.load(folder)

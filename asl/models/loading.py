@@ -293,6 +293,10 @@ def load(name_or_path: str | os.PathLike = "smollm2-135m", dtype=None, device="c
     dtype = _dtype(dtype)
     device = _device(device)
     folder = resolve_checkpoint(name_or_path)
+    try:
+        json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{folder / 'config.json'} cannot be read: {e}") from None
     tokenizer = load_tokenizer(folder)  # its problems show before seconds of weight loading
     return decoder_from_folder(folder, dtype=dtype, device=device), tokenizer
 
