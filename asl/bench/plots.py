@@ -251,7 +251,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """
     valid = []
     for i, (x, y) in enumerate(points):
-        x, y = _num_or_inf(x), _num_or_inf(y)
+        x, y = _num(x, infinite=True), _num(y, infinite=True)  # the front is well defined with infinities
         if x is not None and y is not None:
             valid.append((x, -y, i))
     valid.sort()
@@ -268,17 +268,6 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
             best = top
         k = j
     return front
-
-
-def _num_or_inf(v):
-    """A float that may be infinite but not NaN, else None (the front is well defined with infinities)."""
-    if v is None or isinstance(v, bool):
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
 
 
 def _setting_label(row) -> str:

@@ -36,15 +36,15 @@ SIGNIFICANT_P = 0.05
 # helpers
 
 
-def _num(x):
-    """A finite float, or None (for None / NaN / non-numbers)."""
+def _num(x, infinite: bool = False):
+    """A finite float (or an infinite one, with `infinite`), else None (None / NaN / non-numbers)."""
     if x is None or isinstance(x, bool):
         return None
     try:
         v = float(x)
     except (TypeError, ValueError):
         return None
-    return v if math.isfinite(v) else None
+    return v if math.isfinite(v) or (infinite and not math.isnan(v)) else None
 
 
 def _median(values):
