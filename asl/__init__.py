@@ -1,12 +1,14 @@
 """asl: layer-wise token pruning and KV-cache reduction for LLM inference."""
+from .context import CompressedContext, compress
 from .generation import GenerationOutput, Trace, generate
 from .models import Decoder, ModelConfig
+from .models.interop import from_transformers
 from .models.loading import BUNDLED, load
 from .policies import (ASL, ASLTwoPass, EvictionPolicy, FastKV, Full, GemFilter, LayerView, PrefillInfo, Selection,
                        SelectionPolicy, SnapKV, StreamingLLM)
 
 __all__ = [
-    "ASL", "ASLTwoPass", "BUNDLED", "Decoder", "EvictionPolicy", "FastKV", "Full", "GemFilter", "GenerationOutput",
+    "ASL", "ASLTwoPass", "BUNDLED", "CompressedContext", "Decoder", "EvictionPolicy", "FastKV", "Full", "GemFilter", "GenerationOutput",
     "LayerView", "ModelConfig", "PrefillInfo", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "Trace",
-    "generate", "load",
+    "compress", "from_transformers", "generate", "load",
 ]

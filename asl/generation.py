@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .context import CompressedContext, extend
 from .models.cache import KVCache
 from .models.decoder import Decoder, decode_attention
-from .policies.base import EvictionPolicy, SelectionPolicy
+from .models.interop import as_decoder
+from .policies.base import EvictionPolicy, SelectionPolicy, check_policies
 from .prefill import prefill
 from .sampling import sample
 
@@ -136,8 +138,21 @@ def _check_args(model, prompts, max_new_tokens, temperature, top_k, top_p, stop)
     return list(prompts)
 
 
-def encode(tokenizer, prompts: list[str], chat: bool) -> list[list[int]]:
-    """Token ids per prompt, through the chat template when `chat`."""
+def _check_cache(cache, selection, eviction, chat) -> None:
+    if not isinstance(cache, CompressedContext):
+        raise ValueError(f"cache must be what asl.compress returned, got {type(cache).__name__}")
+    if selection is not None or eviction is not None:
+        raise ValueError("selection and eviction act when the context is compressed: pass them to asl.compress, "
+                         "not to generate(..., cache=...)")
+    if chat:
+        raise ValueError("chat=True cannot wrap a question asked on a compressed context: render the chat "
+                         "template's parts yourself (its prefix and the context to asl.compress, the question "
+                         "and the assistant prefix as the prompt)")
+
+
+def encode(tokenizer, prompts: list[str], chat: bool, special: bool = True) -> list[list[int]]:
+    """Token ids per prompt, through the chat template when `chat`; without the tokenizer's
+    special tokens (BOS) when not `special` (a question appended to a compressed context)."""
     if chat:
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("chat=True but the tokenizer has no chat template")
@@ -146,7 +161,7 @@ def encode(tokenizer, prompts: list[str], chat: bool) -> list[list[int]]:
             for p in prompts
         ]
         return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    return [tokenizer(p)["input_ids"] for p in prompts]
+    return [tokenizer(p, add_special_tokens=special)["input_ids"] for p in prompts]
 
 
 def left_pad(ids: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,7 +188,7 @@ def _sync(device: torch.device) -> None:
 
 @torch.inference_mode()
 def generate(
-    model: Decoder,
+    model,
     tokenizer,
     prompt_or_prompts: str | list[str],
     max_new_tokens: int = 64,
@@ -186,29 +201,32 @@ def generate(
     seed: int = 0,
     selection: SelectionPolicy | None = None,
     eviction: EvictionPolicy | None = None,
+    cache=None,
 ) -> GenerationOutput:
     """Generate from one prompt (returns str / list[int]) or a batch (lists of those).
 
-    `selection` decides which tokens propagate to deeper layers during prefill, `eviction`
-    which KV entries each layer keeps; any pair composes.
+    `model` is our Decoder or a loaded transformers model (converted once, sharing its
+    weights). `selection` decides which tokens propagate to deeper layers during prefill,
+    `eviction` which KV entries each layer keeps; any pair composes. With `cache` (what
+    `asl.compress` returned) the prompts are questions about its context: only they are
+    prefilled, over a copy of the compressed entries.
     """
     single = isinstance(prompt_or_prompts, str)
     prompts = _check_args(model, prompt_or_prompts, max_new_tokens, temperature, top_k, top_p, stop)
-    if selection is not None and not isinstance(selection, SelectionPolicy):
-        raise ValueError(f"selection must be a SelectionPolicy (e.g. asl.ASL()), got {type(selection).__name__}")
-    if eviction is not None and not isinstance(eviction, EvictionPolicy):
-        raise ValueError(f"eviction must be an EvictionPolicy (e.g. asl.SnapKV(2048)), got {type(eviction).__name__}")
-    for policy in (selection, eviction):  # fields may have changed since construction: check them again
-        if policy is not None and hasattr(policy, "_check"):
-            policy._check()
-    ids = encode(tokenizer, prompts, chat)
+    check_policies(selection, eviction)
+    if cache is not None:
+        _check_cache(cache, selection, eviction, chat)
+    model = as_decoder(model, tokenizer)
+    ids = encode(tokenizer, prompts, chat, special=cache is None)
     limit = model.config.max_position_embeddings
+    offset = 0 if cache is None else cache.next_position
     for i, x in enumerate(ids):
         if not x:
             raise ValueError(f"prompt {i} encodes to no tokens")
-        if len(x) + max_new_tokens > limit:
+        if offset + len(x) + max_new_tokens > limit:
+            before = "" if cache is None else f" after the compressed context's {offset} positions"
             raise ValueError(
-                f"prompt {i} has {len(x)} tokens; with max_new_tokens={max_new_tokens} that exceeds the "
+                f"prompt {i} has {len(x)} tokens{before}; with max_new_tokens={max_new_tokens} that exceeds the "
                 f"model's maximum of {limit} positions"
             )
     device = model.lm_head.weight.device
@@ -218,7 +236,10 @@ def generate(
 
     _sync(device)
     start = time.perf_counter()
-    pre = prefill(model, input_ids, valid, max_new_tokens, selection, eviction)
+    if cache is None:
+        pre = prefill(model, input_ids, valid, max_new_tokens, selection, eviction)
+    else:
+        pre = extend(model, cache, input_ids, valid, max_new_tokens)
     tokens = sample(pre.logits, temperature, top_k, top_p, generator)
     _sync(device)
     prefill_s = time.perf_counter() - start
@@ -227,9 +248,14 @@ def generate(
                                                (temperature, top_k, top_p, generator))
     _sync(device)
     decode_s = time.perf_counter() - start - prefill_s - compiling.seconds
-    reports = (selection.report() if selection is not None else []) or [{} for _ in ids]
+    if cache is None:
+        reports = (selection.report() if selection is not None else []) or [{} for _ in ids]
+        prompt_tokens = [len(x) for x in ids]
+    else:
+        reports = [dict(cache.report) for _ in ids]
+        prompt_tokens = [cache.context_tokens + len(x) for x in ids]
     tpot = decode_s / max(steps - compiling.steps, 1)
-    out = _finish(tokenizer, generated, pre, ids, stop, prefill_s, tpot, single, reports)
+    out = _finish(tokenizer, generated, pre, prompt_tokens, stop, prefill_s, tpot, single, reports)
     out.trace.compile_s, out.trace.compiles = compiling.seconds, compiling.steps
     return out
 
@@ -297,14 +323,14 @@ def _cut_at_stop(text: str, stop: list[str] | None) -> str:
     return text if i is None else text[:i]
 
 
-def _finish(tokenizer, generated, pre, ids, stop, prefill_s, decode_s_per_token, single, reports):
+def _finish(tokenizer, generated, pre, prompt_tokens, stop, prefill_s, decode_s_per_token, single, reports):
     per_head = pre.cache.kv_tokens()  # [L, B, G]
     seqs = []
     for b, gen in enumerate(generated):
         heads = per_head[:, b].tolist()
         seqs.append(
             SequenceTrace(
-                prompt_tokens=len(ids[b]),
+                prompt_tokens=prompt_tokens[b],
                 alive_tokens=pre.alive_tokens[b],
                 kv_tokens=[max(h) for h in heads],
                 kv_tokens_per_head=heads,

@@ -81,16 +81,18 @@ def _gather_rows(x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     return x.gather(1, idx)
 
 
-def store_layer(k, v, valid, keep: torch.Tensor | None, extra_slots: int) -> LayerCache:
-    """The layer's cache: all alive entries, or per KV head the columns `keep` [B, G, k] (-1 pads)."""
+def store_layer(k, v, tokens: Tokens, keep: torch.Tensor | None, extra_slots: int) -> LayerCache:
+    """The layer's cache: all alive entries, or per KV head the columns `keep` [B, G, k] (-1 pads);
+    each entry remembers its token's prompt index."""
     b, g, n, d = k.shape
-    valid = valid[:, None, :].expand(b, g, n)
+    valid = tokens.valid[:, None, :].expand(b, g, n)
+    index = tokens.index[:, None, :].expand(b, g, n)
     if keep is None:
-        return LayerCache.from_prefill(k, v, valid, extra_slots)
+        return LayerCache.from_prefill(k, v, valid, extra_slots, index)
     safe = keep.clamp(min=0)
     idx = safe[..., None].expand(-1, -1, -1, d)
     return LayerCache.from_prefill(k.gather(2, idx), v.gather(2, idx), (keep >= 0) & valid.gather(2, safe),
-                                   extra_slots)
+                                   extra_slots, index.gather(2, safe))
 
 
 def _check_evictions(problems: list[tuple[int, torch.Tensor]], eviction) -> None:
@@ -170,7 +172,7 @@ def _run(model, tokens: Tokens, extra_slots, selection, eviction):
             problems.append((i, keep_problems(keep, tokens.valid).any(-1)))
             keep = keep.clamp(max=tokens.valid.shape[-1] - 1)
         if not restarts:  # a first pass that restarts keeps no KV
-            layers.append(store_layer(k, v, tokens.valid, keep, extra_slots))
+            layers.append(store_layer(k, v, tokens, keep, extra_slots))
         del q, k, v, view
         if chosen is None:
             continue

@@ -19,16 +19,18 @@ class LayerCache:
     v: torch.Tensor
     valid: torch.Tensor  # [B, G, cap] bool
     filled: int  # slots taken by the prefill; generated token t goes to slot filled + t
+    index: torch.Tensor | None = None  # [B, G, filled] int32: the prompt index of each prefill entry
 
     @classmethod
-    def from_prefill(cls, k, v, valid, extra: int) -> "LayerCache":
-        """k, v [B, G, n, d] and valid [B, G, n] (already evicted); room for `extra` tokens."""
+    def from_prefill(cls, k, v, valid, extra: int, index: torch.Tensor | None = None) -> "LayerCache":
+        """k, v [B, G, n, d], valid and index [B, G, n] (already evicted); room for `extra` tokens."""
         b, g, n, d = k.shape
         cache = cls(
             k=k.new_zeros(b, g, n + extra, d),
             v=v.new_zeros(b, g, n + extra, d),
             valid=torch.zeros(b, g, n + extra, dtype=torch.bool, device=k.device),
             filled=n,
+            index=None if index is None else index.to(torch.int32),
         )
         cache.k[:, :, :n] = k
         cache.v[:, :, :n] = v

@@ -1,4 +1,4 @@
-"""Checkpoint resolution: bundled names, HF folders and GGUF files -> one HF folder.
+"""Checkpoint resolution: bundled names, HF folders, GGUF files, cached hub ids -> one HF folder.
 
 Everything downstream (model code, tokenizer, benchmarks) only ever sees a plain
 Hugging Face folder (config.json + *.safetensors + tokenizer files).  GGUF sources
@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import shutil
 import sys
 import tempfile
@@ -73,7 +74,8 @@ def load_tokenizer(folder: pathlib.Path):
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> pathlib.Path:
-    """Return an HF folder for a bundled name, an HF folder path or a .gguf file path."""
+    """Return an HF folder for a bundled name, an HF folder path, a .gguf file path or a hub id
+    cached locally."""
     key = os.fspath(name_or_path)
     if key in BUNDLED:
         return _resolve_bundled(BUNDLED[key])
@@ -86,10 +88,42 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> pathlib.Path:
         return path
     if path.is_file() and path.suffix.lower() == ".gguf":
         return _cached_gguf(path.stem, path, _sha256([path]))
+    if _HUB_ID.fullmatch(key) and not path.exists():
+        return _from_hub_cache(key)
     raise ValueError(
         f"cannot resolve checkpoint {key!r}: expected a bundled name ({', '.join(BUNDLED)}), "
-        "a path to a Hugging Face folder (config.json + *.safetensors) or a path to a .gguf file"
+        "a path to a Hugging Face folder (config.json + *.safetensors), a path to a .gguf file, "
+        "or a hub id (org/name) already in the local Hugging Face cache"
     )
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def hub_cache_dir() -> pathlib.Path:
+    """Where transformers keeps downloaded models: $HF_HUB_CACHE, else $HF_HOME/hub, else
+    ~/.cache/huggingface/hub (read at call time, so a test or a script can point elsewhere)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return pathlib.Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or pathlib.Path.home() / ".cache" / "huggingface"
+    return pathlib.Path(home).expanduser() / "hub"
+
+
+def _from_hub_cache(repo_id: str) -> pathlib.Path:
+    """The snapshot folder of `repo_id` in the local Hugging Face cache; never a download."""
+    from huggingface_hub import try_to_load_from_cache  # looks in the cache only, by design
+
+    cache = hub_cache_dir()
+    found = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache)
+    folder = pathlib.Path(found).parent if isinstance(found, str) else None
+    if folder is None or not any(folder.glob("*.safetensors")):
+        what = "has no *.safetensors weights" if folder is not None else "is not there"
+        raise ValueError(
+            f"hub id {repo_id!r}: the model {what} in the local Hugging Face cache ({cache}); asl never "
+            f"downloads. On a machine with network run `huggingface-cli download {repo_id}` and copy "
+            f"{cache / ('models--' + repo_id.replace('/', '--'))} here (or set HF_HUB_CACHE), or pass a local folder"
+        )
+    return folder
 
 
 # --- internals ---------------------------------------------------------------
@@ -284,12 +318,15 @@ def _convert_gguf(gguf: pathlib.Path, out: pathlib.Path) -> None:
 
 
 def load(name_or_path: str | os.PathLike = "smollm2-135m", dtype=None, device="cpu"):
-    """(our Decoder, tokenizer) for a bundled name, an HF folder or a .gguf file. `dtype` is a
+    """(our Decoder, tokenizer) for a bundled name, an HF folder, a .gguf file or a hub id in
+    the local Hugging Face cache. `dtype` is a
     torch dtype or its name ("bfloat16"); both are checked before any file is read."""
-    import torch
-
+    from .interop import is_transformers_model
     from .weights import decoder_from_folder
 
+    if is_transformers_model(name_or_path):
+        raise ValueError("asl.load takes a name or a path; for a transformers model you loaded, use "
+                         "asl.from_transformers(model) (it shares the weights) or pass it to asl.generate as is")
     dtype = _dtype(dtype)
     device = _device(device)
     folder = resolve_checkpoint(name_or_path)

@@ -21,6 +21,10 @@ def decoder_from_state_dict(config: ModelConfig, state: dict[str, torch.Tensor],
     if config.tie_word_embeddings:  # to_empty() gives every module its own storage: tie again
         model.lm_head.weight = model.model.embed_tokens.weight
     state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
+    if config.tie_word_embeddings:  # a tied checkpoint may store either name (transformers 5 keeps lm_head's)
+        head = state.pop("lm_head.weight", None)
+        if head is not None:
+            state.setdefault("model.embed_tokens.weight", head)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if config.tie_word_embeddings:
         missing = [k for k in missing if k != "lm_head.weight"]

@@ -145,6 +145,17 @@ class EvictionPolicy(_Validated, ABC):
         """[B, G, k] columns to store per KV head (-1 pads), or None to store all."""
 
 
+def check_policies(selection, eviction) -> None:
+    """Types first, then the fields again (they may have changed since construction)."""
+    if selection is not None and not isinstance(selection, SelectionPolicy):
+        raise ValueError(f"selection must be a SelectionPolicy (e.g. asl.ASL()), got {type(selection).__name__}")
+    if eviction is not None and not isinstance(eviction, EvictionPolicy):
+        raise ValueError(f"eviction must be an EvictionPolicy (e.g. asl.SnapKV(2048)), got {type(eviction).__name__}")
+    for policy in (selection, eviction):
+        if policy is not None and hasattr(policy, "_check"):
+            policy._check()
+
+
 # -- field checks shared by the policies -------------------------------------------------------
 
 def is_number(value) -> bool:

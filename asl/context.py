@@ -1,0 +1,161 @@
+"""Compress a context once, answer many questions on it.
+
+`compress` runs the context's prefill with the policies (a selection, an eviction, or both)
+and keeps what each layer stored. `generate(..., cache=compressed)` then runs only the
+question through every layer, each question token attending to that layer's compressed
+entries and to the question before it, and decodes as usual. The compressed entries are
+copied into each call's own buffers, so answering never changes them for the next question.
+
+Two uses (docs/algorithms.md section 12):
+- query-agnostic (like kvpress's pipeline): the policies score the context's own last
+  tokens; the question is unknown when the context is compressed.
+- query-aware: `question_hint` is appended to the context while the policies score it (so
+  it lies in their observation window), then its own entries are dropped. A causal model's
+  context entries never depend on later tokens, so what stays is exactly what a prefill of
+  context + hint would keep for the context.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .models.cache import KVCache, LayerCache
+from .models.decoder import Decoder
+from .models.interop import as_decoder
+from .policies.base import check_policies
+from .prefill import PrefillResult, positions_for, prefill
+
+
+@dataclass(frozen=True)
+class CompressedLayer:
+    k: torch.Tensor  # [G, n, d] the entries the layer kept for the context
+    v: torch.Tensor
+    valid: torch.Tensor  # [G, n] bool (a head that kept fewer entries has masked slots)
+
+
+@dataclass(frozen=True)
+class CompressedContext:
+    """What `asl.compress` returns: a reusable per-layer cache of one context."""
+
+    layers: tuple[CompressedLayer, ...]
+    next_position: int  # the position the first question token takes
+    context_tokens: int  # the context's length in tokens (hint excluded)
+    alive_tokens: tuple[int, ...]  # per layer: context tokens the layer ran on
+    kept_indices: tuple[int, ...]  # context indices alive at the last layer
+    prefill_s: float  # the context's prefill, policies included
+    policy_s: float
+    report: dict  # the selection's trace fields (selection_layer, ratios), if any
+    model_type: str
+    decoder: Decoder  # checked by identity when a question is asked
+
+    @property
+    def kv_tokens_per_head(self) -> list[list[int]]:
+        """`[L][G]`: entries kept per layer and KV head."""
+        return [layer.valid.sum(-1).tolist() for layer in self.layers]
+
+    @property
+    def kv_bytes(self) -> int:
+        k = self.layers[0].k
+        return sum(int(layer.valid.sum()) for layer in self.layers) * 2 * k.shape[-1] * k.element_size()
+
+
+def compress(model, tokenizer, context: str, selection=None, eviction=None,
+             question_hint: str | None = None) -> CompressedContext:
+    """Prefill `context` once under the policies and return its compressed cache.
+
+    The context is tokenised as given, with the tokenizer's special tokens (BOS); questions
+    asked on it later are tokenised without them and appended. `question_hint` steers
+    query-aware policies, then its entries are dropped (see the module docstring).
+    """
+    decoder = as_decoder(model, tokenizer)
+    for name, text in (("context", context), ("question_hint", question_hint)):
+        if text is None and name == "question_hint":
+            continue
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{name} must be a non-empty string, got {text!r}")
+    check_policies(selection, eviction)
+    ids = tokenizer(context)["input_ids"]
+    hint = tokenizer(question_hint, add_special_tokens=False)["input_ids"] if question_hint else []
+    if not ids:
+        raise ValueError("context encodes to no tokens")
+    limit = decoder.config.max_position_embeddings
+    if len(ids) + len(hint) >= limit:
+        raise ValueError(f"context and hint have {len(ids) + len(hint)} tokens; the model has {limit} positions")
+    device = decoder.lm_head.weight.device
+    input_ids = torch.tensor([ids + hint], device=device)
+    with torch.inference_mode():
+        start = time.perf_counter()
+        pre = prefill(decoder, input_ids, torch.ones_like(input_ids, dtype=torch.bool), 0, selection, eviction)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        prefill_s = time.perf_counter() - start
+        layers = tuple(_context_entries(layer, len(ids)) for layer in pre.cache.layers)
+    kept = [i for i in pre.kept_indices[0] if i < len(ids)]
+    # Positions go on from the context's: its own length, or after a restart (positions
+    # renumbered over the kept tokens) the number of context tokens kept.
+    next_position = len(kept) if pre.restarted else len(ids)
+    report = (selection.report() or [{}])[0] if selection is not None else {}
+    return CompressedContext(layers, next_position, len(ids), tuple(pre.alive_tokens[0]), tuple(kept), prefill_s,
+                             pre.policy_s, report, decoder.config.model_type, decoder)
+
+
+def _context_entries(layer: LayerCache, context_tokens: int) -> CompressedLayer:
+    """The layer's stored entries of sequence 0, the hint's dropped (they come last in the prompt)."""
+    valid = layer.valid[0, :, : layer.filled] & (layer.index[0] < context_tokens)
+    n = int(valid.sum(-1).max())  # entries are sorted by prompt index: the hint's are at the end
+    return CompressedLayer(layer.k[0, :, :n].clone(), layer.v[0, :, :n].clone(), valid[:, :n].clone())
+
+
+def extend(decoder: Decoder, compressed: CompressedContext, input_ids: torch.Tensor, valid: torch.Tensor,
+           extra_slots: int) -> PrefillResult:
+    """Run left-padded questions [B, m] over fresh copies of the compressed cache."""
+    if compressed.decoder is not decoder:
+        raise ValueError("cache was compressed with another model: compress the context with this one")
+    b, m = input_ids.shape
+    positions = compressed.next_position + positions_for(valid)
+    cos, sin = decoder.rope(positions, decoder.model.embed_tokens.weight.dtype)
+    h = decoder.model.embed_tokens(input_ids)
+    caches = []
+    for layer, saved in zip(decoder.layers, compressed.layers):
+        cache = _fresh(saved, b, m + extra_slots)
+        n = saved.k.shape[1]
+        q, k, v = layer.project(h, cos, sin)
+        cache.k[:, :, n : n + m] = k
+        cache.v[:, :, n : n + m] = v
+        cache.valid[:, :, n : n + m] = valid[:, None, :]
+        h = layer.finish(h, _question_attention(q, cache, n, m, valid))
+        cache.filled = n + m
+        caches.append(cache)
+    lengths = valid.sum(-1)
+    alive = [[a + int(q) for a in compressed.alive_tokens] for q in lengths]
+    kept = [list(compressed.kept_indices) + list(range(compressed.context_tokens, compressed.context_tokens + int(q)))
+            for q in lengths]
+    return PrefillResult(decoder.logits(h[:, -1]), KVCache(caches), alive, kept, positions[:, -1] + 1, 0.0, False)
+
+
+def _fresh(saved: CompressedLayer, batch: int, extra: int) -> LayerCache:
+    g, n, d = saved.k.shape
+    k = saved.k.new_zeros(batch, g, n + extra, d)
+    v = saved.v.new_zeros(batch, g, n + extra, d)
+    valid = torch.zeros(batch, g, n + extra, dtype=torch.bool, device=saved.k.device)
+    k[:, :, :n], v[:, :, :n], valid[:, :, :n] = saved.k, saved.v, saved.valid
+    return LayerCache(k, v, valid, n)
+
+
+def _question_attention(q, cache: LayerCache, n: int, m: int, valid: torch.Tensor) -> torch.Tensor:
+    """q [B, H, m, d] over the context's entries and, causally, the question's own: [B, m, H*d].
+
+    Per KV head masks (an eviction keeps different entries per head) repeated over the
+    query heads of each group; a padding query sees the context, so its softmax is defined.
+    """
+    b, heads, _, d = q.shape
+    groups = cache.k.shape[1]
+    cap = cache.k.shape[2]
+    slot = torch.arange(cap, device=q.device)
+    causal = (slot[None, :] < n) | ((slot[None, :] >= n) & (slot[None, :] - n <= torch.arange(m, device=q.device)[:, None]))
+    mask = cache.valid[:, :, None, :] & causal  # [B, G, m, cap]
+    mask = mask.repeat_interleave(heads // groups, dim=1)
+    out = torch.nn.functional.scaled_dot_product_attention(q, cache.k, cache.v, attn_mask=mask, enable_gqa=True)
+    return out.transpose(1, 2).reshape(b, m, heads * d)

@@ -1,0 +1,108 @@
+"""transformers models in: our Decoder over a loaded `*ForCausalLM`'s own parameter tensors.
+
+A researcher arrives with a model loaded their way (`AutoModelForCausalLM.from_pretrained`,
+a fine-tune, a quantisation-free checkpoint of their own). Our module names mirror
+transformers' (`model.layers.0.self_attn.q_proj`), so the conversion assigns their
+`Parameter` objects to our modules: nothing is copied, both models see the same storage
+(and any later in-place update of it), and the conversion costs no memory.
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+from .config import SUPPORTED_MODEL_TYPES, ModelConfig
+from .decoder import Decoder
+from .rope import Rope
+
+SUPPORTED_CLASSES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+
+_converted: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # hf model -> our Decoder
+
+
+def is_transformers_model(model) -> bool:
+    """A transformers PreTrainedModel (checked by class, without importing transformers)."""
+    return any(c.__module__.startswith("transformers.") and c.__name__ == "PreTrainedModel"
+               for c in type(model).__mro__)
+
+
+def from_transformers(model, tokenizer=None) -> Decoder:
+    """Our Decoder sharing `model`'s parameters (same tensors: same `data_ptr`, no copy), on
+    its device and in its dtype. `model` is a loaded Llama/Mistral/Qwen2/Qwen3 `*ForCausalLM`.
+
+    `tokenizer`, when given, only adds its EOS id to the decoder's stop ids. The result is
+    cached on the model object, so calling again (or `asl.generate(model, ...)`) converts once.
+    """
+    _check_supported(model)
+    cached = _converted.get(model)
+    if cached is not None and _still_shares(cached, model):
+        return cached
+    config = ModelConfig.from_hf(model.config)
+    eos = _eos_ids(config, model, tokenizer)
+    if eos != config.eos_token_ids:
+        config = _replace(config, eos_token_ids=eos)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    with torch.device("meta"):
+        ours = Decoder(config)
+    wanted = dict(ours.named_parameters(remove_duplicate=False))
+    missing = sorted(set(wanted) - set(params))
+    if config.tie_word_embeddings and missing == ["lm_head.weight"]:
+        missing = []  # transformers may list a tied head under the embedding's name only
+    unexpected = sorted(set(params) - set(wanted))
+    if missing or unexpected:
+        raise ValueError(f"{type(model).__name__} does not match the {config.model_type} decoder: "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    ours.load_state_dict({k: params[k] for k in wanted if k in params}, strict=False, assign=True)
+    if config.tie_word_embeddings:
+        ours.lm_head.weight = ours.model.embed_tokens.weight
+    ours.rope = Rope(config)  # its tables were made on meta; fp32, moved to the positions' device per call
+    ours.eval()
+    _converted[model] = ours
+    return ours
+
+
+def as_decoder(model, tokenizer=None) -> Decoder:
+    """`model` itself if it is our Decoder, its conversion if it is a transformers model."""
+    if isinstance(model, Decoder):
+        return model
+    if is_transformers_model(model):
+        return from_transformers(model, tokenizer)
+    raise ValueError(f"model must be an asl Decoder (from asl.load) or a transformers model "
+                     f"({', '.join(SUPPORTED_CLASSES)}), got {type(model).__name__}")
+
+
+def _check_supported(model) -> None:
+    if not is_transformers_model(model):
+        raise ValueError(f"from_transformers takes a transformers model ({', '.join(SUPPORTED_CLASSES)}), "
+                         f"got {type(model).__name__}")
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES or not type(model).__name__.endswith("ForCausalLM"):
+        raise ValueError(f"{type(model).__name__} (model_type {model_type!r}) is not supported; supported: "
+                         f"{', '.join(SUPPORTED_CLASSES)} (a causal LM with its lm_head, not the bare model)")
+    devices = {p.device for p in model.parameters()}
+    if len(devices) > 1 or torch.device("meta") in devices:
+        raise ValueError(f"the model's parameters must all be loaded on one device, found {sorted(map(str, devices))} "
+                         "(a device_map that splits or offloads the model is not supported)")
+
+
+def _still_shares(ours: Decoder, model) -> bool:
+    """The cached conversion still holds the model's parameters (`model.to(...)` moves them in
+    place, which we follow; a replaced parameter makes the conversion stale)."""
+    return ours.model.embed_tokens.weight is model.get_input_embeddings().weight and \
+        ours.lm_head.weight is model.get_output_embeddings().weight
+
+
+def _eos_ids(config: ModelConfig, model, tokenizer) -> tuple[int, ...]:
+    ids = list(config.eos_token_ids)
+    extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    extra = extra if isinstance(extra, (list, tuple)) else [extra]
+    extra.append(getattr(tokenizer, "eos_token_id", None))
+    ids += [int(i) for i in extra if i is not None and int(i) not in ids]
+    return tuple(ids)
+
+
+def _replace(config: ModelConfig, **changes) -> ModelConfig:
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
