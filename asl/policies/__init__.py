@@ -1,6 +1,12 @@
-"""Selection policies (which tokens propagate) and eviction policies (which KV entries stay)."""
+"""Selection policies (which tokens propagate) and eviction policies (which KV entries stay).
+
+`top_prefix`, `sort_keep` and `fill_unevicted` are the helpers the shipped policies build
+their index lists with (stable top-k, -1 pads last, short sequences kept whole): a policy of
+your own can use them too.
+"""
 from .asl import ASL
-from .base import EvictionPolicy, LayerView, PrefillInfo, Selection, SelectionPolicy
+from .base import (EvictionPolicy, LayerView, PrefillInfo, Selection, SelectionPolicy, fill_unevicted, sort_keep,
+                   top_prefix)
 from .fixed import FastKV
 from .full import Full
 from .gemfilter import ASLTwoPass, GemFilter
@@ -8,4 +14,4 @@ from .snapkv import SnapKV
 from .streaming import StreamingLLM
 
 __all__ = ["ASL", "ASLTwoPass", "EvictionPolicy", "FastKV", "Full", "GemFilter", "LayerView", "PrefillInfo",
-           "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM"]
+           "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "fill_unevicted", "sort_keep", "top_prefix"]

@@ -109,6 +109,23 @@ def top_prefix(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return torch.where(slot < counts, order, -1)
 
 
+def fill_unevicted(keep: torch.Tensor, view: LayerView, evict: torch.Tensor) -> torch.Tensor:
+    """Rows of sequences that fit their budget keep every real column instead ([B, G, k], -1 pads)."""
+    width, g = view.width, keep.shape[1]
+    out = []
+    for b, alive in enumerate(view.alive.tolist()):
+        if bool(evict[b]):
+            out.append(keep[b])
+        else:
+            cols = torch.arange(width - alive, width, device=keep.device)
+            out.append(cols.expand(g, -1))
+    k = max(x.shape[-1] for x in out)
+    padded = torch.full((len(out), g, k), -1, dtype=torch.long, device=keep.device)
+    for b, x in enumerate(out):
+        padded[b, :, : x.shape[-1]] = x
+    return sort_keep(padded)
+
+
 class _Validated:
     """Dataclass policies check their fields on construction (`_check`) and against the model (`begin`)."""
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import (EvictionPolicy, LayerView, check_kernel, check_pooling, check_positive_int, check_window_below,
-                   sort_keep, top_prefix)
+                   fill_unevicted, top_prefix)
 
 
 @dataclass
@@ -42,18 +42,3 @@ class SnapKV(EvictionPolicy):
         return fill_unevicted(keep, view, evict)
 
 
-def fill_unevicted(keep: torch.Tensor, view: LayerView, evict: torch.Tensor) -> torch.Tensor:
-    """Rows of sequences that fit their budget keep every real column instead ([B, G, k], -1 pads)."""
-    width, g = view.width, keep.shape[1]
-    out = []
-    for b, alive in enumerate(view.alive.tolist()):
-        if bool(evict[b]):
-            out.append(keep[b])
-        else:
-            cols = torch.arange(width - alive, width, device=keep.device)
-            out.append(cols.expand(g, -1))
-    k = max(x.shape[-1] for x in out)
-    padded = torch.full((len(out), g, k), -1, dtype=torch.long, device=keep.device)
-    for b, x in enumerate(out):
-        padded[b, :, : x.shape[-1]] = x
-    return sort_keep(padded)

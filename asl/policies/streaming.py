@@ -5,8 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import EvictionPolicy, LayerView, check_positive_int
-from .snapkv import fill_unevicted
+from .base import EvictionPolicy, LayerView, check_positive_int, fill_unevicted
 
 
 @dataclass
