@@ -4,11 +4,11 @@ from .generation import GenerationOutput, Trace, generate
 from .models import Decoder, ModelConfig
 from .models.interop import from_transformers
 from .models.loading import BUNDLED, load
-from .policies import (ASL, ASLTwoPass, EvictionPolicy, FastKV, Full, GemFilter, LayerView, PrefillInfo, Selection,
-                       SelectionPolicy, SnapKV, StreamingLLM)
+from .policies import (ASL, ASLTwoPass, DecodeView, EvictionPolicy, FastKV, Full, GemFilter, LayerView, PrefillInfo,
+                       PyramidInfer, PyramidInferDecode, Selection, SelectionPolicy, SnapKV, StreamingLLM)
 
 __all__ = [
-    "ASL", "ASLTwoPass", "BUNDLED", "CompressedContext", "Decoder", "EvictionPolicy", "FastKV", "Full", "GemFilter", "GenerationOutput",
-    "LayerView", "ModelConfig", "PrefillInfo", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "Trace",
+    "ASL", "ASLTwoPass", "BUNDLED", "CompressedContext", "DecodeView", "Decoder", "EvictionPolicy", "FastKV", "Full", "GemFilter", "GenerationOutput",
+    "LayerView", "ModelConfig", "PrefillInfo", "PyramidInfer", "PyramidInferDecode", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "Trace",
     "compress", "from_transformers", "generate", "load",
 ]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .context import CompressedContext, extend
+from .decoding import DecodeEviction
 from .models.cache import KVCache
 from .models.decoder import Decoder, decode_attention
 from .models.interop import as_decoder
@@ -34,6 +35,7 @@ class SequenceTrace:
     selection_layer: int | None = None  # the layer after which tokens were selected, if any
     ratios: dict[int, float] = field(default_factory=dict)  # ASL: variance ratio per evaluated layer
     kept_indices: list[int] = field(default_factory=list)  # prompt indices alive at the last layer
+    peak_kv_tokens: list[int] = field(default_factory=list)  # per layer: most entries one KV head held while decoding
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Trace:
     sequences: list[SequenceTrace] = field(default_factory=list)
     compile_s: float = 0.0  # torch.compile tracing during decode (compile=True), kept out of decode_s_per_token
     compiles: int = 0  # decode steps that compiled a new graph (0 once every shape is warm)
+    decode_compactions: int = 0  # layer caches a decode-time eviction compacted
 
     def _single(self, name: str):
         if len(self.sequences) != 1:
@@ -83,8 +86,11 @@ class GenerationOutput:
     trace: Trace
 
 
-def decode_step(model: Decoder, tokens, positions, slots, ks, vs, valids) -> torch.Tensor:
-    """Feed tokens [B] at positions [B]; layer l writes slot slots[l]. Returns logits [B, V]."""
+def decode_step(model: Decoder, tokens, positions, slots, ks, vs, valids, qs=None, qslot=None) -> torch.Tensor:
+    """Feed tokens [B] at positions [B]; layer l writes slot slots[l]. Returns logits [B, V].
+
+    With `qs` (an eviction that reads recent queries), layer l also writes its query into
+    the ring qs[l] at qslot [1]."""
     h = model.model.embed_tokens(tokens[:, None])
     cos, sin = model.rope(positions[:, None], h.dtype)
     for i, layer in enumerate(model.layers):
@@ -93,6 +99,8 @@ def decode_step(model: Decoder, tokens, positions, slots, ks, vs, valids) -> tor
         ks[i].index_copy_(2, slot, k)
         vs[i].index_copy_(2, slot, v)
         valids[i].index_fill_(2, slot, True)
+        if qs is not None:
+            qs[i].index_copy_(2, qslot, q)
         h = layer.finish(h, decode_attention(q, ks[i], vs[i], valids[i]))
     return model.logits(h[:, -1])
 
@@ -243,9 +251,10 @@ def generate(
     tokens = sample(pre.logits, temperature, top_k, top_p, generator)
     _sync(device)
     prefill_s = time.perf_counter() - start
+    kv_after_prefill = pre.cache.kv_tokens()  # [L, B, G], before decoding may evict
 
-    generated, steps, compiling = _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compile,
-                                               (temperature, top_k, top_p, generator))
+    generated, steps, compiling, evicting = _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop,
+                                                         compile, (temperature, top_k, top_p, generator), eviction)
     _sync(device)
     decode_s = time.perf_counter() - start - prefill_s - compiling.seconds
     if cache is None:
@@ -255,7 +264,11 @@ def generate(
         reports = [dict(cache.report) for _ in ids]
         prompt_tokens = [cache.context_tokens + len(x) for x in ids]
     tpot = decode_s / max(steps - compiling.steps, 1)
-    out = _finish(tokenizer, generated, pre, prompt_tokens, stop, prefill_s, tpot, single, reports)
+    peaks = evicting.peak_kv_tokens() if evicting is not None else \
+        [[max(heads) + steps for heads in kv_after_prefill[:, b].tolist()] for b in range(len(ids))]
+    reports = [{**report, "peak_kv_tokens": peak} for report, peak in zip(reports, peaks)]
+    out = _finish(tokenizer, generated, pre, kv_after_prefill, prompt_tokens, stop, prefill_s, tpot, single, reports)
+    out.trace.decode_compactions = evicting.compactions if evicting is not None else 0
     out.trace.compile_s, out.trace.compiles = compiling.seconds, compiling.steps
     return out
 
@@ -274,11 +287,13 @@ def _graphs() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
-def _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compile, sampling):
-    """Returns the generated ids per sequence (EOS included) and the number of decode steps."""
+def _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compile, sampling, eviction=None):
+    """Returns the generated ids per sequence (EOS included), the number of decode steps, the
+    compile record and, with a decode-time eviction, its record."""
     cache: KVCache = pre.cache
     step_fn = _step_fn(compile)
     ks, vs, valids = [c.k for c in cache.layers], [c.v for c in cache.layers], [c.valid for c in cache.layers]
+    evicting = DecodeEviction(eviction, cache, pre) if eviction is not None and eviction.every > 0 else None
     batch = tokens.shape[0]
     generated: list[list[int]] = [[] for _ in range(batch)]
     done = torch.zeros(batch, dtype=torch.bool, device=tokens.device)
@@ -292,15 +307,22 @@ def _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compi
         if bool(done.all()) or t == max_new_tokens - 1:
             break
         step = torch.tensor(t, device=tokens.device)
+        positions = pre.next_positions + t
+        if evicting is not None:  # between steps, outside the compiled graph, in the same buffers
+            slots, extra = evicting.before_step(t, positions), evicting.step_inputs()
+        else:
+            slots, extra = cache.write_slots(step), ()
         graphs, begun = (_graphs(), time.perf_counter()) if compile else (0, 0.0)
-        logits = step_fn(model, tokens, pre.next_positions + t, cache.write_slots(step), ks, vs, valids)
+        logits = step_fn(model, tokens, positions, slots, ks, vs, valids, *extra)
+        if evicting is not None:
+            evicting.after_step()
         if compile and _graphs() != graphs:  # this step compiled (a new shape): its time is compile time
             _sync(tokens.device)
             compiling.steps += 1
             compiling.seconds += time.perf_counter() - begun
         tokens = sample(logits, *sampling)
         steps += 1
-    return generated, steps, compiling
+    return generated, steps, compiling, evicting
 
 
 _LEAD = " \t\r\n:.,;-*`\"'"  # what an answer may start with before its first word
@@ -323,8 +345,8 @@ def _cut_at_stop(text: str, stop: list[str] | None) -> str:
     return text if i is None else text[:i]
 
 
-def _finish(tokenizer, generated, pre, prompt_tokens, stop, prefill_s, decode_s_per_token, single, reports):
-    per_head = pre.cache.kv_tokens()  # [L, B, G]
+def _finish(tokenizer, generated, pre, per_head, prompt_tokens, stop, prefill_s, decode_s_per_token, single, reports):
+    """per_head [L, B, G]: the entries each layer and KV head stored after the prefill."""
     seqs = []
     for b, gen in enumerate(generated):
         heads = per_head[:, b].tolist()
@@ -340,7 +362,7 @@ def _finish(tokenizer, generated, pre, prompt_tokens, stop, prefill_s, decode_s_
                 **reports[b],
             )
         )
-    trace = Trace(prefill_s, decode_s_per_token, pre.cache.kv_bytes(), pre.policy_s, seqs)
+    trace = Trace(prefill_s, decode_s_per_token, int(per_head.sum()) * pre.cache.entry_bytes, pre.policy_s, seqs)
     texts = [_cut_at_stop(tokenizer.decode(g, skip_special_tokens=True), stop) for g in generated]
     if single:
         return GenerationOutput(texts[0], generated[0], trace)

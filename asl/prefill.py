@@ -81,18 +81,20 @@ def _gather_rows(x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     return x.gather(1, idx)
 
 
-def store_layer(k, v, tokens: Tokens, keep: torch.Tensor | None, extra_slots: int) -> LayerCache:
+def store_layer(k, v, tokens: Tokens, keep: torch.Tensor | None, extra_slots: int,
+                with_positions: bool = False) -> LayerCache:
     """The layer's cache: all alive entries, or per KV head the columns `keep` [B, G, k] (-1 pads);
-    each entry remembers its token's prompt index."""
+    each entry remembers its token's prompt index (and position, for a decode-time eviction)."""
     b, g, n, d = k.shape
     valid = tokens.valid[:, None, :].expand(b, g, n)
     index = tokens.index[:, None, :].expand(b, g, n)
+    pos = tokens.positions[:, None, :].expand(b, g, n) if with_positions else None
     if keep is None:
-        return LayerCache.from_prefill(k, v, valid, extra_slots, index)
+        return LayerCache.from_prefill(k, v, valid, extra_slots, index, pos)
     safe = keep.clamp(min=0)
     idx = safe[..., None].expand(-1, -1, -1, d)
     return LayerCache.from_prefill(k.gather(2, idx), v.gather(2, idx), (keep >= 0) & valid.gather(2, safe),
-                                   extra_slots, index.gather(2, safe))
+                                   extra_slots, index.gather(2, safe), None if pos is None else pos.gather(2, safe))
 
 
 def _check_evictions(problems: list[tuple[int, torch.Tensor]], eviction) -> None:
@@ -151,6 +153,8 @@ def _run(model, tokens: Tokens, extra_slots, selection, eviction):
     """One pass over the layers. Returns a PrefillResult, or (selection, policy_s) on a restart."""
     dtype = model.model.embed_tokens.weight.dtype
     restarts = getattr(selection, "restarts", False)
+    decoding = eviction is not None and eviction.every > 0  # it evicts during decoding too
+    recent = eviction.recent_queries(int(tokens.valid.sum(-1).max())) if decoding else 0
     mask = attention_mask_for(tokens.valid)
     cos, sin = model.rope(tokens.positions, dtype)
     h = model.model.embed_tokens(tokens.ids)
@@ -172,7 +176,9 @@ def _run(model, tokens: Tokens, extra_slots, selection, eviction):
             problems.append((i, keep_problems(keep, tokens.valid).any(-1)))
             keep = keep.clamp(max=tokens.valid.shape[-1] - 1)
         if not restarts:  # a first pass that restarts keeps no KV
-            layers.append(store_layer(k, v, tokens, keep, extra_slots))
+            layers.append(store_layer(k, v, tokens, keep, extra_slots, decoding))
+            if recent:
+                layers[-1].keep_queries(q, tokens.valid, tokens.positions, recent)
         del q, k, v, view
         if chosen is None:
             continue

@@ -223,7 +223,8 @@ POLICIES = {
     "fastkv+snapkv": lambda: (asl.FastKV(layer=5, select_tokens=32, window=4), asl.SnapKV(budget=40, window=8)),
     "gemfilter": lambda: (asl.GemFilter(layer=4, select_tokens=30), None),
     "asl-2pass": lambda: (asl.ASLTwoPass(tau=1.5, l_min=4, l_obs=3, select_tokens=30, window=6), None),
-    "streaming": lambda: (None, asl.StreamingLLM(budget=40, sink=4)),
+    "streaming": lambda: (None, asl.StreamingLLM(budget=40, sink=4)),  # rolling while decoding
+    "pyramidinfer": lambda: (asl.PyramidInfer(r=0.5, min_context=8), asl.PyramidInferDecode(exceed=4)),
     "full": lambda: (None, asl.Full()),
 }
 
@@ -241,6 +242,7 @@ def test_batch_equals_one_by_one(model, name):
         assert seq.kept_indices == alone.trace.kept_indices
         assert seq.kv_tokens_per_head == alone.trace.kv_tokens_per_head
         assert seq.alive_tokens == alone.trace.alive_tokens
+        assert seq.peak_kv_tokens == alone.trace.sequences[0].peak_kv_tokens
     assert any(s.selection_layer is not None for s in batch.trace.sequences) or selection is None
 
 

@@ -5,6 +5,7 @@ Spec syntax (`--methods`, comma-separated):
 
     full                          the full cache
     snapkv, streaming             eviction only
+    pyramidinfer                  pyramidinfer-prefill+pyramidinfer-decode (its paper's method)
     asl, fastkv, gemfilter, asl-2pass, mypkg.mod:MySelection
                                   selection only: the layers before the selection keep the KV of
                                   the whole prompt, later layers that of the selected tokens (the
@@ -25,11 +26,17 @@ import importlib
 import itertools
 from dataclasses import dataclass, field
 
-from asl.policies import ASL, ASLTwoPass, EvictionPolicy, FastKV, Full, GemFilter, SelectionPolicy, SnapKV, StreamingLLM
+from asl.policies import (ASL, ASLTwoPass, EvictionPolicy, FastKV, Full, GemFilter, PyramidInfer, PyramidInferDecode,
+                          SelectionPolicy, SnapKV, StreamingLLM)
 
-SELECTIONS = {"fastkv": FastKV, "asl": ASL, "gemfilter": GemFilter, "asl-2pass": ASLTwoPass}
-EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM}
-BUILTIN = ("full", "snapkv", "streaming", "fastkv", "asl", "gemfilter", "asl-2pass")
+SELECTIONS = {"fastkv": FastKV, "asl": ASL, "gemfilter": GemFilter, "asl-2pass": ASLTwoPass,
+              "pyramidinfer-prefill": PyramidInfer}
+EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM, "pyramidinfer-decode": PyramidInferDecode}
+# A method that is a selection and an eviction in one paper: its name stands for both (its
+# arguments go to the first).
+ALIASES = {"pyramidinfer": ("pyramidinfer-prefill", "pyramidinfer-decode")}
+BUILTIN = ("full", "snapkv", "streaming", "fastkv", "asl", "gemfilter", "asl-2pass", "pyramidinfer",
+           "pyramidinfer-prefill", "pyramidinfer-decode")
 DESCRIPTIONS = {
     "full": "the full cache (no selection, no eviction)",
     "snapkv": "eviction: per layer and KV head, the most attended prefix entries plus the window",
@@ -38,6 +45,9 @@ DESCRIPTIONS = {
     "asl": "selection at the first layer where the rank variance settles below tau (ASL)",
     "gemfilter": "selection from the last query at a layer, then a second pass on the kept tokens",
     "asl-2pass": "ASL's choice of tokens, then a second pass on them like GemFilter",
+    "pyramidinfer": "PyramidInfer as its paper runs it: pyramidinfer-prefill+pyramidinfer-decode",
+    "pyramidinfer-prefill": "selection after every layer: the context the recent queries attend to most",
+    "pyramidinfer-decode": "eviction while decoding: the entries before the recent window, recompressed",
 }
 PAPER_LAYERS = 32  # FastKV (layer 15), GemFilter (13) and ASL (l_min 10) are tuned on 32-layer models
 
@@ -176,6 +186,8 @@ def _check_composition(parts: list[PolicySpec], text: str) -> None:
 def parse_method(text: str) -> list[MethodSpec]:
     """One `--methods` entry, its sweeps expanded."""
     parts = [_parse_policy(p, text) for p in split_top_level(text, "+")]
+    parts = [PolicySpec(name, p.kwargs if i == 0 else {}) for p in parts
+             for i, name in enumerate(ALIASES.get(p.name, (p.name,)))]
     if not parts:
         raise ValueError(f"--methods: {text!r} names no policy")
     if any(p.name == "full" for p in parts) and len(parts) > 1:
@@ -211,6 +223,8 @@ def _builtin_defaults(name: str, model_name: str, num_layers: int) -> dict:
         "gemfilter": {"layer": scaled_layer(13, num_layers)},
         "asl": asl,
         "asl-2pass": asl,
+        "pyramidinfer-prefill": {},
+        "pyramidinfer-decode": {},
     }[name]
 
 

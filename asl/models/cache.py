@@ -20,10 +20,17 @@ class LayerCache:
     valid: torch.Tensor  # [B, G, cap] bool
     filled: int  # slots taken by the prefill; generated token t goes to slot filled + t
     index: torch.Tensor | None = None  # [B, G, filled] int32: the prompt index of each prefill entry
+    # Kept only for an eviction that acts during decoding (EvictionPolicy.every > 0):
+    positions: torch.Tensor | None = None  # [B, G, cap] int64: each slot's position
+    queries: torch.Tensor | None = None  # [B, H, q, d] ring of the layer's latest queries
+    query_valid: torch.Tensor | None = None  # [B, q]
+    query_positions: torch.Tensor | None = None  # [B, q]
 
     @classmethod
-    def from_prefill(cls, k, v, valid, extra: int, index: torch.Tensor | None = None) -> "LayerCache":
-        """k, v [B, G, n, d], valid and index [B, G, n] (already evicted); room for `extra` tokens."""
+    def from_prefill(cls, k, v, valid, extra: int, index: torch.Tensor | None = None,
+                     positions: torch.Tensor | None = None) -> "LayerCache":
+        """k, v [B, G, n, d], valid, index and positions [B, G, n] (already evicted); room for
+        `extra` tokens. `positions` only when the eviction acts during decoding."""
         b, g, n, d = k.shape
         cache = cls(
             k=k.new_zeros(b, g, n + extra, d),
@@ -35,7 +42,37 @@ class LayerCache:
         cache.k[:, :, :n] = k
         cache.v[:, :, :n] = v
         cache.valid[:, :, :n] = valid
+        if positions is not None:
+            cache.positions = torch.full((b, g, n + extra), -1, dtype=torch.long, device=k.device)
+            cache.positions[:, :, :n] = positions
         return cache
+
+    def keep_queries(self, q: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor, count: int) -> None:
+        """Start the ring of latest queries with the prefill's last `count` (q [B, H, n, d])."""
+        b, h, n, d = q.shape
+        take = min(count, n)
+        self.queries = q.new_zeros(b, h, count, d)
+        self.query_valid = torch.zeros(b, count, dtype=torch.bool, device=q.device)
+        self.query_positions = torch.zeros(b, count, dtype=torch.long, device=q.device)
+        self.queries[:, :, count - take:] = q[:, :, n - take:]
+        self.query_valid[:, count - take:] = valid[:, n - take:]
+        self.query_positions[:, count - take:] = positions[:, n - take:]
+
+    def compact(self, keep: torch.Tensor) -> int:
+        """Move the slots `keep` [B, G, k] (sorted, -1 pads) to the front, in place (the static
+        buffers stay, so a compiled decode step is not traced again). Returns k, the next slot."""
+        b, g, k = keep.shape
+        safe = keep.clamp(min=0)
+        idx = safe[..., None].expand(-1, -1, -1, self.k.shape[-1])
+        kept_k, kept_v = self.k.gather(2, idx), self.v.gather(2, idx)
+        kept_valid = self.valid.gather(2, safe) & (keep >= 0)
+        kept_pos = self.positions.gather(2, safe)
+        self.k[:, :, :k], self.v[:, :, :k] = kept_k, kept_v
+        self.valid.fill_(False)
+        self.valid[:, :, :k] = kept_valid
+        self.positions.fill_(-1)
+        self.positions[:, :, :k] = kept_pos.masked_fill(~kept_valid, -1)
+        return k
 
     def kv_tokens(self) -> torch.Tensor:
         """Entries stored by the prefill, per sequence and KV head: [B, G]."""
@@ -65,5 +102,5 @@ class KVCache:
         return int(self.kv_tokens().sum().item()) * self.entry_bytes
 
     def write_slots(self, step: torch.Tensor) -> torch.Tensor:
-        """Slot of generated token `step` in each layer: [L] int64."""
+        """Slot of generated token `step` in each layer: [L] int64 (no decode-time eviction)."""
         return self.filled + step

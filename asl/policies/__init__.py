@@ -5,13 +5,14 @@ their index lists with (stable top-k, -1 pads last, short sequences kept whole):
 your own can use them too.
 """
 from .asl import ASL
-from .base import (EvictionPolicy, LayerView, PrefillInfo, Selection, SelectionPolicy, fill_unevicted, sort_keep,
+from .base import (DecodeView, EvictionPolicy, LayerView, PrefillInfo, Selection, SelectionPolicy, fill_unevicted, sort_keep,
                    top_prefix)
 from .fixed import FastKV
 from .full import Full
 from .gemfilter import ASLTwoPass, GemFilter
+from .pyramidinfer import PyramidInfer, PyramidInferDecode
 from .snapkv import SnapKV
 from .streaming import StreamingLLM
 
-__all__ = ["ASL", "ASLTwoPass", "EvictionPolicy", "FastKV", "Full", "GemFilter", "LayerView", "PrefillInfo",
-           "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "fill_unevicted", "sort_keep", "top_prefix"]
+__all__ = ["ASL", "ASLTwoPass", "DecodeView", "EvictionPolicy", "FastKV", "Full", "GemFilter", "LayerView", "PrefillInfo",
+           "PyramidInfer", "PyramidInferDecode", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "fill_unevicted", "sort_keep", "top_prefix"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -152,7 +153,15 @@ class SelectionPolicy(_Validated, ABC):
 
 
 class EvictionPolicy(_Validated, ABC):
-    """Decides which KV entries each layer stores for decoding."""
+    """Decides which KV entries each layer stores for decoding, and may evict while decoding.
+
+    `keep` acts once, at the end of each layer's prefill. A policy that also evicts during
+    generation sets `every` (a field: every how many new tokens `during_decode` is called,
+    before the step that writes the next token; 0, the default, never) and overrides
+    `during_decode`; `recent_queries` says how many of each layer's latest queries it reads.
+    """
+
+    every: ClassVar[int] = 0
 
     def begin(self, prefill: PrefillInfo) -> None:
         """Called once before any compute: check parameters against the model, reset state."""
@@ -160,6 +169,47 @@ class EvictionPolicy(_Validated, ABC):
     @abstractmethod
     def keep(self, layer: int, view: LayerView) -> torch.Tensor | None:
         """[B, G, k] columns to store per KV head (-1 pads), or None to store all."""
+
+    def during_decode(self, layer: int, view: DecodeView) -> torch.Tensor | None:
+        """[B, G, k] slots of the layer's cache to keep (sorted, -1 pads), or None to keep all."""
+        return None
+
+    def recent_queries(self, prompt_length: int) -> int:
+        """How many of each layer's latest queries (prompt and generated) `during_decode` reads."""
+        return 0
+
+
+class DecodeView:
+    """One layer's decoding cache between two steps, for `EvictionPolicy.during_decode`.
+
+    keys / values [B, G, cap, d] and `valid`, `positions` [B, G, cap] are the layer's static
+    buffers (read them, do not write): slots `[0, length)` are in use, in the order their
+    tokens came (prompt entries by position, then one slot per generated token). `queries`
+    [B, H, q, d] are the layer's latest q post-RoPE queries, oldest first, with
+    `query_valid` [B, q] (False where a short prompt had fewer) and `query_positions` [B, q].
+    `step` is the number of tokens generated so far (the next step writes token `step`).
+    """
+
+    def __init__(self, layer, keys, values, valid, positions, length, step, queries=None, query_valid=None,
+                 query_positions=None, prompt_lengths=()):
+        self.layer, self.keys, self.values, self.valid, self.positions = layer, keys, values, valid, positions
+        self.length, self.step, self.prompt_lengths = length, step, prompt_lengths
+        self.queries, self.query_valid, self.query_positions = queries, query_valid, query_positions
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """[B, G] entries in use per sequence and KV head."""
+        return self.valid[:, :, : self.length].sum(-1)
+
+
+def keep_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """[..., n] bool -> the True columns in order, [..., k] with -1 pads (k the largest count)."""
+    n = mask.shape[-1]
+    cols = torch.arange(n, device=mask.device).expand_as(mask)
+    ordered = torch.where(mask, cols, n).sort(-1).values
+    k = int(mask.sum(-1).max()) if mask.numel() else 0
+    ordered = ordered[..., :k]
+    return torch.where(ordered == n, -1, ordered)
 
 
 def check_policies(selection, eviction) -> None:

@@ -5,25 +5,34 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import EvictionPolicy, LayerView, check_positive_int, fill_unevicted
+from .base import DecodeView, EvictionPolicy, LayerView, check_positive_int, fill_unevicted, keep_from_mask
 
 
 @dataclass
 class StreamingLLM(EvictionPolicy):
     """StreamingLLM (Xiao et al., arXiv 2309.17453): attention sinks plus the most recent tokens.
 
-    Evicts at the prefill only (decoding appends), at original positions; the original keeps
-    rolling during decoding, with positions inside the cache. docs/algorithms.md section 6.
+    At the end of the prefill, and (`rolling`, as the paper runs it) before every decoding
+    step, so the cache never holds more than `budget` entries however long the answer.
+    Original positions are kept (the paper renumbers within the cache).
+    `rolling=False` evicts at the prefill only. docs/algorithms.md section 6.
     """
 
     budget: int = 2048  # KV entries per KV head per layer, sink included
     sink: int = 4
+    rolling: bool = True
+
+    @property
+    def every(self) -> int:
+        return 1 if self.rolling else 0
 
     def _check(self) -> None:
         check_positive_int("budget", self.budget)
         check_positive_int("sink", self.sink, 0)
         if self.sink >= self.budget:
             raise ValueError(f"sink ({self.sink}) must be smaller than budget ({self.budget})")
+        if not isinstance(self.rolling, bool):
+            raise ValueError(f"rolling must be True or False, got {self.rolling!r}")
 
     def keep(self, layer: int, view: LayerView) -> torch.Tensor | None:
         alive = view.alive
@@ -36,3 +45,14 @@ class StreamingLLM(EvictionPolicy):
                 for a in alive.tolist()]
         keep = torch.stack(rows)[:, None].expand(-1, g, -1)
         return fill_unevicted(keep, view, evict)
+
+    def during_decode(self, layer: int, view: DecodeView) -> torch.Tensor | None:
+        """Before a step: where a head holds `budget` entries, drop the oldest after the sinks,
+        so the step's new entry brings it back to `budget`."""
+        valid = view.valid[:, :, : view.length]
+        rank = valid.cumsum(-1)  # 1 = the oldest entry in use
+        count = rank[..., -1:]
+        if not bool((count >= self.budget).any()):
+            return None
+        recent = count - rank < self.budget - 1 - self.sink
+        return keep_from_mask(valid & ((rank <= self.sink) | recent))

@@ -1,0 +1,93 @@
+"""Eviction during decoding: between two steps, outside the compiled graph, in the same buffers.
+
+An eviction policy with `every > 0` is asked, before every `every`-th step, which slots of
+each layer's cache to keep (`EvictionPolicy.during_decode`). The kept slots move to the
+front of the layer's static buffers and the layer writes its next token after them, so the
+compiled one-token step sees the same shapes and is never traced again; only the per-layer
+write slots (a tensor input) change. docs/algorithms.md section 6.
+"""
+from __future__ import annotations
+
+import torch
+
+from .models.cache import KVCache
+from .policies.base import DecodeView, EvictionPolicy
+
+
+class DecodeEviction:
+    """The decode loop's side of a decode-time eviction: slots, positions, query ring, peaks."""
+
+    def __init__(self, policy: EvictionPolicy, cache: KVCache, pre):
+        self.policy, self.cache = policy, cache
+        self.prompt_lengths = tuple(alive[0] for alive in pre.alive_tokens)
+        self.next = [layer.filled for layer in cache.layers]  # the next write slot of each layer
+        self.device = cache.layers[0].k.device
+        queries = cache.layers[0].queries
+        self.ring = 0 if queries is None else queries.shape[2]
+        self.qslot = 0
+        self.peak = torch.stack([layer.valid.sum(-1).amax(-1) for layer in cache.layers])  # [L, B]
+        self.compactions = 0
+        self._positions = None
+
+    def before_step(self, t: int, positions: torch.Tensor) -> torch.Tensor:
+        """Let the policy evict (every `every` steps), then record the positions step t writes."""
+        if t % self.policy.every == 0:
+            self._evict(t)
+        for layer, slot in zip(self.cache.layers, self.next):
+            layer.positions[:, :, slot] = positions[:, None]
+        self._positions = positions
+        return torch.tensor(self.next, device=self.device)
+
+    def step_inputs(self) -> tuple:
+        if not self.ring:
+            return ()
+        return [layer.queries for layer in self.cache.layers], torch.tensor([self.qslot], device=self.device)
+
+    def after_step(self) -> None:
+        """The step wrote one slot per layer (and one query into the ring)."""
+        counts = torch.stack([layer.valid.sum(-1).amax(-1) for layer in self.cache.layers])
+        self.peak = torch.maximum(self.peak, counts)
+        if self.ring:
+            for layer in self.cache.layers:
+                layer.query_valid[:, self.qslot] = True
+                layer.query_positions[:, self.qslot] = self._positions
+            self.qslot = (self.qslot + 1) % self.ring
+        self.next = [slot + 1 for slot in self.next]
+
+    def _evict(self, t: int) -> None:
+        for i, layer in enumerate(self.cache.layers):
+            view = DecodeView(i, layer.k, layer.v, layer.valid, layer.positions, self.next[i], t,
+                              *self._queries(layer), prompt_lengths=self.prompt_lengths)
+            keep = self.policy.during_decode(i, view)
+            if keep is None:
+                continue
+            _check_keep(keep, layer, self.next[i], self.policy, i)
+            self.next[i] = layer.compact(keep)
+            self.compactions += 1
+
+    def _queries(self, layer):
+        """The ring of latest queries, oldest first."""
+        if not self.ring:
+            return None, None, None
+        shift = -self.qslot
+        return (layer.queries.roll(shift, 2), layer.query_valid.roll(shift, 1), layer.query_positions.roll(shift, 1))
+
+    def peak_kv_tokens(self) -> list[list[int]]:
+        """[B][L]: the most entries one KV head held at each layer during decoding."""
+        return self.peak.T.tolist()
+
+
+def _check_keep(keep: torch.Tensor, layer, length: int, policy, index: int) -> None:
+    """A keep is [B, G, k] int64 slots in [0, length), increasing, of slots in use, -1 pads last."""
+    b, g = layer.valid.shape[:2]
+    name = type(policy).__name__
+    if keep.dim() != 3 or tuple(keep.shape[:2]) != (b, g) or keep.dtype != torch.long:
+        raise ValueError(f"{name}.during_decode at layer {index} must return int64 [B, G, k] = [{b}, {g}, k], "
+                         f"got {keep.dtype} {list(keep.shape)}")
+    real = keep >= 0
+    gaps = keep[..., 1:] - keep[..., :-1]
+    unsorted = (real[..., 1:] & (gaps <= 0)) | (~real[..., :-1] & real[..., 1:])
+    in_use = layer.valid.gather(2, keep.clamp(min=0, max=length - 1)) & (keep < length)
+    if bool(unsorted.any() | (real & ~in_use).any()):
+        raise ValueError(f"{name}.during_decode at layer {index}: keep must be, per KV head, increasing slots in use "
+                         f"(below {length}), -1 pads at the end")

@@ -1,0 +1,193 @@
+"""Eviction during decoding: StreamingLLM's rolling cache, PyramidInfer (prefill and decoding)
+against independent re-implementations of the authors' code, and the compiled step."""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import asl
+from tiny import CharTokenizer, random_text, tiny_pair
+
+TOK = CharTokenizer()
+LAYERS = 8
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_pair("qwen2", num_hidden_layers=LAYERS, max_position_embeddings=512, eos_token_id=None)[1]
+
+
+def prompt(seed: int, n: int) -> str:
+    return random_text(random.Random(seed), n)
+
+
+@dataclass
+class RollingRecorder(asl.StreamingLLM):
+    """StreamingLLM that records, before each step, the positions layer 0 keeps."""
+
+    kept_positions: list = field(default_factory=list)
+
+    def during_decode(self, layer, view):
+        keep = super().during_decode(layer, view)
+        if layer == 0:
+            slots = keep[0, 0] if keep is not None else torch.arange(view.length)
+            slots = slots[slots >= 0]
+            self.kept_positions.append(sorted(p for p in view.positions[0, 0, slots].tolist() if p >= 0))
+        return keep
+
+
+@given(n=st.integers(10, 120), new=st.integers(2, 60), budget=st.integers(8, 80), sink=st.integers(0, 4),
+       seed=st.integers(0, 999))
+def test_a_rolling_cache_never_exceeds_its_budget_and_keeps_sinks_and_the_latest(model, n, new, budget, sink, seed):
+    policy = RollingRecorder(budget=budget, sink=sink)
+    out = asl.generate(model, TOK, prompt(seed, n), max_new_tokens=new, eviction=policy)
+    assert max(out.trace.sequences[0].peak_kv_tokens) == min(budget, n + len(out.tokens) - 1)
+    for t, kept in enumerate(policy.kept_positions):  # before step t, tokens 0 .. n + t - 1 exist
+        total = n + t
+        latest = list(range(max(total - (budget - 1 - sink), sink), total)) if total >= budget else list(range(total))
+        expected = sorted(set(range(min(sink, total))) | set(latest)) if total >= budget else latest
+        assert kept == expected, t
+
+
+def test_without_rolling_the_cache_grows_and_with_enough_budget_nothing_changes(model):
+    text = prompt(1, 60)
+    grown = asl.generate(model, TOK, text, max_new_tokens=30, eviction=asl.StreamingLLM(budget=40, rolling=False))
+    assert max(grown.trace.sequences[0].peak_kv_tokens) == 40 + 29 and grown.trace.decode_compactions == 0
+    roomy = asl.generate(model, TOK, text, max_new_tokens=30, eviction=asl.StreamingLLM(budget=200))
+    assert roomy.tokens == asl.generate(model, TOK, text, max_new_tokens=30).tokens
+    assert roomy.trace.decode_compactions == 0
+
+
+def test_the_compiled_step_is_not_traced_again_after_a_compaction(model):
+    text = prompt(2, 70)
+    policy = dict(eviction=asl.StreamingLLM(budget=24, sink=2))
+    eager = asl.generate(model, TOK, text, max_new_tokens=40, **policy)
+    first = asl.generate(model, TOK, text, max_new_tokens=40, compile=True, **policy)
+    assert first.trace.compiles <= 1 and first.trace.decode_compactions > 30  # traced once, then compacted often
+    again = asl.generate(model, TOK, text, max_new_tokens=40, compile=True, **policy)
+    assert first.tokens == again.tokens == eager.tokens
+    assert again.trace.decode_compactions == first.trace.decode_compactions and again.trace.compiles == 0
+
+
+@dataclass
+class Unsorted(asl.EvictionPolicy):
+    every = 1
+
+    def keep(self, layer, view):
+        return None
+
+    def during_decode(self, layer, view):
+        return torch.arange(view.length - 1, -1, -1).expand(view.valid.shape[0], view.valid.shape[1], -1)
+
+
+def test_a_bad_decode_keep_fails_naming_the_policy_and_layer(model):
+    with pytest.raises(ValueError, match="Unsorted.during_decode at layer 0: keep must be, per KV head, increasing"):
+        asl.generate(model, TOK, prompt(3, 30), max_new_tokens=3, eviction=Unsorted())
+
+
+# ---- PyramidInfer: the authors' code re-implemented independently (modeling_qwen2_pyramidinfer.py)
+
+def authors_prefill(model, ids: list[int], r: float, min_context: int = 64, sink: int = 4):
+    """The original's prefill loop: eager attention (repeat_kv, explicit softmax), the recent
+    rows of the head-averaged weights, pruned hidden states. Returns the kept prompt indices
+    after every layer and each layer's cache length."""
+    n = len(ids)
+    recent_length = int(n * 0.2)
+    min_context = min(min_context, n - 1 - recent_length)
+    positions = torch.arange(n)[None]
+    h = model.model.embed_tokens(torch.tensor([ids]))
+    kept_after, cache_lengths = [], []
+    for idx, layer in enumerate(model.layers):
+        cos, sin = model.rope(positions, h.dtype)
+        q, k, v = layer.project(h, cos, sin)
+        groups = q.shape[1] // k.shape[1]
+        k_all, v_all = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+        m = q.shape[2]
+        scores = (q @ k_all.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        scores = scores.masked_fill(~torch.ones(m, m, dtype=torch.bool).tril(), float("-inf"))
+        weights = scores.softmax(-1, dtype=torch.float32)
+        attn = (weights @ v_all.float()).transpose(1, 2).reshape(1, m, -1)
+        h = layer.finish(h, attn.to(h.dtype))
+        cache_lengths.append(m)
+        ratio = (1.0 - r) * (math.cos(math.pi * idx / len(model.layers)) + 1) / 2 + r
+        attn_weights = weights.mean(dim=1)
+        recent2context = attn_weights[:, -(1 + recent_length):, :-(1 + recent_length)].clone()
+        recent2context *= torch.linspace(1.0, 1.2, recent2context.shape[1])[None, :, None]
+        recent2context = recent2context.mean(dim=-2)
+        recent2context[:, :sink] = torch.finfo(recent2context.dtype).max
+        context_length = recent2context.shape[-1]
+        if idx < len(model.layers) - 1 and context_length > min_context and ratio < 1.0:
+            topk = int(context_length * ratio) if int(context_length * ratio) > min_context else context_length
+            chosen = torch.sort(recent2context, descending=True, stable=True).indices[:, :topk].sort(-1).values
+            keep = torch.cat([chosen, torch.arange(context_length, m)[None]], dim=-1)
+            positions = positions.gather(1, keep)
+            h = h.gather(1, keep[..., None].expand(-1, -1, h.shape[-1]))
+        kept_after.append(positions[0].tolist())
+    return kept_after, cache_lengths
+
+
+@given(n=st.integers(40, 220), r=st.sampled_from([0.5, 0.8, 0.9]), min_context=st.sampled_from([4, 16, 64]),
+       seed=st.integers(0, 999))
+def test_pyramidinfer_prefill_equals_the_authors_loop(model, n, r, min_context, seed):
+    text = prompt(seed, n)
+    policy = asl.PyramidInfer(r=r, min_context=min_context)
+    out = asl.generate(model, TOK, text, max_new_tokens=1, selection=policy)
+    kept_after, lengths = authors_prefill(model, TOK(text)["input_ids"], r, min_context)
+    assert out.trace.alive_tokens == lengths
+    assert out.trace.kv_tokens == lengths  # every layer caches the tokens it ran on
+    assert out.trace.kept_indices == kept_after[-1]
+
+
+def test_pyramidinfer_keeps_the_formula_count_per_layer(model):
+    n, r = 300, 0.5
+    policy = asl.PyramidInfer(r=r, min_context=8)
+    out = asl.generate(model, TOK, prompt(4, n), max_new_tokens=1, selection=policy)
+    recent = int(0.2 * n) + 1
+    alive = [n]
+    for layer in range(LAYERS - 1):
+        ratio = r + (1 - r) * (math.cos(math.pi * layer / LAYERS) + 1) / 2
+        context = alive[-1] - recent
+        alive.append(alive[-1] if int(context * ratio) <= min(8, n - recent) or ratio >= 1 else
+                     int(context * ratio) + recent)
+    assert out.trace.alive_tokens == alive
+
+
+def authors_decode_lengths(prefill_lengths: list[int], n: int, steps: int, gen_decay=0.1, exceed=16) -> list[list[int]]:
+    """The original's generation stage, lengths only: per step (after it), each layer's cache length."""
+    recent_length = int(n * 0.2)
+    past = list(prefill_lengths)
+    length = list(prefill_lengths)
+    out = []
+    for t in range(steps):
+        seen = n + t + 1  # the cache's seen_tokens counts the model's tokens, not the layer's
+        for idx in range(len(length)):
+            length[idx] += 1
+            g = (1.0 - gen_decay) * (math.cos(math.pi * idx / len(length)) + 1) / 2 + gen_decay
+            if seen - recent_length - past[idx] >= exceed:
+                topk = max(int(exceed * 0.9 * g), 1)
+                length[idx] -= exceed - topk
+                past[idx] = length[idx] - recent_length
+        out.append(list(length))
+    return out
+
+
+def test_pyramidinfer_decoding_compresses_when_and_as_much_as_the_original(model):
+    """The original compresses right after a step; we compress before the next one (the same
+    decision on the same cache), so after our step t a layer holds the original's length after
+    step t - 1, plus the token step t wrote."""
+    n, new = 200, 30
+    out = asl.generate(model, TOK, prompt(5, n), max_new_tokens=new, selection=asl.PyramidInfer(r=0.5, min_context=8),
+                       eviction=asl.PyramidInferDecode())
+    steps = len(out.tokens) - 1  # decode steps (the first token comes from the prefill)
+    prefill = out.trace.kv_tokens
+    lengths = authors_decode_lengths(prefill, n, steps)
+    expected = [max([prefill[i] + 1] + [lengths[t][i] + 1 for t in range(steps - 1)]) for i in range(LAYERS)]
+    assert out.trace.sequences[0].peak_kv_tokens == expected
+    assert lengths[0][0] == prefill[0] + 1 and lengths[-1][-1] < prefill[-1] + steps  # deep layers compress
+    assert out.trace.decode_compactions > 0
