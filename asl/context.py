@@ -122,6 +122,8 @@ def extend(decoder: Decoder, compressed: CompressedContext, input_ids: torch.Ten
         cache = _fresh(saved, b, m + extra_slots)
         n = saved.k.shape[1]
         q, k, v = layer.project(h, cos, sin)
+        if cache.k.shape[1] != k.shape[1]:  # a cache per query head (SnapKV per="query_head")
+            k, v = (x.repeat_interleave(cache.k.shape[1] // x.shape[1], dim=1) for x in (k, v))
         cache.k[:, :, n : n + m] = k
         cache.v[:, :, n : n + m] = v
         cache.valid[:, :, n : n + m] = valid[:, None, :]

@@ -95,6 +95,8 @@ def decode_step(model: Decoder, tokens, positions, slots, ks, vs, valids, qs=Non
     cos, sin = model.rope(positions[:, None], h.dtype)
     for i, layer in enumerate(model.layers):
         q, k, v = layer.project(h, cos, sin)
+        if ks[i].shape[1] != k.shape[1]:  # a cache per query head (SnapKV per="query_head")
+            k, v = (x.repeat_interleave(ks[i].shape[1] // x.shape[1], dim=1) for x in (k, v))
         slot = slots[i : i + 1]
         ks[i].index_copy_(2, slot, k)
         vs[i].index_copy_(2, slot, v)

@@ -85,6 +85,8 @@ def store_layer(k, v, tokens: Tokens, keep: torch.Tensor | None, extra_slots: in
                 with_positions: bool = False) -> LayerCache:
     """The layer's cache: all alive entries, or per KV head the columns `keep` [B, G, k] (-1 pads);
     each entry remembers its token's prompt index (and position, for a decode-time eviction)."""
+    if keep is not None and keep.shape[1] != k.shape[1]:  # a keep per query head: the cache holds H heads
+        k, v = (x.repeat_interleave(keep.shape[1] // k.shape[1], dim=1) for x in (k, v))
     b, g, n, d = k.shape
     valid = tokens.valid[:, None, :].expand(b, g, n)
     index = tokens.index[:, None, :].expand(b, g, n)

@@ -108,7 +108,7 @@ def parse(argv=None):
 def resolve(args):
     """Model-dependent checks and each method's parameters, before any generation.
     Returns (folder, model config, {(label, budget): [kwargs per policy]})."""
-    from asl.bench.methods import build, default_params
+    from asl.bench.methods import build, default_params, gemfilter_layer
     from asl.models.config import ModelConfig
     from asl.models.loading import resolve_checkpoint
 
@@ -126,10 +126,13 @@ def resolve(args):
         raise ValueError(f"--lengths: {too_long} exceed what {args.model} can take ({config.max_position_embeddings} "
                          f"positions, so at most {limit} prompt tokens)")
     params = {}
+    if any(p.name == "gemfilter" and "layer" not in p.kwargs for spec in args.methods for p in spec.parts):
+        layer, why = gemfilter_layer(config.model_type, config.num_layers)
+        print(f"asl.bench: gemfilter at layer {layer}: {why}", file=sys.stderr)
     for spec in args.methods:
         for budget in [None] if spec.is_full else args.budget:
             select = None if budget is None else args.select_tokens or budget
-            p = default_params(spec, args.model, config.num_layers, budget, select)
+            p = default_params(spec, args.model, config.num_layers, budget, select, config.model_type)
             try:
                 build(spec, p)
             except (ValueError, TypeError) as e:
@@ -213,11 +216,11 @@ def _list(model: str | None = None) -> int:
     layers = _layers_of(model) if model else None
     print("methods" + (f" (their parameters on {model}, at budget = select_tokens = 512):" if layers else ":"))
     for name in BUILTIN:
-        print(f"  {name:<16} {DESCRIPTIONS[name]}")
+        print(f"  {name:<21} {DESCRIPTIONS[name]}")
         if layers:
             (spec,) = parse_methods(name)
             fields = default_params(spec, model, layers, None if spec.is_full else 512, None if spec.is_full else 512)
-            print(f"  {'':<16}   {', '.join(f'{k}={v!r}' for f in fields for k, v in f.items()) or '-'}")
+            print(f"  {'':<21}   {', '.join(f'{k}={v!r}' for f in fields for k, v in f.items()) or '-'}")
     print("  module:Class     your SelectionPolicy or EvictionPolicy subclass")
     print("compose a selection with an eviction: asl+snapkv, fastkv(layer=8)+streaming(sink=8);"
           " sweep with a list: asl(tau=[0.3,0.5,0.7])")

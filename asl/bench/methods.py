@@ -27,20 +27,21 @@ import itertools
 from dataclasses import dataclass, field
 
 from asl.policies import (ASL, ASLTwoPass, EvictionPolicy, FastKV, Full, GemFilter, PyramidInfer, PyramidInferDecode,
-                          SelectionPolicy, SnapKV, StreamingLLM)
+                          SelectionPolicy, SnapKV, StreamingLLM, TopP)
 
 SELECTIONS = {"fastkv": FastKV, "asl": ASL, "gemfilter": GemFilter, "asl-2pass": ASLTwoPass,
               "pyramidinfer-prefill": PyramidInfer}
-EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM, "pyramidinfer-decode": PyramidInferDecode}
+EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM, "topp": TopP, "pyramidinfer-decode": PyramidInferDecode}
 # A method that is a selection and an eviction in one paper: its name stands for both (its
 # arguments go to the first).
 ALIASES = {"pyramidinfer": ("pyramidinfer-prefill", "pyramidinfer-decode")}
-BUILTIN = ("full", "snapkv", "streaming", "fastkv", "asl", "gemfilter", "asl-2pass", "pyramidinfer",
+BUILTIN = ("full", "snapkv", "streaming", "topp", "fastkv", "asl", "gemfilter", "asl-2pass", "pyramidinfer",
            "pyramidinfer-prefill", "pyramidinfer-decode")
 DESCRIPTIONS = {
     "full": "the full cache (no selection, no eviction)",
     "snapkv": "eviction: per layer and KV head, the most attended prefix entries plus the window",
-    "streaming": "eviction: the first `sink` tokens plus the most recent",
+    "streaming": "eviction: the first `sink` tokens plus the most recent (rolling while decoding)",
+    "topp": "eviction: per KV head the fewest tokens holding p of the window's attention (the ASL authors' top-p KV)",
     "fastkv": "selection at a fixed layer (FastKV's token-selective propagation)",
     "asl": "selection at the first layer where the rank variance settles below tau (ASL)",
     "gemfilter": "selection from the last query at a layer, then a second pass on the kept tokens",
@@ -213,14 +214,27 @@ def scaled_layer(paper_layer: int, num_layers: int) -> int:
     return min(num_layers - 1, max(0, round(paper_layer * num_layers / PAPER_LAYERS)))
 
 
-def _builtin_defaults(name: str, model_name: str, num_layers: int) -> dict:
+# GemFilter's own filter layers (`select_layer_idx` in its repository), by family and depth.
+GEMFILTER_LAYERS = {("llama", 32): 13, ("mistral", 40): 19}
+
+
+def gemfilter_layer(model_type: str | None, num_layers: int) -> tuple[int, str]:
+    """GemFilter's layer on this model, and where it comes from (the bench says so)."""
+    own = GEMFILTER_LAYERS.get((model_type, num_layers))
+    if own is not None:
+        return own, f"GemFilter's own layer for {model_type} with {num_layers} layers"
+    return scaled_layer(13, num_layers), f"GemFilter's 13 of 32 layers (Llama-3.1-8B) scaled to {num_layers} layers"
+
+
+def _builtin_defaults(name: str, model_name: str, num_layers: int, model_type: str | None = None) -> dict:
     asl = {"tau": ASL_TAU.get(model_name, 0.3), "l_min": scaled_layer(10, num_layers), "l_obs": 8, **SCORING}
     return {
         "full": {},
         "snapkv": dict(SCORING),
         "streaming": {},
+        "topp": {"window": SCORING["window"]},
         "fastkv": {"layer": scaled_layer(15, num_layers), **SCORING},
-        "gemfilter": {"layer": scaled_layer(13, num_layers)},
+        "gemfilter": {"layer": gemfilter_layer(model_type, num_layers)[0]},
         "asl": asl,
         "asl-2pass": asl,
         "pyramidinfer-prefill": {},
@@ -246,11 +260,11 @@ def _fill(policy: PolicySpec, defaults: dict, budget: int | None, select_tokens:
 
 
 def default_params(spec: MethodSpec, model_name: str, num_layers: int, budget: int | None,
-                   select_tokens: int | None) -> list[dict]:
+                   select_tokens: int | None, model_type: str | None = None) -> list[dict]:
     """Per policy of the method, the keyword arguments it runs with on this model."""
     out, previous = [], {}
     for policy in spec.parts:
-        defaults = {} if policy.custom else dict(_builtin_defaults(policy.name, model_name, num_layers))
+        defaults = {} if policy.custom else dict(_builtin_defaults(policy.name, model_name, num_layers, model_type))
         if role(policy) == "eviction":  # an eviction scores tokens like the selection before it
             defaults.update({k: previous[k] for k in SCORING if k in previous})
         previous = _fill(policy, defaults, budget, select_tokens)

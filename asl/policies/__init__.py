@@ -13,6 +13,7 @@ from .gemfilter import ASLTwoPass, GemFilter
 from .pyramidinfer import PyramidInfer, PyramidInferDecode
 from .snapkv import SnapKV
 from .streaming import StreamingLLM
+from .topp import TopP
 
 __all__ = ["ASL", "ASLTwoPass", "DecodeView", "EvictionPolicy", "FastKV", "Full", "GemFilter", "LayerView", "PrefillInfo",
-           "PyramidInfer", "PyramidInferDecode", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "fill_unevicted", "sort_keep", "top_prefix"]
+           "PyramidInfer", "PyramidInferDecode", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "TopP", "fill_unevicted", "sort_keep", "top_prefix"]
