@@ -1,0 +1,189 @@
+"""The selection-layer oracle: at which layer could one-shot selection have happened, in hindsight?
+
+For one prompt and a selection size: the full cache's greedy answer, then, for every
+candidate layer l, the answer when the tokens ASL's scoring picks at layer l are the only
+ones that go on (the selection-alone regime: layers up to l keep the whole prompt's KV,
+deeper layers the selected tokens' - exactly what `FastKV(layer=l)` with ASL's scoring
+does). The oracle layer is the earliest l whose answer equals the full cache's.
+
+Cheap by construction: one full prefill keeps every layer's input hidden states and KV;
+each candidate then runs only the layers after l, on the selected tokens, and decodes.
+docs/algorithms.md section 13.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .bench.metrics import partial
+from .generation import _decode_loop, _eos_ids, encode, left_pad
+from .models.cache import KVCache, LayerCache
+from .models.interop import as_decoder
+from .policies.base import LayerView, PrefillInfo
+from .policies.fixed import FastKV
+from .prefill import PrefillResult, Tokens, attention_mask_for, left_pad_columns
+from .models.decoder import last_token_attention, prefill_attention
+
+
+@dataclass
+class LayerOutcome:
+    layer: int
+    text: str
+    tokens: list[int]
+    matches: bool  # the full cache's greedy tokens exactly
+    partial: float  # metrics.partial of the text against the full cache's text
+    kv_tokens: int  # KV entries stored, summed over layers (one KV head)
+
+
+@dataclass
+class OracleResult:
+    full_text: str
+    full_tokens: list[int]
+    layers: list[LayerOutcome] = field(default_factory=list)
+    prefill_s: float = 0.0  # one full prefill (with the states kept)
+    candidates_s: float = 0.0  # all candidates' deeper layers, decoding excluded
+    prompt_tokens: int = 0
+
+    @property
+    def oracle_layer(self) -> int | None:
+        """The earliest candidate layer whose answer equals the full cache's (None: none does)."""
+        return next((o.layer for o in self.layers if o.matches), None)
+
+    @property
+    def stable_layer(self) -> int | None:
+        """The earliest candidate layer from which every later candidate matches too."""
+        stable = None
+        for outcome in reversed(self.layers):
+            if not outcome.matches:
+                break
+            stable = outcome.layer
+        return stable
+
+    @property
+    def cost(self) -> float:
+        """The prefill work of the oracle, as a multiple of one full prefill."""
+        return (self.prefill_s + self.candidates_s) / self.prefill_s if self.prefill_s else float("nan")
+
+
+@torch.inference_mode()
+def oracle_layer(model, tokenizer, prompt: str, select_tokens: int = 1024, layers=None, max_new_tokens: int = 32,
+                 window: int = 32, kernel: int = 7, pooling: str = "avg", chat: bool = False,
+                 stop: list[str] | None = None) -> OracleResult:
+    """Per candidate layer (default: all but the last), the greedy answer when selection
+    happens after it (see the module docstring); `select_tokens` includes the window."""
+    decoder = as_decoder(model, tokenizer)
+    c = decoder.config
+    candidates = list(range(c.num_layers - 1)) if layers is None else list(layers)
+    bad = [l for l in candidates if not isinstance(l, int) or not 0 <= l < c.num_layers]
+    if bad or not candidates:
+        raise ValueError(f"layers must be layers of the model (0..{c.num_layers - 1}), got {layers!r}")
+    FastKV(layer=0, select_tokens=select_tokens, window=window, kernel=kernel, pooling=pooling)  # checks the fields
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
+    ids = encode(tokenizer, [prompt], chat)
+    if len(ids[0]) + max_new_tokens > c.max_position_embeddings:
+        raise ValueError(f"prompt has {len(ids[0])} tokens; with max_new_tokens={max_new_tokens} that exceeds the "
+                         f"model's {c.max_position_embeddings} positions")
+    device = decoder.lm_head.weight.device
+    input_ids, valid = left_pad(ids, device)
+    eos = torch.tensor(sorted(_eos_ids(decoder, tokenizer)), device=device)
+
+    start = time.perf_counter()
+    states = _full_pass(decoder, Tokens.start(input_ids, valid), max_new_tokens)
+    prefill_s = time.perf_counter() - start
+    full_tokens = _answer(decoder, tokenizer, states.result(max_new_tokens), max_new_tokens, eos, stop)
+    full_text = tokenizer.decode(full_tokens, skip_special_tokens=True)
+    out = OracleResult(full_text, full_tokens, prefill_s=prefill_s, prompt_tokens=len(ids[0]))
+    for layer in candidates:
+        policy = FastKV(layer=layer, select_tokens=select_tokens, window=window, kernel=kernel, pooling=pooling)
+        begun = time.perf_counter()
+        pre = states.select_after(decoder, layer, policy, max_new_tokens)
+        out.candidates_s += time.perf_counter() - begun
+        tokens = _answer(decoder, tokenizer, pre, max_new_tokens, eos, stop)
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        kv = int(pre.cache.kv_tokens()[:, 0].amax(-1).sum())
+        out.layers.append(LayerOutcome(layer, text, tokens, tokens == full_tokens, partial(text, [full_text]), kv))
+    return out
+
+
+def _answer(decoder, tokenizer, pre: PrefillResult, max_new_tokens: int, eos, stop) -> list[int]:
+    first = pre.logits.argmax(-1)
+    generated, *_ = _decode_loop(decoder, tokenizer, pre, first, max_new_tokens, eos, stop, False, (0.0, None, None, None))
+    return generated[0]
+
+
+@dataclass
+class _States:
+    """What the full prefill leaves: each layer's input hidden states, keys and values."""
+
+    tokens: Tokens
+    hidden: list[torch.Tensor]  # [L] inputs of each layer [1, n, D]
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    logits: torch.Tensor
+
+    def result(self, extra: int) -> PrefillResult:
+        """The full cache, in fresh buffers."""
+        layers = [LayerCache.from_prefill(k, v, self.tokens.valid[:, None].expand_as(k[..., 0]), extra)
+                  for k, v in zip(self.keys, self.values)]
+        return _result(self.logits, layers, self.tokens, [self.tokens.valid.sum(-1).item()] * len(layers))
+
+    def select_after(self, decoder, layer: int, policy: FastKV, extra: int) -> PrefillResult:
+        """Layers up to `layer` as in the full pass; then the tokens `policy` keeps run the rest."""
+        c = decoder.config
+        t = self.tokens
+        policy.begin(PrefillInfo(c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, tuple(t.valid.sum(-1).tolist())))
+        q, k, v = decoder.layers[layer].project(self.hidden[layer], *decoder.rope(t.positions, self.hidden[0].dtype))
+        chosen = policy.after_layer(layer, LayerView(layer, q, k, v, t.positions, t.index, t.valid))
+        alive = [int(t.valid.sum())] * c.num_layers
+        layers = [LayerCache.from_prefill(self.keys[i], self.values[i], t.valid[:, None].expand_as(self.keys[i][..., 0]),
+                                          extra) for i in range(layer + 1)]
+        if chosen is None or layer == c.num_layers - 1:  # nothing to prune: the full cache's answer
+            return self.result(extra)
+        cols, valid = left_pad_columns(t.columns(chosen))
+        kept = Tokens(t.ids, t.positions.gather(1, cols), t.index.gather(1, cols), valid)
+        h = self.hidden[layer + 1].gather(1, cols[..., None].expand(-1, -1, self.hidden[0].shape[-1]))
+        h, deeper = _run_layers(decoder, h, kept, range(layer + 1, c.num_layers), extra)
+        for i in range(layer + 1, c.num_layers):
+            alive[i] = int(valid.sum())
+        return _result(decoder.logits(h[:, -1]), layers + deeper, kept, alive)
+
+
+def _result(logits, layers, tokens: Tokens, alive) -> PrefillResult:
+    return PrefillResult(logits=logits, cache=KVCache(layers), alive_tokens=[list(alive)],
+                         kept_indices=[tokens.index[tokens.valid].tolist()], next_positions=tokens.positions[:, -1] + 1,
+                         policy_s=0.0, restarted=False)
+
+
+def _run_layers(decoder, h, tokens: Tokens, indices, extra: int, keep_states: tuple | None = None):
+    """Run `h` through the layers `indices` (the last one only for the last token, as the
+    prefill does); returns the output and each layer's cache, or, with `keep_states`, fills
+    it with each layer's input and KV instead."""
+    mask = attention_mask_for(tokens.valid)
+    cos, sin = decoder.rope(tokens.positions, h.dtype)
+    last = decoder.config.num_layers - 1
+    caches = []
+    for i in indices:
+        layer = decoder.layers[i]
+        if keep_states is not None:
+            keep_states[0].append(h)
+        q, k, v = layer.project(h, cos, sin)
+        if keep_states is not None:
+            keep_states[1].append(k)
+            keep_states[2].append(v)
+        if i < last:
+            h = layer.finish(h, prefill_attention(q, k, v, mask))
+        else:
+            h = layer.finish(h[:, -1:], last_token_attention(q[:, :, -1:], k, v, tokens.valid))
+        if keep_states is None:
+            caches.append(LayerCache.from_prefill(k, v, tokens.valid[:, None].expand_as(k[..., 0]), extra))
+    return h, caches
+
+
+def _full_pass(decoder, tokens: Tokens, extra: int) -> _States:
+    kept: tuple[list, list, list] = ([], [], [])
+    h = decoder.model.embed_tokens(tokens.ids)
+    h, _ = _run_layers(decoder, h, tokens, range(decoder.config.num_layers), 0, kept)
+    return _States(tokens, kept[0], kept[1], kept[2], decoder.logits(h[:, -1]))
