@@ -25,7 +25,8 @@ from .models.cache import KVCache, LayerCache
 from .models.decoder import Decoder
 from .models.interop import as_decoder
 from .policies.base import check_policies
-from .prefill import PrefillResult, positions_for, prefill
+from .models.decoder import positions_for
+from .prefill import PrefillResult, prefill
 
 
 @dataclass(frozen=True)

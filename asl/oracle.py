@@ -23,8 +23,8 @@ from .models.cache import KVCache, LayerCache
 from .models.interop import as_decoder
 from .policies.base import LayerView, PrefillInfo
 from .policies.fixed import FastKV
-from .prefill import PrefillResult, Tokens, attention_mask_for, left_pad_columns
-from .models.decoder import last_token_attention, prefill_attention
+from .prefill import AliveTokens, PrefillResult, left_pad_columns
+from .models.decoder import attention_mask_for, last_token_attention, prefill_attention
 
 
 @dataclass
@@ -91,7 +91,7 @@ def oracle_layer(model, tokenizer, prompt: str, select_tokens: int = 1024, layer
     eos = torch.tensor(sorted(_eos_ids(decoder, tokenizer)), device=device)
 
     start = time.perf_counter()
-    states = _full_pass(decoder, Tokens.start(input_ids, valid), max_new_tokens)
+    states = _full_pass(decoder, AliveTokens.start(input_ids, valid), max_new_tokens)
     prefill_s = time.perf_counter() - start
     full_tokens = _answer(decoder, tokenizer, states.result(max_new_tokens), max_new_tokens, eos, stop)
     full_text = tokenizer.decode(full_tokens, skip_special_tokens=True)
@@ -118,7 +118,7 @@ def _answer(decoder, tokenizer, pre: PrefillResult, max_new_tokens: int, eos, st
 class _States:
     """What the full prefill leaves: each layer's input hidden states, keys and values."""
 
-    tokens: Tokens
+    tokens: AliveTokens
     hidden: list[torch.Tensor]  # [L] inputs of each layer [1, n, D]
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
@@ -143,7 +143,7 @@ class _States:
         if chosen is None or layer == c.num_layers - 1:  # nothing to prune: the full cache's answer
             return self.result(extra)
         cols, valid = left_pad_columns(t.columns(chosen))
-        kept = Tokens(t.ids, t.positions.gather(1, cols), t.index.gather(1, cols), valid)
+        kept = AliveTokens(t.ids, t.positions.gather(1, cols), t.index.gather(1, cols), valid)
         h = self.hidden[layer + 1].gather(1, cols[..., None].expand(-1, -1, self.hidden[0].shape[-1]))
         h, deeper = _run_layers(decoder, h, kept, range(layer + 1, c.num_layers), extra)
         for i in range(layer + 1, c.num_layers):
@@ -151,13 +151,13 @@ class _States:
         return _result(decoder.logits(h[:, -1]), layers + deeper, kept, alive)
 
 
-def _result(logits, layers, tokens: Tokens, alive) -> PrefillResult:
+def _result(logits, layers, tokens: AliveTokens, alive) -> PrefillResult:
     return PrefillResult(logits=logits, cache=KVCache(layers), alive_tokens=[list(alive)],
                          kept_indices=[tokens.index[tokens.valid].tolist()], next_positions=tokens.positions[:, -1] + 1,
                          policy_s=0.0, restarted=False)
 
 
-def _run_layers(decoder, h, tokens: Tokens, indices, extra: int, keep_states: tuple | None = None):
+def _run_layers(decoder, h, tokens: AliveTokens, indices, extra: int, keep_states: tuple | None = None):
     """Run `h` through the layers `indices` (the last one only for the last token, as the
     prefill does); returns the output and each layer's cache, or, with `keep_states`, fills
     it with each layer's input and KV instead."""
@@ -182,7 +182,7 @@ def _run_layers(decoder, h, tokens: Tokens, indices, extra: int, keep_states: tu
     return h, caches
 
 
-def _full_pass(decoder, tokens: Tokens, extra: int) -> _States:
+def _full_pass(decoder, tokens: AliveTokens, extra: int) -> _States:
     kept: tuple[list, list, list] = ([], [], [])
     h = decoder.model.embed_tokens(tokens.ids)
     h, _ = _run_layers(decoder, h, tokens, range(decoder.config.num_layers), 0, kept)

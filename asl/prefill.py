@@ -16,31 +16,13 @@ from dataclasses import dataclass
 import torch
 
 from .models.cache import KVCache, LayerCache
-from .models.decoder import Decoder, last_token_attention, prefill_attention
+from .models.decoder import Decoder, attention_mask_for, last_token_attention, positions_for, prefill_attention
 from .policies.base import (EvictionPolicy, LayerView, PrefillInfo, Selection, SelectionPolicy, check_selection,
                             keep_problems)
 
 
-def positions_for(valid: torch.Tensor) -> torch.Tensor:
-    """Position ids of left-padded rows: 0.. over the real tokens, 0 on padding."""
-    return (valid.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def attention_mask_for(valid: torch.Tensor) -> torch.Tensor | None:
-    """Causal mask that hides padding keys, or None when nothing is padded (fast path).
-
-    A padding query sees only itself, so its softmax is defined; its output is never used.
-    """
-    if bool(valid.all()):
-        return None
-    n = valid.shape[-1]
-    causal = torch.ones(n, n, dtype=torch.bool, device=valid.device).tril()
-    mask = causal & valid[:, None, None, :]
-    return mask | torch.eye(n, dtype=torch.bool, device=valid.device)
-
-
 @dataclass
-class Tokens:
+class AliveTokens:
     """The alive tokens of a batch, left-padded to a common width."""
 
     ids: torch.Tensor  # [B, n] (only used to start a pass)
@@ -49,7 +31,7 @@ class Tokens:
     valid: torch.Tensor  # [B, n] bool
 
     @classmethod
-    def start(cls, ids: torch.Tensor, valid: torch.Tensor) -> Tokens:
+    def start(cls, ids: torch.Tensor, valid: torch.Tensor) -> AliveTokens:
         pos = positions_for(valid)
         return cls(ids, pos, pos.clone(), valid)
 
@@ -81,7 +63,7 @@ def _gather_rows(x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     return x.gather(1, idx)
 
 
-def store_layer(k, v, tokens: Tokens, keep: torch.Tensor | None, extra_slots: int,
+def store_layer(k, v, tokens: AliveTokens, keep: torch.Tensor | None, extra_slots: int,
                 with_positions: bool = False) -> LayerCache:
     """The layer's cache: all alive entries, or per KV head the columns `keep` [B, G, k] (-1 pads);
     each entry remembers its token's prompt index (and position, for a decode-time eviction)."""
@@ -137,24 +119,24 @@ def prefill(
     for policy in (selection, eviction):
         if policy is not None:
             policy.begin(info)
-    tokens = Tokens.start(input_ids, valid)
+    tokens = AliveTokens.start(input_ids, valid)
     result = _run(model, tokens, extra_slots, selection, eviction)
     if isinstance(result, PrefillResult):
         return result
     # two-pass: rerun the kept tokens alone, renumbered from 0, with no selection
     cols, new_valid = left_pad_columns(tokens.columns(result[0]))
     kept_ids = tokens.ids.gather(1, cols)
-    second = Tokens(kept_ids, positions_for(new_valid), tokens.index.gather(1, cols), new_valid)
+    second = AliveTokens(kept_ids, positions_for(new_valid), tokens.index.gather(1, cols), new_valid)
     out = _run(model, second, extra_slots, None, eviction)
     out.policy_s += result[1]
     out.restarted = True
     return out
 
 
-def _run(model, tokens: Tokens, extra_slots, selection, eviction):
+def _run(model, tokens: AliveTokens, extra_slots, selection, eviction):
     """One pass over the layers. Returns a PrefillResult, or (selection, policy_s) on a restart."""
     dtype = model.model.embed_tokens.weight.dtype
-    restarts = getattr(selection, "restarts", False)
+    restarts = selection is not None and selection.restarts
     decoding = eviction is not None and eviction.every > 0  # it evicts during decoding too
     recent = eviction.recent_queries(int(tokens.valid.sum(-1).max())) if decoding else 0
     mask = attention_mask_for(tokens.valid)
@@ -192,7 +174,7 @@ def _run(model, tokens: Tokens, extra_slots, selection, eviction):
         cols, valid = left_pad_columns(tokens.columns(chosen))
         if i < last:
             h = _gather_rows(h, cols)
-        tokens = Tokens(tokens.ids, tokens.positions.gather(1, cols), tokens.index.gather(1, cols), valid)
+        tokens = AliveTokens(tokens.ids, tokens.positions.gather(1, cols), tokens.index.gather(1, cols), valid)
         mask = attention_mask_for(valid)
         cos, sin = model.rope(tokens.positions, dtype)
     _check_evictions(problems, eviction)

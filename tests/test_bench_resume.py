@@ -181,7 +181,8 @@ def test_repeats_time_each_call_several_times_and_score_the_first(tmp_path):
 def test_list_shows_each_method_with_its_parameters_on_the_model(capsys):
     assert main(["--list", "--model", "smollm2-135m"]) == 0
     text = capsys.readouterr().out
-    assert "fastkv           selection at a fixed layer" in text
+    assert "\n  fastkv                selection at a fixed layer" in text  # names aligned in one column
+    assert "\n  pyramidinfer-prefill  selection after every layer" in text
     assert "select_tokens=512, layer=14, window=32, kernel=7, pooling='avg'" in text  # 15 of 32 -> 14 of 30
     assert "kv_retrieval     InfiniteBench  >= 512 tokens" in text
 

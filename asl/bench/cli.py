@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import platform
 import sys
-import time
 
 import torch
 
@@ -148,44 +146,6 @@ def resolve(args):
               "every method keeps every token, like the full cache", file=sys.stderr)
     return folder, config, params
 
-
-def run_config(args, params, config, threads: int, world: int) -> dict:
-    """What config.json records. `run` and `policies` identify the run (a resume must match
-    them); the rest describes it."""
-    import transformers
-
-    from asl.bench.fingerprint import code_hash
-    from asl.bench.methods import effective_fields
-
-    specs = {s.label: s for s in args.methods}
-    policies = {f"{label} @ {budget}": effective_fields(specs[label], p) for (label, budget), p in params.items()}
-    return {
-        "format": 2,
-        "run": {"model": args.model, "dtype": args.dtype, "seed": args.seed, "device": args.device,
-                "threads": threads, "processes": world, "compile": args.compile, "repeats": args.repeats,
-                "torch": torch.__version__,
-                "transformers": transformers.__version__, "code": code_hash()},
-        "policies": policies,
-        "tasks": args.tasks, "lengths": args.lengths, "samples": args.samples, "budgets": args.budget,
-        "select_tokens": args.select_tokens, "methods": [s.label for s in args.methods],
-        "layers": config.num_layers, "machine": platform.processor() or platform.machine(),
-        "commit": _git_commit(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-
-
-def _git_commit() -> str | None:
-    """The checkout's commit (and "+changes" when the tree differs), where there is one."""
-    import subprocess
-
-    root = pathlib.Path(__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("+changes" if dirty else "")
 
 
 def main(argv=None) -> int:

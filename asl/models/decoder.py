@@ -119,6 +119,24 @@ class DecoderLayer(nn.Module):
         return h
 
 
+def positions_for(valid: torch.Tensor) -> torch.Tensor:
+    """Position ids of left-padded rows: 0.. over the real tokens, 0 on padding."""
+    return (valid.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def attention_mask_for(valid: torch.Tensor) -> torch.Tensor | None:
+    """Causal mask that hides padding keys, or None when nothing is padded (fast path).
+
+    A padding query sees only itself, so its softmax is defined; its output is never used.
+    """
+    if bool(valid.all()):
+        return None
+    n = valid.shape[-1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=valid.device).tril()
+    mask = causal & valid[:, None, None, :]
+    return mask | torch.eye(n, dtype=torch.bool, device=valid.device)
+
+
 def prefill_attention(q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
     """Causal GQA attention over the alive tokens; `mask` [B, 1, n, n] only when padded."""
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
@@ -181,8 +199,6 @@ class Decoder(nn.Module):
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, n, V] for every token (left padding marked by attention_mask == 0)."""
-        from ..prefill import attention_mask_for, positions_for  # the one place masks are built
-
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         positions = positions_for(valid)
         mask = attention_mask_for(valid)

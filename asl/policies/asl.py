@@ -15,7 +15,7 @@ import torch
 
 from .. import ops
 from .base import (LayerView, PrefillInfo, Selection, SelectionPolicy, check_kernel, check_layer, check_pooling,
-                   check_positive_int, check_window_below, is_number, sort_keep, top_prefix)
+                   check_positive_int, check_window_below, is_number, top_prefix)
 
 
 @dataclass
@@ -74,7 +74,7 @@ class ASL(SelectionPolicy):
         chosen = self._evaluate(layer, view)
         if not chosen:
             return None
-        return self._selection(view, chosen)
+        return Selection.from_own_columns(view, chosen)
 
     def _evaluate(self, layer: int, view: LayerView) -> dict[int, torch.Tensor]:
         """Run the criterion for every undecided sequence; {b: kept columns of b's own tokens}."""
@@ -113,19 +113,6 @@ class ASL(SelectionPolicy):
         top = top_prefix(own_scores[None], torch.tensor([k_prefix], device=own_scores.device))[0]
         window = torch.arange(alive - self.window, alive, device=own_scores.device)
         return torch.cat([top, window]).sort().values
-
-    @staticmethod
-    def _selection(view: LayerView, chosen: dict[int, torch.Tensor], restart: bool = False) -> Selection:
-        """Turn per-sequence own-column choices into a padded Selection over the view's columns."""
-        batch, width = view.valid.shape[0], view.width
-        alive = view.alive.tolist()
-        k = max(len(c) for c in chosen.values())
-        keep = torch.full((batch, k), -1, dtype=torch.long, device=view.valid.device)
-        active = torch.zeros(batch, dtype=torch.bool, device=view.valid.device)
-        for b, cols in chosen.items():
-            keep[b, : len(cols)] = cols + (width - alive[b])
-            active[b] = True
-        return Selection(sort_keep(keep), active, restart)
 
     def report(self) -> list[dict]:
         return [{"selection_layer": s.layer, "ratios": dict(s.ratios)} for s in self._states]

@@ -46,6 +46,20 @@ class Selection:
     active: torch.Tensor  # [B] bool
     restart: bool = False
 
+    @classmethod
+    def from_own_columns(cls, view: LayerView, chosen: dict[int, torch.Tensor], restart: bool = False) -> Selection:
+        """From per-sequence choices in each sequence's own columns (0 .. alive-1), for the
+        sequences in `chosen` (the others keep all their tokens), to the view's padded columns."""
+        batch, width = view.valid.shape[0], view.width
+        alive = view.alive.tolist()
+        k = max(len(c) for c in chosen.values())
+        keep = torch.full((batch, k), -1, dtype=torch.long, device=view.valid.device)
+        active = torch.zeros(batch, dtype=torch.bool, device=view.valid.device)
+        for b, cols in chosen.items():
+            keep[b, : len(cols)] = cols + (width - alive[b])
+            active[b] = True
+        return cls(sort_keep(keep), active, restart)
+
 
 class LayerView:
     """Post-RoPE q/k/v of one layer's alive tokens, with the shared window scores.
@@ -138,7 +152,13 @@ class _Validated:
 
 
 class SelectionPolicy(_Validated, ABC):
-    """Decides which tokens propagate to deeper layers during prefill."""
+    """Decides which tokens propagate to deeper layers during prefill.
+
+    `restarts`: a two-pass method (GemFilter, ASL two-pass) whose first pass only chooses;
+    the prefill stores no KV in it and reruns the model on the chosen tokens.
+    """
+
+    restarts: ClassVar[bool] = False
 
     def begin(self, prefill: PrefillInfo) -> None:
         """Called once before any compute: check parameters against the model, reset state."""

@@ -52,7 +52,7 @@ class GemFilter(SelectionPolicy):
                 scores[-1] = float("inf")
             chosen[b] = torch.sort(scores, descending=True, stable=True).indices[: self.select_tokens].sort().values
             self._layers[b] = layer
-        return ASL._selection(view, chosen, restart=True) if chosen else _keep_all(view)
+        return Selection.from_own_columns(view, chosen, restart=True) if chosen else _keep_all(view)
 
     def report(self) -> list[dict]:
         return [{"selection_layer": layer} for layer in self._layers]
@@ -99,4 +99,4 @@ class ASLTwoPass(ASL):
         if not all(s.done for s in self._states):
             return None
         chosen = {b: s.keep for b, s in enumerate(self._states) if s.keep is not None}
-        return ASL._selection(view, chosen, restart=True) if chosen else _keep_all(view)
+        return Selection.from_own_columns(view, chosen, restart=True) if chosen else _keep_all(view)
