@@ -8,7 +8,6 @@ rerun: the chosen tokens go on from `layer`, at their original positions. Run it
 import argparse
 from dataclasses import dataclass
 
-import torch
 
 import asl
 from _text import FACTS, context, question

@@ -69,6 +69,7 @@ class ASL(SelectionPolicy):
             check_layer("l_max", self.l_max, prefill.num_layers)
         self._num_layers = prefill.num_layers
         self._states = [_SequenceState(deque(maxlen=self.l_obs)) for _ in prefill.prompt_lengths]
+        self._lengths = list(prefill.prompt_lengths)
 
     def after_layer(self, layer: int, view: LayerView) -> Selection | None:
         chosen = self._evaluate(layer, view)
@@ -77,26 +78,32 @@ class ASL(SelectionPolicy):
         return Selection.from_own_columns(view, chosen)
 
     def _evaluate(self, layer: int, view: LayerView) -> dict[int, torch.Tensor]:
-        """Run the criterion for every undecided sequence; {b: kept columns of b's own tokens}."""
+        """Run the criterion for every undecided sequence; {b: kept columns of b's own tokens}.
+
+        One host read per evaluated layer (the decision the prefill's control flow needs): an
+        undecided sequence still has its whole prompt, so its length is known from `begin`."""
         if layer < self.l_min - self.l_obs + 1:
             return {}
         width, k_prefix = view.width, self.select_tokens - self.window
         scores = None
-        chosen = {}
-        for b, (state, alive) in enumerate(zip(self._states, view.alive.tolist())):
-            m = alive - self.window
+        pending = []
+        for b, (state, alive) in enumerate(zip(self._states, self._lengths)):
             if state.done:
                 continue
-            if m <= k_prefix:  # nothing to prune: never selects
+            if alive - self.window <= k_prefix:  # nothing to prune: never selects
                 state.done = True
                 continue
             if scores is None:
                 scores = view.token_scores(self.window, self.kernel, self.pooling)
             own = scores[b, width - alive: width - self.window]  # the sequence's real prefix
             state.history.append(ops.token_ranks(own))
-            if layer < self.l_min:
-                continue
-            v = float(ops.rank_variance(torch.stack(tuple(state.history))[:, None], k_prefix)[0])
+            if layer >= self.l_min:
+                pending.append((b, state, own, ops.rank_variance(torch.stack(tuple(state.history))[:, None], k_prefix)))
+        if not pending:
+            return {}
+        variances = torch.cat([p[3] for p in pending]).tolist()
+        chosen = {}
+        for (b, state, own, _), v in zip(pending, variances):
             if state.var0 is None:
                 state.var0, ratio = v, 1.0  # faithful: the ratio at l_min is 1
             else:
@@ -104,7 +111,7 @@ class ASL(SelectionPolicy):
             state.ratios[layer] = ratio
             if ratio < self.tau or layer == self.l_max:
                 state.layer, state.done = layer, True
-                chosen[b] = self._top_with_window(own, alive)
+                chosen[b] = self._top_with_window(own, self._lengths[b])
         return chosen
 
     def _top_with_window(self, own_scores: torch.Tensor, alive: int) -> torch.Tensor:

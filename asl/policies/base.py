@@ -125,20 +125,16 @@ def top_prefix(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
 
 
 def fill_unevicted(keep: torch.Tensor, view: LayerView, evict: torch.Tensor) -> torch.Tensor:
-    """Rows of sequences that fit their budget keep every real column instead ([B, G, k], -1 pads)."""
-    width, g = view.width, keep.shape[1]
-    out = []
-    for b, alive in enumerate(view.alive.tolist()):
-        if bool(evict[b]):
-            out.append(keep[b])
-        else:
-            cols = torch.arange(width - alive, width, device=keep.device)
-            out.append(cols.expand(g, -1))
-    k = max(x.shape[-1] for x in out)
-    padded = torch.full((len(out), g, k), -1, dtype=torch.long, device=keep.device)
-    for b, x in enumerate(out):
-        padded[b, :, : x.shape[-1]] = x
-    return sort_keep(padded)
+    """Rows of sequences that fit their budget (`evict[b]` False) keep every real column instead.
+
+    keep [B, G, k] (-1 pads), with k at least the alive tokens of every row that does not evict
+    (a budget-sized keep is). Computed on the device: no host read.
+    """
+    b, g, k = keep.shape
+    slot = torch.arange(k, device=keep.device)
+    alive = view.alive[:, None, None]
+    everything = torch.where(slot < alive, view.width - alive + slot, -1).expand(b, g, k)
+    return torch.where(evict[:, None, None], keep, everything)
 
 
 class _Validated:

@@ -7,7 +7,7 @@ import torch
 
 from .. import ops
 from .base import (EvictionPolicy, LayerView, check_kernel, check_pooling, check_positive_int, check_window_below,
-                   fill_unevicted, top_prefix)
+                   fill_unevicted, sort_keep)
 
 
 PER = ("kv_head", "query_head")
@@ -40,20 +40,19 @@ class SnapKV(EvictionPolicy):
             raise ValueError(f"per must be one of {PER}, got {self.per!r}")
 
     def keep(self, layer: int, view: LayerView) -> torch.Tensor | None:
-        alive = view.alive
-        evict = alive > self.budget
-        per_query_head = self.per == "query_head"
-        if not bool(evict.any()):  # per query head, every layer must still hold H heads
-            none = torch.zeros(len(alive), view.queries.shape[1], 0, dtype=torch.long, device=alive.device)
-            return fill_unevicted(none, view, evict) if per_query_head else None
-        if per_query_head:  # the op with the keys repeated to the query heads: one score row per query head
-            keys = view.keys.repeat_interleave(view.queries.shape[1] // view.keys.shape[1], dim=1)
+        """No host read: whether any sequence evicts is known from the width (the longest alive)."""
+        evict = view.alive > self.budget
+        heads = view.queries.shape[1] if self.per == "query_head" else view.keys.shape[1]
+        if view.width <= self.budget:  # nobody evicts; per query head every layer still holds H heads
+            if self.per == "kv_head":
+                return None
+            return fill_unevicted(torch.zeros(len(evict), heads, view.width, dtype=torch.long, device=evict.device),
+                                  view, evict)
+        if self.per == "query_head":  # the op with the keys repeated to the query heads: a score row per query head
+            keys = view.keys.repeat_interleave(heads // view.keys.shape[1], dim=1)
             scores = ops.window_scores(view.queries, keys, view.valid, self.window, self.kernel, self.pooling)
         else:
             scores = view.window_scores(self.window, self.kernel, self.pooling)  # [B, G, m]
-        counts = torch.where(evict, self.budget - self.window, 0)[:, None].expand(-1, scores.shape[1])
-        keep = view.with_window(top_prefix(scores, counts).flatten(0, 1), self.window)
-        keep = keep.view(*scores.shape[:2], -1)
-        return fill_unevicted(keep, view, evict)
-
-
+        top = ops.stable_descending_order(scores)[..., : self.budget - self.window]  # ties to the lower column
+        window = torch.arange(view.width - self.window, view.width, device=scores.device).expand(*top.shape[:2], -1)
+        return fill_unevicted(sort_keep(torch.cat([top, window], -1)), view, evict)

@@ -35,16 +35,13 @@ class StreamingLLM(EvictionPolicy):
             raise ValueError(f"rolling must be True or False, got {self.rolling!r}")
 
     def keep(self, layer: int, view: LayerView) -> torch.Tensor | None:
-        alive = view.alive
-        evict = alive > self.budget
-        if not bool(evict.any()):
+        if view.width <= self.budget:  # the longest sequence fits: nobody evicts (no host read)
             return None
-        width, g = view.width, view.keys.shape[1]
-        recent = torch.arange(width - (self.budget - self.sink), width, device=alive.device)
-        rows = [torch.cat([torch.arange(self.sink, device=alive.device) + (width - a), recent])
-                for a in alive.tolist()]
-        keep = torch.stack(rows)[:, None].expand(-1, g, -1)
-        return fill_unevicted(keep, view, evict)
+        alive, width, g = view.alive, view.width, view.keys.shape[1]
+        recent = torch.arange(width - (self.budget - self.sink), width, device=alive.device).expand(len(alive), -1)
+        sinks = torch.arange(self.sink, device=alive.device)[None] + (width - alive)[:, None]
+        keep = torch.cat([sinks, recent], dim=1)[:, None].expand(-1, g, -1)
+        return fill_unevicted(keep, view, alive > self.budget)
 
     def during_decode(self, layer: int, view: DecodeView) -> torch.Tensor | None:
         """Before a step: where a head holds `budget` entries, drop the oldest after the sinks,
