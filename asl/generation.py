@@ -107,16 +107,28 @@ def decode_step(model: Decoder, tokens, positions, slots, ks, vs, valids, qs=Non
     return model.logits(h[:, -1])
 
 
-_compiled_step = None
+COMPILE_MODES = (False, True, "reduce-overhead")
+_compiled_steps: dict[str, object] = {}
 
 
-def _step_fn(compile: bool):
-    global _compiled_step
+def _step_fn(compile: bool | str):
+    """The decode step: eager, compiled (`True`), or compiled and replayed as a CUDA graph
+    (`"reduce-overhead"`: the static per-layer buffers are marked as fixed addresses, so
+    the graph writes into them in place; on the CPU torch.compile runs it without graphs)."""
     if not compile:
         return decode_step
-    if _compiled_step is None:
-        _compiled_step = torch.compile(decode_step, fullgraph=True)
-    return _compiled_step
+    mode = "default" if compile is True else compile
+    if mode not in _compiled_steps:
+        _compiled_steps[mode] = torch.compile(decode_step, fullgraph=True, mode=None if mode == "default" else mode)
+    return _compiled_steps[mode]
+
+
+def _mark_static(buffers) -> None:
+    """CUDA graphs may write into an input only if its address never changes: ours don't."""
+    import torch._dynamo
+
+    for tensor in buffers:
+        torch._dynamo.mark_static_address(tensor)
 
 
 def _real(x) -> bool:
@@ -124,7 +136,7 @@ def _real(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _check_args(model, prompts, max_new_tokens, temperature, top_k, top_p, stop):
+def _check_args(model, prompts, max_new_tokens, temperature, top_k, top_p, stop, compile=False):
     if isinstance(prompts, str):
         prompts = [prompts]
     if not isinstance(prompts, (list, tuple)) or not prompts:
@@ -134,6 +146,8 @@ def _check_args(model, prompts, max_new_tokens, temperature, top_k, top_p, stop)
             raise ValueError(f"prompt {i} is a {type(p).__name__}, not a string; every prompt must be a string")
         if not p.strip():
             raise ValueError(f"prompt {i} is empty; every prompt must be a non-empty string")
+    if not any(compile is mode for mode in COMPILE_MODES[:2]) and compile != COMPILE_MODES[2]:
+        raise ValueError(f'compile must be False, True or "reduce-overhead" (CUDA graphs), got {compile!r}')
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     if not _real(temperature) or temperature < 0:
@@ -205,7 +219,7 @@ def generate(
     temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    compile: bool = False,
+    compile: bool | str = False,  # True: torch.compile the decode step; "reduce-overhead": and CUDA graphs
     stop: list[str] | None = None,  # end once one appears after the first word; cut from the text
     chat: bool = False,
     seed: int = 0,
@@ -222,7 +236,7 @@ def generate(
     prefilled, over a copy of the compressed entries.
     """
     single = isinstance(prompt_or_prompts, str)
-    prompts = _check_args(model, prompt_or_prompts, max_new_tokens, temperature, top_k, top_p, stop)
+    prompts = _check_args(model, prompt_or_prompts, max_new_tokens, temperature, top_k, top_p, stop, compile)
     check_policies(selection, eviction)
     if cache is not None:
         _check_cache(cache, selection, eviction, chat)
@@ -296,6 +310,9 @@ def _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compi
     step_fn = _step_fn(compile)
     ks, vs, valids = [c.k for c in cache.layers], [c.v for c in cache.layers], [c.valid for c in cache.layers]
     evicting = DecodeEviction(eviction, cache, pre) if eviction is not None and eviction.every > 0 else None
+    if compile == "reduce-overhead":
+        rings = [c.queries for c in cache.layers if c.queries is not None]
+        _mark_static(ks + vs + valids + rings)
     batch = tokens.shape[0]
     generated: list[list[int]] = [[] for _ in range(batch)]
     done = torch.zeros(batch, dtype=torch.bool, device=tokens.device)

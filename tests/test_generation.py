@@ -72,6 +72,21 @@ def test_compiled_decode_gives_the_same_tokens():
         assert compiled.trace.compile_s > 10 * compiled.trace.decode_s_per_token
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_cuda_graph_mode_gives_the_same_tokens_and_bad_modes_fail(device):
+    """compile="reduce-overhead" (CUDA graphs on a GPU; torch.compile alone on the CPU)."""
+    _, ours = tiny_pair("llama", eos_token_id=None)
+    ours = ours.to(device)
+    prompts = [random_text(random.Random(8), n) for n in (12, 30)]
+    eager = asl.generate(ours, TOK, prompts, max_new_tokens=10)
+    graphed = asl.generate(ours, TOK, prompts, max_new_tokens=10, compile="reduce-overhead")
+    assert graphed.tokens == eager.tokens
+    for bad in ("max", 1, None):
+        with pytest.raises(ValueError, match="compile must be False, True or"):
+            asl.generate(ours, TOK, prompts, compile=bad)
+
+
 def test_trace_reports_cache_and_timings():
     _, ours = tiny_pair("qwen3", eos_token_id=None)
     out = asl.generate(ours, TOK, "hello world", max_new_tokens=5)
