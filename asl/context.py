@@ -120,14 +120,12 @@ def extend(decoder: Decoder, compressed: CompressedContext, input_ids: torch.Ten
     h = decoder.model.embed_tokens(input_ids)
     caches = []
     for layer, saved in zip(decoder.layers, compressed.layers):
-        cache = _fresh(saved, b, m + extra_slots)
+        batch = (b, *saved.k.shape)
+        cache = LayerCache.from_prefill(saved.k.expand(batch), saved.v.expand(batch), saved.valid.expand(batch[:3]),
+                                        m + extra_slots)  # a fresh copy of the context's entries per question
         n = saved.k.shape[1]
         q, k, v = layer.project(h, cos, sin)
-        if cache.k.shape[1] != k.shape[1]:  # a cache per query head (SnapKV per="query_head")
-            k, v = (x.repeat_interleave(cache.k.shape[1] // x.shape[1], dim=1) for x in (k, v))
-        cache.k[:, :, n : n + m] = k
-        cache.v[:, :, n : n + m] = v
-        cache.valid[:, :, n : n + m] = valid[:, None, :]
+        cache.write(torch.arange(n, n + m, device=k.device), k, v, valid)
         h = layer.finish(h, _question_attention(q, cache, n, m, valid))
         cache.filled = n + m
         caches.append(cache)
@@ -136,15 +134,6 @@ def extend(decoder: Decoder, compressed: CompressedContext, input_ids: torch.Ten
     kept = [list(compressed.kept_indices) + list(range(compressed.context_tokens, compressed.context_tokens + int(q)))
             for q in lengths]
     return PrefillResult(decoder.logits(h[:, -1]), KVCache(caches), alive, kept, positions[:, -1] + 1, 0.0, False)
-
-
-def _fresh(saved: CompressedLayer, batch: int, extra: int) -> LayerCache:
-    g, n, d = saved.k.shape
-    k = saved.k.new_zeros(batch, g, n + extra, d)
-    v = saved.v.new_zeros(batch, g, n + extra, d)
-    valid = torch.zeros(batch, g, n + extra, dtype=torch.bool, device=saved.k.device)
-    k[:, :, :n], v[:, :, :n], valid[:, :, :n] = saved.k, saved.v, saved.valid
-    return LayerCache(k, v, valid, n)
 
 
 def _question_attention(q, cache: LayerCache, n: int, m: int, valid: torch.Tensor) -> torch.Tensor:

@@ -39,9 +39,8 @@ class DecodeEviction:
         return torch.tensor(self.next, device=self.device)
 
     def step_inputs(self) -> tuple:
-        if not self.ring:
-            return ()
-        return [layer.queries for layer in self.cache.layers], torch.tensor([self.qslot], device=self.device)
+        """The decode step's extra argument: the ring slot its queries go to, if any."""
+        return (torch.tensor([self.qslot], device=self.device),) if self.ring else ()
 
     def after_step(self) -> None:
         """The step wrote one slot per layer (and one query into the ring)."""

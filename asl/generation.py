@@ -14,7 +14,7 @@ import torch
 
 from .context import CompressedContext, extend
 from .decoding import DecodeEviction
-from .models.cache import KVCache
+from .models.cache import KVCache, LayerCache
 from .models.decoder import Decoder, decode_attention
 from .models.interop import as_decoder
 from .policies.base import EvictionPolicy, SelectionPolicy, check_policies
@@ -86,24 +86,20 @@ class GenerationOutput:
     trace: Trace
 
 
-def decode_step(model: Decoder, tokens, positions, slots, ks, vs, valids, qs=None, qslot=None) -> torch.Tensor:
-    """Feed tokens [B] at positions [B]; layer l writes slot slots[l]. Returns logits [B, V].
+def decode_step(model: Decoder, tokens, positions, slots, caches: list[LayerCache], qslot=None) -> torch.Tensor:
+    """Feed tokens [B] at positions [B]; layer l writes its cache's slot slots[l]. Returns logits [B, V].
 
-    With `qs` (an eviction that reads recent queries), layer l also writes its query into
-    the ring qs[l] at qslot [1]."""
+    With `qslot` (an eviction that reads recent queries), layer l also puts its query into
+    its cache's ring at qslot [1]."""
     h = model.model.embed_tokens(tokens[:, None])
     cos, sin = model.rope(positions[:, None], h.dtype)
     for i, layer in enumerate(model.layers):
         q, k, v = layer.project(h, cos, sin)
-        if ks[i].shape[1] != k.shape[1]:  # a cache per query head (SnapKV per="query_head")
-            k, v = (x.repeat_interleave(ks[i].shape[1] // x.shape[1], dim=1) for x in (k, v))
-        slot = slots[i : i + 1]
-        ks[i].index_copy_(2, slot, k)
-        vs[i].index_copy_(2, slot, v)
-        valids[i].index_fill_(2, slot, True)
-        if qs is not None:
-            qs[i].index_copy_(2, qslot, q)
-        h = layer.finish(h, decode_attention(q, ks[i], vs[i], valids[i]))
+        cache = caches[i]
+        cache.write(slots[i : i + 1], k, v)
+        if qslot is not None:
+            cache.write_query(qslot, q)
+        h = layer.finish(h, decode_attention(q, cache.k, cache.v, cache.valid))
     return model.logits(h[:, -1])
 
 
@@ -308,11 +304,9 @@ def _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compi
     compile record and, with a decode-time eviction, its record."""
     cache: KVCache = pre.cache
     step_fn = _step_fn(compile)
-    ks, vs, valids = [c.k for c in cache.layers], [c.v for c in cache.layers], [c.valid for c in cache.layers]
     evicting = DecodeEviction(eviction, cache, pre) if eviction is not None and eviction.every > 0 else None
     if compile == "reduce-overhead":
-        rings = [c.queries for c in cache.layers if c.queries is not None]
-        _mark_static(ks + vs + valids + rings)
+        _mark_static(t for c in cache.layers for t in (c.k, c.v, c.valid, c.queries) if t is not None)
     batch = tokens.shape[0]
     generated: list[list[int]] = [[] for _ in range(batch)]
     done = torch.zeros(batch, dtype=torch.bool, device=tokens.device)
@@ -332,7 +326,7 @@ def _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compi
         else:
             slots, extra = cache.write_slots(step), ()
         graphs, begun = (_graphs(), time.perf_counter()) if compile else (0, 0.0)
-        logits = step_fn(model, tokens, positions, slots, ks, vs, valids, *extra)
+        logits = step_fn(model, tokens, positions, slots, cache.layers, *extra)
         if evicting is not None:
             evicting.after_step()
         if compile and _graphs() != graphs:  # this step compiled (a new shape): its time is compile time

@@ -65,20 +65,12 @@ def _gather_rows(x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
 
 def store_layer(k, v, tokens: AliveTokens, keep: torch.Tensor | None, extra_slots: int,
                 with_positions: bool = False) -> LayerCache:
-    """The layer's cache: all alive entries, or per KV head the columns `keep` [B, G, k] (-1 pads);
-    each entry remembers its token's prompt index (and position, for a decode-time eviction)."""
-    if keep is not None and keep.shape[1] != k.shape[1]:  # a keep per query head: the cache holds H heads
-        k, v = (x.repeat_interleave(keep.shape[1] // k.shape[1], dim=1) for x in (k, v))
-    b, g, n, d = k.shape
-    valid = tokens.valid[:, None, :].expand(b, g, n)
-    index = tokens.index[:, None, :].expand(b, g, n)
-    pos = tokens.positions[:, None, :].expand(b, g, n) if with_positions else None
-    if keep is None:
-        return LayerCache.from_prefill(k, v, valid, extra_slots, index, pos)
-    safe = keep.clamp(min=0)
-    idx = safe[..., None].expand(-1, -1, -1, d)
-    return LayerCache.from_prefill(k.gather(2, idx), v.gather(2, idx), (keep >= 0) & valid.gather(2, safe),
-                                   extra_slots, index.gather(2, safe), None if pos is None else pos.gather(2, safe))
+    """The layer's cache: all alive entries, or per KV head the columns `keep` (-1 pads); each
+    entry remembers its token's prompt index (and position, for a decode-time eviction)."""
+    b, g, n, _ = k.shape
+    spread = lambda x: x[:, None, :].expand(b, g, n)  # noqa: E731  (one value per token, every KV head)
+    return LayerCache.from_prefill(k, v, spread(tokens.valid), extra_slots, spread(tokens.index),
+                                   spread(tokens.positions) if with_positions else None, keep)
 
 
 def _check_evictions(problems: list[tuple[int, torch.Tensor]], eviction) -> None:

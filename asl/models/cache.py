@@ -28,9 +28,20 @@ class LayerCache:
 
     @classmethod
     def from_prefill(cls, k, v, valid, extra: int, index: torch.Tensor | None = None,
-                     positions: torch.Tensor | None = None) -> "LayerCache":
-        """k, v [B, G, n, d], valid, index and positions [B, G, n] (already evicted); room for
-        `extra` tokens. `positions` only when the eviction acts during decoding."""
+                     positions: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> "LayerCache":
+        """The layer's cache after its prefill: k, v [B, G, n, d], valid, index and positions
+        [B, G, n]; only the columns `keep` [B, G or H, k] (-1 pads) when an eviction chose
+        (a keep per query head makes the cache hold H heads); room for `extra` tokens.
+        `positions` only when the eviction acts during decoding."""
+        if keep is not None:
+            if keep.shape[1] != k.shape[1]:
+                repeat = keep.shape[1] // k.shape[1]
+                k, v, valid = (x.repeat_interleave(repeat, dim=1) for x in (k, v, valid))
+                index, positions = (None if x is None else x.repeat_interleave(repeat, dim=1) for x in (index, positions))
+            safe = keep.clamp(min=0)
+            idx = safe[..., None].expand(-1, -1, -1, k.shape[-1])
+            k, v, valid = k.gather(2, idx), v.gather(2, idx), (keep >= 0) & valid.gather(2, safe)
+            index, positions = (None if x is None else x.gather(2, safe) for x in (index, positions))
         b, g, n, d = k.shape
         cache = cls(
             k=k.new_zeros(b, g, n + extra, d),
@@ -46,6 +57,24 @@ class LayerCache:
             cache.positions = torch.full((b, g, n + extra), -1, dtype=torch.long, device=k.device)
             cache.positions[:, :, :n] = positions
         return cache
+
+    def write(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """Store new entries k, v [B, G, m, d] at `slots` [m] of every KV head (in place, so a
+        compiled step writes into the same buffers): a decode step's token (m = 1), or the
+        question asked over a compressed context with its `valid` [B, m]. A cache per query
+        head (SnapKV per="query_head") gets each KV head repeated over its group."""
+        if self.k.shape[1] != k.shape[1]:
+            k, v = (x.repeat_interleave(self.k.shape[1] // x.shape[1], dim=1) for x in (k, v))
+        self.k.index_copy_(2, slots, k)
+        self.v.index_copy_(2, slots, v)
+        if valid is None:
+            self.valid.index_fill_(2, slots, True)
+        else:
+            self.valid.index_copy_(2, slots, valid[:, None].expand(-1, self.valid.shape[1], -1))
+
+    def write_query(self, slot: torch.Tensor, q: torch.Tensor) -> None:
+        """Put a decode step's queries q [B, H, 1, d] into the ring at `slot` [1]."""
+        self.queries.index_copy_(2, slot, q)
 
     def keep_queries(self, q: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor, count: int) -> None:
         """Start the ring of latest queries with the prefill's last `count` (q [B, H, n, d])."""
