@@ -2,6 +2,8 @@
 offline in the model's own tokens, every method side by side at one KV budget and selection
 size; accuracy, time to first token, time per output token, KV bytes and peak memory.
 
+`python -m asl.bench calibrate --help`: choose ASL's threshold for a model (docs/calibration.md).
+
 Writes to --out: samples.jsonl (one line per sample and method), summary.csv/.json, config.json
 and plots/. A rerun with the same --out skips what is done. Shard with
 `torchrun --nproc-per-node N -m asl.bench ...`.
@@ -9,11 +11,12 @@ and plots/. A rerun with the same --out skips what is done. Shard with
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 
 import torch
+
+from asl.bench.args import Formatter, ints, model_config, parse_tasks
 
 # The default run (about 10 minutes on 2 cores): a hard task where the full cache is near its
 # ceiling and the methods differ (kv_retrieval at 2,048 tokens, selection size 25% of the
@@ -24,12 +27,8 @@ DEFAULT_METHODS = "full,fastkv,asl,asl+snapkv"
 DEFAULT_SAMPLES = 10
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring as written, and every option's default."""
-
-
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m asl.bench", description=__doc__, formatter_class=_Formatter)
+    ap = argparse.ArgumentParser(prog="python -m asl.bench", description=__doc__, formatter_class=Formatter)
     ap.add_argument("--model", default=DEFAULT_MODEL, help="bundled name (qwen2.5-0.5b, smollm2-135m), HF folder or .gguf")
     ap.add_argument("--tasks", default=DEFAULT_TASKS, help="comma-separated task names (see --list)")
     ap.add_argument("--lengths", default="2048", help="comma-separated prompt lengths in the model's tokens")
@@ -61,34 +60,15 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _ints(text: str, name: str, minimum: int = 1) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--{name} must be comma-separated integers, got {text!r}") from None
-    if not values or any(v < minimum for v in values):
-        raise ValueError(f"--{name} must be integers >= {minimum}, got {text!r}")
-    return sorted(set(values))
-
-
 def parse(argv=None):
     """Checks every argument that needs no model; raises ValueError naming the argument."""
     from asl.bench.methods import parse_methods
-    from asl.bench.tasks import TASKS
 
     args = parser().parse_args(argv)
     if args.list:
         return args
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown or not tasks:
-        raise ValueError(f"--tasks: unknown task(s) {', '.join(unknown) or '(none given)'}; allowed: {', '.join(TASKS)}")
-    args.tasks = list(dict.fromkeys(tasks))
-    args.lengths = _ints(args.lengths, "lengths")
-    short = [f"{t} needs >= {TASKS[t].min_length}" for t in args.tasks if TASKS[t].min_length > args.lengths[0]]
-    if short:
-        raise ValueError(f"--lengths {args.lengths[0]} is too short: {'; '.join(short)}")
-    args.budget = _ints(args.budget, "budget")
+    args.tasks, args.lengths = parse_tasks(args.tasks, args.lengths)
+    args.budget = ints(args.budget, "budget")
     if args.samples < 1:
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
     if args.select_tokens is not None and args.select_tokens < 1:
@@ -107,26 +87,16 @@ def resolve(args):
     """Model-dependent checks and each method's parameters, before any generation.
     Returns (folder, model config, {(label, budget): [kwargs per policy]})."""
     from asl.bench.methods import build, default_params, gemfilter_layer
-    from asl.models.config import ModelConfig
-    from asl.models.loading import resolve_checkpoint
+    from asl.calibration import asl_settings
 
-    try:
-        folder = resolve_checkpoint(args.model)
-    except ValueError as e:
-        raise ValueError(f"--model: {e}") from None
-    try:
-        config = ModelConfig.from_hf(json.loads((folder / "config.json").read_text()))
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"--model: {folder / 'config.json'} cannot be read as a model config: {e}") from None
-    limit = config.max_position_embeddings - 256  # room for the answer
-    too_long = [n for n in args.lengths if n > limit]
-    if too_long:
-        raise ValueError(f"--lengths: {too_long} exceed what {args.model} can take ({config.max_position_embeddings} "
-                         f"positions, so at most {limit} prompt tokens)")
+    folder, config = model_config(args.model, args.lengths)
     params = {}
     if any(p.name == "gemfilter" and "layer" not in p.kwargs for spec in args.methods for p in spec.parts):
         layer, why = gemfilter_layer(config.model_type, config.num_layers)
         print(f"asl.bench: gemfilter at layer {layer}: {why}", file=sys.stderr)
+    if any(p.name in ("asl", "asl-2pass") for spec in args.methods for p in spec.parts):
+        _, why = asl_settings(args.model, config.num_layers)
+        print(f"asl.bench: asl's tau, l_min, l_obs: {why}", file=sys.stderr)
     for spec in args.methods:
         for budget in [None] if spec.is_full else args.budget:
             select = None if budget is None else args.select_tokens or budget
@@ -149,6 +119,11 @@ def resolve(args):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["calibrate"]:
+        from asl.bench.calibrate import main as calibrate
+
+        return calibrate(argv[1:])
     try:
         args = parse(argv)
         if args.list:
@@ -188,12 +163,10 @@ def _list(model: str | None = None) -> int:
 
 
 def _layers_of(model: str) -> int | None:
-    from asl.models.config import ModelConfig
-    from asl.models.loading import resolve_checkpoint
+    from asl.calibration import config_of
 
     try:
-        folder = resolve_checkpoint(model)
-        return ModelConfig.from_hf(json.loads((folder / "config.json").read_text())).num_layers
+        return config_of(model).num_layers
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"(no per-model parameters: --model {model}: {e})")
         return None

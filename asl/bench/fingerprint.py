@@ -20,7 +20,8 @@ import asl
 
 PACKAGE = pathlib.Path(asl.__file__).resolve().parent
 # Files of asl/bench that only read records (their changes never change a result).
-READ_ONLY = {"report.py", "plots.py", "stats.py", "cli.py", "session.py", "store.py", "dist.py", "__main__.py", "fingerprint.py"}
+READ_ONLY = {"report.py", "plots.py", "stats.py", "cli.py", "session.py", "store.py", "dist.py", "__main__.py", "fingerprint.py",
+             "vs_oracle.py", "calibrate.py", "args.py"}
 
 
 def _hash_files(paths) -> str:

@@ -4,6 +4,9 @@ with an eviction (docs/algorithms.md section 10, the two regimes), with per-mode
 Spec syntax (`--methods`, comma-separated):
 
     full                          the full cache
+    oracle                        the selection-layer oracle: per sample, selection at the earliest
+                                  layer that keeps the full cache's answer (a measurement in
+                                  hindsight; its TTFT is the search's cost)
     snapkv, streaming             eviction only
     pyramidinfer                  pyramidinfer-prefill+pyramidinfer-decode (its paper's method)
     asl, fastkv, gemfilter, asl-2pass, mypkg.mod:MySelection
@@ -26,6 +29,8 @@ import importlib
 import itertools
 from dataclasses import dataclass, field
 
+from asl.bench.oracle_method import Oracle
+from asl.calibration import SCORING, asl_settings, scaled_layer
 from asl.policies import (ASL, ASLTwoPass, EvictionPolicy, FastKV, Full, GemFilter, PyramidInfer, PyramidInferDecode,
                           SelectionPolicy, SnapKV, StreamingLLM, TopP)
 
@@ -36,9 +41,10 @@ EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM, "topp": TopP, "pyramid
 # arguments go to the first).
 ALIASES = {"pyramidinfer": ("pyramidinfer-prefill", "pyramidinfer-decode")}
 BUILTIN = ("full", "snapkv", "streaming", "topp", "fastkv", "asl", "gemfilter", "asl-2pass", "pyramidinfer",
-           "pyramidinfer-prefill", "pyramidinfer-decode")
+           "pyramidinfer-prefill", "pyramidinfer-decode", "oracle")
 DESCRIPTIONS = {
     "full": "the full cache (no selection, no eviction)",
+    "oracle": "in hindsight: selection at the earliest layer that keeps the full cache's answer (asl.oracle_layer)",
     "snapkv": "eviction: per layer and KV head, the most attended prefix entries plus the window",
     "streaming": "eviction: the first `sink` tokens plus the most recent (rolling while decoding)",
     "topp": "eviction: per KV head the fewest tokens holding p of the window's attention (the ASL authors' top-p KV)",
@@ -50,17 +56,10 @@ DESCRIPTIONS = {
     "pyramidinfer-prefill": "selection after every layer: the context the recent queries attend to most",
     "pyramidinfer-decode": "eviction while decoding: the entries before the recent window, recompressed",
 }
-PAPER_LAYERS = 32  # FastKV (layer 15), GemFilter (13) and ASL (l_min 10) are tuned on 32-layer models
-
-# ASL's threshold per bundled model. The paper's tau = 0.3 never fires on these small models
-# (docs/algorithms.md section 9); 0.7 reproduces the paper's pattern on qwen2.5-0.5b (easy tasks
-# select early, kv-retrieval late) and lets smollm2 select on the retrieval prompts.
-ASL_TAU = {"qwen2.5-0.5b": 0.7, "smollm2-135m": 0.7}
-
-# The ASL paper's comparison scores every method's tokens the same way (window 32, average
-# pooling, kernel 7; the authors' run_ruler_per_task.sh): only the layer differs. FastKV's own
-# paper uses window 8 and max pooling: `fastkv(window=8,pooling="max")`.
-SCORING = {"window": 32, "kernel": 7, "pooling": "avg"}
+# ASL's tau, l_min and l_obs per model come from its calibration file (asl.calibration; hand-set
+# values until one exists). Every method scores tokens as the ASL paper's comparison does
+# (SCORING: window 32, kernel 7, average pooling); FastKV's own paper uses window 8 and max
+# pooling: `fastkv(window=8,pooling="max")`.
 
 
 @dataclass(frozen=True)
@@ -87,6 +86,8 @@ class PolicySpec:
             return EVICTIONS[self.name]
         if self.name == "full":
             return Full
+        if self.name == "oracle":
+            return Oracle
         return load_class(self.name)
 
 
@@ -113,6 +114,10 @@ class MethodSpec:
     @property
     def is_full(self) -> bool:
         return self.parts == (PolicySpec("full"),)
+
+    @property
+    def is_oracle(self) -> bool:
+        return len(self.parts) == 1 and self.parts[0].name == "oracle"
 
 
 def split_top_level(text: str, sep: str = ",") -> list[str]:
@@ -164,9 +169,9 @@ def _expand(policy: PolicySpec) -> list[PolicySpec]:
 
 
 def role(policy: PolicySpec) -> str:
-    """"selection", "eviction" or "full" (custom classes are imported to find out)."""
-    if policy.name == "full":
-        return "full"
+    """"selection", "eviction", "full" or "oracle" (custom classes are imported to find out)."""
+    if policy.name in ("full", "oracle"):
+        return policy.name
     if policy.name in SELECTIONS:
         return "selection"
     if policy.name in EVICTIONS:
@@ -194,6 +199,9 @@ def parse_method(text: str) -> list[MethodSpec]:
     if any(p.name == "full" for p in parts) and len(parts) > 1:
         raise ValueError(f"--methods: {text!r}: full composes with nothing (a selection alone already keeps "
                          "the KV of every layer it ran on)")
+    if any(p.name == "oracle" for p in parts) and len(parts) > 1:
+        raise ValueError(f"--methods: {text!r}: oracle composes with nothing (it is selection alone, tried at "
+                         "every layer)")
     _check_composition(parts, text)
     return [MethodSpec(combo) for combo in itertools.product(*(_expand(p) for p in parts))]
 
@@ -209,11 +217,6 @@ def parse_methods(text: str) -> list[MethodSpec]:
     return specs
 
 
-def scaled_layer(paper_layer: int, num_layers: int) -> int:
-    """A layer tuned on a 32-layer model, at the same relative depth of this model."""
-    return min(num_layers - 1, max(0, round(paper_layer * num_layers / PAPER_LAYERS)))
-
-
 # GemFilter's own filter layers (`select_layer_idx` in its repository), by family and depth.
 GEMFILTER_LAYERS = {("llama", 32): 13, ("mistral", 40): 19}
 
@@ -227,16 +230,17 @@ def gemfilter_layer(model_type: str | None, num_layers: int) -> tuple[int, str]:
 
 
 def _builtin_defaults(name: str, model_name: str, num_layers: int, model_type: str | None = None) -> dict:
-    asl = {"tau": ASL_TAU.get(model_name, 0.3), "l_min": scaled_layer(10, num_layers), "l_obs": 8, **SCORING}
+    if name in ("asl", "asl-2pass"):
+        settings, _ = asl_settings(model_name, num_layers)
+        return {k: settings[k] for k in ("tau", "l_min", "l_obs", *SCORING)}
     return {
         "full": {},
+        "oracle": dict(SCORING),
         "snapkv": dict(SCORING),
         "streaming": {},
         "topp": {"window": SCORING["window"]},
         "fastkv": {"layer": scaled_layer(15, num_layers), **SCORING},
         "gemfilter": {"layer": gemfilter_layer(model_type, num_layers)[0]},
-        "asl": asl,
-        "asl-2pass": asl,
         "pyramidinfer-prefill": {},
         "pyramidinfer-decode": {},
     }[name]
@@ -286,7 +290,7 @@ def build(spec: MethodSpec, params: list[dict]) -> tuple[SelectionPolicy | None,
             if "budget" in kwargs and role(policy) == "selection":
                 hint = f"; {policy.name} selects tokens only: give the budget to an eviction, e.g. {policy.name}+snapkv"
             raise ValueError(f"{policy.label}: {e}{hint}") from None
-        if isinstance(obj, SelectionPolicy):
+        if isinstance(obj, (SelectionPolicy, Oracle)):  # the oracle stands where a selection would
             selection = obj
         else:
             eviction = obj

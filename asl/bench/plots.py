@@ -6,6 +6,9 @@ make_plots(records, summary, out_dir) writes into out_dir/"plots":
   accuracy_vs_budget.png        accuracy (mean over tasks) against KV budget, one panel per length
   selection_layers_<method>.png selection-layer histogram per task, for methods that select
   ratios_<method>.png           per-layer variance-ratio curves, for methods that record ratios
+  vs_oracle_<method>.png        per task, the method's selection layer against the oracle's, sample
+                                by sample (diagonal: the layer needed), for ASL-like methods when the
+                                method `oracle` ran on the same samples
   tradeoff_<task>[_<length>].png accuracy (and partial score) vs TTFT relative to full and vs KV MiB,
                                 one point per method setting, families joined, Pareto front dashed;
                                 per task and "all", one file per length when there are several
@@ -18,6 +21,7 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from . import vs_oracle
 from .report import ALL_TASKS, FULL_METHOD, NO_LAYER, _first_appearance, _layer_key, _num, selects, summarize
 
 DPI = 120
@@ -229,6 +233,47 @@ def _plot_ratios(plt, records, out: Path, names, method_params) -> list[Path]:
     return paths
 
 
+_VS_COLORS = {"too early": "C3", "at the layer needed": "C2", "later than needed": "C1"}
+
+
+def _plot_vs_oracle(plt, records, out: Path, names) -> list[Path]:
+    """Per ASL-like method (one that records ratios), a panel per task: its layer against the
+    oracle's; a marker's area counts the samples there, its colour says early / exact / late."""
+    by_method = defaultdict(list)
+    for r, layer, needed in vs_oracle.pairs(records):
+        if r.get("ratios"):
+            by_method[r["method"]].append((r, layer, needed))
+    top = max((o["num_layers"] - 1 for o in vs_oracle.oracle_records(records).values()), default=0)
+    paths = []
+    for method, matched in by_method.items():
+        tasks = _first_appearance(r["task"] for r, _, _ in matched)
+        nr, nc = _grid(len(tasks), 3)
+        fig, axes = plt.subplots(nr, nc, squeeze=False, figsize=(4.2 * nc, 4.0 * nr))
+        for ax, task in zip(axes.flat, tasks):
+            mine = [t for t in matched if t[0]["task"] == task]
+            ax.plot([0, top], [0, top], color="grey", ls="--", lw=1.0, zorder=1)
+            for (o, a), count in sorted(Counter((o, a) for _, a, o in mine).items()):
+                kind = "too early" if a < o else "at the layer needed" if a == o else "later than needed"
+                ax.scatter([o], [a], s=30 * count, color=_VS_COLORS[kind], edgecolor="black", lw=0.5, zorder=3)
+            f = vs_oracle.figures(mine)
+            ax.set_title(f"{task}: too early {f['oracle_too_early']:.0f}%, late {f['oracle_later']:.0f}%, "
+                         f"lost {f['oracle_layers_lost']:.1f}", fontsize=9)
+            ax.set_xlim(-0.5, top + 0.5)
+            ax.set_ylim(-0.5, top + 0.5)
+            ax.set_xlabel("oracle layer (earliest that keeps the full answer)")
+            ax.set_ylabel(f"{method}'s selection layer")
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(tasks):]:
+            ax.axis("off")
+        handles = [plt.Line2D([], [], marker="o", color=c, markeredgecolor="black", ls="none", label=k)
+                   for k, c in _VS_COLORS.items()]
+        fig.legend(handles=handles, loc="lower center", ncols=3, fontsize=8, frameon=False)
+        fig.suptitle(f"{method} vs the oracle ({len(matched)} samples; area = samples)", fontsize=10)
+        fig.tight_layout(rect=(0, 0.05, 1, 1))
+        paths.append(_save(plt, fig, out / f"vs_oracle_{names[method]}.png", tight=False))
+    return paths
+
+
 # --------------------------------------------------------------------------------------------
 # accuracy / cost trade-off
 
@@ -428,5 +473,6 @@ def make_plots(records: list[dict], summary: list[dict], out_dir,
     paths += _plot_accuracy_vs_budget(plt, summary, out)
     paths += _plot_selection_layers(plt, records, out, names)
     paths += _plot_ratios(plt, records, out, names, method_params)
+    paths += _plot_vs_oracle(plt, records, out, names)
     paths += _plot_tradeoff(plt, summary, out)
     return paths

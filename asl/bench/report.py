@@ -19,11 +19,12 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from . import vs_oracle
 from .stats import ALL_TASKS, COMPARISON_FIELDS, bootstrap_mean_ci, correct, wilson
 
 SUMMARY_FIELDS = ["task", "length", "method", "family", "budget", "select_tokens", "n", "accuracy", "accuracy_lo",
                   "accuracy_hi", "partial", "partial_lo", "partial_hi", "ttft_s", "tpot_s", "kv_bytes",
-                  "peak_mem_bytes", "prefill_vs_full", "selection_layers"]
+                  "peak_mem_bytes", "prefill_vs_full", "selection_layers", *vs_oracle.FIELDS]
 
 FULL_METHOD = "full"
 NO_LAYER = "none"
@@ -168,6 +169,10 @@ def summarize(records: list[dict]) -> list[dict]:
     selection_layers are sums, prefill_vs_full is recomputed from the "all" TTFTs. Their
     intervals are computed over all samples pooled (so with unequal task sizes the pooled
     interval is centred on the pooled mean, not exactly on the mean over tasks).
+
+    oracle_*: where the method `oracle` ran on the same samples, a selecting method's layer
+    against the oracle's (asl.bench.vs_oracle; pooled over tasks in the "all" rows), and the
+    oracle's median search cost in prefills on its own rows; None otherwise.
     """
     records = list(records)
     if not records:
@@ -265,7 +270,7 @@ def summarize(records: list[dict]) -> list[dict]:
                 method_rank.get(r["method"], len(method_rank)), _budget_key(r["budget"]))
 
     rows.sort(key=key)
-    return rows
+    return vs_oracle.annotate(rows, records)
 
 
 # --------------------------------------------------------------------------------------------
@@ -580,6 +585,7 @@ def format_table(summary: list[dict], comparisons: list[dict] | None = None) -> 
     pvalues, cut = _pvalues(comparisons), {}
     for length in lengths:
         lines += _block(length, [r for r in summary if r["length"] == length], tasks, abbr, pvalues, cut)
+    lines += vs_oracle.format_lines(summary)
     lines += ["", LEGEND] + ([LEGEND_MARK] if comparisons is not None else [])
     lines += [f"{short} = {full}" for short, full in cut.items()]
     return "\n".join(lines).lstrip("\n")

@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 import asl
-from asl.bench import metrics
+from asl.bench import metrics, oracle_method
 from asl.bench.memory import PeakMemory
 from asl.bench.methods import MethodSpec, build
 from asl.bench.tasks import Sample, make_sample
@@ -56,6 +56,11 @@ def run_job(model, tokenizer, sample: Sample, job: Job, params: list[dict], comp
     With `repeats` > 1 the call runs again (fresh policies) for timing: TTFT and TPOT are the
     medians, every run's figures are kept."""
     device = model.lm_head.weight.device
+    if job.method.is_oracle:  # one search, whatever `repeats`: its cost is recorded, not a TTFT to time
+        oracle, _ = build(job.method, params)
+        with PeakMemory(device) as mem:
+            fields = oracle_method.measure(model, tokenizer, sample, oracle)
+        return _record(sample, job, fields.pop("prediction"), {**fields, "peak_mem_bytes": mem.bytes})
     outs, peaks = [], []
     for _ in range(repeats):
         selection, eviction = build(job.method, params)
@@ -67,12 +72,7 @@ def run_job(model, tokenizer, sample: Sample, job: Job, params: list[dict], comp
     out = outs[0]
     seq = out.trace.sequences[0]
     layers = model.config.num_layers
-    return {
-        "id": sample.id, "task": sample.task, "length": sample.length, "index": sample.index, "depth": sample.depth,
-        "method": job.method.label, "family": job.method.family, "budget": job.budget, "select_tokens": job.select_tokens,
-        "prompt_tokens": sample.prompt_tokens, "answers": list(sample.answers), "prediction": out.text,
-        "score": metrics.score(sample.metric, out.text, sample.answers),
-        "partial": metrics.partial(out.text, sample.answers),
+    return _record(sample, job, out.text, {
         "ttft_s": statistics.median(o.trace.prefill_s for o in outs),
         "tpot_s": statistics.median(o.trace.decode_s_per_token for o in outs) if seq.new_tokens > 1 else None,
         "new_tokens": seq.new_tokens, "kv_tokens": seq.kv_tokens, "kv_bytes": seq.kv_bytes,
@@ -82,6 +82,17 @@ def run_job(model, tokenizer, sample: Sample, job: Job, params: list[dict], comp
         "compile_s": out.trace.compile_s, "compiles": out.trace.compiles,
         **({"ttft_runs": [o.trace.prefill_s for o in outs], "tpot_runs": [o.trace.decode_s_per_token for o in outs]}
            if repeats > 1 else {}),
+    })
+
+
+def _record(sample: Sample, job: Job, text: str, measured: dict) -> dict:
+    """A samples.jsonl line: the sample and method, the answer scored, then what was measured."""
+    return {
+        "id": sample.id, "task": sample.task, "length": sample.length, "index": sample.index, "depth": sample.depth,
+        "method": job.method.label, "family": job.method.family, "budget": job.budget, "select_tokens": job.select_tokens,
+        "prompt_tokens": sample.prompt_tokens, "answers": list(sample.answers), "prediction": text,
+        "score": metrics.score(sample.metric, text, sample.answers),
+        "partial": metrics.partial(text, sample.answers), **measured,
     }
 
 

@@ -47,6 +47,19 @@ class ASL(SelectionPolicy):
     pooling: str = "avg"
     l_max: int | None = None  # our addition: select here at the latest
 
+    @classmethod
+    def for_model(cls, model, calibration=None, **overrides) -> "ASL":
+        """ASL with the settings calibrated for `model` (a name, a ModelConfig, or a model with a
+        `.config`): `calibration` (a file from `python -m asl.bench calibrate`) or the package's
+        file for that model, read strictly. Without one - none is bundled yet, not even for
+        qwen2.5-0.5b and smollm2-135m - tau is the hand-set 0.7 on those two (0.3, the paper's,
+        on any other model), not a calibrated value; l_min is 10 of 32 layers scaled to the
+        model. `overrides` win (e.g. select_tokens). docs/algorithms.md section 14."""
+        from ..calibration import settings_for
+
+        settings, _ = settings_for(model, calibration)
+        return cls(**{**settings, **overrides})
+
     def _check(self) -> None:
         if not is_number(self.tau) or self.tau < 0:
             raise ValueError(f"tau must be a finite number >= 0, got {self.tau!r}")

@@ -1,0 +1,52 @@
+"""Argument helpers the bench's commands share: every check names the flag and what it allows."""
+from __future__ import annotations
+
+import argparse
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every option's default."""
+
+
+def ints(text: str, name: str, minimum: int = 1) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--{name} must be comma-separated integers, got {text!r}") from None
+    if not values or any(v < minimum for v in values):
+        raise ValueError(f"--{name} must be integers >= {minimum}, got {text!r}")
+    return sorted(set(values))
+
+
+def parse_tasks(tasks_text: str, lengths_text: str) -> tuple[list[str], list[int]]:
+    """--tasks and --lengths, checked against each other (every task fits the shortest length)."""
+    from asl.bench.tasks import TASKS
+
+    tasks = [t.strip() for t in tasks_text.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"--tasks: unknown task(s) {', '.join(unknown) or '(none given)'}; allowed: {', '.join(TASKS)}")
+    tasks = list(dict.fromkeys(tasks))
+    lengths = ints(lengths_text, "lengths")
+    short = [f"{t} needs >= {TASKS[t].min_length}" for t in tasks if TASKS[t].min_length > lengths[0]]
+    if short:
+        raise ValueError(f"--lengths {lengths[0]} is too short: {'; '.join(short)}")
+    return tasks, lengths
+
+
+def model_config(model: str, lengths: list[int]):
+    """(checkpoint folder, ModelConfig) of --model, checked to take prompts of --lengths."""
+    from asl.calibration import config_of
+    from asl.models.loading import resolve_checkpoint
+
+    try:
+        folder = resolve_checkpoint(model)
+        config = config_of(str(folder))
+    except ValueError as e:
+        raise ValueError(f"--model: {e}") from None
+    limit = config.max_position_embeddings - 256  # room for the answer
+    too_long = [n for n in lengths if n > limit]
+    if too_long:
+        raise ValueError(f"--lengths: {too_long} exceed what {model} can take ({config.max_position_embeddings} "
+                         f"positions, so at most {limit} prompt tokens)")
+    return folder, config

@@ -1,0 +1,235 @@
+"""python -m asl.bench calibrate: choose ASL's threshold (and l_min) for a model from prompts
+without gold answers. The full cache's greedy answer is the label; the oracle gives the
+earliest layer each prompt needed; one ASL run per prompt records its variance ratios, from
+which the layer ASL would pick at every candidate tau follows. The chosen tau loses the
+fewest layers with at most --target of the prompts selected too early (docs/calibration.md).
+
+Writes a calibration file that asl.ASL.for_model and the benchmark read (--out).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import pathlib
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from asl.bench.args import Formatter, ints, model_config, parse_tasks
+from asl.calibration.search import PromptMeasure, check_grid, choose
+
+# Prompts of an easy task (ASL may select early) and two retrieval tasks (it must not).
+DEFAULT_TASKS = "passkey,kv_retrieval,niah_single_2"
+DEFAULT_TAUS = [round(0.05 * i, 2) for i in range(1, 31)]  # 0.05 .. 1.5
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m asl.bench calibrate", description=__doc__, formatter_class=Formatter)
+    ap.add_argument("--model", required=True, help="bundled name (qwen2.5-0.5b, smollm2-135m), HF folder or .gguf")
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--prompts", default=None,
+                     help="JSON lines: a string, or an object with \"prompt\" (and optional \"max_new_tokens\", "
+                          "\"stop\") per line, used as given (no chat template is applied)")
+    src.add_argument("--tasks", default=None, help=f"bench tasks to draw prompts from (default: {DEFAULT_TASKS})")
+    ap.add_argument("--lengths", default="2048", help="with --tasks: comma-separated prompt lengths in tokens")
+    ap.add_argument("--samples", type=int, default=20, help="with --tasks: prompts per task and length")
+    ap.add_argument("--seed", type=int, default=0, help="with --tasks: the samples' seed")
+    ap.add_argument("--target", type=float, default=0.1, help="the largest share of prompts selected too early")
+    ap.add_argument("--taus", default=None, help="comma-separated candidate thresholds (default 0.05, 0.10, .., 1.5)")
+    ap.add_argument("--l-min", default=None,
+                    help="comma-separated candidate l_min (default: the paper's 10 of 32 layers, scaled)")
+    ap.add_argument("--l-obs", type=int, default=8, help="ASL's l_obs (at most l_min + 1)")
+    ap.add_argument("--select-tokens", type=int, default=512, help="tokens kept by selection, the window included")
+    ap.add_argument("--max-new-tokens", type=int, default=32, help="with --prompts: answer length (the label's)")
+    ap.add_argument("--out", default=None, help="the calibration file (default: calibration-<model>.json)")
+    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    return ap
+
+
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--{name} must be comma-separated numbers, got {text!r}") from None
+
+
+def read_prompts(path: pathlib.Path, max_new_tokens: int) -> tuple[list[Prompt], str]:
+    """The prompts of a JSON-lines file, and the file's sha256."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"--prompts {path}: cannot be read ({e.strerror or e})") from None
+    prompts = []
+    for i, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--prompts {path}, line {i}: not JSON ({e.msg})") from None
+        item = {"prompt": item} if isinstance(item, str) else item
+        ok = (isinstance(item, dict) and isinstance(item.get("prompt"), str) and item["prompt"].strip()
+              and isinstance(item.get("max_new_tokens", 1), int) and item.get("max_new_tokens", 1) >= 1
+              and isinstance(item.get("stop", []), list) and all(isinstance(s, str) for s in item.get("stop", [])))
+        if not ok:
+            raise ValueError(f"--prompts {path}, line {i}: must be a non-empty string or an object with a non-empty "
+                             "\"prompt\" string (optional \"max_new_tokens\" >= 1, \"stop\" list of strings)")
+        prompts.append(Prompt(item["prompt"], item.get("max_new_tokens", max_new_tokens), tuple(item.get("stop", []))))
+    if not prompts:
+        raise ValueError(f"--prompts {path}: holds no prompt")
+    return prompts, hashlib.sha256(data).hexdigest()
+
+
+def parse(argv) -> argparse.Namespace:
+    """Every check that needs no model; ValueError naming the argument."""
+    args = parser().parse_args(argv)
+    if args.prompts is None:
+        args.tasks, args.lengths = parse_tasks(args.tasks or DEFAULT_TASKS, args.lengths)
+        if args.samples < 1:
+            raise ValueError(f"--samples must be >= 1, got {args.samples}")
+    else:
+        args.prompt_list, args.prompts_sha256 = read_prompts(pathlib.Path(args.prompts), args.max_new_tokens)
+    args.taus = DEFAULT_TAUS if args.taus is None else _floats(args.taus, "taus")
+    args.l_min = None if args.l_min is None else ints(args.l_min, "l-min", 0)
+    check_grid(args.taus, args.l_min or [0], args.target, 10 ** 9)
+    for name in ("l_obs", "select_tokens", "max_new_tokens", "threads"):
+        value, least = getattr(args, name), 2 if name == "l_obs" else 1
+        if value is not None and value < least:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
+    if args.select_tokens <= 32:
+        raise ValueError(f"--select-tokens must be larger than ASL's window (32), got {args.select_tokens}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu")
+    args.out = pathlib.Path(args.out or f"calibration-{pathlib.Path(args.model).name}.json")
+    if not args.out.parent.is_dir():
+        raise ValueError(f"--out {args.out}: the folder {args.out.parent} does not exist")
+    return args
+
+
+def measure(model, tokenizer, prompt: Prompt, select_tokens: int, l_mins: list[int], l_obs: int) -> tuple[PromptMeasure, float]:
+    """One prompt: the oracle (every layer but the last), then one ASL run per l_min that never
+    fires before the last layer, for its ratios. Also the oracle's cost in prefills."""
+    import asl
+    from asl.calibration import SCORING
+
+    last = model.config.num_layers - 1
+    stop = list(prompt.stop) or None
+    result = asl.oracle_layer(model, tokenizer, prompt.text, select_tokens=select_tokens,
+                              max_new_tokens=prompt.max_new_tokens, stop=stop, **SCORING)
+    ratios = {}
+    for l_min in l_mins:
+        policy = asl.ASL(tau=0.0, l_min=l_min, l_obs=min(l_obs, l_min + 1), select_tokens=select_tokens, l_max=last,
+                         **SCORING)
+        ratios[l_min] = dict(asl.generate(model, tokenizer, prompt.text, max_new_tokens=1, selection=policy).trace.ratios)
+    needed = last if result.oracle_layer is None else result.oracle_layer
+    return PromptMeasure(needed, {o.layer: o.matches for o in result.layers}, ratios), result.cost
+
+
+def calibrate(model, tokenizer, prompts: list[Prompt], taus, l_mins, target: float, select_tokens: int = 512,
+              l_obs: int = 8, show: bool = False) -> dict:
+    """The choice over `prompts` (the calibration file's asl, target, figures and search)."""
+    from asl.calibration import SCORING
+
+    layers = model.config.num_layers
+    check_grid(taus, l_mins, target, layers)
+    measures, costs = [], []
+    for i, prompt in enumerate(prompts):
+        m, cost = measure(model, tokenizer, prompt, select_tokens, l_mins, l_obs)
+        measures.append(m)
+        costs.append(cost)
+        if show:
+            print(f"  prompt {i + 1}/{len(prompts)}: oracle layer {m.needed} ({cost:.1f} prefills)", flush=True)
+    best, sweep, met = choose(measures, taus, l_mins, target, layers)
+    return {
+        "num_layers": layers,
+        "asl": {"tau": best.tau, "l_min": best.l_min, "l_obs": min(l_obs, best.l_min + 1),
+                "select_tokens": select_tokens, **SCORING},
+        "target": target,
+        "figures": {"n": best.n, "too_early": best.too_early, "mismatch": best.mismatch,
+                    "layers_lost": best.layers_lost, "target_met": met,
+                    "oracle_layers": [m.needed for m in measures]},
+        "timing": {"oracle_cost_median": statistics.median(costs)},  # measured: the one part that varies
+        "search": {"taus": sorted(set(taus)), "l_mins": sorted(set(l_mins)),
+                   "sweep": [[o.l_min, o.tau, round(o.too_early, 4), round(o.mismatch, 4), round(o.layers_lost, 3)]
+                             for o in sweep]},
+    }
+
+
+def _task_prompts(tokenizer, args) -> list[Prompt]:
+    from asl.bench.tasks import make_sample
+
+    samples = [make_sample(t, tokenizer, n, i, args.seed) for i in range(args.samples) for n in args.lengths
+               for t in args.tasks]
+    return [Prompt(s.prompt, s.max_new_tokens, s.stop) for s in samples]
+
+
+def main(argv=None) -> int:
+    from asl.calibration.defaults import scaled_layer
+
+    try:
+        args = parse(sys.argv[1:] if argv is None else argv)
+        folder, config = model_config(args.model, [] if args.prompts else args.lengths)
+        args.l_min = args.l_min or [scaled_layer(10, config.num_layers)]
+        check_grid(args.taus, args.l_min, args.target, config.num_layers)
+    except ValueError as e:
+        print(f"python -m asl.bench calibrate: error: {e}", file=sys.stderr)
+        return 2
+    return run(args, folder, config)
+
+
+def run(args, folder, config) -> int:
+    import asl
+    from asl.bench.fingerprint import code_hash
+    from asl.bench.runner import set_threads
+    from asl.bench.session import _git_commit
+    from asl.calibration import fingerprint, write
+
+    threads = set_threads(args.threads, 1)
+    model, tokenizer = asl.load(folder, dtype=getattr(torch, args.dtype), device=args.device)
+    if args.prompts:
+        prompts = args.prompt_list
+        source = {"source": "file", "file": pathlib.Path(args.prompts).name, "sha256": args.prompts_sha256}
+    else:
+        prompts = _task_prompts(tokenizer, args)
+        source = {"source": "tasks", "tasks": args.tasks, "lengths": args.lengths, "samples": args.samples,
+                  "seed": args.seed}
+    print(f"calibrate: {args.model} ({config.num_layers} layers, {args.dtype}, {args.device}, {threads} threads); "
+          f"{len(prompts)} prompts, select_tokens {args.select_tokens}, {len(args.taus)} taus x l_min {args.l_min}, "
+          f"target {args.target:g}", flush=True)
+    begun = time.perf_counter()
+    found = calibrate(model, tokenizer, prompts, args.taus, args.l_min, args.target, args.select_tokens, args.l_obs,
+                      show=True)
+    data = {"format": 1, "model": args.model, **found, "config": fingerprint(config), "prompts": source,
+            "run": {"dtype": args.dtype, "device": args.device, "threads": threads,
+                    "seconds": round(time.perf_counter() - begun, 1)},
+            "code": code_hash(), "commit": _git_commit(), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write(args.out, data)
+    print(summary_text(data))
+    print(f"written: {args.out}")
+    return 0
+
+
+def summary_text(data: dict) -> str:
+    a, f = data["asl"], data["figures"]
+    lines = [f"chosen: tau {a['tau']:g}, l_min {a['l_min']} (l_obs {a['l_obs']}, select_tokens {a['select_tokens']})"
+             f" on {f['n']} prompts: {100 * f['too_early']:.1f}% selected too early (target "
+             f"{100 * data['target']:.0f}%{'' if f['target_met'] else ', NOT met by any candidate'}), "
+             f"{100 * f['mismatch']:.1f}% answers differ from the full cache's, {f['layers_lost']:.2f} layers lost "
+             f"on average; the oracle cost {data['timing']['oracle_cost_median']:.1f} prefills per prompt (median)"]
+    lines.append("  l_min   tau  too_early  differ  layers_lost")
+    lines += [f"  {lm:>5} {tau:>5g} {100 * e:>9.1f}% {100 * w:>6.1f}% {lost:>12.2f}"
+              for lm, tau, e, w, lost in data["search"]["sweep"]]
+    return "\n".join(lines)

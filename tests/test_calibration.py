@@ -1,0 +1,158 @@
+"""Calibrating ASL's threshold: the replay of its ratios picks the layer ASL really selects at,
+the choice is deterministic and inside the searched range, and the per-model file round-trips
+and fails clearly when it is bad."""
+import copy
+import json
+import random
+
+import pytest
+
+import asl
+from asl.bench import calibrate as cal
+from asl.calibration import CalibrationError, read, settings_for, write
+from asl.calibration.search import PromptMeasure, choose, evaluate, picked_layer
+from tiny import CharTokenizer, random_text, tiny_pair
+
+TOK = CharTokenizer()
+LAYERS = 8
+TAUS = [0.1, 0.3, 0.5, 0.7, 0.9, 1.2]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_pair("qwen2", num_hidden_layers=LAYERS, max_position_embeddings=512, eos_token_id=None)[1]
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return [cal.Prompt(random_text(random.Random(i), 160), 6) for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def found(model, prompts):
+    return cal.calibrate(model, TOK, prompts, TAUS, [2, 3], target=0.25, select_tokens=48)
+
+
+def test_the_replayed_ratios_pick_the_layer_asl_selects_at(model, prompts):
+    m, _ = cal.measure(model, TOK, prompts[0], select_tokens=48, l_mins=[2], l_obs=8)
+    for tau in TAUS:
+        policy = asl.ASL(tau=tau, l_min=2, l_obs=3, select_tokens=48)
+        layer = asl.generate(model, TOK, prompts[0].text, max_new_tokens=1, selection=policy).trace.selection_layer
+        assert picked_layer(m.ratios[2], tau, 2, LAYERS - 1) == (LAYERS - 1 if layer is None else layer), tau
+
+
+def test_calibration_is_deterministic_and_inside_the_range(model, prompts, found):
+    again = cal.calibrate(model, TOK, prompts, TAUS, [2, 3], target=0.25, select_tokens=48)
+    assert {**again, "timing": None} == {**found, "timing": None}  # all but the measured cost
+    assert found["asl"]["tau"] in TAUS and found["asl"]["l_min"] in (2, 3)
+    assert found["figures"]["n"] == len(prompts) and len(found["search"]["sweep"]) == 2 * len(TAUS)
+    if found["figures"]["target_met"]:
+        assert found["figures"]["too_early"] <= 0.25
+
+
+def test_the_choice_minimises_time_lost_under_the_target():
+    # needed layers 3 and 5 of 8; the ratios fall below 0.5 at layer 3, below 0.2 at layer 5
+    ratios = {2: 1.0, 3: 0.45, 4: 0.35, 5: 0.15, 6: 0.1, 7: 0.05}
+    ms = [PromptMeasure(3, {i: i >= 3 for i in range(7)}, {2: ratios}),
+          PromptMeasure(5, {i: i >= 5 for i in range(7)}, {2: ratios})]
+    taus = [0.05, 0.3, 0.6, 0.9, 1.1]
+    best, sweep, met = choose(ms, taus, [2], 0.0, LAYERS)
+    assert met and best.too_early == 0 and best.tau == 0.3  # fires at 5: lost 2 + 0
+    assert evaluate(ms, 2, 1.1, LAYERS).too_early == 1.0  # tau > 1 fires at l_min
+    best, _, _ = choose(ms, taus, [2], 0.5, LAYERS)
+    assert best.tau == 0.6  # fires at 3: one too early, nothing lost; of 0.6 and 0.9 the smaller
+    assert choose(ms, list(reversed(taus)), [2], 0.5, LAYERS)[0] == best
+    with pytest.raises(ValueError, match="--target must be a share in"):
+        choose(ms, taus, [2], 1.5, LAYERS)
+    with pytest.raises(ValueError, match="--taus must be finite numbers"):
+        choose(ms, [], [2], 0.1, LAYERS)
+
+
+def _file(found, **changes) -> dict:
+    data = {"format": 1, "model": "tiny-qwen2", **copy.deepcopy(found),
+            "prompts": {"source": "file", "file": "p.jsonl", "sha256": "0" * 64}, "code": "abc"}
+    data.update(changes)
+    return data
+
+
+def test_the_file_round_trips_and_for_model_reads_it(model, found, tmp_path):
+    path = write(tmp_path / "tiny.json", _file(found))
+    assert read(path, model="tiny-qwen2", num_layers=LAYERS) == json.loads(json.dumps(_file(found)))
+    policy = asl.ASL.for_model("tiny-qwen2", calibration=path, select_tokens=64)
+    assert (policy.tau, policy.l_min, policy.select_tokens) == (found["asl"]["tau"], found["asl"]["l_min"], 64)
+    assert asl.ASL.for_model(model, calibration=path).tau == found["asl"]["tau"]  # by its config
+
+
+def test_without_a_file_the_hand_set_values():
+    settings, why = settings_for(model_config())
+    assert settings["tau"] == 0.3 and settings["l_min"] == 2 and "not calibrated" in why
+
+
+def model_config():
+    return tiny_pair("llama", num_hidden_layers=LAYERS)[1].config
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.pop("target"), "field 'target' is missing"),
+    (lambda d: d["asl"].pop("tau"), "field 'asl.tau' is missing"),
+    (lambda d: d["asl"].update(tau="high"), "field 'asl.tau' must be a finite number >= 0, got 'high'"),
+    (lambda d: d["asl"].update(l_min=True), "field 'asl.l_min' must be an integer"),
+    (lambda d: d["asl"].update(l_min=LAYERS), "field 'asl.l_min' must be a layer of the model (0..7)"),
+    (lambda d: d["figures"].update(n=1.5), "field 'figures.n' must be an integer >= 1"),
+    (lambda d: d["prompts"].pop("sha256"), "field 'prompts.sha256' is missing"),
+    (lambda d: d.update(format=9), "field 'format' must be the integer 1"),
+    (lambda d: d.update(model="another-model"), "field 'model' is 'another-model', not the model asked for"),
+])
+def test_bad_files_fail_naming_the_file_and_the_field(found, tmp_path, change, message):
+    data = _file(found)
+    change(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(CalibrationError, match="calibration file .*bad.json: ") as e:
+        asl.ASL.for_model("tiny-qwen2", calibration=path)
+    assert message in str(e.value)
+
+
+def test_unreadable_files(tmp_path):
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(CalibrationError, match="x.json: is not valid JSON"):
+        read(tmp_path / "x.json")
+    with pytest.raises(CalibrationError, match="missing.json: cannot be read"):
+        read(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--target", "2"], "--target must be a share in [0, 1]"),
+    (["--taus", "0.3,x"], "--taus must be comma-separated numbers"),
+    (["--taus", "-1"], "--taus must be finite numbers >= 0"),
+    (["--tasks", "nope"], "--tasks: unknown task(s) nope"),
+    (["--prompts", "/no/such/file.jsonl"], "--prompts /no/such/file.jsonl: cannot be read"),
+    (["--select-tokens", "16"], "--select-tokens must be larger than ASL's window"),
+    (["--l-min", "-1"], "--l-min must be integers >= 0"),
+    (["--out", "/no/such/dir/c.json"], "--out /no/such/dir/c.json: the folder /no/such/dir does not exist"),
+])
+def test_bad_arguments_fail_before_any_work(capsys, monkeypatch, argv, message):
+    monkeypatch.setattr(cal, "run", lambda *a: pytest.fail("ran"))
+    assert cal.main(["--model", "smollm2-135m", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_prompt_lines(tmp_path):
+    (tmp_path / "p.jsonl").write_text('"fine"\n{"text": "no prompt key"}\n')
+    with pytest.raises(ValueError, match=r"p.jsonl, line 2: must be a non-empty string or an object"):
+        cal.read_prompts(tmp_path / "p.jsonl", 8)
+
+
+def test_the_command_writes_a_file_for_model_reads(model, monkeypatch, tmp_path, capsys):
+    lines = [json.dumps(random_text(random.Random(i), 120)) for i in range(3)]
+    (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr("asl.bench.calibrate.model_config", lambda name, lengths: (tmp_path, model.config))
+    monkeypatch.setattr(asl, "load", lambda *a, **k: (model, TOK))
+    out = tmp_path / "c.json"
+    argv = ["--model", "tiny-qwen2", "--prompts", str(tmp_path / "p.jsonl"), "--select-tokens", "40",
+            "--max-new-tokens", "4", "--taus", "0.2,0.6,1.1", "--threads", "1", "--out", str(out)]
+    assert asl.bench.cli.main(["calibrate", *argv]) == 0
+    data = read(out, model="tiny-qwen2", num_layers=LAYERS)
+    assert data["prompts"]["source"] == "file" and data["figures"]["n"] == 3 and data["asl"]["tau"] in (0.2, 0.6, 1.1)
+    assert "chosen: tau" in capsys.readouterr().out
+    assert asl.ASL.for_model("tiny-qwen2", calibration=out).tau == data["asl"]["tau"]
