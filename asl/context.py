@@ -116,15 +116,14 @@ def extend(decoder: Decoder, compressed: CompressedContext, input_ids: torch.Ten
         raise ValueError("cache was compressed with another model: compress the context with this one")
     b, m = input_ids.shape
     positions = compressed.next_position + positions_for(valid)
-    cos, sin = decoder.rope(positions, decoder.model.embed_tokens.weight.dtype)
-    h = decoder.model.embed_tokens(input_ids)
+    h, rope = decoder.embed(input_ids, positions)
     caches = []
     for layer, saved in zip(decoder.layers, compressed.layers):
         batch = (b, *saved.k.shape)
         cache = LayerCache.from_prefill(saved.k.expand(batch), saved.v.expand(batch), saved.valid.expand(batch[:3]),
                                         m + extra_slots)  # a fresh copy of the context's entries per question
         n = saved.k.shape[1]
-        q, k, v = layer.project(h, cos, sin)
+        q, k, v = layer.project(h, *rope)
         cache.write(torch.arange(n, n + m, device=k.device), k, v, valid)
         h = layer.finish(h, _question_attention(q, cache, n, m, valid))
         cache.filled = n + m

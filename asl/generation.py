@@ -91,10 +91,9 @@ def decode_step(model: Decoder, tokens, positions, slots, caches: list[LayerCach
 
     With `qslot` (an eviction that reads recent queries), layer l also puts its query into
     its cache's ring at qslot [1]."""
-    h = model.model.embed_tokens(tokens[:, None])
-    cos, sin = model.rope(positions[:, None], h.dtype)
+    h, rope = model.embed(tokens[:, None], positions[:, None])
     for i, layer in enumerate(model.layers):
-        q, k, v = layer.project(h, cos, sin)
+        q, k, v = layer.project(h, *rope)
         cache = caches[i]
         cache.write(slots[i : i + 1], k, v)
         if qslot is not None:

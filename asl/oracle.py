@@ -24,7 +24,7 @@ from .models.interop import as_decoder
 from .policies.base import LayerView, PrefillInfo
 from .policies.fixed import FastKV
 from .prefill import AliveTokens, PrefillResult, left_pad_columns
-from .models.decoder import attention_mask_for, last_token_attention, prefill_attention
+from .models.decoder import attention_mask_for
 
 
 @dataclass
@@ -162,21 +162,18 @@ def _run_layers(decoder, h, tokens: AliveTokens, indices, extra: int, keep_state
     prefill does); returns the output and each layer's cache, or, with `keep_states`, fills
     it with each layer's input and KV instead."""
     mask = attention_mask_for(tokens.valid)
-    cos, sin = decoder.rope(tokens.positions, h.dtype)
+    rope = decoder.rope(tokens.positions, h.dtype)
     last = decoder.config.num_layers - 1
     caches = []
     for i in indices:
         layer = decoder.layers[i]
         if keep_states is not None:
             keep_states[0].append(h)
-        q, k, v = layer.project(h, cos, sin)
+        q, k, v = layer.project(h, *rope)
         if keep_states is not None:
             keep_states[1].append(k)
             keep_states[2].append(v)
-        if i < last:
-            h = layer.finish(h, prefill_attention(q, k, v, mask))
-        else:
-            h = layer.finish(h[:, -1:], last_token_attention(q[:, :, -1:], k, v, tokens.valid))
+        h = layer.prefill(h, q, k, v, mask, tokens.valid, last=i == last)
         if keep_states is None:
             caches.append(LayerCache.from_prefill(k, v, tokens.valid[:, None].expand_as(k[..., 0]), extra))
     return h, caches
@@ -184,6 +181,6 @@ def _run_layers(decoder, h, tokens: AliveTokens, indices, extra: int, keep_state
 
 def _full_pass(decoder, tokens: AliveTokens, extra: int) -> _States:
     kept: tuple[list, list, list] = ([], [], [])
-    h = decoder.model.embed_tokens(tokens.ids)
+    h, _ = decoder.embed(tokens.ids, tokens.positions)
     h, _ = _run_layers(decoder, h, tokens, range(decoder.config.num_layers), 0, kept)
     return _States(tokens, kept[0], kept[1], kept[2], decoder.logits(h[:, -1]))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .models.cache import KVCache, LayerCache
-from .models.decoder import Decoder, attention_mask_for, last_token_attention, positions_for, prefill_attention
+from .models.decoder import Decoder, attention_mask_for, positions_for
 from .policies.base import (EvictionPolicy, LayerView, PrefillInfo, Selection, SelectionPolicy, check_selection,
                             keep_problems)
 
@@ -127,21 +127,16 @@ def prefill(
 
 def _run(model, tokens: AliveTokens, extra_slots, selection, eviction):
     """One pass over the layers. Returns a PrefillResult, or (selection, policy_s) on a restart."""
-    dtype = model.model.embed_tokens.weight.dtype
     restarts = selection is not None and selection.restarts
     decoding = eviction is not None and eviction.every > 0  # it evicts during decoding too
     recent = eviction.recent_queries(int(tokens.valid.sum(-1).max())) if decoding else 0
     mask = attention_mask_for(tokens.valid)
-    cos, sin = model.rope(tokens.positions, dtype)
-    h = model.model.embed_tokens(tokens.ids)
+    h, rope = model.embed(tokens.ids, tokens.positions)
     layers, alive, policy_s, problems = [], [], 0.0, []
     last = len(model.layers) - 1
     for i, layer in enumerate(model.layers):
-        q, k, v = layer.project(h, cos, sin)
-        if i < last:
-            h = layer.finish(h, prefill_attention(q, k, v, mask))
-        else:  # only the last token's output is read (its logits): attend and finish it alone
-            h = layer.finish(h[:, -1:], last_token_attention(q[:, :, -1:], k, v, tokens.valid))
+        q, k, v = layer.project(h, *rope)
+        h = layer.prefill(h, q, k, v, mask, tokens.valid, last=i == last)
         alive.append(tokens.valid.sum(-1))
         view = LayerView(i, q, k, v, tokens.positions, tokens.index, tokens.valid)
         start = time.perf_counter()
@@ -168,7 +163,7 @@ def _run(model, tokens: AliveTokens, extra_slots, selection, eviction):
             h = _gather_rows(h, cols)
         tokens = AliveTokens(tokens.ids, tokens.positions.gather(1, cols), tokens.index.gather(1, cols), valid)
         mask = attention_mask_for(valid)
-        cos, sin = model.rope(tokens.positions, dtype)
+        rope = model.rope(tokens.positions, h.dtype)
     _check_evictions(problems, eviction)
     if restarts:  # it never asked to restart: rerun storing KV, all tokens kept
         nothing = torch.zeros(tokens.valid.shape[0], dtype=torch.bool, device=h.device)

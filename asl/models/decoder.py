@@ -103,6 +103,13 @@ class DecoderLayer(nn.Module):
     def project(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         return self.self_attn.project(self.input_layernorm(h), cos, sin)
 
+    def prefill(self, h, q, k, v, mask, valid, last: bool) -> torch.Tensor:
+        """The layer's output over the prompt from its projections; for the `last` layer only
+        the last token's (its logits are all that is read), so the rest is never computed."""
+        if last:
+            return self.finish(h[:, -1:], last_token_attention(q[:, :, -1:], k, v, valid))
+        return self.finish(h, prefill_attention(q, k, v, mask))
+
     def finish(self, h: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         """attn [B, n, H*d] (heads merged) -> the layer's output hidden states.
 
@@ -193,6 +200,11 @@ class Decoder(nn.Module):
     def layers(self) -> nn.ModuleList:
         return self.model.layers
 
+    def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """Where every pass starts: the tokens' embeddings and their RoPE tables (cos, sin)."""
+        h = self.model.embed_tokens(ids)
+        return h, self.rope(positions, h.dtype)
+
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.model.norm(h)).float()
 
@@ -202,9 +214,7 @@ class Decoder(nn.Module):
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         positions = positions_for(valid)
         mask = attention_mask_for(valid)
-        cos, sin = self.rope(positions, self.model.embed_tokens.weight.dtype)
-        h = self.model.embed_tokens(input_ids)
+        h, rope = self.embed(input_ids, positions)
         for layer in self.layers:
-            q, k, v = layer.project(h, cos, sin)
-            h = layer.finish(h, prefill_attention(q, k, v, mask))
+            h = layer.prefill(h, *layer.project(h, *rope), mask, valid, last=False)
         return self.logits(h)
