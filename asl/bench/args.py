@@ -50,3 +50,10 @@ def model_config(model: str, lengths: list[int]):
         raise ValueError(f"--lengths: {too_long} exceed what {model} can take ({config.max_position_embeddings} "
                          f"positions, so at most {limit} prompt tokens)")
     return folder, config
+
+
+def check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu")

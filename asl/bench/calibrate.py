@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from asl.bench.args import Formatter, ints, model_config, parse_tasks
+from asl.bench.args import Formatter, check_device, ints, model_config, parse_tasks
 from asl.calibration.search import PromptMeasure, check_grid, choose
 
 # Prompts of an easy task (ASL may select early) and two retrieval tasks (it must not).
@@ -41,7 +41,8 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--prompts", default=None,
                      help="JSON lines: a string, or an object with \"prompt\" (and optional \"max_new_tokens\", "
                           "\"stop\") per line, used as given (no chat template is applied)")
-    src.add_argument("--tasks", default=None, help=f"bench tasks to draw prompts from (default: {DEFAULT_TASKS})")
+    src.add_argument("--tasks", default=None,
+                     help=f"bench tasks to draw prompts from; with neither flag: {DEFAULT_TASKS}")
     ap.add_argument("--lengths", default="2048", help="with --tasks: comma-separated prompt lengths in tokens")
     ap.add_argument("--samples", type=int, default=20, help="with --tasks: prompts per task and length")
     ap.add_argument("--seed", type=int, default=0, help="with --tasks: the samples' seed")
@@ -111,15 +112,15 @@ def parse(argv) -> argparse.Namespace:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
     if args.select_tokens <= 32:
         raise ValueError(f"--select-tokens must be larger than ASL's window (32), got {args.select_tokens}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu")
+    check_device(args.device)
     args.out = pathlib.Path(args.out or f"calibration-{pathlib.Path(args.model).name}.json")
     if not args.out.parent.is_dir():
         raise ValueError(f"--out {args.out}: the folder {args.out.parent} does not exist")
     return args
 
 
-def measure(model, tokenizer, prompt: Prompt, select_tokens: int, l_mins: list[int], l_obs: int) -> tuple[PromptMeasure, float]:
+def measure(model, tokenizer, prompt: Prompt, select_tokens: int, l_mins: list[int],
+            l_obs: int) -> tuple[PromptMeasure, float]:
     """One prompt: the oracle (every layer but the last), then one ASL run per l_min that never
     fires before the last layer, for its ratios. Also the oracle's cost in prefills."""
     import asl
@@ -133,7 +134,8 @@ def measure(model, tokenizer, prompt: Prompt, select_tokens: int, l_mins: list[i
     for l_min in l_mins:
         policy = asl.ASL(tau=0.0, l_min=l_min, l_obs=min(l_obs, l_min + 1), select_tokens=select_tokens, l_max=last,
                          **SCORING)
-        ratios[l_min] = dict(asl.generate(model, tokenizer, prompt.text, max_new_tokens=1, selection=policy).trace.ratios)
+        out = asl.generate(model, tokenizer, prompt.text, max_new_tokens=1, selection=policy)
+        ratios[l_min] = dict(out.trace.ratios)
     needed = last if result.oracle_layer is None else result.oracle_layer
     return PromptMeasure(needed, {o.layer: o.matches for o in result.layers}, ratios), result.cost
 

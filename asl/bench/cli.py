@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from asl.bench.args import Formatter, ints, model_config, parse_tasks
+from asl.bench.args import Formatter, check_device, ints, model_config, parse_tasks
 
 # The default run (about 10 minutes on 2 cores): a hard task where the full cache is near its
 # ceiling and the methods differ (kv_retrieval at 2,048 tokens, selection size 25% of the
@@ -77,8 +77,7 @@ def parse(argv=None):
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu")
+    check_device(args.device)
     args.methods = parse_methods(args.methods)
     return args
 

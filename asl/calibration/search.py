@@ -62,7 +62,8 @@ def check_grid(taus, l_mins, target, num_layers: int) -> None:
         raise ValueError(f"--target must be a share in [0, 1], got {target!r}")
 
 
-def choose(measures: list[PromptMeasure], taus, l_mins, target: float, num_layers: int) -> tuple[Outcome, list[Outcome], bool]:
+def choose(measures: list[PromptMeasure], taus, l_mins, target: float,
+           num_layers: int) -> tuple[Outcome, list[Outcome], bool]:
     """(the chosen candidate, every candidate, whether it meets the target).
 
     Among the candidates with at most `target` of the prompts selected too early: the fewest
