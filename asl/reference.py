@@ -27,14 +27,12 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, wind
 
 
 def pool(scores: torch.Tensor, kernel: int, pooling: str) -> torch.Tensor:
-    """Section 1, step 3, along the last dim: stride 1, padding kernel // 2 (zeros counted for avg)."""
-    shape = scores.shape
-    x = scores.reshape(-1, 1, shape[-1])
-    if pooling == "avg":
-        x = F.avg_pool1d(x, kernel, stride=1, padding=kernel // 2)
-    else:
-        x = F.max_pool1d(x, kernel, stride=1, padding=kernel // 2)
-    return x.reshape(shape)
+    """Section 1, step 3, along the last dim: each column's window of `kernel` columns centred
+    on it, zeros beyond the ends (counted in the average; never the maximum)."""
+    half = kernel // 2
+    pad = 0.0 if pooling == "avg" else float("-inf")
+    windows = F.pad(scores, (half, half), value=pad).unfold(-1, kernel, 1)  # [..., m, kernel]
+    return windows.mean(-1) if pooling == "avg" else windows.amax(-1)
 
 
 def window_scores(q, k, valid, window: int, kernel: int = 7, pooling: str = "avg") -> torch.Tensor:

@@ -282,26 +282,42 @@ def test_cuda_rejects_mixed_devices():
 
 # ---- the fallback
 
-def test_fallback_without_extension_equals_reference(monkeypatch):
-    monkeypatch.setattr(ops, "_C", None)
-    monkeypatch.setattr(ops, "_IMPORT_ERROR", "hidden by the test")
-    monkeypatch.setattr(ops, "_warned", set())
-    monkeypatch.setattr(ops, "CHUNK", 64)  # the chunked two-pass path
-    assert ops.backend() == "torch" and ops.backend("cpu") == "torch"
+def fallback_checks() -> None:
+    """Run in a process where asl._C cannot be imported (test_fallback_without_extension)."""
+    from asl import ops_fallback
+
+    assert ops._C is None and ops.backend() == "torch" and ops.backend("cpu") == "torch"
+    ops_fallback.CHUNK = 64  # the chunked two-pass path
     c = dict(b=2, g=2, r=4, w=8, n=500, pads=[0, 300], d=16, kernel=7, pooling="avg", sharpness=2.0,
              dtype=torch.float32, seed=11)
     q, k, valid = make_window_inputs(c)
-    with pytest.warns(RuntimeWarning, match=r"hidden by the test.*pip install --no-build-isolation -e \."):
+    with pytest.warns(RuntimeWarning, match=r"asl._C is not importable.*halted.*pip install --no-build-isolation -e \."):
         got = ops.window_scores(q, k, valid, 8, 7, "avg")
     assert_scores_match(got, reference_scores(q, k, valid, c))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once only
         scores = got.sum(1)
         assert torch.equal(ops.token_ranks(scores), reference.token_ranks(scores))
+        ties = make_scores(4, 3, 300, "ties", torch.float32, "cpu")
+        assert torch.equal(ops.token_ranks(ties), reference.token_ranks(ties))
         ranks = make_ranks(3, 4, 2, 100)
         torch.testing.assert_close(ops.rank_variance(ranks, 9), reference.rank_variance(ranks, 9), rtol=1e-9,
                                    atol=0)
-        with pytest.raises(ValueError, match="k must be in"):
-            ops.rank_variance(ranks, 101)
-        with pytest.raises(ValueError, match="positive odd"):
-            ops.window_scores(q, k, valid, 8, 2, "avg")
+        for name, call, match in _bad_calls():  # the same table, the same messages as csrc/checks.h
+            with pytest.raises((RuntimeError, ValueError), match=match):
+                call()
+        for op, args in opcheck_cases().values():  # registered through torch.library, fake kernels included
+            torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
+
+
+def test_fallback_without_extension():
+    """Without asl._C the pure-torch kernels are the ops' kernels: same results, same errors."""
+    code = ("import sys; sys.modules['asl._C'] = None; sys.path.insert(0, 'tests'); "
+            "import test_ops; test_ops.fallback_checks(); print('ok')")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import reference
+from .. import ops
 from .asl import ASL
 from .base import LayerView, PrefillInfo, Selection, SelectionPolicy, check_kernel, check_layer, check_positive_int
 
@@ -67,7 +67,7 @@ def gemfilter_scores(q_last: torch.Tensor, keys: torch.Tensor, kernel: int) -> t
     g, d = keys.shape[0], keys.shape[-1]
     q_group = q_last.float().view(g, -1, d).sum(1)  # [G, d]
     raw = (keys.float() @ q_group[:, :, None]).squeeze(-1).sum(0)  # [n]
-    return reference.pool(raw, kernel, "avg")
+    return ops.pool(raw, kernel, "avg")
 
 
 def _keep_all(view: LayerView) -> Selection:
