@@ -80,3 +80,9 @@ def test_the_extensions_are_setup_pys():
 def test_the_cycle_finder_finds_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_reference_is_for_tests_only():
+    """asl.reference is the oracle the tests compare against: production code must not use it."""
+    users = sorted(name for name, targets in import_graph().items() if "asl.reference" in targets)
+    assert users == [], f"{users} import asl.reference"
