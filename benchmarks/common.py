@@ -1,4 +1,4 @@
-"""Shared helpers for the speed scripts: thread pinning, interleaved median timing, prose ids."""
+"""Shared helpers for the speed scripts: thread pinning, device syncs, interleaved median timing, prose ids."""
 from __future__ import annotations
 
 import argparse
@@ -6,11 +6,21 @@ import statistics
 import time
 
 import torch
-from transformers import LogitsProcessor
+
+try:
+    from transformers import LogitsProcessor
+except ImportError:  # the GPU suite also runs where transformers is missing; StepClock needs it, nothing else does
+    LogitsProcessor = object
 
 
 def setup_threads(n: int = 2) -> None:
     torch.set_num_threads(n)
+
+
+def sync(device) -> None:
+    """Wait for the device's queued work, so a host timer brackets it (a no-op on the CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def speed_parser(doc: str | None, model: str = "smollm2-135m", context: int = 4096,

@@ -7,9 +7,9 @@ Cases (docs/algorithms.md sections 1-3, at the sizes of a 32k-token prompt):
   window_scores  B=1, H=14, G=2 (GQA 7:1), w=32, n=32,768, d=64, float32, kernel 7, avg
 
 Implementations: "reference" (asl.reference: repeat_kv, full [B, H, w, n] probabilities),
-"op" (torch.ops.asl.*, the C++/CUDA kernels) and "torch" (asl.ops' pure-torch fallback:
-grouped keys, key chunks of ops.CHUNK). Times are medians over --repeats runs after one
-warm-up, the implementations interleaved (a, b, c, a, b, c, ...) so drift hits all alike;
+"op" (torch.ops.asl.*, the C++/CUDA kernels) and "torch" (asl/ops_fallback.py, the pure-torch
+kernels the ops run where asl._C has none: grouped keys, key chunks). Times are medians over
+--repeats runs after one warm-up, the implementations interleaved (a, b, c, a, b, c, ...) so drift hits all alike;
 on CUDA each run is bracketed by torch.cuda.synchronize(). asl.reference's window scores
 build their masks on the CPU, so on CUDA that case compares the op with the torch fallback.
 
@@ -40,8 +40,9 @@ import time
 
 import torch
 
-from asl import ops, reference
+from asl import ops, ops_fallback, reference
 from asl.bench.memory import status_kib
+from common import sync
 
 RANKS = dict(T=8, m=32768, k=2048)
 WINDOW = dict(B=1, H=14, G=2, w=32, n=32768, d=64, kernel=7, pooling="avg")
@@ -68,7 +69,7 @@ def implementation(case: str, name: str, x: dict):
             return lambda: reference.rank_variance(reference.token_ranks(s)[:, None], k)
         if name == "op":
             return lambda: torch.ops.asl.rank_variance(torch.ops.asl.token_ranks(s)[:, None], k)
-        return lambda: ops._torch_rank_variance(reference.token_ranks(s)[:, None], k)
+        return lambda: ops_fallback.rank_variance(ops_fallback.token_ranks(s)[:, None], k)
     q, kk, valid, c = x["q"], x["k"], x["valid"], WINDOW
     w, n = c["w"], q.shape[2]
     if name == "reference":
@@ -77,15 +78,10 @@ def implementation(case: str, name: str, x: dict):
         return lambda: reference.window_scores(q, kk, valid, w, c["kernel"], c["pooling"])
     if name == "op":
         return lambda: torch.ops.asl.window_scores(q[:, :, n - w:], kk, valid, c["kernel"], c["pooling"])
-    return lambda: ops._torch_window_scores(q, kk, valid, w, c["kernel"], c["pooling"])
+    return lambda: ops_fallback.window_scores(q[:, :, n - w:], kk, valid, c["kernel"], c["pooling"])
 
 
 IMPLS = ("reference", "op", "torch")
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def time_case(case: str, device: str, repeats: int) -> dict:

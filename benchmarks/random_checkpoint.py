@@ -19,6 +19,12 @@ from transformers import AutoConfig, AutoModelForCausalLM
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 
 
+def hf_config(raw: dict):
+    """A transformers config object from a config.json dict (benchmarks/gpu_suite.py builds on it too)."""
+    raw = dict(raw)
+    return AutoConfig.for_model(raw.pop("model_type"), **raw)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config", help="an HF config.json")
@@ -30,7 +36,7 @@ def main() -> None:
     raw = json.loads(pathlib.Path(args.config).read_text())
     if args.max_positions:
         raw["max_position_embeddings"] = args.max_positions
-    config = AutoConfig.for_model(raw.pop("model_type"), **raw)
+    config = hf_config(raw)
     torch.manual_seed(args.seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     out = pathlib.Path(args.out_dir)
