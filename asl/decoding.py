@@ -17,8 +17,8 @@ from .policies.base import DecodeView, EvictionPolicy
 class DecodeEviction:
     """The decode loop's side of a decode-time eviction: slots, positions, query ring, peaks."""
 
-    def __init__(self, policy: EvictionPolicy, cache: KVCache, pre):
-        self.policy, self.cache = policy, cache
+    def __init__(self, policy: EvictionPolicy, cache: KVCache, pre, rope=None):
+        self.policy, self.cache, self.rope = policy, cache, rope
         self.prompt_lengths = tuple(alive[0] for alive in pre.alive_tokens)
         self.next = [layer.filled for layer in cache.layers]  # the next write slot of each layer
         self.device = cache.layers[0].k.device
@@ -28,15 +28,23 @@ class DecodeEviction:
         self.peak = torch.stack([layer.valid.sum(-1).amax(-1) for layer in cache.layers])  # [L, B]
         self.compactions = 0
         self._positions = None
+        if policy.cache_positions:
+            for layer in cache.layers:
+                self._renumber(layer, layer.filled)
 
-    def before_step(self, t: int, positions: torch.Tensor) -> torch.Tensor:
-        """Let the policy evict (every `every` steps), then record the positions step t writes."""
+    def before_step(self, t: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Let the policy evict (every `every` steps), then record the positions step t writes.
+        Returns the step's write slots [L] and its positions [B] (after the cache's entries,
+        when the policy numbers positions within the cache)."""
         if t % self.policy.every == 0:
             self._evict(t)
+        if self.policy.cache_positions:  # every layer holds as many entries (the same rule, the same prompt)
+            first = self.cache.layers[0]
+            positions = first.valid[:, 0, : self.next[0]].sum(-1)
         for layer, slot in zip(self.cache.layers, self.next):
             layer.positions[:, :, slot] = positions[:, None]
         self._positions = positions
-        return torch.tensor(self.next, device=self.device)
+        return torch.tensor(self.next, device=self.device), positions
 
     def step_inputs(self) -> tuple:
         """The decode step's extra argument: the ring slot its queries go to, if any."""
@@ -63,6 +71,15 @@ class DecodeEviction:
             _check_keep(keep, layer, self.next[i], self.policy, i)
             self.next[i] = layer.compact(keep)
             self.compactions += 1
+            if self.policy.cache_positions:
+                self._renumber(layer, self.next[i])
+
+    def _renumber(self, layer, length: int) -> None:
+        """Positions by place in the cache (0, 1, ... over the `length` slots in use), keys re-rotated."""
+        valid, old = layer.valid[:, :, :length], layer.positions[:, :, :length]
+        new = (valid.cumsum(-1) - 1).masked_fill(~valid, -1)
+        layer.k[:, :, :length] = self.rope.rotate_by(layer.k[:, :, :length], (new - old).masked_fill(~valid, 0))
+        old.copy_(new)
 
     def _queries(self, layer):
         """The ring of latest queries, oldest first."""

@@ -303,7 +303,7 @@ def _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compi
     compile record and, with a decode-time eviction, its record."""
     cache: KVCache = pre.cache
     step_fn = _step_fn(compile)
-    evicting = DecodeEviction(eviction, cache, pre) if eviction is not None and eviction.every > 0 else None
+    evicting = DecodeEviction(eviction, cache, pre, model.rope) if eviction is not None and eviction.every > 0 else None
     if compile == "reduce-overhead":
         _mark_static(t for c in cache.layers for t in (c.k, c.v, c.valid, c.queries) if t is not None)
     batch = tokens.shape[0]
@@ -321,7 +321,7 @@ def _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compi
         step = torch.tensor(t, device=tokens.device)
         positions = pre.next_positions + t
         if evicting is not None:  # between steps, outside the compiled graph, in the same buffers
-            slots, extra = evicting.before_step(t, positions), evicting.step_inputs()
+            (slots, positions), extra = evicting.before_step(t, positions), evicting.step_inputs()
         else:
             slots, extra = cache.write_slots(step), ()
         graphs, begun = (_graphs(), time.perf_counter()) if compile else (0, 0.0)

@@ -75,6 +75,43 @@ def test_the_compiled_step_is_not_traced_again_after_a_compaction(model):
     assert again.trace.decode_compactions == first.trace.decode_compactions and again.trace.compiles == 0
 
 
+def test_cache_positions_rerotate_the_kept_keys_to_their_place_in_the_cache(model):
+    """positions="cache": the kept entries' keys equal the tokens' keys projected at positions
+    0, 1, ... (layer 0's keys depend only on the token and its position)."""
+    from asl.decoding import DecodeEviction
+    from asl.prefill import prefill
+
+    ids = torch.tensor([TOK(prompt(4, 40))["input_ids"]])
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    policy = asl.StreamingLLM(budget=16, sink=4, positions="cache")
+    with torch.inference_mode():
+        pre = prefill(model, ids, valid, 8, eviction=policy)
+        DecodeEviction(policy, pre.cache, pre, model.rope)
+    layer = pre.cache.layers[0]
+    kept = torch.cat([torch.arange(4), torch.arange(40 - 12, 40)])
+    h = model.model.embed_tokens(ids[:, kept])
+    _, k, _ = model.layers[0].project(h, *model.rope(torch.arange(16)[None], h.dtype))
+    torch.testing.assert_close(layer.k[:, :, :16], k, rtol=1e-5, atol=1e-5)
+    assert layer.positions[0, 0, :16].tolist() == list(range(16))
+
+
+@given(n=st.integers(10, 80), new=st.integers(2, 40), budget=st.integers(8, 40), seed=st.integers(0, 999))
+def test_cache_positions_stay_below_the_budget(model, n, new, budget, seed):
+    policy = RollingRecorder(budget=budget, sink=2, positions="cache")
+    out = asl.generate(model, TOK, prompt(seed, n), max_new_tokens=new, eviction=policy)
+    for kept in policy.kept_positions:  # layer 0's kept entries before each step: numbered within the cache
+        assert len(kept) <= budget and all(p < budget for p in kept), kept
+    if n + new <= budget:  # nothing evicted: the positions are the original ones
+        assert out.tokens == asl.generate(model, TOK, prompt(seed, n), max_new_tokens=new).tokens
+
+
+def test_cache_positions_need_a_rolling_cache():
+    with pytest.raises(ValueError, match='positions must be "original" or "cache"'):
+        asl.StreamingLLM(positions="text")
+    with pytest.raises(ValueError, match="it needs rolling=True"):
+        asl.StreamingLLM(positions="cache", rolling=False)
+
+
 @dataclass
 class Unsorted(asl.EvictionPolicy):
     every = 1

@@ -93,6 +93,17 @@ class Rope(nn.Module):
         return cos.to(dtype), sin.to(dtype)
 
 
+    def rotate_by(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """Keys x [B, G, n, d] already rotated to their positions, moved by `delta` [B, G, n]
+        positions (RoPE rotations add up). Exact for every RoPE type but dynamic NTK past its
+        original length, whose frequencies depend on the longest position."""
+        freqs = delta.float()[..., None] * self.inv_freq.to(x.device)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return (x.float() * emb.cos() + rotated.float() * emb.sin()).to(x.dtype)
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: [B, heads, n, d]; cos/sin: [B, n, d]."""
     cos, sin = cos[:, None], sin[:, None]

@@ -175,9 +175,12 @@ class EvictionPolicy(_Validated, ABC):
     generation sets `every` (a field: every how many new tokens `during_decode` is called,
     before the step that writes the next token; 0, the default, never) and overrides
     `during_decode`; `recent_queries` says how many of each layer's latest queries it reads.
+    `cache_positions` True renumbers the kept entries by their place in the cache during
+    decoding (StreamingLLM's `positions="cache"`), the new tokens going on from there.
     """
 
     every: ClassVar[int] = 0
+    cache_positions: ClassVar[bool] = False
 
     def begin(self, prefill: PrefillInfo) -> None:
         """Called once before any compute: check parameters against the model, reset state."""

@@ -14,17 +14,24 @@ class StreamingLLM(EvictionPolicy):
 
     At the end of the prefill, and (`rolling`, as the paper runs it) before every decoding
     step, so the cache never holds more than `budget` entries however long the answer.
-    Original positions are kept (the paper renumbers within the cache).
-    `rolling=False` evicts at the prefill only. docs/algorithms.md section 6.
+    `rolling=False` evicts at the prefill only. `positions="original"` keeps each entry's
+    position in the text; `"cache"`, as the paper does, renumbers the entries by their place
+    in the cache while decoding (cached keys re-rotated, new tokens numbered after them), so
+    no position ever exceeds the budget. docs/algorithms.md section 6.
     """
 
     budget: int = 2048  # KV entries per KV head per layer, sink included
     sink: int = 4
     rolling: bool = True
+    positions: str = "original"  # or "cache"
 
     @property
     def every(self) -> int:
         return 1 if self.rolling else 0
+
+    @property
+    def cache_positions(self) -> bool:
+        return self.positions == "cache"
 
     def _check(self) -> None:
         check_positive_int("budget", self.budget)
@@ -33,6 +40,10 @@ class StreamingLLM(EvictionPolicy):
             raise ValueError(f"sink ({self.sink}) must be smaller than budget ({self.budget})")
         if not isinstance(self.rolling, bool):
             raise ValueError(f"rolling must be True or False, got {self.rolling!r}")
+        if self.positions not in ("original", "cache"):
+            raise ValueError(f'positions must be "original" or "cache", got {self.positions!r}')
+        if self.positions == "cache" and not self.rolling:
+            raise ValueError('positions="cache" renumbers the cache while decoding: it needs rolling=True')
 
     def keep(self, layer: int, view: LayerView) -> torch.Tensor | None:
         if view.width <= self.budget:  # the longest sequence fits: nobody evicts (no host read)
