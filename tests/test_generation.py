@@ -78,6 +78,7 @@ def test_cuda_graph_mode_gives_the_same_tokens_and_bad_modes_fail(device):
     """compile="reduce-overhead" (CUDA graphs on a GPU; torch.compile alone on the CPU)."""
     _, ours = tiny_pair("llama", eos_token_id=None)
     ours = ours.to(device)
+    assert ours.rope.inv_freq.device.type == device  # no host copy per step (CUDA graphs need that)
     prompts = [random_text(random.Random(8), n) for n in (12, 30)]
     eager = asl.generate(ours, TOK, prompts, max_new_tokens=10)
     graphed = asl.generate(ours, TOK, prompts, max_new_tokens=10, compile="reduce-overhead")

@@ -56,7 +56,7 @@ def from_transformers(model, tokenizer=None) -> Decoder:
     ours.load_state_dict({k: params[k] for k in wanted if k in params}, strict=False, assign=True)
     if config.tie_word_embeddings:
         ours.lm_head.weight = ours.model.embed_tokens.weight
-    ours.rope = Rope(config)  # its tables were made on meta; fp32, moved to the positions' device per call
+    ours.rope = Rope(config).to(ours.lm_head.weight.device)  # its tables were made on meta; fp32, on the model's device
     ours.eval()
     _converted[model] = ours
     return ours

@@ -78,6 +78,14 @@ class Rope(nn.Module):
             inv_freq, self.attention_factor = _yarn(self.theta, dim, p, self.max_pos)
         self.inv_freq = inv_freq  # a plain attribute: fp32 whatever dtype the model is cast to
 
+    def _apply(self, fn, recurse=True):
+        """Follow the model to its device (model.to, .cuda()), keeping the frequencies fp32, so
+        no step copies them from the host (which would also keep CUDA graphs from capturing)."""
+        super()._apply(fn, recurse)
+        if not self.inv_freq.is_meta:  # one built on meta is rebuilt by whoever loads the weights
+            self.inv_freq = self.inv_freq.to(fn(torch.empty(0)).device)
+        return self
+
     def _dynamic_inv_freq(self, positions: torch.Tensor) -> torch.Tensor:
         """Dynamic NTK: the base grows with the longest position seen (transformers' rule)."""
         seq_len = torch.clamp(positions.max() + 1, min=self.max_pos).float()
