@@ -51,7 +51,7 @@ if [ "$device" = cuda ]; then
         tail -20 "$out/build.log"; steps+=(--step "build=failed:see build.log (the ops run their torch fallback)")
     fi
     t=$(date +%s)
-    $PY -m pytest -q -p no:cacheprovider tests/test_ops.py -k cuda 2>&1 | tee "$out/cuda_tests.log" | tail -3
+    $PY -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_generation.py -k cuda 2>&1 | tee "$out/cuda_tests.log" | tail -3
     rc=$?; summary=$(tail -1 "$out/cuda_tests.log")
     steps+=(--step "cuda_tests=$( [ $rc = 0 ] && echo ok || echo failed ):${summary//=/} ($(( $(date +%s) - t )) s)")
 else
