@@ -162,11 +162,11 @@ class PyramidInferDecode(EvictionPolicy):
         self._update_rows(layer, view)
         if view.step == 0:  # the original first checks after the first generated token
             return None
-        counts = view.valid[:, 0, : view.length].sum(-1).tolist()
         due = [self.lengths[b] + view.step - (self.recent_queries(self.lengths[b]) - 1) - self._since[layer][b]
-               >= self.exceed for b in range(len(counts))]
-        if not any(due):
+               >= self.exceed for b in range(len(self.lengths))]
+        if not any(due):  # decided on the host's counters: no device read on the steps between compressions
             return None
+        counts = view.valid[:, 0, : view.length].sum(-1).tolist()
         keep_mask = view.valid[:, 0, : view.length].clone()  # [B, length]: the same for every KV head
         ratio = cosine_schedule(self.gen_decay, layer, self.num_layers)
         kept = max(int(self.exceed * self.gen_compress * ratio), 1)
