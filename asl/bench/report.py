@@ -384,9 +384,9 @@ def abbreviate_tasks(tasks, width: int = TASK_W) -> dict[str, str]:
     return out
 
 
-def _fmt(v, spec: str, none: str = "-") -> str:
+def _fmt(v, fmt: str, none: str = "-") -> str:
     v = _num(v)
-    return none if v is None else format(v, spec)
+    return none if v is None else format(v, fmt)
 
 
 def format_layers(layers: dict | None) -> str:

@@ -21,32 +21,33 @@ IDENTITY = ("format", "run")
 RESULTS = ("samples.jsonl", "summary.csv", "summary.json", "comparisons.csv", "comparisons.json")
 
 
-def check_resume(out: pathlib.Path, config: dict, force: bool) -> dict:
-    """The configuration to record in `out`: the new one merged with what the folder holds.
+def check_resume(out: pathlib.Path, settings: dict, force: bool) -> dict:
+    """The run's settings to record in `out` (its config.json): the new ones merged with what
+    the folder holds.
     Raises ValueError naming what changed when the folder holds another run (unless `force`,
     which discards the folder's results first)."""
     try:
-        old = store.load_config(out)
+        old = store.load_settings(out)
     except ValueError:
         if not force:
             raise
         old = {}
     if old is None:
-        return config
-    changed = _changes(old, config)
+        return settings
+    changed = _changes(old, settings)
     if changed and not force:
         shown = "\n  ".join(changed[:12]) + ("\n  ..." if len(changed) > 12 else "")
         raise ValueError(f"--out {out} holds results of another configuration or code:\n  {shown}\n"
                          "results must not mix: give another --out, or add --force to discard the old results")
     if changed:
         discard(out)
-        return config
-    merged = dict(config)
-    merged["policies"] = {**old.get("policies", {}), **config["policies"]}
+        return settings
+    merged = dict(settings)
+    merged["policies"] = {**old.get("policies", {}), **settings["policies"]}
     for key in ("tasks", "lengths", "budgets", "methods"):
-        merged[key] = list(dict.fromkeys([*old.get(key, []), *config[key]]))
-    merged["samples"] = max(old.get("samples", 0), config["samples"])
-    merged["started"] = old.get("started", config["started"])
+        merged[key] = list(dict.fromkeys([*old.get(key, []), *settings[key]]))
+    merged["samples"] = max(old.get("samples", 0), settings["samples"])
+    merged["started"] = old.get("started", settings["started"])
     return merged
 
 
@@ -76,10 +77,10 @@ def discard(out: pathlib.Path) -> None:
     shutil.rmtree(out / "plots", ignore_errors=True)
 
 
-def method_params(config: dict) -> dict[str, dict]:
+def method_params(settings: dict) -> dict[str, dict]:
     """label -> the fields of its policies, merged (what the plots annotate: tau, l_min)."""
     out = {}
-    for key, policies in config.get("policies", {}).items():
+    for key, policies in settings.get("policies", {}).items():
         label = key.rsplit(" @ ", 1)[0]
         out.setdefault(label, {}).update({k: v for p in policies for k, v in p.get("fields", {}).items()})
     return out
@@ -88,22 +89,22 @@ def method_params(config: dict) -> dict[str, dict]:
 def report_folder(out: pathlib.Path, plots: bool = True) -> int:
     """--report-only: the summaries and plots of every record in `out`, from its own
     config.json; reads the records, never writes them or the configuration."""
-    config = store.load_config(out) if out.is_dir() else None
-    if config is None:
+    settings = store.load_settings(out) if out.is_dir() else None
+    if settings is None:
         print(f"python -m asl.bench: error: --out {out} holds no config.json: nothing to report", file=sys.stderr)
         return 2
-    records = ordered(store.load_done(out).values(), config)  # read only: a run may still be appending
+    records = ordered(store.load_done(out).values(), settings)  # read only: a run may still be appending
     print(f"{len(records)} runs in {out}")
-    report(records, out, method_params(config), plots)
+    report(records, out, method_params(settings), plots)
     return 0
 
 
-def ordered(records, config: dict) -> list[dict]:
+def ordered(records, settings: dict) -> list[dict]:
     """Records in the run's order: sample index, length, task, method, budget."""
     def rank(values, v):
         return values.index(v) if v in values else len(values)
 
-    tasks, lengths, methods = config.get("tasks", []), config.get("lengths", []), config.get("methods", [])
+    tasks, lengths, methods = settings.get("tasks", []), settings.get("lengths", []), settings.get("methods", [])
     return sorted(records, key=lambda r: (r.get("index", 0), rank(lengths, r.get("length")), rank(tasks, r.get("task")),
                                           rank(methods, r.get("method")), str(r.get("method")),
                                           -1 if r.get("budget") is None else r["budget"]))
@@ -142,8 +143,8 @@ def _busy(when: str) -> float | None:
 
 
 class Session:
-    def __init__(self, args, folder, config, params):
-        self.args, self.folder, self.config, self.params = args, folder, config, params
+    def __init__(self, args, folder, model_config, params):
+        self.args, self.folder, self.model_config, self.params = args, folder, model_config, params
         self.out = pathlib.Path(args.out)
 
     def run(self) -> int:
@@ -152,29 +153,29 @@ class Session:
         try:
             with contextlib.ExitStack() as held:
                 threads = set_threads(args.threads, ranks.local_world)
-                config = None
+                settings = None
                 if ranks.main:
                     try:
                         self.out.mkdir(parents=True, exist_ok=True)
                         held.enter_context(store.FolderLock(self.out))  # held until the run ends
-                        config = self._prepare(threads, ranks)
+                        settings = self._prepare(threads, ranks)
                     except (ValueError, OSError) as e:
                         print(f"python -m asl.bench: error: {e}", file=sys.stderr)
-                config = dist.broadcast(ranks, config)
-                if config is None:
+                settings = dist.broadcast(ranks, settings)
+                if settings is None:
                     return 2
-                return self._run(ranks, config, threads)
+                return self._run(ranks, settings, threads)
         finally:
             dist.finish(ranks)
 
     def _prepare(self, threads, ranks) -> dict:
-        config = check_resume(self.out, run_config(self.args, self.params, self.config, threads, ranks.world),
-                              self.args.force)
-        config["load_average_at_start"] = _busy("at the start")
-        store.write_config(self.out, config)
-        return config
+        settings = check_resume(self.out, run_settings(self.args, self.params, self.model_config, threads, ranks.world),
+                                self.args.force)
+        settings["load_average_at_start"] = _busy("at the start")
+        store.write_settings(self.out, settings)
+        return settings
 
-    def _run(self, ranks, config, threads) -> int:
+    def _run(self, ranks, settings, threads) -> int:
         import asl
 
         args = self.args
@@ -213,13 +214,13 @@ class Session:
         gathered = dist.gather(ranks, records)
         if ranks.main:
             everything = store.consolidate(self.out, order, gathered)
-            report(ordered(everything, config), self.out, method_params(config), not args.no_plots)
+            report(ordered(everything, settings), self.out, method_params(settings), not args.no_plots)
         dist.barrier(ranks)
         return 0
 
     def _print_header(self, threads, ranks, total, done) -> None:
         a = self.args
-        print(f"asl.bench: {a.model} ({self.config.num_layers} layers, {a.dtype}, {a.device}, {threads} threads"
+        print(f"asl.bench: {a.model} ({self.model_config.num_layers} layers, {a.dtype}, {a.device}, {threads} threads"
               f" x {ranks.world} process{'es' if ranks.world > 1 else ''}); budgets {a.budget}, "
               f"select_tokens {a.select_tokens or '= budget'}; {total} runs, {done} already done")
         width = min(40, max(len(s.label) for s in a.methods))
@@ -231,7 +232,7 @@ class Session:
         sys.stdout.flush()
 
 
-def run_config(args, params, config, threads: int, world: int) -> dict:
+def run_settings(args, params, model_config, threads: int, world: int) -> dict:
     """What config.json records. `run` and `policies` identify the run (a resume must match
     them); the rest describes it."""
     import transformers
@@ -250,7 +251,7 @@ def run_config(args, params, config, threads: int, world: int) -> dict:
         "policies": policies,
         "tasks": args.tasks, "lengths": args.lengths, "samples": args.samples, "budgets": args.budget,
         "select_tokens": args.select_tokens, "methods": [s.label for s in args.methods],
-        "layers": config.num_layers, "machine": platform.processor() or platform.machine(),
+        "layers": model_config.num_layers, "machine": platform.processor() or platform.machine(),
         "commit": _git_commit(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 

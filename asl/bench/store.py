@@ -84,7 +84,8 @@ def consolidate(out: pathlib.Path, order: dict[tuple, int], extra: list[dict] = 
     return records
 
 
-def load_config(out: pathlib.Path) -> dict | None:
+def load_settings(out: pathlib.Path) -> dict | None:
+    """The run's settings (config.json: what it ran, with which code), or None when absent."""
     path = out / CONFIG
     if not path.exists():
         return None
@@ -95,8 +96,8 @@ def load_config(out: pathlib.Path) -> dict | None:
                          "afresh there") from None
 
 
-def write_config(out: pathlib.Path, config: dict) -> None:
-    write_atomic(out / CONFIG, json.dumps(config, indent=2) + "\n")
+def write_settings(out: pathlib.Path, settings: dict) -> None:
+    write_atomic(out / CONFIG, json.dumps(settings, indent=2) + "\n")
 
 
 class FolderLock:

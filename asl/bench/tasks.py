@@ -67,13 +67,13 @@ def task_rng(seed: int, task: str, length: int, index: int) -> random.Random:
 def make_sample(task: str, tokenizer, length: int, index: int, seed: int) -> Sample:
     if task not in TASKS:
         raise ValueError(f"unknown task={task!r}; allowed: {', '.join(TASKS)}")
-    spec = TASKS[task]
-    if length < spec.min_length:
-        raise ValueError(f"length={length} is too small for task {task!r}: the minimum is {spec.min_length}")
+    generator = TASKS[task]
+    if length < generator.min_length:
+        raise ValueError(f"length={length} is too small for task {task!r}: the minimum is {generator.min_length}")
     if index < 0:
         raise ValueError(f"index={index} must be >= 0")
     tk = tokens_for(tokenizer)
-    plan = spec(task_rng(seed, task, length, index), tk, length, index)
+    plan = generator(task_rng(seed, task, length, index), tk, length, index)
     frame = _frame(tokenizer, plan)
     overhead = tk.count(frame.format(""))
     tol = max(8, length // 100)
