@@ -50,8 +50,8 @@ def ours_run(model, tokenizer, sample, name: str, budget: int, num_layers: int, 
     spec = parse_method(name)
     b = None if name == "full" else budget
     params = default_params(spec, model_name, num_layers, budget, budget)
-    job = Job(sample.task, sample.length, sample.index, 0, spec, b, b)
-    r = run_job(model, tokenizer, sample, job, params, compile=True)
+    job = Job(sample.task, sample.length, sample.index, 0, spec, b, b, tuple(params))
+    r = run_job(model, tokenizer, sample, job, compile=True)
     return {k: r[k] for k in ("prediction", "ttft_s", "tpot_s", "peak_mem_bytes", "kv_bytes", "new_tokens",
                               "selection_layer")}
 

@@ -31,7 +31,7 @@ def record(model, s: Sample, method: str) -> dict:
     (spec,) = parse_methods(method)
     budget = None if spec.is_full else SELECT
     params = default_params(spec, "tiny", LAYERS, budget, budget)
-    return run_job(model, TOK, s, Job(s.task, s.length, s.index, 0, spec, budget, budget), params)
+    return run_job(model, TOK, s, Job(s.task, s.length, s.index, 0, spec, budget, budget, tuple(params)))
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm
@@ -27,43 +27,47 @@ class Job:
     method: MethodSpec
     budget: int | None  # None for the full cache
     select_tokens: int | None
+    params: tuple = field(default=(), compare=False, repr=False)  # per policy, its keyword arguments (the budget's one home)
 
     @property
     def key(self) -> tuple:
         return (f"{self.task}/{self.length}/{self.index}", self.method.label, self.budget)
 
-    @property
-    def params_key(self) -> tuple:
-        return (self.method.label, self.budget)
 
-
-def plan(tasks, lengths, samples, methods, budgets, select_tokens) -> list[Job]:
-    """Sample index outermost, so a partial run covers every cell evenly."""
+def plan(tasks, lengths, samples, methods, params: dict[tuple, list[dict]]) -> list[Job]:
+    """Sample index outermost, so a partial run covers every cell evenly. `params` maps
+    (method label, budget) to the method's resolved keyword arguments (cli.resolve): the
+    budgets are its keys, and each job carries its own."""
     jobs, group = [], 0
     for index in range(samples):
         for length in lengths:
             for task in tasks:
                 for m in methods:
-                    for b in [None] if m.is_full else budgets:
-                        jobs.append(Job(task, length, index, group, m, b, None if b is None else select_tokens or b))
+                    for (label, b), kwargs in params.items():
+                        if label == m.label:
+                            jobs.append(Job(task, length, index, group, m, b, _select_tokens(kwargs), tuple(kwargs)))
                 group += 1
     return jobs
 
 
-def run_job(model, tokenizer, sample: Sample, job: Job, params: list[dict], compile: bool = False,
-            repeats: int = 1) -> dict:
-    """One generate call, scored. `params`: per policy of the method, its keyword arguments.
+def _select_tokens(kwargs: list[dict]) -> int | None:
+    """What the method's selection keeps (recorded beside the budget), if it has one."""
+    return next((p["select_tokens"] for p in kwargs if "select_tokens" in p), None)
+
+
+def run_job(model, tokenizer, sample: Sample, job: Job, compile: bool = False, repeats: int = 1) -> dict:
+    """One generate call, scored, with the job's policies (built afresh from job.params).
     With `repeats` > 1 the call runs again (fresh policies) for timing: TTFT and TPOT are the
     medians, every run's figures are kept."""
     device = model.lm_head.weight.device
     if job.method.is_oracle:  # one search, whatever `repeats`: its cost is recorded, not a TTFT to time
-        oracle, _ = build(job.method, params)
+        oracle, _ = build(job.method, job.params)
         with PeakMemory(device) as mem:
             fields = oracle_method.measure(model, tokenizer, sample, oracle)
         return _record(sample, job, fields.pop("prediction"), {**fields, "peak_mem_bytes": mem.bytes})
     outs, peaks = [], []
     for _ in range(repeats):
-        selection, eviction = build(job.method, params)
+        selection, eviction = build(job.method, job.params)
         with PeakMemory(device) as mem:
             outs.append(asl.generate(model, tokenizer, sample.prompt, max_new_tokens=sample.max_new_tokens,
                                      stop=list(sample.stop) or None, selection=selection, eviction=eviction,
@@ -96,17 +100,19 @@ def _record(sample: Sample, job: Job, text: str, measured: dict) -> dict:
     }
 
 
-def warm_up(model, tokenizer, methods, params, budgets, select_tokens, length: int) -> None:
-    """One short run per method first, so one-time costs (kernels, lazy imports) stay out of
-    the timings."""
+def warm_up(model, tokenizer, jobs: list[Job], length: int) -> None:
+    """One short run per method first (at its first budget), so one-time costs (kernels,
+    lazy imports) stay out of the timings."""
     sample = make_sample("passkey", tokenizer, length, 0, seed=-1)
-    for m in methods:
-        budget = None if m.is_full else budgets[0]
-        job = Job("passkey", sample.length, 0, 0, m, budget, None if budget is None else (select_tokens or budget))
-        run_job(model, tokenizer, sample, job, params[job.params_key])
+    first = {}
+    for job in jobs:
+        first.setdefault(job.method.label, job)
+    for job in first.values():
+        run_job(model, tokenizer, sample, Job("passkey", sample.length, 0, 0, job.method, job.budget,
+                                              job.select_tokens, job.params))
 
 
-def run(model, tokenizer, jobs: list[Job], params: dict[tuple, list[dict]], seed: int, done: set, write, rank_label: str = "",
+def run(model, tokenizer, jobs: list[Job], seed: int, done: set, write, rank_label: str = "",
         show: bool = True, compile: bool = False, repeats: int = 1) -> list[dict]:
     """Runs the jobs not in `done`, calling `write(record)` after each; returns the new records."""
     todo = [j for j in jobs if j.key not in done]
@@ -118,7 +124,7 @@ def run(model, tokenizer, jobs: list[Job], params: dict[tuple, list[dict]], seed
         for job in todo:
             if sample is None or (sample.task, sample.length, sample.index) != (job.task, job.length, job.index):
                 sample = make_sample(job.task, tokenizer, job.length, job.index, seed)
-            record = run_job(model, tokenizer, sample, job, params[job.params_key], compile, repeats)
+            record = run_job(model, tokenizer, sample, job, compile, repeats)
             write(record)
             records.append(record)
             s = running.setdefault(job.method.label, [0.0, 0])

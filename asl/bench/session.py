@@ -181,7 +181,7 @@ class Session:
         args = self.args
         device = dist.device_for(ranks, args.device)
         model, tokenizer = asl.load(self.folder, dtype=getattr(torch, args.dtype), device=device)
-        jobs = plan(args.tasks, args.lengths, args.samples, args.methods, args.budget, args.select_tokens)
+        jobs = plan(args.tasks, args.lengths, args.samples, args.methods, self.params)
         order = {j.key: i for i, j in enumerate(jobs)}
         done = set(store.load_done(self.out))
         mine = [j for j in jobs if ranks.mine(j.group)]
@@ -192,9 +192,8 @@ class Session:
         records, interrupted = [], False
         try:
             if any(j.key not in done for j in mine):
-                warm_up(model, tokenizer, args.methods, self.params, args.budget, args.select_tokens,
-                        min(min(args.lengths), max(512, 2 * max(args.budget) + 64)))
-            records = run(model, tokenizer, mine, self.params, args.seed, done, appender.write,
+                warm_up(model, tokenizer, jobs, min(min(args.lengths), max(512, 2 * max(args.budget) + 64)))
+            records = run(model, tokenizer, mine, args.seed, done, appender.write,
                           rank_label="" if ranks.world == 1 else f"[{ranks.rank}]", show=True, compile=args.compile,
                           repeats=args.repeats)
         except KeyboardInterrupt:
