@@ -9,6 +9,7 @@ import pytest
 
 import asl
 from asl.bench import calibrate as cal
+from asl.bench.cli import main as bench_main
 from asl.calibration import CalibrationError, read, settings_for, write
 from asl.calibration.search import PromptMeasure, choose, evaluate, picked_layer
 from tiny import CharTokenizer, random_text, tiny_pair
@@ -151,7 +152,7 @@ def test_the_command_writes_a_file_for_model_reads(model, monkeypatch, tmp_path,
     out = tmp_path / "c.json"
     argv = ["--model", "tiny-qwen2", "--prompts", str(tmp_path / "p.jsonl"), "--select-tokens", "40",
             "--max-new-tokens", "4", "--taus", "0.2,0.6,1.1", "--threads", "1", "--out", str(out)]
-    assert asl.bench.cli.main(["calibrate", *argv]) == 0
+    assert bench_main(["calibrate", *argv]) == 0
     data = read(out, model="tiny-qwen2", num_layers=LAYERS)
     assert data["prompts"]["source"] == "file" and data["figures"]["n"] == 3 and data["asl"]["tau"] in (0.2, 0.6, 1.1)
     assert "chosen: tau" in capsys.readouterr().out
