@@ -157,3 +157,14 @@ def test_the_command_writes_a_file_for_model_reads(model, monkeypatch, tmp_path,
     assert data["prompts"]["source"] == "file" and data["figures"]["n"] == 3 and data["asl"]["tau"] in (0.2, 0.6, 1.1)
     assert "chosen: tau" in capsys.readouterr().out
     assert asl.ASL.for_model("tiny-qwen2", calibration=out).tau == data["asl"]["tau"]
+    # the bench takes it with --calibration: ASL's defaults come from the file
+    from asl.bench.methods import default_params, parse_methods
+
+    (spec,) = parse_methods("asl")
+    (fields,) = default_params(spec, "tiny-qwen2", LAYERS, 40, 40, calibration=out)
+    assert (fields["tau"], fields["l_min"]) == (data["asl"]["tau"], data["asl"]["l_min"])
+
+
+def test_the_bench_refuses_a_missing_calibration_file(capsys):
+    assert bench_main(["--calibration", "/no/such/calibration.json"]) == 2
+    assert "--calibration /no/such/calibration.json: no such file" in capsys.readouterr().err

@@ -41,6 +41,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--budget", "--budgets", dest="budget", default="512",
                     help="KV tokens per head per layer; comma-separated for several")
     ap.add_argument("--select-tokens", type=int, default=None, help="tokens kept by selection (default: the budget)")
+    ap.add_argument("--calibration", default=None, metavar="FILE",
+                    help="ASL's tau, l_min and l_obs from this file (written by `python -m asl.bench calibrate`) "
+                         "instead of the bundled calibration or the hand-set values")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench-out", help="results folder (a rerun of the same run resumes it)")
     ap.add_argument("--force", action="store_true",
@@ -78,6 +81,8 @@ def parse(argv=None):
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     check_device(args.device)
+    if args.calibration is not None and not pathlib.Path(args.calibration).is_file():
+        raise ValueError(f"--calibration {args.calibration}: no such file (write one with python -m asl.bench calibrate)")
     args.methods = parse_methods(args.methods)
     return args
 
@@ -94,12 +99,13 @@ def resolve(args):
         layer, why = gemfilter_layer(config.model_type, config.num_layers)
         print(f"asl.bench: gemfilter at layer {layer}: {why}", file=sys.stderr)
     if any(p.name in ("asl", "asl-2pass") for spec in args.methods for p in spec.parts):
-        _, why = asl_settings(args.model, config.num_layers)
+        _, why = asl_settings(args.model, config.num_layers, args.calibration)
         print(f"asl.bench: asl's tau, l_min, l_obs: {why}", file=sys.stderr)
     for spec in args.methods:
         for budget in [None] if spec.is_full else args.budget:
             select = None if budget is None else args.select_tokens or budget
-            p = default_params(spec, args.model, config.num_layers, budget, select, config.model_type)
+            p = default_params(spec, args.model, config.num_layers, budget, select, config.model_type,
+                               args.calibration)
             try:
                 build(spec, p)
             except (ValueError, TypeError) as e:
