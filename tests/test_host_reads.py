@@ -50,7 +50,7 @@ POLICIES = {  # (selection, eviction, reads allowed per extra layer)
     "asl (never selects)": lambda: (asl.ASL(tau=0.0, l_min=2, l_obs=2, select_tokens=40, window=8), None, 1),
     "topp": lambda: (None, asl.TopP(window=8), 1),  # its cache size is a per-layer decision
     # a selection at every layer, with the widths on the host and a loop over the batch (2 here): pinned
-    "pyramidinfer": lambda: (asl.PyramidInfer(min_context=8, sink=2), None, 7),
+    "pyramidinfer": lambda: (asl.PyramidInfer(min_context=8, sink=2), None, 6),
     "pyramidinfer-decode (prefill side)": lambda: (None, asl.PyramidInferDecode(), 0),
 }
 

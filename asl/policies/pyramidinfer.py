@@ -76,6 +76,7 @@ class PyramidInfer(SelectionPolicy):
     def begin(self, prefill: PrefillInfo) -> None:
         self.num_layers, self.lengths = prefill.num_layers, prefill.prompt_lengths
         self.kept: list[list[int]] = [[] for _ in self.lengths]  # per sequence, context kept per layer
+        self.alive = list(self.lengths)  # per sequence, the tokens alive (known here: only this policy prunes)
         self.first: list[int | None] = [None for _ in self.lengths]  # per sequence, the first layer it pruned at
 
     def recent(self, length: int) -> int:
@@ -88,7 +89,7 @@ class PyramidInfer(SelectionPolicy):
             return None
         width = view.width
         keeps, active = [], []
-        for b, alive in enumerate(view.alive.tolist()):
+        for b, alive in enumerate(self.alive):  # no host read: the counts are the policy's own
             keep = self._keep(view, b, alive, ratio)
             active.append(keep is not None)
             keeps.append(keep if keep is not None else torch.arange(width - alive, width, device=view.keys.device))
@@ -117,6 +118,7 @@ class PyramidInfer(SelectionPolicy):
         scores[: self.sink] = torch.finfo(scores.dtype).max  # the sinks always stay
         chosen = torch.sort(scores, descending=True, stable=True).indices[:kept].sort().values
         self.kept[b].append(kept)
+        self.alive[b] = kept + recent
         if self.first[b] is None:
             self.first[b] = view.layer
         return torch.cat([cols[chosen], cols[context:]])
