@@ -3,9 +3,9 @@
 # FastKV layer sweeps, and the main methods at 8,192 tokens, into ONE resumable folder (so
 # every comparison is paired on the same samples and the full cache runs once per sample).
 #
-# Sized for about 7.5 h on 2 CPU cores: 1,200 + 420 + 280 calls at about 12 s a call at
-# 4,096 tokens (measured on the first 19 calls: TTFT 4-13 s, 6-36 new tokens at ~0.16 s) and
-# an estimated 25-30 s at 8,192. Each part resumes where it stopped; the
+# Sized for about 7.5 h on 2 CPU cores: 1,200 + 420 + 280 calls; measured on the README's
+# run, 8-11 s a call at 4,096 tokens and about 20 s at 8,192 on cores kept free of other work
+# (about 5.5 h in all). Each part resumes where it stopped; the
 # folder's config.json refuses a rerun with other settings or other code, so resume it
 # from the commit it records (`git worktree add ../asl-run <commit>`), not from a newer one.
 #
