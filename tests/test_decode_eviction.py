@@ -228,3 +228,31 @@ def test_pyramidinfer_decoding_compresses_when_and_as_much_as_the_original(model
     assert out.trace.sequences[0].peak_kv_tokens == expected
     assert lengths[0][0] == prefill[0] + 1 and lengths[-1][-1] < prefill[-1] + steps  # deep layers compress
     assert out.trace.decode_compactions > 0
+
+
+@dataclass
+class RecomputingDecode(asl.PyramidInferDecode):
+    """PyramidInfer's decoding that ignores the rows its prefill hands over (computes them all)."""
+
+    def begin(self, prefill):
+        super().begin(prefill)
+        self._from_prefill = {}
+
+
+@pytest.mark.parametrize("n,r", [(200, 0.5), (150, 0.9)])
+def test_pyramidinfer_decoding_reuses_the_prefills_rows_exactly(model, n, r):
+    """The rows the prefill hands to the decoding are the ones the decoding would compute
+    (same answer, same rows after the last compaction), and are used on every layer the
+    prefill scored, so the first step does not score the prompt again."""
+    runs = {}
+    for name, decode in (("reused", asl.PyramidInferDecode()), ("recomputed", RecomputingDecode())):
+        out = asl.generate(model, TOK, prompt(7, n), max_new_tokens=40,
+                           selection=asl.PyramidInfer(r=r, min_context=8), eviction=decode)
+        runs[name] = (out, decode)
+    (a, reused), (b, recomputed) = runs["reused"], runs["recomputed"]
+    assert a.tokens == b.tokens and a.trace.sequences[0].peak_kv_tokens == b.trace.sequences[0].peak_kv_tokens
+    assert a.trace.decode_compactions == b.trace.decode_compactions > 0
+    scored = sum(1 for alive, nxt in zip(a.trace.kv_tokens, a.trace.kv_tokens[1:]) if nxt < alive)
+    assert reused.rows_reused == scored > 0 and recomputed.rows_reused == 0
+    for layer in range(LAYERS):
+        torch.testing.assert_close(reused._ordered_rows(layer), recomputed._ordered_rows(layer), rtol=1e-5, atol=1e-6)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -28,6 +28,9 @@ class PrefillInfo:
     num_kv_heads: int
     head_dim: int
     prompt_lengths: tuple[int, ...]
+    # What the policies of one prefill leave each other, by a key the reader sets in begin()
+    # (PyramidInfer's prefill hands its recent-attention rows to its decoding this way).
+    notes: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def batch_size(self) -> int:

@@ -6,6 +6,10 @@ recent queries attend to most, so deeper layers run on (and cache) fewer tokens.
 `exceed` entries since it last compressed cuts the `exceed` entries before its recent
 window to a few. Use both: `generate(..., selection=PyramidInfer(), eviction=PyramidInferDecode())`
 (the bench's `pyramidinfer`). docs/algorithms.md section 11.
+
+Used together, the prefill hands each layer's recent-attention rows to the decoding (through
+`PrefillInfo.notes`), as the original keeps its prefill's attention weights: the decoding
+computes them again only for the layers the prefill did not score.
 """
 from __future__ import annotations
 
@@ -16,6 +20,9 @@ import torch
 
 from .base import (DecodeView, EvictionPolicy, LayerView, PrefillInfo, Selection, SelectionPolicy, check_positive_int,
                    is_number, keep_from_mask)
+
+
+ROWS_NOTE = "pyramidinfer.rows"  # PrefillInfo.notes key: layer -> {sequence: (rows [recent, alive], first column)}
 
 
 def _check_ratio(name: str, value, low: float = 0.0, high: float = 1.0) -> None:
@@ -78,6 +85,7 @@ class PyramidInfer(SelectionPolicy):
         self.kept: list[list[int]] = [[] for _ in self.lengths]  # per sequence, context kept per layer
         self.alive = list(self.lengths)  # per sequence, the tokens alive (known here: only this policy prunes)
         self.first: list[int | None] = [None for _ in self.lengths]  # per sequence, the first layer it pruned at
+        self._notes = prefill.notes  # PyramidInferDecode.begin (called after this) asks for the rows there
 
     def recent(self, length: int) -> int:
         """Tokens in the recent window of a `length`-token prompt (the last one included)."""
@@ -114,6 +122,9 @@ class PyramidInfer(SelectionPolicy):
         cols = torch.arange(start, view.width, device=view.keys.device)
         probs = recent_attention(view.queries[b, :, view.width - recent:], view.keys[b, :, start:],
                                  torch.arange(alive - recent, alive, device=cols.device), view.valid[b, start:])
+        handoff = self._notes.get(ROWS_NOTE)
+        if handoff is not None:
+            handoff.setdefault(view.layer, {})[b] = (probs, start, recent)
         scores = weighted_recent_mean(probs[:, :context], self.distance_weight)
         scores[: self.sink] = torch.finfo(scores.dtype).max  # the sinks always stay
         chosen = torch.sort(scores, descending=True, stable=True).indices[:kept].sort().values
@@ -151,7 +162,10 @@ class PyramidInferDecode(EvictionPolicy):
 
     def begin(self, prefill: PrefillInfo) -> None:
         self.num_layers, self.lengths = prefill.num_layers, prefill.prompt_lengths
-        self._rows: dict[int, torch.Tensor] = {}  # layer -> [B, q, cap] recent attention rows
+        self._rows: dict[int, torch.Tensor] = {}  # layer -> [B, q, cap] recent attention rows, a ring
+        self._head: dict[int, int] = {}  # layer -> the ring's oldest row (the next one overwritten)
+        self._from_prefill = prefill.notes.setdefault(ROWS_NOTE, {})  # filled by PyramidInfer's prefill
+        self.rows_reused = 0  # (layer, sequence) pairs whose rows came from the prefill
         self._since: dict[int, list[int]] = {}  # layer -> per sequence, its cache length at the last compression
 
     def keep(self, layer: int, view: LayerView) -> None:
@@ -178,7 +192,7 @@ class PyramidInferDecode(EvictionPolicy):
             span = slots[max(len(slots) - recent - self.exceed, 0): max(len(slots) - recent, 0)]
             if len(span) <= kept:
                 continue
-            rows = self._rows[layer][b, -recent:][:, span]
+            rows = self._ordered_rows(layer)[b, -recent:][:, span]
             scores = weighted_recent_mean(rows, self.distance_weight)
             drop = torch.ones(len(span), dtype=torch.bool, device=span.device)
             drop[torch.sort(scores, descending=True, stable=True).indices[:kept]] = False
@@ -190,20 +204,34 @@ class PyramidInferDecode(EvictionPolicy):
 
     def _update_rows(self, layer: int, view: DecodeView) -> None:
         """The attention rows of the recent queries over the cache: all of them at the first
-        call (the prefill's last queries), then the newest query's row each step."""
+        call (the prefill's last queries: its own rows where the prefill scored this layer),
+        then the newest query's row each step, written over the oldest (a ring, no copy)."""
         b, _, cap = view.valid.shape
         ok = view.valid[:, 0]
         if layer not in self._rows:
             self._since[layer] = ok[:, : view.length].sum(-1).tolist()
             q = view.queries.shape[2]
             rows = torch.zeros(b, q, cap, device=view.keys.device)
+            scored = self._from_prefill.pop(layer, {})
             for i in range(b):
-                rows[i] = self._rows_of(view, i, torch.arange(q, device=rows.device))
-            self._rows[layer] = rows
+                handed = scored.get(i)
+                if handed is not None and handed[2] == self.recent_queries(self.lengths[i]) <= q:
+                    probs, start, recent = handed  # its cache's slots are the prefill's columns
+                    rows[i, q - recent:, start: start + probs.shape[1]] = probs
+                    self.rows_reused += 1
+                else:
+                    rows[i] = self._rows_of(view, i, torch.arange(q, device=rows.device))
+            self._rows[layer], self._head[layer] = rows, 0
             return
         newest = torch.tensor([view.queries.shape[2] - 1], device=view.keys.device)
-        fresh = torch.stack([self._rows_of(view, i, newest) for i in range(b)])  # [B, 1, cap]
-        self._rows[layer] = torch.cat([self._rows[layer][:, 1:], fresh], dim=1)
+        head = self._head[layer]
+        for i in range(b):
+            self._rows[layer][i, head] = self._rows_of(view, i, newest)[0]
+        self._head[layer] = (head + 1) % self._rows[layer].shape[1]
+
+    def _ordered_rows(self, layer: int) -> torch.Tensor:
+        """The layer's rows, oldest first."""
+        return self._rows[layer].roll(-self._head[layer], 1)
 
     def _rows_of(self, view: DecodeView, b: int, which: torch.Tensor) -> torch.Tensor:
         """[len(which), cap]: probabilities of sequence b's queries `which` (ring order) over its
