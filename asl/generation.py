@@ -298,9 +298,11 @@ def _graphs() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
-def _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compile, sampling, eviction=None):
+def _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compile, sampling, eviction=None,
+                 follow: list[int] | None = None):
     """Returns the generated ids per sequence (EOS included), the number of decode steps, the
-    compile record and, with a decode-time eviction, its record."""
+    compile record and, with a decode-time eviction, its record. With `follow`, a sequence also
+    stops at its first token that differs from `follow` (the oracle's exact-match check)."""
     cache: KVCache = pre.cache
     step_fn = _step_fn(compile)
     evicting = DecodeEviction(eviction, cache, pre, model.rope) if eviction is not None and eviction.every > 0 else None
@@ -316,6 +318,8 @@ def _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compi
         done |= torch.isin(tokens, eos)
         if stop:
             done |= torch.tensor([_hits_stop(tokenizer, g, stop) for g in generated], device=done.device)
+        if follow is not None:
+            done |= torch.tensor([g != follow[:len(g)] for g in generated], device=done.device)
         if bool(done.all()) or t == max_new_tokens - 1:
             break
         step = torch.tensor(t, device=tokens.device)

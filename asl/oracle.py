@@ -33,7 +33,7 @@ class LayerOutcome:
     text: str
     tokens: list[int]
     matches: bool  # the full cache's greedy tokens exactly
-    partial: float  # metrics.partial of the text against the full cache's text
+    partial: float | None  # metrics.partial of the text against the full cache's (None: decoded only to the first difference)
     kv_tokens: int  # KV entries stored, summed over layers (one KV head)
 
 
@@ -70,9 +70,12 @@ class OracleResult:
 @torch.inference_mode()
 def oracle_layer(model, tokenizer, prompt: str, select_tokens: int = 1024, layers=None, max_new_tokens: int = 32,
                  window: int = 32, kernel: int = 7, pooling: str = "avg", chat: bool = False,
-                 stop: list[str] | None = None) -> OracleResult:
+                 stop: list[str] | None = None, partials: bool = True) -> OracleResult:
     """Per candidate layer (default: all but the last), the greedy answer when selection
-    happens after it (see the module docstring); `select_tokens` includes the window."""
+    happens after it (see the module docstring); `select_tokens` includes the window.
+    `partials=False` decodes a candidate only until its first token that differs from the
+    full cache's (the deepest candidate wholly): `matches` and the oracle layer are the same,
+    at a fraction of the decoding, but a differing layer's text is that prefix, its partial None."""
     decoder = as_decoder(model, tokenizer)
     c = decoder.config
     candidates = list(range(c.num_layers - 1)) if layers is None else list(layers)
@@ -101,16 +104,20 @@ def oracle_layer(model, tokenizer, prompt: str, select_tokens: int = 1024, layer
         begun = time.perf_counter()
         pre = states.select_after(decoder, layer, policy, max_new_tokens)
         out.candidates_s += time.perf_counter() - begun
-        tokens = _answer(decoder, tokenizer, pre, max_new_tokens, eos, stop)
+        whole = partials or layer == candidates[-1]
+        tokens = _answer(decoder, tokenizer, pre, max_new_tokens, eos, stop, None if whole else full_tokens)
         text = tokenizer.decode(tokens, skip_special_tokens=True)
         kv = int(pre.cache.kv_tokens()[:, 0].amax(-1).sum())
-        out.layers.append(LayerOutcome(layer, text, tokens, tokens == full_tokens, partial(text, [full_text]), kv))
+        matches = tokens == full_tokens
+        score = partial(text, [full_text]) if whole or matches else None
+        out.layers.append(LayerOutcome(layer, text, tokens, matches, score, kv))
     return out
 
 
-def _answer(decoder, tokenizer, pre: PrefillResult, max_new_tokens: int, eos, stop) -> list[int]:
+def _answer(decoder, tokenizer, pre: PrefillResult, max_new_tokens: int, eos, stop, follow=None) -> list[int]:
     first = pre.logits.argmax(-1)
-    generated, *_ = _decode_loop(decoder, tokenizer, pre, first, max_new_tokens, eos, stop, False, (0.0, None, None, None))
+    generated, *_ = _decode_loop(decoder, tokenizer, pre, first, max_new_tokens, eos, stop, False, (0.0, None, None, None),
+                                 follow=follow)
     return generated[0]
 
 

@@ -51,3 +51,20 @@ def test_candidate_layers_and_bad_input(model):
         asl.oracle_layer(model, TOK, "text", select_tokens=8, window=8)
     with pytest.raises(ValueError, match="prompt must be a non-empty string"):
         asl.oracle_layer(model, TOK, "  ")
+
+
+@pytest.mark.parametrize("seed", [150, 90, 11])
+def test_decoding_only_to_the_first_difference_keeps_every_match(model, seed):
+    text = random_text(random.Random(seed), 150)
+    whole = asl.oracle_layer(model, TOK, text, select_tokens=40, max_new_tokens=12, window=8, kernel=5)
+    quick = asl.oracle_layer(model, TOK, text, select_tokens=40, max_new_tokens=12, window=8, kernel=5, partials=False)
+    assert [o.matches for o in quick.layers] == [o.matches for o in whole.layers]
+    assert quick.oracle_layer == whole.oracle_layer and quick.stable_layer == whole.stable_layer
+    assert quick.layers[-1].tokens == whole.layers[-1].tokens  # the deepest candidate decoded wholly
+    for q, w in zip(quick.layers[:-1], whole.layers[:-1]):
+        if w.matches:
+            assert q.tokens == w.tokens and q.partial == w.partial == 1.0
+        else:  # stopped at the first token that differs: the full answer's prefix plus that token
+            first = next(i for i, (a, b) in enumerate(zip(w.tokens + [None], whole.full_tokens + [None])) if a != b)
+            assert q.tokens == w.tokens[:first + 1] and q.partial is None
+    assert sum(map(len, (o.tokens for o in quick.layers))) <= sum(map(len, (o.tokens for o in whole.layers)))

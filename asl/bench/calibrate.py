@@ -129,7 +129,7 @@ def measure(model, tokenizer, prompt: Prompt, select_tokens: int, l_mins: list[i
     last = model.config.num_layers - 1
     stop = list(prompt.stop) or None
     result = asl.oracle_layer(model, tokenizer, prompt.text, select_tokens=select_tokens,
-                              max_new_tokens=prompt.max_new_tokens, stop=stop, **SCORING)
+                              max_new_tokens=prompt.max_new_tokens, stop=stop, partials=False, **SCORING)
     ratios = {}
     for l_min in l_mins:
         policy = asl.ASL(tau=0.0, l_min=l_min, l_obs=min(l_obs, l_min + 1), select_tokens=select_tokens, l_max=last,

@@ -30,7 +30,7 @@ def measure(model, tokenizer, sample, oracle: Oracle) -> dict:
     c = model.config
     result = asl.oracle_layer(model, tokenizer, sample.prompt, select_tokens=oracle.select_tokens,
                               max_new_tokens=sample.max_new_tokens, window=oracle.window, kernel=oracle.kernel,
-                              pooling=oracle.pooling, stop=list(sample.stop) or None)
+                              pooling=oracle.pooling, stop=list(sample.stop) or None, partials=False)
     found = result.oracle_layer
     chosen = next(o for o in result.layers if o.layer == found) if found is not None else result.layers[-1]
     n, layer = result.prompt_tokens, chosen.layer
@@ -47,5 +47,4 @@ def measure(model, tokenizer, sample, oracle: Oracle) -> dict:
         "oracle_layer": found, "oracle_needed": c.num_layers - 1 if found is None else found,
         "oracle_stable_layer": result.stable_layer, "oracle_cost": result.cost, "num_layers": c.num_layers,
         "oracle_matching": [o.layer for o in result.layers if o.matches],
-        "oracle_partial": [round(o.partial, 4) for o in result.layers],
     }
