@@ -63,8 +63,11 @@ def test_the_report_and_the_plot_compare_asl_with_the_oracle(records, tmp_path):
     row = next(r for r in summary if r["task"] == "all" and r["method"] == "asl(tau=0.9)")
     assert row["oracle_n"] == 6
     assert 0 <= row["oracle_too_early"] + row["oracle_later"] <= 100 and row["oracle_layers_lost"] >= 0
+    full = {r["id"]: r["prediction"] for r in records if r["method"] == "full"}
+    mine = [r for r in records if r["method"] == "asl(tau=0.9)"]
+    assert row["oracle_same_answer"] == 100.0 * sum(r["prediction"] == full[r["id"]] for r in mine) / len(mine)
     assert next(r for r in summary if r["task"] == "all" and r["method"] == "oracle")["oracle_cost"] > 1
-    assert "selection layer vs the oracle" in format_table(summary)
+    assert "selection layer vs the oracle" in format_table(summary) and "the full cache's answer on" in format_table(summary)
     paths = make_plots(records, summary, tmp_path)
     assert (tmp_path / "plots" / "vs_oracle_asl_tau_0.9.png") in paths
 
