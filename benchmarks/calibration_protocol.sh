@@ -13,6 +13,7 @@
 #
 # The calibration file goes into the folder, not into asl/calibration/: a bundled file would
 # change what `asl` means halfway through the folder (the resume would refuse). Bundle it after.
+# The held-out part passes it with --calibration, so bundled files do not change the run.
 # Sizing on 2 CPU cores (qwen2.5-0.5b at 4,096): the calibration ~35 s per prompt (the oracle is
 # ~4.6 prefills), 24 prompts; the held-out part ~70 s per sample beside a folder that already
 # holds full and asl, 60 samples. smollm2-135m takes about a quarter of that.
@@ -30,19 +31,20 @@ if [[ ! -f "$CAL" ]]; then
   "$PY" -m asl.bench calibrate --model "$MODEL" --tasks "$TASKS" --lengths "$LENGTH" \
     --samples "${CAL_SAMPLES:-8}" --seed 1 --select-tokens 1024 --target 0.1 --threads 2 --out "$CAL"
 fi
-# asl(tau=[0.3, calibrated]), leaving out a value the list or the hand-set `asl` already has.
+# Plain `asl` runs with the folder's calibration file (--calibration); beside it the paper's 0.3
+# and the hand-set 0.7, leaving out a value the calibration already has. (The published runs, at
+# fbe0934, ran before the files were bundled: there plain `asl` was the hand-set 0.7 and the
+# calibrated tau an `asl(tau=...)`.)
 TAUS=$("$PY" - "$CAL" <<'EOF'
 import json, sys
-from asl.calibration import asl_settings
+from asl.calibration import FALLBACK_TAU, PAPER_TAU
 data = json.load(open(sys.argv[1]))
-hand_set, _ = asl_settings(data["model"], data["num_layers"])  # what plain `asl` runs with
-taus = [0.3]
-if data["asl"]["tau"] not in (0.3, hand_set["tau"]):
-    taus.append(data["asl"]["tau"])
+taus = [t for t in dict.fromkeys([PAPER_TAU, FALLBACK_TAU.get(data["model"], 0.7)]) if t != data["asl"]["tau"]]
 print(",".join(map(str, taus)))
 EOF
 )
-echo "calibration_protocol: $MODEL's calibrated tau is in $CAL; held-out taus [$TAUS] beside the hand-set asl"
+echo "calibration_protocol: $MODEL's calibrated tau is in $CAL (plain asl); held-out taus [$TAUS] beside it"
 "$PY" -m asl.bench --model "$MODEL" --lengths "$LENGTH" --samples "${SAMPLES:-20}" --seed 0 --budget 1024 \
-  --threads 2 --no-plots --out "$OUT" --tasks "$TASKS" --methods "full,asl,asl(tau=[$TAUS]),fastkv,oracle"
+  --threads 2 --no-plots --out "$OUT" --tasks "$TASKS" --calibration "$CAL" \
+  --methods "full,asl,asl(tau=[$TAUS]),fastkv,oracle"
 "$PY" -m asl.bench --out "$OUT" --report-only

@@ -10,7 +10,7 @@ import pytest
 import asl
 from asl.bench import calibrate as cal
 from asl.bench.cli import main as bench_main
-from asl.calibration import CalibrationError, read, settings_for, write
+from asl.calibration import FALLBACK_TAU, CalibrationError, read, settings_for, write
 from asl.calibration.search import PromptMeasure, choose, evaluate, picked_layer
 from tiny import CharTokenizer, random_text, tiny_pair
 
@@ -168,3 +168,15 @@ def test_the_command_writes_a_file_for_model_reads(model, monkeypatch, tmp_path,
 def test_the_bench_refuses_a_missing_calibration_file(capsys):
     assert bench_main(["--calibration", "/no/such/calibration.json"]) == 2
     assert "--calibration /no/such/calibration.json: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, layers", [("qwen2.5-0.5b", 24), ("smollm2-135m", 30)])
+def test_the_bundled_models_files_are_valid_and_are_what_asl_uses(name, layers):
+    from asl.calibration import bundled_file
+
+    path = bundled_file(name)
+    data = read(path, model=name, num_layers=layers)  # strict: every field present and typed
+    assert data["figures"]["target_met"] and data["prompts"]["source"] == "tasks" and data["prompts"]["seed"] == 1
+    settings, why = settings_for(name)
+    assert why.startswith("calibrated") and settings["tau"] == data["asl"]["tau"] != FALLBACK_TAU[name]
+    assert asl.ASL.for_model(name).tau == data["asl"]["tau"]

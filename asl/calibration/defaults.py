@@ -11,9 +11,9 @@ from .file import read
 BUNDLED_DIR = pathlib.Path(__file__).resolve().parent
 PAPER_TAU = 0.3
 PAPER_LAYERS = 32  # FastKV (layer 15), GemFilter (13) and ASL (l_min 10) are tuned on 32-layer models
-# Hand-set, not calibrated: the paper's tau = 0.3 never fires on these small models
-# (docs/algorithms.md section 9); 0.7 reproduces the paper's pattern on qwen2.5-0.5b (easy tasks
-# select early, kv-retrieval late) and lets smollm2 select on the retrieval prompts.
+# Hand-set, not calibrated, and used only if a bundled model's calibration file is missing (both
+# ship one: qwen2.5-0.5b.json, smollm2-135m.json): the paper's tau = 0.3 never fires on these
+# small models (docs/algorithms.md section 9); 0.7 is what the benchmark used before calibration.
 FALLBACK_TAU = {"qwen2.5-0.5b": 0.7, "smollm2-135m": 0.7}
 # The ASL paper's comparison scores every method's tokens the same way (window 32, average
 # pooling, kernel 7; the authors' run_ruler_per_task.sh): only the layer differs.

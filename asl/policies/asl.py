@@ -51,10 +51,10 @@ class ASL(SelectionPolicy):
     def for_model(cls, model, calibration=None, **overrides) -> "ASL":
         """ASL with the settings calibrated for `model` (a name, a ModelConfig, or a model with a
         `.config`): `calibration` (a file from `python -m asl.bench calibrate`) or the package's
-        file for that model, read strictly. Without one - none is bundled yet, not even for
-        qwen2.5-0.5b and smollm2-135m - tau is the hand-set 0.7 on those two (0.3, the paper's,
-        on any other model), not a calibrated value; l_min is 10 of 32 layers scaled to the
-        model. `overrides` win (e.g. select_tokens). docs/algorithms.md section 14."""
+        file for that model, read strictly (bundled: qwen2.5-0.5b, tau 0.6, and smollm2-135m,
+        tau 0.45, calibrated at 4,096 tokens with select_tokens 1,024). Without one, tau is the
+        paper's 0.3 (0.7, hand-set, on those two if their file is missing), not a calibrated
+        value; l_min is 10 of 32 layers scaled to the model. `overrides` win (e.g. select_tokens). docs/algorithms.md section 14."""
         from ..calibration import settings_for
 
         settings, _ = settings_for(model, calibration)
