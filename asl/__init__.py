@@ -2,6 +2,7 @@
 from .context import CompressedContext, compress
 from .generation import GenerationOutput, Trace, generate
 from .models import Decoder, ModelConfig
+from .models.dtype import resolve_dtype
 from .models.interop import from_transformers
 from .models.loading import BUNDLED, load
 from .oracle import OracleResult, oracle_layer
@@ -11,5 +12,5 @@ from .policies import (ASL, ASLTwoPass, DecodeView, EvictionPolicy, FastKV, Full
 __all__ = [
     "ASL", "ASLTwoPass", "BUNDLED", "CompressedContext", "DecodeView", "Decoder", "EvictionPolicy", "FastKV", "Full", "GemFilter", "GenerationOutput",
     "LayerView", "ModelConfig", "PrefillInfo", "PyramidInfer", "PyramidInferDecode", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "Trace", "TopP",
-    "OracleResult", "compress", "from_transformers", "generate", "load", "oracle_layer",
+    "OracleResult", "compress", "from_transformers", "generate", "load", "oracle_layer", "resolve_dtype",
 ]

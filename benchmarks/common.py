@@ -31,7 +31,16 @@ def speed_parser(doc: str | None, model: str = "smollm2-135m", context: int = 40
     ap.add_argument("--context", type=int, default=context, help="prompt tokens")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument("--dtype", default="auto", help="auto (bfloat16 where native, else float32), float32, bfloat16")
     return ap
+
+
+def speed_dtype(name: str) -> tuple[torch.dtype, str]:
+    """The --dtype of a speed script on the CPU, resolved as asl resolves it, and why."""
+    from asl.models.dtype import resolve_dtype
+
+    resolved = resolve_dtype(name, "cpu")
+    return resolved.dtype, resolved.reason
 
 
 def interleaved_medians(fns: dict, repeats: int = 5, warmup: int = 1) -> dict:

@@ -1,12 +1,14 @@
 """Full-cache prefill and decode speed of our decoder vs transformers, same weights, one run.
 
-    python benchmarks/decoder_speed.py [--model smollm2-135m] [--context 4096] [--threads 2]
+    python benchmarks/decoder_speed.py [--model smollm2-135m] [--context 4096] [--threads 2] [--dtype auto]
 
 Prefill: our layer-by-layer prefill (KV cache + last-token logits) vs transformers' sdpa
 forward with use_cache=True and logits_to_keep=1 (the same work). Decode: time per token at
 the given context, ours with compile=True vs transformers' generate (greedy): the decode
 loop's time over its steps, the prefill left out (for transformers, read off a logits
-processor that notes the time of every step), runs interleaved, median of 3.
+processor that notes the time of every step), runs interleaved, median of 3. Both models in
+--dtype (auto: bfloat16 where the CPU computes it natively, else float32). The last line
+printed is the result as JSON (benchmarks/cpu_capabilities.py reads it).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import json
 import statistics
 
 import torch
-from common import StepClock, interleaved_medians, prose_ids, setup_threads, speed_parser
+from common import StepClock, interleaved_medians, prose_ids, setup_threads, speed_dtype, speed_parser
 from transformers import AutoModelForCausalLM, LogitsProcessorList
 
 import asl
@@ -28,8 +30,10 @@ def main() -> None:
     args = ap.parse_args()
     setup_threads(args.threads)
 
-    model, tok = asl.load(args.model)
-    hf = AutoModelForCausalLM.from_pretrained(resolve_checkpoint(args.model), attn_implementation="sdpa").eval()
+    dtype, why = speed_dtype(args.dtype)
+    model, tok = asl.load(args.model, dtype=dtype)
+    hf = AutoModelForCausalLM.from_pretrained(resolve_checkpoint(args.model), dtype=dtype,
+                                              attn_implementation="sdpa").eval()
     ids = prose_ids(tok, args.context)
     valid = torch.ones_like(ids, dtype=torch.bool)
     prompt = tok.decode(ids[0])
@@ -62,7 +66,8 @@ def main() -> None:
     tpot_ours, tpot_hf = statistics.median(tpots["ours"]), statistics.median(tpots["hf"])
 
     result = {
-        "model": args.model, "context": ids.shape[1], "threads": args.threads,
+        "model": args.model, "context": ids.shape[1], "threads": args.threads, "dtype": str(dtype).removeprefix("torch."),
+        "dtype_reason": why, "capability": torch.backends.cpu.get_cpu_capability(),
         "prefill_s": {"asl": t_ours, "transformers": t_hf, "ratio": t_ours / t_hf},
         "tpot_s": {"asl_compiled": tpot_ours, "transformers_generate": tpot_hf, "ratio": tpot_ours / tpot_hf},
     }

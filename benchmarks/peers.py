@@ -33,6 +33,7 @@ from common import setup_threads
 
 import asl
 from asl.bench import metrics
+from asl.bench.args import add_dtype, resolve_dtype_flag
 from asl.bench.memory import MMAP_THRESHOLD, exact_cpu_peaks
 from asl.bench.methods import default_params, parse_method
 from asl.bench.runner import Job, run_job
@@ -249,7 +250,7 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=512, help="KV tokens per head per layer (and selection size)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    add_dtype(ap)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--kvpress-python", default=str(KVPRESS_PY), help="a Python that can import kvpress")
     ap.add_argument("--no-kvpress", action="store_true", help="skip kvpress (no .venv-kvpress)")
@@ -261,6 +262,7 @@ def main() -> None:
     ap.add_argument("--memory-pass", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "peers"))
     args = ap.parse_args()
+    resolve_dtype_flag(args, "peers")  # the workers get the concrete name
     setup_threads(args.threads)
     if args.memory_pass:
         # Exact peaks need glibc's mmap threshold fixed, which slows long prefills by ~10%, so
@@ -275,7 +277,7 @@ def main() -> None:
     device = torch.device(args.device)
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
     setting = {"device": machine, "random_weights": args.random_weights, "threads": args.threads,
-               "dtype": args.dtype, "budget": args.budget}
+               "dtype": args.dtype, "dtype_reason": args.dtype_reason, "budget": args.budget}
     log = RunLog(out, setting, "memory.jsonl" if args.memory_pass else "runs.jsonl")
     versions = {"torch": torch.__version__, "transformers": transformers.__version__}
     for model_arg in args.models.split(","):

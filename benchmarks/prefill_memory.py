@@ -1,6 +1,6 @@
 """Peak memory of one long full-cache prefill: ours vs transformers, each in a fresh process.
 
-    python benchmarks/prefill_memory.py [--model qwen2.5-0.5b] [--tokens 16384] [--dtype bfloat16]
+    python benchmarks/prefill_memory.py [--model qwen2.5-0.5b] [--tokens 16384] [--dtype auto]
 
 Peak = resident-set high-water mark above the process's level just before the prefill
 (weights loaded, prompt built), with glibc's mmap threshold fixed so freed tensors return to
@@ -30,7 +30,7 @@ def child(impl: str, model_name: str, tokens: int, dtype: str) -> dict:
     setup_threads(2)
     exact_cpu_peaks()
     folder = resolve_checkpoint(model_name)
-    dt = getattr(torch, dtype)
+    dt = asl.resolve_dtype(dtype).dtype
     if impl == "asl":
         model, tok = asl.load(folder, dtype=dt)
     else:
@@ -53,7 +53,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="qwen2.5-0.5b")
     ap.add_argument("--tokens", type=int, default=16384)
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default="auto", help="auto (bfloat16 where native, else float32), float32, bfloat16")
     ap.add_argument("--child", choices=IMPLS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 import torch
-from common import prose_ids, setup_threads, speed_parser
+from common import prose_ids, setup_threads, speed_dtype, speed_parser
 from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForCausalLM, DynamicCache
 
@@ -27,8 +27,10 @@ def main() -> None:
     args = ap.parse_args()
     setup_threads(args.threads)
     folder = resolve_checkpoint(args.model)
-    ours, tok = asl.load(folder, dtype=torch.bfloat16)
-    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
+    dtype, why = speed_dtype(args.dtype)
+    print(f"dtype {dtype} ({why})")
+    ours, tok = asl.load(folder, dtype=dtype)
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").eval()
     ids = prose_ids(tok, args.context)
     valid = torch.ones_like(ids, dtype=torch.bool)
     runs = {

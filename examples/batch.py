@@ -17,8 +17,8 @@ def policies(model):
                 eviction=asl.SnapKV(budget=160, window=32))
 
 
-def main(model_name: str = "smollm2-135m", max_new_tokens: int = 6):
-    model, tokenizer = asl.load(model_name)
+def main(model_name: str = "smollm2-135m", max_new_tokens: int = 6, dtype: str = "auto"):
+    model, tokenizer = asl.load(model_name, dtype=dtype)
     prompts = [context(sentences, seed) + question(city)
                for (sentences, seed), city in zip([(20, 1), (60, 2), (35, 3)], FACTS)]
     batch = asl.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, **policies(model))
@@ -33,4 +33,6 @@ def main(model_name: str = "smollm2-135m", max_new_tokens: int = 6):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
-    main(parser.parse_args().model)
+    parser.add_argument("--dtype", default="auto", help="auto: bfloat16 where native, else float32")
+    args = parser.parse_args()
+    main(args.model, dtype=args.dtype)

@@ -14,8 +14,8 @@ import asl
 from _text import FACTS, context, question
 
 
-def main(model_name: str = "smollm2-135m", max_new_tokens: int = 6):
-    model, tokenizer = asl.load(model_name)
+def main(model_name: str = "smollm2-135m", max_new_tokens: int = 6, dtype: str = "auto"):
+    model, tokenizer = asl.load(model_name, dtype=dtype)
     text = context(60)
     questions = [question(city) for city in FACTS]
 
@@ -42,4 +42,6 @@ def main(model_name: str = "smollm2-135m", max_new_tokens: int = 6):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
-    main(parser.parse_args().model)
+    parser.add_argument("--dtype", default="auto", help="auto: bfloat16 where native, else float32")
+    args = parser.parse_args()
+    main(args.model, dtype=args.dtype)

@@ -33,8 +33,8 @@ class KeyNorm(asl.EvictionPolicy):
         return fill_unevicted(sort_keep(torch.cat([chosen, window], -1)), view, evict)
 
 
-def main(model_name: str = "smollm2-135m", max_new_tokens: int = 8):
-    model, tokenizer = asl.load(model_name)
+def main(model_name: str = "smollm2-135m", max_new_tokens: int = 8, dtype: str = "auto"):
+    model, tokenizer = asl.load(model_name, dtype=dtype)
     prompt = context() + question("Quito")
     out = asl.generate(model, tokenizer, prompt, max_new_tokens=max_new_tokens, eviction=KeyNorm(budget=128))
     full = asl.generate(model, tokenizer, prompt, max_new_tokens=max_new_tokens)
@@ -47,4 +47,6 @@ def main(model_name: str = "smollm2-135m", max_new_tokens: int = 8):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
-    main(parser.parse_args().model)
+    parser.add_argument("--dtype", default="auto", help="auto: bfloat16 where native, else float32")
+    args = parser.parse_args()
+    main(args.model, dtype=args.dtype)

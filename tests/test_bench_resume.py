@@ -10,7 +10,7 @@ from asl.bench import fingerprint, store
 from asl.bench.cli import main
 
 BASE = ["--model", "smollm2-135m", "--tasks", "passkey", "--lengths", "512", "--budget", "64", "--samples", "1",
-        "--threads", "1", "--no-plots"]
+        "--threads", "1", "--no-plots", "--dtype", "float32"]
 
 
 def lines(out) -> list[dict]:
@@ -23,6 +23,11 @@ def done_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "run"
     assert main([*BASE, "--methods", "full,snapkv", "--out", str(out)]) == 0
     return out
+
+
+def test_the_config_records_the_dtype_and_why(done_run):
+    config = json.loads((done_run / "config.json").read_text())
+    assert config["run"]["dtype"] == "float32" and config["dtype_reason"] == "asked for explicitly"
 
 
 def refused(capsys, argv, out) -> str:
@@ -38,7 +43,7 @@ def refused(capsys, argv, out) -> str:
 
 @pytest.mark.parametrize("extra, changed", [
     (["--threads", "2"], "run.threads: 1 -> 2"),
-    (["--dtype", "float32"], "run.dtype: 'bfloat16' -> 'float32'"),
+    (["--dtype", "bfloat16"], "run.dtype: 'float32' -> 'bfloat16'"),
     (["--seed", "3"], "run.seed: 0 -> 3"),
     (["--compile"], "run.compile: False -> True"),
     (["--select-tokens", "48"], "snapkv @ 64"),

@@ -346,7 +346,7 @@ def test_load_takes_a_dtype_name(dtype):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"dtype": "bf16"}, "dtype must be one of float32, bfloat16, float16 .a string or a torch dtype., got 'bf16'"),
+    ({"dtype": "bf16"}, "dtype must be one of auto, float32, bfloat16, float16 .a string or a torch dtype., got 'bf16'"),
     ({"device": "nowhere"}, "device must be a torch device such as 'cpu'"),
     ({"device": "cuda"}, "asks for CUDA, but this torch"),
 ])

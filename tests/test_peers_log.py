@@ -81,7 +81,7 @@ def test_transformers_worker_answers_as_our_full_cache_does(tmp_path):
     from asl.models.loading import resolve_checkpoint
 
     folder = resolve_checkpoint("smollm2-135m")
-    model, tok = asl.load(folder)
+    model, tok = asl.load(folder, dtype="float32")  # as the worker runs
     s = make_sample("passkey", tok, 512, 0, seed=0)
     args = types.SimpleNamespace(repeats=2, threads=2, dtype="float32", device="cpu", memory_pass=False,
                                  no_kvpress=True)

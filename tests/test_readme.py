@@ -23,7 +23,7 @@ def StableTopK():
 
 
 def test_readme_policy_on_the_real_model(StableTopK):
-    model, tok = asl.load("smollm2-135m")
+    model, tok = asl.load("smollm2-135m", dtype="float32")
     out = asl.generate(model, tok, prose_prompt(tok, 300), max_new_tokens=4,
                        selection=StableTopK(select_tokens=64, window=8))
     layer, n = out.trace.selection_layer, out.trace.alive_tokens[0]

@@ -10,7 +10,7 @@ from asl.models.loading import resolve_checkpoint
 
 @pytest.fixture(scope="module")
 def real():
-    model, tok = asl.load("smollm2-135m")
+    model, tok = asl.load("smollm2-135m", dtype="float32")  # transformers loads float32
     hf = AutoModelForCausalLM.from_pretrained(resolve_checkpoint("smollm2-135m"), attn_implementation="sdpa").eval()
     return model, tok, hf
 

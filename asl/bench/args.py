@@ -57,3 +57,22 @@ def check_device(device: str) -> None:
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu")
+
+
+def add_dtype(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                    help="auto: bfloat16 where the device computes it natively (CUDA with bf16; a CPU with avx512_bf16 "
+                         "or amx_bf16 at torch capability AVX512 or wider), else float32 (asl.resolve_dtype)")
+
+
+def resolve_dtype_flag(args, prog: str) -> None:
+    """--dtype made concrete for --device: args.dtype becomes the name it resolves to and
+    args.dtype_reason says why; an explicit bfloat16 that this CPU emulates gets a one-line warning."""
+    import sys
+
+    from asl.models.dtype import resolve_dtype, slow_bf16_warning
+
+    resolved = resolve_dtype(args.dtype, args.device, warn=False)
+    args.dtype, args.dtype_reason = resolved.name, resolved.reason
+    if resolved.slow:
+        print(f"{prog}: warning: {slow_bf16_warning(resolved.reason.split(': ', 1)[-1])}", file=sys.stderr)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from asl.bench.args import Formatter, check_device, ints, model_config, parse_tasks
+from asl.bench.args import Formatter, add_dtype, check_device, ints, model_config, parse_tasks, resolve_dtype_flag
 from asl.calibration.search import PromptMeasure, check_grid, choose
 
 # Prompts of an easy task (ASL may select early) and two retrieval tasks (it must not).
@@ -54,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--select-tokens", type=int, default=512, help="tokens kept by selection, the window included")
     ap.add_argument("--max-new-tokens", type=int, default=32, help="with --prompts: answer length (the label's)")
     ap.add_argument("--out", default=None, help="the calibration file (default: calibration-<model>.json)")
-    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    add_dtype(ap)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     return ap
@@ -113,6 +113,7 @@ def parse(argv) -> argparse.Namespace:
     if args.select_tokens <= 32:
         raise ValueError(f"--select-tokens must be larger than ASL's window (32), got {args.select_tokens}")
     check_device(args.device)
+    resolve_dtype_flag(args, "calibrate")
     args.out = pathlib.Path(args.out or f"calibration-{pathlib.Path(args.model).name}.json")
     if not args.out.parent.is_dir():
         raise ValueError(f"--out {args.out}: the folder {args.out.parent} does not exist")
@@ -208,6 +209,7 @@ def run(args, folder, config) -> int:
         prompts = _task_prompts(tokenizer, args)
         source = {"source": "tasks", "tasks": args.tasks, "lengths": args.lengths, "samples": args.samples,
                   "seed": args.seed}
+    print(f"calibrate: dtype {args.dtype} ({args.dtype_reason})")
     print(f"calibrate: {args.model} ({config.num_layers} layers, {args.dtype}, {args.device}, {threads} threads); "
           f"{len(prompts)} prompts, select_tokens {args.select_tokens}, {len(args.taus)} taus x l_min {args.l_min}, "
           f"target {args.target:g}", flush=True)
@@ -215,7 +217,7 @@ def run(args, folder, config) -> int:
     found = calibrate(model, tokenizer, prompts, args.taus, args.l_min, args.target, args.select_tokens, args.l_obs,
                       show=True)
     data = {"format": 1, "model": args.model, **found, "config": fingerprint(config), "prompts": source,
-            "run": {"dtype": args.dtype, "device": args.device, "threads": threads,
+            "run": {"dtype": args.dtype, "dtype_reason": args.dtype_reason, "device": args.device, "threads": threads,
                     "seconds": round(time.perf_counter() - begun, 1)},
             "code": code_hash(), "commit": _git_commit(), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     write(args.out, data)

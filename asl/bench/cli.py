@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from asl.bench.args import Formatter, check_device, ints, model_config, parse_tasks
+from asl.bench.args import Formatter, add_dtype, check_device, ints, model_config, parse_tasks, resolve_dtype_flag
 
 # The default run (about 10 minutes on 2 cores): a hard task where the full cache is near its
 # ceiling and the methods differ (kv_retrieval at 2,048 tokens, selection size 25% of the
@@ -48,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default="bench-out", help="results folder (a rerun of the same run resumes it)")
     ap.add_argument("--force", action="store_true",
                     help="discard the results in --out when they come from another configuration or code")
-    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    add_dtype(ap)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: cores / processes)")
     ap.add_argument("--compile", action="store_true", help="compile the decode step (pays off on long answers only)")
@@ -81,6 +81,7 @@ def parse(argv=None):
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     check_device(args.device)
+    resolve_dtype_flag(args, "python -m asl.bench")
     if args.calibration is not None and not pathlib.Path(args.calibration).is_file():
         raise ValueError(f"--calibration {args.calibration}: no such file (write one with python -m asl.bench calibrate)")
     args.methods = parse_methods(args.methods)

@@ -219,6 +219,7 @@ class Session:
 
     def _print_header(self, threads, ranks, total, done) -> None:
         a = self.args
+        print(f"asl.bench: dtype {a.dtype} ({a.dtype_reason})")
         print(f"asl.bench: {a.model} ({self.model_config.num_layers} layers, {a.dtype}, {a.device}, {threads} threads"
               f" x {ranks.world} process{'es' if ranks.world > 1 else ''}); budgets {a.budget}, "
               f"select_tokens {a.select_tokens or '= budget'}; {total} runs, {done} already done")
@@ -250,6 +251,7 @@ def run_settings(args, params, model_config, threads: int, world: int) -> dict:
         "policies": policies,
         "tasks": args.tasks, "lengths": args.lengths, "samples": args.samples, "budgets": args.budget,
         "select_tokens": args.select_tokens, "methods": [s.label for s in args.methods],
+        "dtype_reason": args.dtype_reason,
         "layers": model_config.num_layers, "machine": platform.processor() or platform.machine(),
         "commit": _git_commit(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

@@ -317,18 +317,20 @@ def _convert_gguf(gguf: pathlib.Path, out: pathlib.Path) -> None:
     tok.save_pretrained(out)
 
 
-def load(name_or_path: str | os.PathLike = "smollm2-135m", dtype=None, device="cpu"):
+def load(name_or_path: str | os.PathLike = "smollm2-135m", dtype="auto", device="cpu"):
     """(our Decoder, tokenizer) for a bundled name, an HF folder, a .gguf file or a hub id in
-    the local Hugging Face cache. `dtype` is a
-    torch dtype or its name ("bfloat16"); both are checked before any file is read."""
+    the local Hugging Face cache. `dtype` is "auto" (bfloat16 where the device computes it
+    natively, else float32: `asl.resolve_dtype`), a torch dtype or its name ("bfloat16"); it and
+    `device` are checked before any file is read."""
+    from .dtype import resolve_dtype
     from .interop import is_transformers_model
     from .weights import decoder_from_folder
 
     if is_transformers_model(name_or_path):
         raise ValueError("asl.load takes a name or a path; for a transformers model you loaded, use "
                          "asl.from_transformers(model) (it shares the weights) or pass it to asl.generate as is")
-    dtype = _dtype(dtype)
     device = _device(device)
+    dtype = resolve_dtype(dtype, device).dtype
     folder = resolve_checkpoint(name_or_path)
     try:
         json.loads((folder / "config.json").read_text())
@@ -336,20 +338,6 @@ def load(name_or_path: str | os.PathLike = "smollm2-135m", dtype=None, device="c
         raise ValueError(f"{folder / 'config.json'} cannot be read: {e}") from None
     tokenizer = load_tokenizer(folder)  # its problems show before seconds of weight loading
     return decoder_from_folder(folder, dtype=dtype, device=device), tokenizer
-
-
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-def _dtype(dtype):
-    import torch
-
-    if dtype is None:
-        return torch.float32
-    name = dtype.removeprefix("torch.") if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
-    if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (a string or a torch dtype), got {dtype!r}")
-    return getattr(torch, name)
 
 
 def _device(device):
