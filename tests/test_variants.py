@@ -10,8 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import asl
-from asl import reference
+from asl import ops, reference
+from asl.policies.topp import window_attention as topp_attention
 from asl.bench.methods import gemfilter_layer
+from near_ties import assert_scores_close
 from tiny import CharTokenizer, random_text, tiny_pair
 from test_policies import Recorder
 
@@ -40,7 +42,8 @@ def test_snapkv_per_query_head_keeps_each_heads_own_reference_entries(model, n, 
     for s, per_head in zip(rec.seen, out.trace.kv_tokens_per_head):
         assert len(per_head) == heads and max(per_head) == min(budget, n)  # the cache holds H heads
         keys = s["k"].repeat_interleave(heads // s["k"].shape[1], dim=1)  # SnapKV's repeat_kv, then per head
-        scores = reference.window_scores(s["q"], keys, s["valid"], window, 5, pooling)[0]  # [H, n - w]
+        scores = ops.window_scores(s["q"], keys, s["valid"], window, 5, pooling)[0]  # [H, n - w]: its own numbers
+        assert_scores_close(scores, reference.window_scores(s["q"], keys, s["valid"], window, 5, pooling)[0])
         for h in range(heads):
             expected = reference.snapkv_keep(scores[h], n, budget, window)
             expected = list(range(n)) if expected is None else expected.tolist()
@@ -88,7 +91,9 @@ def test_topp_keeps_what_the_authors_code_keeps(model, n, p, window, seed):
         groups = s["q"].shape[1] // s["k"].shape[1]
         attn = reference.window_attention(s["q"], s["k"], s["valid"], w)[0]  # [H, w, n]
         attn_cache = attn.view(-1, groups, w, n).mean(dim=(1, 2))  # the group's heads and the window's rows
-        expected = authors_top_p(attn_cache, p, n, w)
+        own = topp_attention(s["q"], s["k"], s["valid"], w)[0]  # what TopP chose from (near_ties.py)
+        assert_scores_close(own, attn_cache)
+        expected = authors_top_p(own, p, n, w)
         got = [row[row >= 0].tolist() for row in s["keep"][0]]
         assert got == expected
 
