@@ -16,7 +16,7 @@ TORCH_INDEX ?=
 # The docs' own packages (the `docs` extra of pyproject.toml); none of them depends on torch.
 DOCS_PACKAGES := "mkdocs>=1.6,<2" "mkdocstrings[python]>=1.0"
 
-.PHONY: setup test bench demo qwen protocol peers docs clean-venv
+.PHONY: setup test test-avx2 bench demo qwen protocol peers docs clean-venv
 
 $(VENV)/.installed: setup.py pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,17 @@ setup: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
+
+# The numeric suites (the ops against asl/reference.py, the policies against the reference, our
+# logits against transformers') once more as an AVX2-only CPU computes them: ATEN_CPU_CAPABILITY
+# narrows torch's own kernels, ONEDNN_MAX_CPU_ISA the oneDNN matmuls. CI runs it after `make test`,
+# so a machine with AVX-512 or AMX also checks what an AVX2 machine computes. Its own inductor
+# cache: code compiled for the wider instruction set crashed a process running under AVX2.
+NUMERIC_TESTS := tests/test_ops.py tests/test_policies.py tests/test_variants.py tests/test_decoder.py \
+	tests/test_interop.py tests/test_real_model.py tests/test_dtype.py
+test-avx2: $(VENV)/.installed
+	cache=$$(mktemp -d) && ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 TORCHINDUCTOR_CACHE_DIR=$$cache \
+		$(PY) -m pytest -q $(NUMERIC_TESTS); status=$$?; rm -rf $$cache; exit $$status
 
 bench: qwen
 	$(PY) -m asl.bench $(ARGS)

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import tempfile
@@ -38,16 +37,6 @@ CAPABILITIES = {
 }
 SHOWN_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 PREFILL_TARGET, TPOT_TARGET = 1.0, 0.5
-
-
-def cpu_model() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def runnable(flags: set[str]) -> list[str]:
@@ -116,7 +105,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from asl.models.dtype import cpu_flags
+    from asl.models.dtype import cpu_flags, cpu_model
 
     flags = cpu_flags()
     caps = runnable(flags)

@@ -45,7 +45,7 @@ import asl
 from asl.bench.haystack import prose_tokens
 from asl.bench.memory import PeakMemory
 torch.set_num_threads(2)
-model, tok = asl.load("smollm2-135m", dtype=torch.bfloat16)
+model, tok = asl.load("smollm2-135m")  # auto: bfloat16 only where it is native (fast)
 prompt = tok.decode(prose_tokens(tok, 1500)) + "\\n\\nSummarise the text above in one sentence:"
 out = asl.generate(model, tok, prompt, max_new_tokens=4)  # warm-up: fills the heap, then frees it
 del out

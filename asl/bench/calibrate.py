@@ -199,6 +199,7 @@ def run(args, folder, config) -> int:
     from asl.bench.runner import set_threads
     from asl.bench.session import _git_commit
     from asl.calibration import fingerprint, write
+    from asl.models.dtype import describe_cpu
 
     threads = set_threads(args.threads, 1)
     model, tokenizer = asl.load(folder, dtype=getattr(torch, args.dtype), device=args.device)
@@ -217,7 +218,8 @@ def run(args, folder, config) -> int:
     found = calibrate(model, tokenizer, prompts, args.taus, args.l_min, args.target, args.select_tokens, args.l_obs,
                       show=True)
     data = {"format": 1, "model": args.model, **found, "config": fingerprint(config), "prompts": source,
-            "run": {"dtype": args.dtype, "dtype_reason": args.dtype_reason, "device": args.device, "threads": threads,
+            "run": {"dtype": args.dtype, "dtype_reason": args.dtype_reason, "cpu": describe_cpu(),
+                    "device": args.device, "threads": threads,
                     "seconds": round(time.perf_counter() - begun, 1)},
             "code": code_hash(), "commit": _git_commit(), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     write(args.out, data)

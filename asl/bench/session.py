@@ -14,6 +14,7 @@ import torch
 
 from asl.bench import dist, store
 from asl.bench.fingerprint import differences
+from asl.models.dtype import describe_cpu
 from asl.bench.runner import plan, run, set_threads, warm_up
 
 # What a resume must match exactly in config.json: a run of other settings or code would mix.
@@ -252,7 +253,7 @@ def run_settings(args, params, model_config, threads: int, world: int) -> dict:
         "tasks": args.tasks, "lengths": args.lengths, "samples": args.samples, "budgets": args.budget,
         "select_tokens": args.select_tokens, "methods": [s.label for s in args.methods],
         "dtype_reason": args.dtype_reason,
-        "layers": model_config.num_layers, "machine": platform.processor() or platform.machine(),
+        "layers": model_config.num_layers, "machine": platform.processor() or platform.machine(), "cpu": describe_cpu(),
         "commit": _git_commit(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 

@@ -45,6 +45,27 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what `platform` knows."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_cpu() -> str:
+    """One line naming what CPU figures came from: model, torch's capability, bf16 instructions, cores."""
+    bf16 = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return (f"{cpu_model()}, torch capability {torch.backends.cpu.get_cpu_capability()}, "
+            f"{'+'.join(bf16) if bf16 else 'no bf16 instructions'}, {os.cpu_count()} cores")
+
+
 def cpu_bf16_native() -> tuple[bool, str]:
     """Whether this CPU computes bfloat16 natively as torch will run it, and the reason."""
     capability = torch.backends.cpu.get_cpu_capability()
