@@ -16,7 +16,7 @@ TORCH_INDEX ?=
 # The docs' own packages (the `docs` extra of pyproject.toml); none of them depends on torch.
 DOCS_PACKAGES := "mkdocs>=1.6,<2" "mkdocstrings[python]>=1.0"
 
-.PHONY: setup test test-avx2 bench demo qwen protocol peers docs clean-venv
+.PHONY: setup test test-fast test-avx2 bench demo qwen protocol peers docs clean-venv
 
 $(VENV)/.installed: setup.py pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ setup: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
+
+# What a developer runs often: everything but the tests marked slow (the bench end to end, the
+# examples and the real model, compiled decode steps); `make test` runs those too.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow" tests
 
 # The numeric suites (the ops against asl/reference.py, the policies against the reference, our
 # logits against transformers') once more as an AVX2-only CPU computes them: ATEN_CPU_CAPABILITY

@@ -7,10 +7,11 @@ from .models.interop import from_transformers
 from .models.loading import BUNDLED, load
 from .oracle import OracleResult, oracle_layer
 from .policies import (ASL, ASLTwoPass, DecodeView, EvictionPolicy, FastKV, Full, GemFilter, LayerView, PrefillInfo,
-                       PyramidInfer, PyramidInferDecode, Selection, SelectionPolicy, SnapKV, StreamingLLM, TopP)
+                       PyramidInfer, PyramidInferDecode, ScorerEviction, ScorerSelection, Selection, SelectionPolicy,
+                       SnapKV, StreamingLLM, TopP)
 
 __all__ = [
     "ASL", "ASLTwoPass", "BUNDLED", "CompressedContext", "DecodeView", "Decoder", "EvictionPolicy", "FastKV", "Full", "GemFilter", "GenerationOutput",
-    "LayerView", "ModelConfig", "PrefillInfo", "PyramidInfer", "PyramidInferDecode", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "Trace", "TopP",
+    "LayerView", "ModelConfig", "PrefillInfo", "PyramidInfer", "PyramidInferDecode", "ScorerEviction", "ScorerSelection", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "Trace", "TopP",
     "OracleResult", "compress", "from_transformers", "generate", "load", "oracle_layer", "resolve_dtype",
 ]

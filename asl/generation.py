@@ -193,7 +193,7 @@ def left_pad(ids: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
     return input_ids.to(device), valid.to(device)
 
 
-def _eos_ids(model: Decoder, tokenizer) -> set[int]:
+def eos_ids(model: Decoder, tokenizer) -> set[int]:
     ids = set(model.config.eos_token_ids)
     if getattr(tokenizer, "eos_token_id", None) is not None:
         ids.add(tokenizer.eos_token_id)
@@ -251,7 +251,7 @@ def generate(
     device = model.lm_head.weight.device
     input_ids, valid = left_pad(ids, device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    eos = torch.tensor(sorted(_eos_ids(model, tokenizer)), device=device)
+    eos = torch.tensor(sorted(eos_ids(model, tokenizer)), device=device)
 
     _sync(device)
     start = time.perf_counter()
@@ -264,7 +264,7 @@ def generate(
     prefill_s = time.perf_counter() - start
     kv_after_prefill = pre.cache.kv_tokens()  # [L, B, G], before decoding may evict
 
-    generated, steps, compiling, evicting = _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop,
+    generated, steps, compiling, evicting = decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop,
                                                          compile, (temperature, top_k, top_p, generator), eviction)
     _sync(device)
     decode_s = time.perf_counter() - start - prefill_s - compiling.seconds
@@ -298,7 +298,7 @@ def _graphs() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
-def _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compile, sampling, eviction=None,
+def decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compile, sampling, eviction=None,
                  follow: list[int] | None = None):
     """Returns the generated ids per sequence (EOS included), the number of decode steps, the
     compile record and, with a decode-time eviction, its record. With `follow`, a sequence also
@@ -317,7 +317,7 @@ def _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compi
             generated[i].append(int(tokens[i]))
         done |= torch.isin(tokens, eos)
         if stop:
-            done |= torch.tensor([_hits_stop(tokenizer, g, stop) for g in generated], device=done.device)
+            done |= torch.tensor([hits_stop(tokenizer, g, stop) for g in generated], device=done.device)
         if follow is not None:
             done |= torch.tensor([g != follow[:len(g)] for g in generated], device=done.device)
         if bool(done.all()) or t == max_new_tokens - 1:
@@ -341,26 +341,6 @@ def _decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compi
     return generated, steps, compiling, evicting
 
 
-_LEAD = " \t\r\n:.,;-*`\"'"  # what an answer may start with before its first word
-
-
-def _stop_index(text: str, stop: list[str] | None) -> int | None:
-    """Where the earliest stop string starts, looking only after the text's leading
-    whitespace and punctuation (so a stop of "\n" lets an answer begin on a new line)."""
-    start = len(text) - len(text.lstrip(_LEAD))
-    hits = [i for i in (text.find(s, start) for s in stop or ()) if i >= 0]
-    return min(hits) if hits else None
-
-
-def _hits_stop(tokenizer, ids: list[int], stop: list[str]) -> bool:
-    return _stop_index(tokenizer.decode(ids, skip_special_tokens=True), stop) is not None
-
-
-def _cut_at_stop(text: str, stop: list[str] | None) -> str:
-    i = _stop_index(text, stop)
-    return text if i is None else text[:i]
-
-
 def _finish(tokenizer, generated, pre, per_head, prompt_tokens, stop, prefill_s, decode_s_per_token, single, reports):
     """per_head [L, B, G]: the entries each layer and KV head stored after the prefill."""
     seqs = []
@@ -379,7 +359,7 @@ def _finish(tokenizer, generated, pre, per_head, prompt_tokens, stop, prefill_s,
             )
         )
     trace = Trace(prefill_s, decode_s_per_token, int(per_head.sum()) * pre.cache.entry_bytes, pre.policy_s, seqs)
-    texts = [_cut_at_stop(tokenizer.decode(g, skip_special_tokens=True), stop) for g in generated]
+    texts = [cut_at_stop(tokenizer.decode(g, skip_special_tokens=True), stop) for g in generated]
     if single:
         return GenerationOutput(texts[0], generated[0], trace)
     return GenerationOutput(texts, generated, trace)

@@ -1,10 +1,8 @@
 """The hot policy arithmetic, in one place: window scores, ranks, rank variance.
 
-Every caller goes through three custom ops (docs/algorithms.md sections 1-3):
-
-    torch.ops.asl.token_ranks(Tensor scores) -> Tensor
-    torch.ops.asl.rank_variance(Tensor ranks, int k) -> Tensor
-    torch.ops.asl.window_scores(Tensor q_window, Tensor keys, Tensor key_mask, int kernel, str pooling) -> Tensor
+Every caller goes through three custom ops, `torch.ops.asl.token_ranks`, `rank_variance` and
+`window_scores` (docs/algorithms.md sections 1-3), whose schemas are `SCHEMAS` below (the one
+source: csrc/register.cpp defines the same strings, and a test holds both to torch.ops.asl).
 
 The compiled extension `asl._C` (csrc/) defines them with CPU kernels, CUDA kernels when it
 was built with CUDA, and its input checks (csrc/checks.h). Where it has no kernel (not built,

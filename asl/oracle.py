@@ -17,14 +17,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .bench.metrics import partial
-from .generation import _decode_loop, _eos_ids, encode, left_pad
+from .answers import partial
+from .generation import decode_loop, encode, eos_ids, left_pad
 from .models.cache import KVCache, LayerCache
 from .models.interop import as_decoder
 from .policies.base import LayerView, PrefillInfo
 from .policies.fixed import FastKV
-from .prefill import AliveTokens, PrefillResult, left_pad_columns
-from .models.decoder import attention_mask_for
+from .prefill import AliveTokens, PrefillResult, left_pad_columns, run_layers
 
 
 @dataclass
@@ -91,10 +90,10 @@ def oracle_layer(model, tokenizer, prompt: str, select_tokens: int = 1024, layer
                          f"model's {c.max_position_embeddings} positions")
     device = decoder.lm_head.weight.device
     input_ids, valid = left_pad(ids, device)
-    eos = torch.tensor(sorted(_eos_ids(decoder, tokenizer)), device=device)
+    eos = torch.tensor(sorted(eos_ids(decoder, tokenizer)), device=device)
 
     start = time.perf_counter()
-    states = _full_pass(decoder, AliveTokens.start(input_ids, valid), max_new_tokens)
+    states = _full_pass(decoder, AliveTokens.start(input_ids, valid))
     prefill_s = time.perf_counter() - start
     full_tokens = _answer(decoder, tokenizer, states.result(max_new_tokens), max_new_tokens, eos, stop)
     full_text = tokenizer.decode(full_tokens, skip_special_tokens=True)
@@ -116,7 +115,7 @@ def oracle_layer(model, tokenizer, prompt: str, select_tokens: int = 1024, layer
 
 def _answer(decoder, tokenizer, pre: PrefillResult, max_new_tokens: int, eos, stop, follow=None) -> list[int]:
     first = pre.logits.argmax(-1)
-    generated, *_ = _decode_loop(decoder, tokenizer, pre, first, max_new_tokens, eos, stop, False, (0.0, None, None, None),
+    generated, *_ = decode_loop(decoder, tokenizer, pre, first, max_new_tokens, eos, stop, False, (0.0, None, None, None),
                                  follow=follow)
     return generated[0]
 
@@ -131,11 +130,15 @@ class _States:
     values: list[torch.Tensor]
     logits: torch.Tensor
 
+    def caches(self, layers: range, extra: int) -> list[LayerCache]:
+        """The full cache of those layers, in fresh buffers."""
+        valid = self.tokens.valid[:, None].expand_as(self.keys[0][..., 0])
+        return [LayerCache.from_prefill(self.keys[i], self.values[i], valid, extra) for i in layers]
+
     def result(self, extra: int) -> PrefillResult:
         """The full cache, in fresh buffers."""
-        layers = [LayerCache.from_prefill(k, v, self.tokens.valid[:, None].expand_as(k[..., 0]), extra)
-                  for k, v in zip(self.keys, self.values)]
-        return _result(self.logits, layers, self.tokens, [self.tokens.valid.sum(-1).item()] * len(layers))
+        n = len(self.keys)
+        return _result(self.logits, self.caches(range(n), extra), self.tokens, [int(self.tokens.valid.sum())] * n)
 
     def select_after(self, decoder, layer: int, policy: FastKV, extra: int) -> PrefillResult:
         """Layers up to `layer` as in the full pass; then the tokens `policy` keeps run the rest."""
@@ -144,18 +147,14 @@ class _States:
         policy.begin(PrefillInfo(c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, tuple(t.valid.sum(-1).tolist())))
         q, k, v = decoder.layers[layer].project(self.hidden[layer], *decoder.rope(t.positions, self.hidden[0].dtype))
         chosen = policy.after_layer(layer, LayerView(layer, q, k, v, t.positions, t.index, t.valid))
-        alive = [int(t.valid.sum())] * c.num_layers
-        layers = [LayerCache.from_prefill(self.keys[i], self.values[i], t.valid[:, None].expand_as(self.keys[i][..., 0]),
-                                          extra) for i in range(layer + 1)]
         if chosen is None or layer == c.num_layers - 1:  # nothing to prune: the full cache's answer
             return self.result(extra)
         cols, valid = left_pad_columns(t.columns(chosen))
         kept = AliveTokens(t.ids, t.positions.gather(1, cols), t.index.gather(1, cols), valid)
         h = self.hidden[layer + 1].gather(1, cols[..., None].expand(-1, -1, self.hidden[0].shape[-1]))
-        h, deeper = _run_layers(decoder, h, kept, range(layer + 1, c.num_layers), extra)
-        for i in range(layer + 1, c.num_layers):
-            alive[i] = int(valid.sum())
-        return _result(decoder.logits(h[:, -1]), layers + deeper, kept, alive)
+        deeper = run_layers(decoder, h, kept, layer + 1, extra)
+        alive = [int(t.valid.sum())] * (layer + 1) + deeper.alive_tokens[0]
+        return _result(deeper.logits, self.caches(range(layer + 1), extra) + deeper.cache.layers, kept, alive)
 
 
 def _result(logits, layers, tokens: AliveTokens, alive) -> PrefillResult:
@@ -164,30 +163,9 @@ def _result(logits, layers, tokens: AliveTokens, alive) -> PrefillResult:
                          policy_s=0.0, restarted=False)
 
 
-def _run_layers(decoder, h, tokens: AliveTokens, indices, extra: int, keep_states: tuple | None = None):
-    """Run `h` through the layers `indices` (the last one only for the last token, as the
-    prefill does); returns the output and each layer's cache, or, with `keep_states`, fills
-    it with each layer's input and KV instead."""
-    mask = attention_mask_for(tokens.valid)
-    rope = decoder.rope(tokens.positions, h.dtype)
-    last = decoder.config.num_layers - 1
-    caches = []
-    for i in indices:
-        layer = decoder.layers[i]
-        if keep_states is not None:
-            keep_states[0].append(h)
-        q, k, v = layer.project(h, *rope)
-        if keep_states is not None:
-            keep_states[1].append(k)
-            keep_states[2].append(v)
-        h = layer.prefill(h, q, k, v, mask, tokens.valid, last=i == last)
-        if keep_states is None:
-            caches.append(LayerCache.from_prefill(k, v, tokens.valid[:, None].expand_as(k[..., 0]), extra))
-    return h, caches
-
-
-def _full_pass(decoder, tokens: AliveTokens, extra: int) -> _States:
-    kept: tuple[list, list, list] = ([], [], [])
-    h, _ = decoder.embed(tokens.ids, tokens.positions)
-    h, _ = _run_layers(decoder, h, tokens, range(decoder.config.num_layers), 0, kept)
-    return _States(tokens, kept[0], kept[1], kept[2], decoder.logits(h[:, -1]))
+def _full_pass(decoder, tokens: AliveTokens) -> _States:
+    kept: list[tuple] = []
+    h, rope = decoder.embed(tokens.ids, tokens.positions)
+    full = run_layers(decoder, h, tokens, 0, 0, keep_states=kept, rope=rope)
+    hidden, keys, values = (list(x) for x in zip(*kept))
+    return _States(tokens, hidden, keys, values, full.logits)

@@ -127,26 +127,43 @@ def prefill(
 
 def _run(model, tokens: AliveTokens, extra_slots, selection, eviction):
     """One pass over the layers. Returns a PrefillResult, or (selection, policy_s) on a restart."""
+    h, rope = model.embed(tokens.ids, tokens.positions)
+    return run_layers(model, h, tokens, 0, extra_slots, selection, eviction, rope=rope)
+
+
+def run_layers(model, h: torch.Tensor, tokens: AliveTokens, start: int, extra_slots: int,
+               selection: SelectionPolicy | None = None, eviction: EvictionPolicy | None = None,
+               keep_states: list | None = None, rope: tuple | None = None):
+    """The layer loop (the only one): hidden states `h` [B, n, D] of the alive `tokens` run
+    through layers `start`.. with the policies. Returns a PrefillResult whose cache and
+    alive counts cover those layers, or (selection, policy_s) when a selection restarts.
+
+    `keep_states`: a list that receives each layer's (input h, k, v) instead of a cache (the
+    oracle forks deeper passes from them, so it stores nothing itself). `rope`: the tokens'
+    RoPE tables where the caller has them already."""
     restarts = selection is not None and selection.restarts
     decoding = eviction is not None and eviction.every > 0  # it evicts during decoding too
     recent = eviction.recent_queries(int(tokens.valid.sum(-1).max())) if decoding else 0
     mask = attention_mask_for(tokens.valid)
-    h, rope = model.embed(tokens.ids, tokens.positions)
+    rope = model.rope(tokens.positions, h.dtype) if rope is None else rope
     layers, alive, policy_s, problems = [], [], 0.0, []
     last = len(model.layers) - 1
-    for i, layer in enumerate(model.layers):
+    for i in range(start, last + 1):
+        layer = model.layers[i]
         q, k, v = layer.project(h, *rope)
+        if keep_states is not None:
+            keep_states.append((h, k, v))
         h = layer.prefill(h, q, k, v, mask, tokens.valid, last=i == last)
         alive.append(tokens.valid.sum(-1))
         view = LayerView(i, q, k, v, tokens.positions, tokens.index, tokens.valid)
-        start = time.perf_counter()
+        begun = time.perf_counter()
         keep = eviction.keep(i, view) if eviction is not None and not restarts else None
         chosen = selection.after_layer(i, view) if selection is not None else None
-        policy_s += time.perf_counter() - start
+        policy_s += time.perf_counter() - begun
         if keep is not None:  # checked on the device; read once, after the loop
             problems.append((i, keep_problems(keep, tokens.valid).any(-1)))
             keep = keep.clamp(max=tokens.valid.shape[-1] - 1)
-        if not restarts:  # a first pass that restarts keeps no KV
+        if not restarts and keep_states is None:  # a first pass that restarts keeps no KV
             layers.append(store_layer(k, v, tokens, keep, extra_slots, decoding))
             if recent:
                 layers[-1].keep_queries(q, tokens.valid, tokens.positions, recent)

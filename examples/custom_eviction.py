@@ -9,28 +9,17 @@ head, keep the `budget - window` lowest-norm prefix keys plus the last `window` 
 import argparse
 from dataclasses import dataclass
 
-import torch
-
 import asl
 from _text import FACTS, context, question
-from asl.policies import fill_unevicted, sort_keep, top_prefix
 
 
 @dataclass
-class KeyNorm(asl.EvictionPolicy):
+class KeyNorm(asl.ScorerEviction):  # the base keeps the best `budget - window` plus the window
     budget: int = 128  # entries per KV head per layer, window included
     window: int = 16
 
-    def keep(self, layer, view):
-        evict = view.alive > self.budget  # [B]: a sequence that fits its budget keeps everything
-        if not bool(evict.any()):
-            return None
-        prefix = view.width - self.window
-        norms = view.keys[:, :, :prefix].float().norm(dim=-1)  # [B, G, prefix]
-        scores = (-norms).masked_fill(~view.valid[:, None, :prefix], float("-inf"))
-        chosen = top_prefix(scores, torch.full_like(view.alive, self.budget - self.window))  # -1 pads
-        window = torch.arange(prefix, view.width, device=scores.device).expand(*chosen.shape[:2], -1)
-        return fill_unevicted(sort_keep(torch.cat([chosen, window], -1)), view, evict)
+    def score(self, view):  # [B, G, prefix]: higher is kept, so the negated key norms
+        return -view.keys[:, :, : view.width - self.window].float().norm(dim=-1)
 
 
 def main(model_name: str = "smollm2-135m", max_new_tokens: int = 8, dtype: str = "auto"):

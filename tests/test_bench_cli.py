@@ -11,6 +11,8 @@ import pytest
 from asl.bench import runner
 from asl.bench.cli import main
 
+pytestmark = pytest.mark.slow  # python -m asl.bench end to end (make test-fast leaves them out)
+
 TESTS = pathlib.Path(__file__).parent
 BASE = ["--model", "smollm2-135m", "--tasks", "passkey,kv_retrieval", "--lengths", "512", "--budget", "64",
         "--threads", "1", "--no-plots", "--dtype", "float32"]  # float32: the same numbers on every CPU

@@ -56,6 +56,7 @@ print(json.dumps({"bytes": m.bytes, "kv_bytes": out.trace.kv_bytes,
 """
 
 
+@pytest.mark.slow  # compiles or runs the real model
 def test_a_full_cache_run_after_a_warm_up_reports_at_least_its_kv_cache():
     r = run_child(FULL_CACHE)
     print(f"full cache, {r['prompt_tokens']} tokens: peak {(r['bytes'] or 0) / 2**20:.1f} MiB,"

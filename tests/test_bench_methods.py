@@ -7,7 +7,7 @@ from bench_custom_policy import HalfwayTopK
 import asl
 from asl.bench.memory import cpu_peak_supported
 from asl.bench.methods import build, default_params, effective_fields, parse_methods, scaled_layer
-from asl.generation import _cut_at_stop
+from asl.answers import cut_at_stop
 
 
 def test_parse_methods_with_arguments_and_custom_classes():
@@ -111,7 +111,7 @@ def test_effective_fields_record_defaults_and_custom_sources():
     ("no stop here", "no stop here"),
 ])
 def test_a_stop_counts_after_the_first_word(text, cut):
-    assert _cut_at_stop(text, ["\n"]) == cut
+    assert cut_at_stop(text, ["\n"]) == cut
 
 
 PROBE = """

@@ -9,6 +9,8 @@ import pytest
 from asl.bench import fingerprint, store
 from asl.bench.cli import main
 
+pytestmark = pytest.mark.slow  # bench runs on the real model (make test-fast leaves them out)
+
 BASE = ["--model", "smollm2-135m", "--tasks", "passkey", "--lengths", "512", "--budget", "64", "--samples", "1",
         "--threads", "1", "--no-plots", "--dtype", "float32"]
 

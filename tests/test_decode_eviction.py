@@ -64,6 +64,7 @@ def test_without_rolling_the_cache_grows_and_with_enough_budget_nothing_changes(
     assert roomy.trace.decode_compactions == 0
 
 
+@pytest.mark.slow  # compiles or runs the real model
 def test_the_compiled_step_is_not_traced_again_after_a_compaction(model):
     text = prompt(2, 70)
     policy = dict(eviction=asl.StreamingLLM(budget=24, sink=2))

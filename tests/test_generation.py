@@ -57,6 +57,7 @@ def test_prefill_logits_equal_the_full_forward_last_token(pair):
     assert out.cache.layers[-1].k.shape[-2] == width  # every token's K/V is still stored
 
 
+@pytest.mark.slow  # compiles or runs the real model
 def test_compiled_decode_gives_the_same_tokens():
     _, ours = tiny_pair("llama", eos_token_id=None)
     rng = random.Random(6)
@@ -72,6 +73,7 @@ def test_compiled_decode_gives_the_same_tokens():
         assert compiled.trace.compile_s > 10 * compiled.trace.decode_s_per_token
 
 
+@pytest.mark.slow  # compiles or runs the real model
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device"))])
 def test_cuda_graph_mode_gives_the_same_tokens_and_bad_modes_fail(device):

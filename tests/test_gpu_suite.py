@@ -27,6 +27,7 @@ def _suite(tmp_path, *flags):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300), out
 
 
+@pytest.mark.slow  # compiles or runs the real model
 def test_cpu_dry_run_records_every_case_and_target(tmp_path):
     proc, out = _suite(tmp_path, "--tokens", "256,384", "--repeats", "1", "--new-tokens", "4",
                        "--ops-repeats", "1", "--no-compile", "--step", "build=skipped:a CPU run")

@@ -321,3 +321,15 @@ def test_fallback_without_extension():
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+def test_the_schemas_have_one_source():
+    """asl.ops.SCHEMAS is what csrc/register.cpp defines and what torch.ops.asl holds."""
+    import re
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parent.parent / "csrc" / "register.cpp").read_text()
+    defined = dict(re.match(r"(\w+)(\(.*)", d).groups() for d in re.findall(r'm\.def\("([^"]+)"\)', source))
+    assert defined == ops.SCHEMAS
+    for name, schema in ops.SCHEMAS.items():
+        assert str(getattr(torch.ops.asl, name).default._schema) == f"asl::{name}{schema}"

@@ -12,14 +12,38 @@ from tiny import CharTokenizer, random_text, tiny_pair
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
+def readme_class(name: str, preamble: str = ""):
+    """The class `name` defined by a python block of the README's "Write your own policy" section,
+    with the block's line count."""
+    section = README.read_text().split("## Write your own policy", 1)[1].split("\n## ", 1)[0]
+    source = next(b for b in re.findall(r"```python\n(.*?)```", section, re.S) if f"class {name}(" in b)
+    namespace = {}
+    exec(compile(preamble + source, str(README), "exec"), namespace)
+    return namespace[name], len(source.strip().splitlines())
+
+
 @pytest.fixture(scope="module")
 def StableTopK():
-    section = README.read_text().split("## Write your own policy", 1)[1]
-    source = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    assert len(source.splitlines()) <= 35  # one small subclass
-    namespace = {}
-    exec(compile(source, str(README), "exec"), namespace)
-    return namespace["StableTopK"]
+    policy, lines = readme_class("StableTopK")
+    assert lines <= 35  # one small subclass
+    return policy
+
+
+def test_readme_scorer_in_eight_lines_keeps_the_lowest_norm_keys():
+    from test_policies import Recorder
+
+    KeyNorm, lines = readme_class("KeyNorm", "from dataclasses import dataclass\nimport asl\n")
+    assert lines <= 8
+    _, model = tiny_pair("llama", num_hidden_layers=3, eos_token_id=None)
+    n, budget, window = 100, 30, 6
+    rec = Recorder(inner=KeyNorm(budget=budget, window=window))
+    out = asl.generate(model, CharTokenizer(), random_text(random.Random(3), n), max_new_tokens=2, eviction=rec)
+    assert out.trace.kv_tokens == [budget] * 3
+    for seen in rec.seen:  # by hand: per KV head, the budget - window smallest key norms, then the window
+        norms = seen["k"][0, :, : n - window].float().norm(dim=-1)
+        for head, kept in enumerate(seen["keep"][0].tolist()):
+            lowest = sorted(range(n - window), key=lambda j: (norms[head, j].item(), j))[: budget - window]
+            assert kept == sorted(lowest) + list(range(n - window, n))
 
 
 def test_readme_policy_on_the_real_model(StableTopK):

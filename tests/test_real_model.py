@@ -7,6 +7,8 @@ import asl
 from asl.bench.haystack import passkey_prompt, prose_tokens
 from asl.models.loading import resolve_checkpoint
 
+pytestmark = pytest.mark.slow  # the real smollm2-135m, a compiled decode among them (make test-fast leaves them out)
+
 
 @pytest.fixture(scope="module")
 def real():

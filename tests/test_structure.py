@@ -86,3 +86,46 @@ def test_the_reference_is_for_tests_only():
     """asl.reference is the oracle the tests compare against: production code must not use it."""
     users = sorted(name for name, targets in import_graph().items() if "asl.reference" in targets)
     assert users == [], f"{users} import asl.reference"
+
+
+def test_the_core_never_imports_the_bench():
+    """asl.bench measures the library; nothing outside it may depend on it (`import asl` must not
+    load it), so the library can be used, and changed, without the benchmark."""
+    users = sorted(name for name, targets in import_graph().items() if not name.startswith("asl.bench")
+                   and any(t == "asl.bench" or t.startswith("asl.bench.") for t in targets))
+    assert users == [], f"{users} import asl.bench"
+
+
+def private_imports(path: Path, package_name: str, ours) -> list[str]:
+    """`from X import _name` where X is one of our modules (a leading underscore marks what a
+    module keeps to itself: another module reaching for it couples to a detail)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        base = resolve(package_name, path.name == "__init__.py", node) if node.level else node.module or ""
+        if not ours(base):
+            continue
+        found += [f"{path.name}: from {base} import {a.name}" for a in node.names
+                  if a.name.startswith("_") and not a.name.startswith("__") and not _compiled(base, a.name)]
+    return found
+
+
+def test_no_module_imports_another_modules_private_names():
+    benchmarks = PACKAGE.parent / "benchmarks"
+    local = {p.stem for p in benchmarks.glob("*.py")}
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        found += private_imports(path, module_name(path), lambda m: m == "asl" or m.startswith("asl."))
+    for path in benchmarks.glob("*.py"):
+        found += private_imports(path, path.stem, lambda m: m.split(".")[0] in local | {"asl"})
+    assert len(local) > 5 and found == [], found
+
+
+def test_import_asl_loads_no_bench_module():
+    import subprocess
+    import sys
+
+    code = "import asl, sys; print([m for m in sys.modules if m.startswith('asl.bench')])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

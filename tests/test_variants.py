@@ -50,6 +50,7 @@ def test_snapkv_per_query_head_keeps_each_heads_own_reference_entries(model, n, 
             assert s["keep"][0, h][s["keep"][0, h] >= 0].tolist() == expected
 
 
+@pytest.mark.slow  # compiles or runs the real model
 def test_a_per_query_head_cache_decodes_batches_and_compresses(model):
     policy = lambda: asl.SnapKV(budget=24, window=4, per="query_head")  # noqa: E731
     texts = [prompt(1, 90), prompt(2, 20)]

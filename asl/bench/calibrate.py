@@ -195,9 +195,8 @@ def main(argv=None) -> int:
 
 def run(args, folder, config) -> int:
     import asl
-    from asl.bench.fingerprint import code_hash
+    from asl.bench.fingerprint import code_hash, git_commit
     from asl.bench.runner import set_threads
-    from asl.bench.session import _git_commit
     from asl.calibration import fingerprint, write
     from asl.models.dtype import describe_cpu
 
@@ -221,7 +220,7 @@ def run(args, folder, config) -> int:
             "run": {"dtype": args.dtype, "dtype_reason": args.dtype_reason, "cpu": describe_cpu(),
                     "device": args.device, "threads": threads,
                     "seconds": round(time.perf_counter() - begun, 1)},
-            "code": code_hash(), "commit": _git_commit(), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "code": code_hash(), "commit": git_commit(), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     write(args.out, data)
     print(summary_text(data))
     print(f"written: {args.out}")

@@ -111,7 +111,7 @@ def tokens_for(tokenizer) -> Tokens:
         return Tokens(tokenizer)
 
 
-def _slot(cum: Sequence[int], frac: float) -> int:
+def slot(cum: Sequence[int], frac: float) -> int:
     """Index i (0..len(cum)-1) with cum[i] (tokens before slot i) closest to frac * total."""
     goal = frac * cum[-1]
     i = bisect.bisect_left(cum, goal)
@@ -158,7 +158,7 @@ def noise_lines(tk: Tokens, n: int, inserts: Sequence[tuple[float, str]], *, end
     for k in sizes:
         cum.append(cum[-1] + tk.block_lens[k - 1])
     last = len(sizes) - 1 if before_noise and sizes else len(sizes)
-    slots = [min(_slot(cum, f), last) for f, _ in inserts]
+    slots = [min(slot(cum, f), last) for f, _ in inserts]
     if distinct and len(inserts) <= last + 1:
         for k in range(1, len(slots)):
             slots[k] = max(slots[k], slots[k - 1] + 1)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
+from asl.answers import partial
+
 __all__ = ["METRICS", "infinitebench_kv", "infinitebench_number", "partial", "ruler_all", "ruler_part",
            "score"]
 
@@ -38,44 +40,6 @@ def infinitebench_kv(prediction: str, answers: Sequence[str]) -> float:
     for c in '\n:"\'.,?!{}':
         prediction = prediction.replace(c, " ")
     return float(bool(answers) and str(answers[0]) in prediction.split())
-
-
-def _longest_prefix_run(ref: str, pred: str) -> int:
-    """The most leading characters of ref that occur contiguously somewhere in pred."""
-    best = 0
-    for i in range(len(pred)):
-        if pred[i] != ref[0]:
-            continue
-        n = 0
-        for a, b in zip(ref, pred[i:]):
-            if a != b:
-                break
-            n += 1
-        best = max(best, n)
-        if best == len(ref):
-            break
-    return best
-
-
-def partial(prediction: str, answers: Sequence[str]) -> float:
-    """Graded retrieval score: per reference, the longest run of its leading characters found
-    anywhere in the prediction (case-insensitive), over its length; averaged over the references.
-
-    Why: exact match hides partial retrieval. A model that copies the first 24 of 36 UUID
-    characters scores 0 like one that copies nothing; here it scores 24/36. Examples: reference
-    "a1b2-c3d4" in "The value is a1b2-c9" -> 6/9; passkey "71432" predicted "71439" -> 4/5.
-    No references -> 0.0; an empty reference counts as found (1.0), like ruler_all.
-    """
-    if isinstance(answers, str):
-        answers = (answers,)
-    if not answers:
-        return 0.0
-    pred = prediction.lower()
-    total = 0.0
-    for a in answers:
-        ref = str(a).lower()
-        total += 1.0 if not ref else _longest_prefix_run(ref, pred) / len(ref)
-    return total / len(answers)
 
 
 METRICS: dict[str, Callable[[str, Sequence[str]], float]] = {

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import asl
-from asl.generation import _cut_at_stop
+from asl.answers import cut_at_stop
 from asl.policies import FastKV
 
 
@@ -39,7 +39,7 @@ def measure(model, tokenizer, sample, oracle: Oracle) -> dict:
     per_layer = [n] * (layer + 1) + [kept] * deeper  # selection alone: every KV head alike
     entry = 2 * c.head_dim * model.lm_head.weight.element_size()
     return {
-        "prediction": _cut_at_stop(chosen.text, list(sample.stop) or None),
+        "prediction": cut_at_stop(chosen.text, list(sample.stop) or None),
         "ttft_s": result.prefill_s + result.candidates_s, "tpot_s": None, "new_tokens": len(chosen.tokens),
         "kv_tokens": per_layer, "kv_bytes": sum(per_layer) * c.num_kv_heads * entry,
         "selection_layer": layer, "ratios": [], "alive_tokens": per_layer, "policy_s": 0.0,

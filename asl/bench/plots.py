@@ -22,7 +22,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from . import vs_oracle
-from .report import ALL_TASKS, FULL_METHOD, NO_LAYER, _first_appearance, _layer_key, _num, selects, summarize
+from .report import ALL_TASKS, FULL_METHOD, NO_LAYER, as_number, first_appearance, layer_key, selects, summarize
 
 DPI = 120
 
@@ -77,15 +77,15 @@ def _budget_str(b) -> str:
 
 def _plot_niah(plt, records, out: Path, names) -> list[Path]:
     niah = [r for r in records if r.get("task") == "niah" and r.get("depth") is not None
-            and _num(r.get("score")) is not None]
+            and as_number(r.get("score")) is not None]
     if not niah:
         return []
     paths = []
-    for method in _first_appearance(r["method"] for r in niah):
+    for method in first_appearance(r["method"] for r in niah):
         recs = [r for r in niah if r["method"] == method]
-        budgets = sorted(_first_appearance(r.get("budget") for r in recs), key=lambda b: (b is not None, b or 0))
-        lengths = sorted(_first_appearance(r["length"] for r in recs))
-        depths = sorted(_first_appearance(round(float(r["depth"]), 2) for r in recs))
+        budgets = sorted(first_appearance(r.get("budget") for r in recs), key=lambda b: (b is not None, b or 0))
+        lengths = sorted(first_appearance(r["length"] for r in recs))
+        depths = sorted(first_appearance(round(float(r["depth"]), 2) for r in recs))
         nr, nc = _grid(len(budgets), 2)
         fig, axes = plt.subplots(nr, nc, squeeze=False, layout="constrained",
                                  figsize=(max(4.5, 1.0 + 0.9 * len(lengths)) * nc + 1.0,
@@ -121,11 +121,11 @@ def _plot_niah(plt, records, out: Path, names) -> list[Path]:
 
 
 def _plot_accuracy_vs_budget(plt, summary, out: Path) -> list[Path]:
-    rows = [r for r in summary if r.get("task") == ALL_TASKS and _num(r.get("accuracy")) is not None]
+    rows = [r for r in summary if r.get("task") == ALL_TASKS and as_number(r.get("accuracy")) is not None]
     if not any(r.get("budget") is not None for r in rows):
         return []
-    lengths = sorted(_first_appearance(r["length"] for r in rows))
-    methods = _first_appearance(r["method"] for r in rows)
+    lengths = sorted(first_appearance(r["length"] for r in rows))
+    methods = first_appearance(r["method"] for r in rows)
     budgets = sorted({r["budget"] for r in rows if r.get("budget") is not None})
     colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     nr, nc = _grid(len(lengths), 3)
@@ -158,17 +158,17 @@ def _plot_accuracy_vs_budget(plt, summary, out: Path) -> list[Path]:
 
 def _plot_selection_layers(plt, records, out: Path, names) -> list[Path]:
     paths = []
-    for method in _first_appearance(r["method"] for r in records):
+    for method in first_appearance(r["method"] for r in records):
         recs = [r for r in records if r["method"] == method]
         if not any(selects(r) for r in recs):
             continue
-        tasks = _first_appearance(r["task"] for r in recs)
-        budgets = sorted(_first_appearance(r.get("budget") for r in recs), key=lambda b: (b is not None, b or 0))
+        tasks = first_appearance(r["task"] for r in recs)
+        budgets = sorted(first_appearance(r.get("budget") for r in recs), key=lambda b: (b is not None, b or 0))
 
         def lab(r):
             return NO_LAYER if r.get("selection_layer") is None else str(int(r["selection_layer"]))
 
-        cats = sorted({lab(r) for r in recs} | {NO_LAYER}, key=_layer_key)
+        cats = sorted({lab(r) for r in recs} | {NO_LAYER}, key=layer_key)
         nr, nc = _grid(len(tasks), 3)
         fig, axes = plt.subplots(nr, nc, squeeze=False,
                                  figsize=(max(4.0, 0.45 * len(cats) + 1.5) * nc, 3.4 * nr))
@@ -194,18 +194,18 @@ def _plot_selection_layers(plt, records, out: Path, names) -> list[Path]:
 
 def _plot_ratios(plt, records, out: Path, names, method_params) -> list[Path]:
     paths = []
-    for method in _first_appearance(r["method"] for r in records):
+    for method in first_appearance(r["method"] for r in records):
         recs = [r for r in records if r["method"] == method and r.get("ratios")]
         if not recs:
             continue
         params = (method_params or {}).get(method) or {}
-        tasks = _first_appearance(r["task"] for r in recs)
+        tasks = first_appearance(r["task"] for r in recs)
         colors = {t: f"C{i % 10}" for i, t in enumerate(tasks)}
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
         alpha = max(0.15, min(0.8, 8.0 / math.sqrt(len(recs))))
         n_layers = 0
         for r in recs:
-            ys = [float("nan") if _num(v) is None else float(v) for v in r["ratios"]]
+            ys = [float("nan") if as_number(v) is None else float(v) for v in r["ratios"]]
             n_layers = max(n_layers, len(ys))
             ax.plot(range(len(ys)), ys, lw=0.8, alpha=alpha, color=colors[r["task"]])
             sl = r.get("selection_layer")
@@ -213,11 +213,11 @@ def _plot_ratios(plt, records, out: Path, names, method_params) -> list[Path]:
                 ax.plot([int(sl)], [ys[int(sl)]], marker="o", ms=4, color=colors[r["task"]],
                         markeredgecolor="black", markeredgewidth=0.5, ls="none")
         handles = [plt.Line2D([], [], color=colors[t], lw=1.5, label=t) for t in tasks]
-        tau = _num(params.get("tau"))
+        tau = as_number(params.get("tau"))
         if tau is not None:
             ax.axhline(tau, color="black", ls="--", lw=1.2)
             handles.append(plt.Line2D([], [], color="black", ls="--", label=f"tau = {tau:g}"))
-        l_min = _num(params.get("l_min"))
+        l_min = as_number(params.get("l_min"))
         if l_min is not None:
             ax.axvline(l_min, color="grey", ls=":", lw=1.0)
             handles.append(plt.Line2D([], [], color="grey", ls=":", label=f"l_min = {l_min:g}"))
@@ -246,7 +246,7 @@ def _plot_vs_oracle(plt, records, out: Path, names) -> list[Path]:
     top = max((o["num_layers"] - 1 for o in vs_oracle.oracle_records(records).values()), default=0)
     paths = []
     for method, matched in by_method.items():
-        tasks = _first_appearance(r["task"] for r, _, _ in matched)
+        tasks = first_appearance(r["task"] for r, _, _ in matched)
         nr, nc = _grid(len(tasks), 3)
         fig, axes = plt.subplots(nr, nc, squeeze=False, figsize=(4.2 * nc, 4.0 * nr))
         for ax, task in zip(axes.flat, tasks):
@@ -296,7 +296,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """
     valid = []
     for i, (x, y) in enumerate(points):
-        x, y = _num(x, infinite=True), _num(y, infinite=True)  # the front is well defined with infinities
+        x, y = as_number(x, infinite=True), as_number(y, infinite=True)  # the front is well defined with infinities
         if x is not None and y is not None:
             valid.append((x, -y, i))
     valid.sort()
@@ -322,7 +322,7 @@ def _setting_label(row) -> str:
 
 def _yerr(row, metric):
     """Asymmetric vertical error (below, above) from <metric>_lo / _hi, or None when absent."""
-    y, lo, hi = _num(row.get(metric)), _num(row.get(f"{metric}_lo")), _num(row.get(f"{metric}_hi"))
+    y, lo, hi = as_number(row.get(metric)), as_number(row.get(f"{metric}_lo")), as_number(row.get(f"{metric}_hi"))
     if y is None or lo is None or hi is None:
         return None
     return max(0.0, y - lo), max(0.0, hi - y)
@@ -331,9 +331,9 @@ def _yerr(row, metric):
 def _tradeoff_panel(plt, ax, rows, metric, xkey, colors, show_labels):
     pts = []  # (x, y, row)
     for r in rows:
-        y = _num(r.get(metric))
-        x = _num(r.get(xkey)) if xkey != "kv_mib" else (
-            None if _num(r.get("kv_bytes")) is None else _num(r.get("kv_bytes")) / 2 ** 20)
+        y = as_number(r.get(metric))
+        x = as_number(r.get(xkey)) if xkey != "kv_mib" else (
+            None if as_number(r.get("kv_bytes")) is None else as_number(r.get("kv_bytes")) / 2 ** 20)
         if x is not None and y is not None:
             pts.append((x, y, r))
     if not pts:
@@ -397,10 +397,10 @@ def _plot_tradeoff(plt, summary, out: Path) -> list[Path]:
     """Accuracy (and partial score) against prefill time and KV memory: a method is only better than another
     if it wins on the trade-off, so every setting is a point and the Pareto front is drawn."""
     rows = [dict(r, _family=r.get("family") or family_of(r.get("method"))) for r in summary
-            if r.get("method") is not None and any(_num(r.get(m)) is not None for m in ("accuracy", "partial"))]
+            if r.get("method") is not None and any(as_number(r.get(m)) is not None for m in ("accuracy", "partial"))]
     if not rows:
         return []
-    families = _first_appearance(r["_family"] for r in rows)
+    families = first_appearance(r["_family"] for r in rows)
     colors, k = {}, 0
     for fam in families:  # stable across figures; the full cache is black
         if fam == FULL_METHOD:
@@ -408,19 +408,19 @@ def _plot_tradeoff(plt, summary, out: Path) -> list[Path]:
         else:
             colors[fam] = f"C{k % 10}"
             k += 1
-    tasks = _first_appearance(r.get("task") for r in rows)
+    tasks = first_appearance(r.get("task") for r in rows)
     tasks = [t for t in tasks if t != ALL_TASKS] + [t for t in tasks if t == ALL_TASKS]
     task_names = _safe_names(tasks)
     paths = []
     for task in tasks:
         trows = [r for r in rows if r.get("task") == task]
-        lengths = sorted(_first_appearance(r.get("length") for r in trows),
-                         key=lambda v: (0, _num(v)) if _num(v) is not None else (1, str(v)))
+        lengths = sorted(first_appearance(r.get("length") for r in trows),
+                         key=lambda v: (0, as_number(v)) if as_number(v) is not None else (1, str(v)))
         for length in lengths:
             lrows = [r for r in trows if r.get("length") == length]
-            xkey = "prefill_vs_full" if any(_num(r.get("prefill_vs_full")) is not None for r in lrows) else "ttft_s"
-            has_x = any(_num(r.get(xkey)) is not None or _num(r.get("kv_bytes")) is not None for r in lrows)
-            metrics = [m for m in ("accuracy", "partial") if any(_num(r.get(m)) is not None for r in lrows)]
+            xkey = "prefill_vs_full" if any(as_number(r.get("prefill_vs_full")) is not None for r in lrows) else "ttft_s"
+            has_x = any(as_number(r.get(xkey)) is not None or as_number(r.get("kv_bytes")) is not None for r in lrows)
+            metrics = [m for m in ("accuracy", "partial") if any(as_number(r.get(m)) is not None for r in lrows)]
             settings = {(r.get("method"), r.get("budget")) for r in lrows}
             if not has_x or not metrics or len(settings) < 2:  # one point is no trade-off
                 continue
@@ -443,7 +443,7 @@ def _plot_tradeoff(plt, summary, out: Path) -> list[Path]:
             handles.append(plt.Line2D([], [], color="black", alpha=0.7, ls="--", lw=1.3, label="Pareto front"))
             fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize=8,
                        frameon=False)
-            n = max((_num(r.get("n")) or 0) for r in lrows)
+            n = max((as_number(r.get("n")) or 0) for r in lrows)
             fig.suptitle(f"{task}, length {length}: score vs cost"
                          + (f" (up to {int(n)} samples per point)" if n else "")
                          + ("; higher and further left is better"), fontsize=11)
@@ -467,7 +467,7 @@ def make_plots(records: list[dict], summary: list[dict], out_dir,
     plt = _pyplot()
     out = Path(out_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    names = _safe_names(_first_appearance([r.get("method") for r in records] + [r.get("method") for r in summary]))
+    names = _safe_names(first_appearance([r.get("method") for r in records] + [r.get("method") for r in summary]))
     paths: list[Path] = []
     paths += _plot_niah(plt, records, out, names)
     paths += _plot_accuracy_vs_budget(plt, summary, out)

@@ -37,7 +37,7 @@ SIGNIFICANT_P = 0.05
 # helpers
 
 
-def _num(x, infinite: bool = False):
+def as_number(x, infinite: bool = False):
     """A finite float (or an infinite one, with `infinite`), else None (None / NaN / non-numbers)."""
     if x is None or isinstance(x, bool):
         return None
@@ -49,12 +49,12 @@ def _num(x, infinite: bool = False):
 
 
 def _median(values):
-    vals = [v for v in (_num(x) for x in values) if v is not None]
+    vals = [v for v in (as_number(x) for x in values) if v is not None]
     return statistics.median(vals) if vals else None
 
 
 def _mean(values):
-    vals = [v for v in (_num(x) for x in values) if v is not None]
+    vals = [v for v in (as_number(x) for x in values) if v is not None]
     return statistics.fmean(vals) if vals else None
 
 
@@ -63,12 +63,12 @@ def _budget_key(b):
     return (0, 0.0) if b is None else (1, float(b))
 
 
-def _layer_key(k: str):
+def layer_key(k: str):
     return (1, 0) if k == NO_LAYER else (0, int(k)) if k.lstrip("-").isdigit() else (0.5, k)
 
 
 def _sorted_layers(counts: dict) -> dict:
-    return {k: counts[k] for k in sorted(counts, key=_layer_key)}
+    return {k: counts[k] for k in sorted(counts, key=layer_key)}
 
 
 def selects(record: dict) -> bool:
@@ -86,7 +86,7 @@ def selecting_methods(records) -> list[str]:
     return out
 
 
-def _first_appearance(values) -> list:
+def first_appearance(values) -> list:
     out, seen = [], set()
     for v in values:
         if v not in seen:
@@ -125,7 +125,7 @@ def accuracy_interval(scores) -> tuple[float | None, float | None]:
     """95% interval of the accuracy (%): Wilson on the fully-correct count when every score is 0
     or 1, else (fractional scores, e.g. ruler_all with several references) the bootstrap interval
     of the mean score, which is what the accuracy is."""
-    vals = [v for v in (_num(x) for x in scores) if v is not None]
+    vals = [v for v in (as_number(x) for x in scores) if v is not None]
     if not vals:
         return None, None
     if all(correct(v) or v <= 1e-9 for v in vals):
@@ -135,7 +135,7 @@ def accuracy_interval(scores) -> tuple[float | None, float | None]:
 
 def _partials(recs) -> list[float] | None:
     """Every record's partial score, or None when any record lacks one (older records)."""
-    vals = [_num(r.get("partial")) for r in recs]
+    vals = [as_number(r.get("partial")) for r in recs]
     return None if not vals or None in vals else vals
 
 
@@ -177,8 +177,8 @@ def summarize(records: list[dict]) -> list[dict]:
     records = list(records)
     if not records:
         return []
-    task_order = [t for t in _first_appearance(r.get("task") for r in records) if t != ALL_TASKS]
-    method_order = _first_appearance(r.get("method") for r in records)
+    task_order = [t for t in first_appearance(r.get("task") for r in records) if t != ALL_TASKS]
+    method_order = first_appearance(r.get("method") for r in records)
     selecting = set(selecting_methods(records))
 
     groups: dict[tuple, list[dict]] = {}
@@ -187,7 +187,7 @@ def summarize(records: list[dict]) -> list[dict]:
 
     rows: list[dict] = []
     for (task, length, method, budget), recs in groups.items():
-        scores = [_num(r.get("score")) for r in recs]
+        scores = [as_number(r.get("score")) for r in recs]
         acc = _mean(scores)
         acc_lo, acc_hi = accuracy_interval(scores)
         part, part_lo, part_hi = partial_stats(recs)
@@ -265,7 +265,7 @@ def summarize(records: list[dict]) -> list[dict]:
     method_rank = {m: i for i, m in enumerate(method_order)}
 
     def key(r):
-        length = _num(r["length"])
+        length = as_number(r["length"])
         return (task_rank.get(r["task"], len(task_rank)), (0, length) if length is not None else (1, 0.0),
                 method_rank.get(r["method"], len(method_rank)), _budget_key(r["budget"]))
 
@@ -385,7 +385,7 @@ def abbreviate_tasks(tasks, width: int = TASK_W) -> dict[str, str]:
 
 
 def _fmt(v, fmt: str, none: str = "-") -> str:
-    v = _num(v)
+    v = as_number(v)
     return none if v is None else format(v, fmt)
 
 
@@ -418,7 +418,7 @@ def _pvalues(comparisons) -> dict[tuple, float]:
     """(task, length, method key, method key) -> McNemar p, both orders."""
     out: dict[tuple, float] = {}
     for c in comparisons or ():
-        p = _num(c.get("mcnemar_p"))
+        p = as_number(c.get("mcnemar_p"))
         if p is None:
             continue
         a, b = (c.get("method_a"), c.get("budget_a")), (c.get("method_b"), c.get("budget_b"))
@@ -428,10 +428,10 @@ def _pvalues(comparisons) -> dict[tuple, float]:
 
 def _acc_text(row) -> str:
     """Accuracy and its interval as integers (% points), "40 [22,61]"; "-" without a value."""
-    acc = _num(row and row.get("accuracy"))
+    acc = as_number(row and row.get("accuracy"))
     if acc is None:
         return "-"
-    lo, hi = _num(row.get("accuracy_lo")), _num(row.get("accuracy_hi"))
+    lo, hi = as_number(row.get("accuracy_lo")), as_number(row.get("accuracy_hi"))
     return f"{acc:.0f}" if lo is None or hi is None else f"{acc:.0f} [{lo:.0f},{hi:.0f}]"
 
 
@@ -472,7 +472,7 @@ def _all_row(cell: dict, key: tuple, block_tasks) -> dict:
 
 
 def _cost_cells(allr: dict) -> str:
-    tpot, kv = _num(allr.get("tpot_s")), _num(allr.get("kv_bytes"))
+    tpot, kv = as_number(allr.get("tpot_s")), as_number(allr.get("kv_bytes"))
     return (f" {_fmt(allr.get('ttft_s'), '.3f'):>7}"
             + f" {_fmt(None if tpot is None else tpot * 1e3, '.1f'):>7}"
             + f" {_fmt(None if kv is None else kv / 2**20, '.1f'):>7}"
@@ -517,7 +517,7 @@ COST_HEAD = f" {'TTFT s':>7} {'TPOT ms':>7} {'KV MiB':>7} {'vsFull':>6}  ASL lay
 def _block(length, block: list[dict], tasks, abbr: dict, pvalues: dict, cut: dict) -> list[str]:
     """One length's accuracy table (with intervals, markers and costs) and its partial block;
     the labels it had to cut are added to `cut`."""
-    keys = _first_appearance((r["method"], r["budget"]) for r in block)
+    keys = first_appearance((r["method"], r["budget"]) for r in block)
     budgets = {b for _, b in keys if b is not None}
     show_budget = len(budgets) > 1 or any(c > 1 for c in Counter(m for m, _ in keys).values())
     labels, block_cut = _block_labels(keys, show_budget)
@@ -552,7 +552,7 @@ def _title_note(block: list[dict], budgets: set) -> str:
 
 def _partial_block(labels: dict, cols, heads, rows) -> list[str]:
     """Per-task mean partial score (%), same rows and columns; nothing when no row has one."""
-    vals = {k: [_num(rows[k][t] and rows[k][t].get("partial")) for t in cols] for k in labels}
+    vals = {k: [as_number(rows[k][t] and rows[k][t].get("partial")) for t in cols] for k in labels}
     if all(v is None for vs in vals.values() for v in vs):
         return []
     cells = {k: [_fmt(v, ".0f") for v in vs] for k, vs in vals.items()}
@@ -574,10 +574,10 @@ def format_table(summary: list[dict], comparisons: list[dict] | None = None) -> 
     on that task, so a difference the samples cannot support is not read as one."""
     if not summary:
         return "(no results)"
-    tasks = [t for t in _first_appearance(r["task"] for r in summary) if t != ALL_TASKS]
+    tasks = [t for t in first_appearance(r["task"] for r in summary) if t != ALL_TASKS]
     abbr = abbreviate_tasks(tasks)
-    lengths = sorted(_first_appearance(r["length"] for r in summary),
-                     key=lambda x: (0, x) if _num(x) is not None else (1, 0))
+    lengths = sorted(first_appearance(r["length"] for r in summary),
+                     key=lambda x: (0, x) if as_number(x) is not None else (1, 0))
     lines: list[str] = []
     abbreviated = {t: a for t, a in abbr.items() if a != str(t)}
     if abbreviated:

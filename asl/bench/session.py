@@ -238,7 +238,7 @@ def run_settings(args, params, model_config, threads: int, world: int) -> dict:
     them); the rest describes it."""
     import transformers
 
-    from asl.bench.fingerprint import code_hash
+    from asl.bench.fingerprint import code_hash, git_commit
     from asl.bench.methods import effective_fields
 
     specs = {s.label: s for s in args.methods}
@@ -254,20 +254,5 @@ def run_settings(args, params, model_config, threads: int, world: int) -> dict:
         "select_tokens": args.select_tokens, "methods": [s.label for s in args.methods],
         "dtype_reason": args.dtype_reason,
         "layers": model_config.num_layers, "machine": platform.processor() or platform.machine(), "cpu": describe_cpu(),
-        "commit": _git_commit(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "commit": git_commit(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-
-
-def _git_commit() -> str | None:
-    """The checkout's commit (and "+changes" when the tree differs), where there is one."""
-    import subprocess
-
-    root = pathlib.Path(__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("+changes" if dirty else "")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from asl.bench.haystack import TaskPlan, Tokens, UnitPool, _slot, noise_lines, random_uuid
+from asl.bench.haystack import TaskPlan, Tokens, UnitPool, slot, noise_lines, random_uuid
 
 # src/prompt.py, yarn_mistral_templates (the text before {context})
 _PASSKEY_INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and "
@@ -86,7 +86,7 @@ def kv_retrieval(rng: random.Random, tk: Tokens, length: int, index: int) -> Tas
         slack = budget - pair_len - 2 - cum[-1]
         for k in range(max(len(units) - slack, 0), len(units)):
             units[k] = units[k].replace('": "', '" : "', 1)
-        at = _slot(cum, target)
+        at = slot(cum, target)
         units.insert(at, pair)
         return "{" + ", ".join(units) + "}", round(cum[at] / max(cum[-1], 1), 4)
 

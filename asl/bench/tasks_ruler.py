@@ -13,7 +13,7 @@ import heapq
 import random
 import string
 
-from asl.bench.haystack import TaskPlan, Tokens, UnitPool, _slot, noise_lines, prose_context, random_uuid, wordlist
+from asl.bench.haystack import TaskPlan, Tokens, UnitPool, slot, noise_lines, prose_context, random_uuid, wordlist
 
 NIAH_DEPTHS: tuple[float, ...] = tuple(round(i / 10, 1) for i in range(11))
 _RULER_DEPTHS = tuple(sorted({round(i * 100 / 39) / 100 for i in range(40)}))  # RULER's 40-point grid
@@ -113,7 +113,7 @@ def _niah(rng: random.Random, tk: Tokens, *, haystack: str, key: str = "words", 
             if slack >= 3:  # whole lines are too coarse at short lengths: pad with noise
                 lines.append(noise_lines(tk, round(slack / per_noise), [])[0])
                 cum.append(cum[-1] + slack)
-            slots = [_slot(cum[:len(idx) + 1], f) for f in fracs]
+            slots = [slot(cum[:len(idx) + 1], f) for f in fracs]
             for s, needle in reversed(list(zip(slots, needles))):
                 lines.insert(s, needle)
             return "\n".join(lines), round(cum[slots[0]] / max(cum[-1], 1), 4)

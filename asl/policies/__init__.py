@@ -1,8 +1,9 @@
 """Selection policies (which tokens propagate) and eviction policies (which KV entries stay).
 
-`top_prefix`, `sort_keep` and `fill_unevicted` are the helpers the shipped policies build
-their index lists with (stable top-k, -1 pads last, short sequences kept whole): a policy of
-your own can use them too.
+A policy that only scores tokens subclasses `ScorerEviction` or `ScorerSelection` and
+implements `score(view)`: the base does the top-k, the window, sorting, padding and the head
+reduction. `top_prefix`, `sort_keep` and `fill_unevicted` are the helpers they build their
+index lists with (stable top-k, -1 pads last, short sequences kept whole).
 """
 from .asl import ASL
 from .base import (DecodeView, EvictionPolicy, LayerView, PrefillInfo, Selection, SelectionPolicy, fill_unevicted, sort_keep,
@@ -11,9 +12,10 @@ from .fixed import FastKV
 from .full import Full
 from .gemfilter import ASLTwoPass, GemFilter
 from .pyramidinfer import PyramidInfer, PyramidInferDecode
+from .scorer import ScorerEviction, ScorerSelection
 from .snapkv import SnapKV
 from .streaming import StreamingLLM
 from .topp import TopP
 
 __all__ = ["ASL", "ASLTwoPass", "DecodeView", "EvictionPolicy", "FastKV", "Full", "GemFilter", "LayerView", "PrefillInfo",
-           "PyramidInfer", "PyramidInferDecode", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "TopP", "fill_unevicted", "sort_keep", "top_prefix"]
+           "PyramidInfer", "PyramidInferDecode", "ScorerEviction", "ScorerSelection", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "TopP", "fill_unevicted", "sort_keep", "top_prefix"]

@@ -102,10 +102,9 @@ class LayerView:
         return self.window_scores(window, kernel, pooling).sum(1)
 
     def with_window(self, prefix_keep: torch.Tensor, window: int) -> torch.Tensor:
-        """Sorted union of chosen prefix columns [B, k'] (-1 pads) and the last `window` columns."""
-        b = prefix_keep.shape[0]
-        win = torch.arange(self.width - window, self.width, device=prefix_keep.device).expand(b, -1)
-        return sort_keep(torch.cat([prefix_keep, win], dim=1))
+        """Sorted union of chosen prefix columns [..., k'] (-1 pads) and the last `window` columns."""
+        win = torch.arange(self.width - window, self.width, device=prefix_keep.device)
+        return sort_keep(torch.cat([prefix_keep, win.expand(*prefix_keep.shape[:-1], -1)], dim=-1))
 
 
 def sort_keep(keep: torch.Tensor) -> torch.Tensor:

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import (LayerView, PrefillInfo, Selection, SelectionPolicy, check_kernel, check_layer, check_pooling,
-                   check_positive_int, is_number, top_prefix)
+from .base import LayerView, PrefillInfo, check_kernel, check_layer, check_pooling, check_positive_int, is_number
+from .scorer import ScorerSelection
 
 
 @dataclass
-class FastKV(SelectionPolicy):
+class FastKV(ScorerSelection):
     """FastKV's token-selective propagation (Jo et al., arXiv 2502.01068), selection only.
 
     At `layer`, keeps the top `select_tokens - window` prefix tokens plus the window. The
@@ -31,20 +31,18 @@ class FastKV(SelectionPolicy):
         check_positive_int("layer", self.layer, 0)
         if (self.select_tokens is None) == (self.rate is None):
             raise ValueError("give exactly one of select_tokens (tokens kept, window included) or rate (in (0, 1])")
-        check_positive_int("window", self.window)
         if self.select_tokens is not None:
-            check_positive_int("select_tokens", self.select_tokens)
-            if self.select_tokens <= self.window:
-                raise ValueError(f"select_tokens ({self.select_tokens}) must be larger than window ({self.window}): "
-                                 "select_tokens includes the window")
-        elif not is_number(self.rate) or not 0 < self.rate <= 1:
-            raise ValueError(f"rate must be in (0, 1], got {self.rate!r}")
+            super()._check()
+        else:
+            check_positive_int("window", self.window)
+            if not is_number(self.rate) or not 0 < self.rate <= 1:
+                raise ValueError(f"rate must be in (0, 1], got {self.rate!r}")
         check_kernel(self.kernel)
         check_pooling(self.pooling)
 
     def begin(self, prefill: PrefillInfo) -> None:
         check_layer("layer", self.layer, prefill.num_layers)
-        self._layers: list[int | None] = [None] * prefill.batch_size
+        super().begin(prefill)
 
     def tokens_for(self, prompt_tokens: int) -> int:
         """k for a prompt of this length (window included)."""
@@ -52,19 +50,12 @@ class FastKV(SelectionPolicy):
             return self.select_tokens
         return max(self.window + 1, math.ceil(self.rate * prompt_tokens))
 
-    def after_layer(self, layer: int, view: LayerView) -> Selection | None:
-        if layer != self.layer:
-            return None
-        alive = view.alive
-        counts = torch.tensor([self.tokens_for(int(a)) - self.window for a in alive.tolist()], device=alive.device)
-        active = alive - self.window > counts  # otherwise there is nothing to prune
-        if not bool(active.any()):
-            return None
-        scores = view.token_scores(self.window, self.kernel, self.pooling)
-        keep = view.with_window(top_prefix(scores, torch.where(active, counts, 0)), self.window)
-        for b in active.nonzero().flatten().tolist():
-            self._layers[b] = layer
-        return Selection(keep, active)
+    def selects_at(self, layer: int, view: LayerView) -> bool:
+        return layer == self.layer
 
-    def report(self) -> list[dict]:
-        return [{"selection_layer": layer} for layer in self._layers]
+    def prefix_counts(self, view: LayerView) -> torch.Tensor:
+        return torch.tensor([self.tokens_for(int(a)) - self.window for a in view.alive.tolist()],
+                            device=view.alive.device)
+
+    def score(self, view: LayerView) -> torch.Tensor:
+        return view.window_scores(self.window, self.kernel, self.pooling)

@@ -1,0 +1,123 @@
+"""Scorers: policies that only say how much each prefix token matters (kvpress's ScorerPress).
+
+A scorer implements `score(view)`; these base classes do the rest, the same way for every
+method: padding masked, a stable top-k (ties to the lower column, so the choice is the same
+on every run and device), the last `window` tokens always kept, columns sorted with `-1`
+pads, and sequences that fit their budget kept whole. `score` returns `[B, heads, m]` or
+`[B, m]` over the prefix (`m = view.width - window`), higher kept, where heads are the KV
+heads, or the query heads (summed per KV group unless the cache holds every query head).
+"""
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from .. import ops
+from .base import (EvictionPolicy, LayerView, Selection, SelectionPolicy, check_positive_int, check_window_below,
+                   fill_unevicted, top_prefix)
+
+
+def prefix_scores(policy, scores: torch.Tensor, view: LayerView, heads: int) -> torch.Tensor:
+    """`policy.score(view)` as [B, heads, m] with -inf on padding; a shape it cannot be read as
+    raises naming the policy and the shapes it may return."""
+    b, m = view.valid.shape[0], view.width - policy.window
+    h, g = view.queries.shape[1], view.keys.shape[1]
+    if isinstance(scores, torch.Tensor) and scores.dim() == 2:
+        scores = scores[:, None]
+    if not (isinstance(scores, torch.Tensor) and scores.dim() == 3 and scores.shape[0] == b
+            and scores.shape[2] == m and scores.shape[1] in {1, heads, h}):
+        raise ValueError(f"{type(policy).__name__}.score() must return a tensor [B={b}, heads, m={m}] with heads "
+                         f"{g} (KV heads) or {h} (query heads), or [B={b}, m={m}]; got "
+                         f"{getattr(scores, 'shape', type(scores).__name__)}")
+    if scores.shape[1] == h and heads != h:  # query heads, summed per KV group
+        scores = scores.float().view(b, heads, h // heads, m).sum(2)
+    scores = scores.expand(b, heads, m)
+    return scores.masked_fill(~view.valid[:, None, :m], float("-inf"))
+
+
+@dataclass
+class ScorerEviction(EvictionPolicy):
+    """Per layer and cached head, the `budget - window` best-scored prefix entries plus the window.
+
+    Subclass it and implement `score`; a sequence whose prompt fits `budget` keeps everything.
+    """
+
+    budget: int = 2048  # entries per cached head per layer, window included
+    window: int = 32
+
+    def _check(self) -> None:
+        check_positive_int("budget", self.budget)
+        check_positive_int("window", self.window)
+        check_window_below(self.window, "budget", self.budget)
+
+    @abstractmethod
+    def score(self, view: LayerView) -> torch.Tensor:
+        """How much each prefix entry matters (module docstring), higher kept."""
+
+    def cached_heads(self, view: LayerView) -> int:
+        """How many heads the layer's cache holds: the KV heads (SnapKV per query head: all H)."""
+        return view.keys.shape[1]
+
+    def keep(self, layer: int, view: LayerView) -> torch.Tensor | None:
+        """No host read: whether any sequence evicts is known from the width (the longest alive)."""
+        heads, evict = self.cached_heads(view), view.alive > self.budget
+        if view.width <= self.budget:  # nobody evicts
+            if heads == view.keys.shape[1]:
+                return None
+            everything = torch.zeros(len(evict), heads, view.width, dtype=torch.long, device=evict.device)
+            return fill_unevicted(everything, view, evict)
+        scores = prefix_scores(self, self.score(view), view, heads)
+        top = ops.stable_descending_order(scores)[..., : self.budget - self.window]  # ties to the lower column
+        return fill_unevicted(view.with_window(top, self.window), view, evict)
+
+
+@dataclass
+class ScorerSelection(SelectionPolicy):
+    """At the layers where `selects_at` says so, the `select_tokens - window` best-scored prefix
+    tokens (scores summed over heads) plus the window travel on; one-shot, per sequence.
+
+    Subclass it and implement `score` and `selects_at`; `prefix_counts` may vary k per sequence.
+    """
+
+    select_tokens: int = 2048  # k, window included
+    window: int = 32
+
+    def _check(self) -> None:
+        check_positive_int("window", self.window)
+        check_positive_int("select_tokens", self.select_tokens)
+        if self.select_tokens <= self.window:
+            raise ValueError(f"select_tokens ({self.select_tokens}) must be larger than window ({self.window}): "
+                             "select_tokens includes the window")
+
+    @abstractmethod
+    def score(self, view: LayerView) -> torch.Tensor:
+        """How much each prefix token matters (module docstring), higher kept."""
+
+    @abstractmethod
+    def selects_at(self, layer: int, view: LayerView) -> bool:
+        """Whether to select after this layer."""
+
+    def prefix_counts(self, view: LayerView) -> torch.Tensor:
+        """[B] prefix tokens each sequence keeps (besides the window)."""
+        return torch.full_like(view.alive, self.select_tokens - self.window)
+
+    def begin(self, prefill) -> None:
+        self._layers: list[int | None] = [None] * prefill.batch_size
+
+    def after_layer(self, layer: int, view: LayerView) -> Selection | None:
+        if not self.selects_at(layer, view):
+            return None
+        counts = self.prefix_counts(view)
+        active = view.alive - self.window > counts  # otherwise there is nothing to prune
+        if not bool(active.any()):
+            return None
+        scores = prefix_scores(self, self.score(view), view, view.keys.shape[1]).sum(1)  # per token
+        keep = view.with_window(top_prefix(scores, torch.where(active, counts, 0)), self.window)
+        for b in active.nonzero().flatten().tolist():
+            self._layers[b] = layer
+        return Selection(keep, active)
+
+    def report(self) -> list[dict]:
+        return [{"selection_layer": layer} for layer in self._layers]
