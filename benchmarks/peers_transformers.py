@@ -22,7 +22,7 @@ from common import StepClock, setup_threads
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
 
 from asl.bench.memory import PeakMemory
-from asl.generation import _cut_at_stop
+from asl.answers import cut_at_stop
 
 
 def transformers_run(hf, tokenizer, sample: dict, max_new_tokens: int | None = None) -> dict:
@@ -34,7 +34,7 @@ def transformers_run(hf, tokenizer, sample: dict, max_new_tokens: int | None = N
         out = hf.generate(ids, max_new_tokens=max_new_tokens or sample["max_new_tokens"], do_sample=False,
                           pad_token_id=tokenizer.eos_token_id, logits_processor=LogitsProcessorList([clock]))
     new = out[0, ids.shape[1]:].tolist()
-    text = _cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), list(sample["stop"]))
+    text = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), list(sample["stop"]))
     steps = [b - a for a, b in zip(clock.times, clock.times[1:])]
     c = hf.config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
