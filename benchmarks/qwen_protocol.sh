@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The README's results section: qwen2.5-0.5b, every method in both regimes, the ASL tau and
-# FastKV layer sweeps, and the main methods at 8,192 tokens, into ONE resumable folder (so
+# The first results of docs/results.md: qwen2.5-0.5b, every method in both regimes, the ASL
+# tau and FastKV layer sweeps, and the main methods at 8,192 tokens, into ONE resumable folder (so
 # every comparison is paired on the same samples and the full cache runs once per sample).
 #
-# Sized for about 7.5 h on 2 CPU cores: 1,200 + 420 + 280 + 90 calls; measured on the README's
+# Sized for about 7.5 h on 2 CPU cores: 1,200 + 420 + 280 + 90 calls; measured on that
 # run, 8-11 s a call at 4,096 tokens and about 20 s at 8,192 on cores kept free of other work
 # (about 6 h in all). Each part resumes where it stopped; the
 # folder's config.json refuses a rerun with other settings or other code, so resume it
