@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .answers import cut_at_stop, hits_stop
 from .context import CompressedContext, extend
 from .decoding import DecodeEviction
 from .models.cache import KVCache, LayerCache
