@@ -187,7 +187,7 @@ def run_layers(model, h: torch.Tensor, tokens: AliveTokens, start: int, extra_sl
         return Selection(keep=tokens.index[:, :0], active=nothing, restart=True), policy_s
     return PrefillResult(
         logits=model.logits(h[:, -1]),
-        cache=KVCache(layers),
+        cache=KVCache(layers) if keep_states is None else None,  # with keep_states: no cache was stored
         alive_tokens=torch.stack(alive, 1).tolist(),
         kept_indices=[idx[ok].tolist() for idx, ok in zip(tokens.index, tokens.valid)],
         next_positions=tokens.positions[:, -1] + 1,
