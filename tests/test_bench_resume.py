@@ -1,6 +1,7 @@
 """A run folder holds one run: a rerun with other settings, code or policy source is refused
 (or discarded with --force), two processes cannot share it, and --report-only only reads."""
 import json
+import os
 import pathlib
 import textwrap
 
@@ -101,10 +102,79 @@ def test_custom_policy_with_other_select_tokens_or_source_is_refused(tmp_path, c
     err = refused(capsys, argv, out)
     assert "mypol:Keep @ 64: Keep.source:" in err
     assert main([*argv, "--out", str(out), "--force"]) == 0  # discards the old results and runs anew
+    assert "--force: removed samples.jsonl, summary.csv, summary.json, comparisons.csv, comparisons.json" in (
+        capsys.readouterr().err)
     config = json.loads((out / "config.json").read_text())
     assert config["policies"]["mypol:Keep @ 64"][0]["source"] == fingerprint.class_source_hash(
         __import__("mypol").Keep)
     assert len(lines(out)) == 1
+
+
+def test_a_changed_helper_module_of_a_custom_policy_is_refused(tmp_path, capsys, monkeypatch):
+    """The policy's own file is unchanged; a module of the user's package that it imports is
+    not (issue 34: such a resume mixed two versions under one label)."""
+    package = tmp_path / "lab"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "util.py").write_text("def never(layer):\n    return False\n")
+    (package / "policy.py").write_text(textwrap.dedent('''
+        from dataclasses import dataclass
+        import asl
+        from .util import never
+
+        @dataclass
+        class Keep(asl.SelectionPolicy):
+            select_tokens: int = 256
+
+            def after_layer(self, layer, view):
+                return None if not never(layer) else None
+        '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+    argv = [*BASE, "--methods", "lab.policy:Keep"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert main([*argv, "--out", str(out)]) == 0  # unchanged: resumes
+    (package / "util.py").write_text("def never(layer):\n    return layer < 0\n")
+    err = refused(capsys, argv, out)
+    assert "lab.policy:Keep @ 64: Keep.source:" in err
+    closure = {p.name for p in fingerprint.source_closure("lab.policy")}
+    assert closure == {"policy.py", "util.py"}  # the user's modules, not dataclasses or asl
+
+
+def test_a_model_whose_files_changed_behind_the_same_path_is_refused(done_run, capsys, monkeypatch):
+    monkeypatch.setattr(fingerprint, "model_hash", lambda folder: "f" * 16)
+    err = refused(capsys, [*BASE, "--methods", "full,snapkv"], done_run)
+    assert "run.model_files:" in err and "-> 'ffffffffffffffff'" in err
+
+
+def test_another_calibration_file_is_refused(done_run, capsys, tmp_path):
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text((fingerprint.PACKAGE / "calibration" / "smollm2-135m.json").read_text())
+    err = refused(capsys, [*BASE, "--methods", "full,snapkv", "--calibration", str(calibration)], done_run)
+    assert "run.calibration: None -> '" in err  # recorded by content, not by path
+
+
+def test_the_model_hash_follows_the_bytes_and_is_cached_by_file_identity(tmp_path, monkeypatch):
+    from asl.models import loading
+
+    monkeypatch.setenv("ASL_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"a": 1}')
+    (folder / "model.safetensors").write_bytes(b"\0" * 64)
+    (folder / "README.md").write_text("not part of the model")
+    first = fingerprint.model_hash(folder)
+    hashed = []
+    real = loading._sha256
+    monkeypatch.setattr(loading, "_sha256", lambda paths, out=None: hashed.append(paths) or real(paths, out))
+    assert fingerprint.model_hash(folder) == first and hashed == []  # known files: nothing rehashed
+    (folder / "README.md").write_text("edited")
+    assert fingerprint.model_hash(folder) == first  # not a model file
+    weights = folder / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    weights.write_bytes(b"\1" + b"\0" * 63)  # same size, new bytes, a new mtime (set: clocks are coarse)
+    os.utime(weights, ns=(before + 10**9, before + 10**9))
+    assert fingerprint.model_hash(folder) != first and len(hashed) == 1
 
 
 def test_a_second_process_on_the_same_out_fails_at_once(done_run, capsys):
@@ -156,16 +226,31 @@ def test_the_code_hash_sees_code_not_comments_or_docstrings(tmp_path, suffix, sa
 
 
 @pytest.mark.parametrize("content, message", [
-    ('{"something": "else"}', "format: None -> 2 (written by another version of asl.bench)"),
+    ('{"model_type": "llama", "num_hidden_layers": 2}', "its config.json was not written by asl.bench"),
     ("not json {", "config.json is not valid JSON"),
 ])
-def test_a_foreign_or_broken_config_in_out_is_refused_cleanly(tmp_path, capsys, content, message):
+@pytest.mark.parametrize("force", [False, True])
+def test_a_foreign_or_broken_config_in_out_is_refused_even_with_force(tmp_path, capsys, content, message, force):
+    """A model folder given as --out (issue 34: --force overwrote its config.json and deleted
+    plots/): nothing is written or removed, and --force is not suggested."""
+    out = tmp_path / "run"
+    (out / "plots").mkdir(parents=True)
+    (out / "plots" / "mine.png").write_bytes(b"png")
+    (out / "config.json").write_text(content)
+    assert main([*BASE, "--methods", "full", "--out", str(out), *(["--force"] if force else [])]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "never touches a folder the bench did not write" in err
+    assert (out / "config.json").read_text() == content and (out / "plots" / "mine.png").exists()
+    assert not (out / "samples.jsonl").exists()
+
+
+def test_bench_files_without_a_bench_config_are_refused(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "config.json").write_text(content)
-    assert main([*BASE, "--methods", "full", "--out", str(out)]) == 2
-    assert message in capsys.readouterr().err
-    assert (out / "config.json").read_text() == content and not (out / "samples.jsonl").exists()
+    (out / "summary.csv").write_text("somebody's table")
+    assert main([*BASE, "--methods", "full", "--out", str(out), "--force"]) == 2
+    assert "holds summary.csv but no config.json of asl.bench" in capsys.readouterr().err
+    assert (out / "summary.csv").read_text() == "somebody's table"
 
 
 def test_an_out_that_cannot_be_created_fails_cleanly(tmp_path, capsys):

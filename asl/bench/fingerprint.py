@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import inspect
+import os
 import pathlib
 import re
 
@@ -74,8 +75,9 @@ def code_hash() -> str:
 
 
 def class_source_hash(cls: type) -> str | None:
-    """A hash of the source files of `cls` and its bases outside the library (None: all inside,
-    covered by code_hash)."""
+    """A hash of the source of `cls` and its bases outside the library, and of every module of
+    the user's package they import, transitively (None: all inside, covered by code_hash). A
+    helper module changed between two runs changes it."""
     files = set()
     for klass in inspect.getmro(cls):
         module = inspect.getmodule(klass)
@@ -85,6 +87,7 @@ def class_source_hash(cls: type) -> str | None:
             files.add(pathlib.Path(inspect.getsourcefile(klass)).resolve())
         except (TypeError, OSError):
             continue
+        files |= source_closure(module.__name__)
     return _hash_files(files) if files else None
 
 
@@ -113,3 +116,105 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("+changes" if dirty else "")
+
+
+# The files of a checkpoint folder whose bytes decide a run's results: the config, the
+# tokenizer and the weights (other files in the folder, such as a README, do not).
+MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json", "tokenizer.model", "*.safetensors", "*.safetensors.index.json")
+
+
+def model_hash(folder: pathlib.Path) -> str:
+    """A content hash of the checkpoint's config, tokenizer and weight files, so a resume
+    cannot mix two models behind one path. Each file's sha256 is kept in the asl cache by its
+    identity (path, size, mtime, inode): a model is hashed in full once, then on change only."""
+    import json
+
+    from asl.models.loading import _sha256, cache_dir
+
+    files = sorted({p.resolve() for pattern in MODEL_FILES for p in pathlib.Path(folder).glob(pattern)
+                    if p.is_file()})
+    store = cache_dir() / "file-hashes.json"
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        known = {}
+    digest, changed = hashlib.sha256(), False
+    for path in files:
+        st = path.stat()
+        identity = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+        entry = known.get(str(path))
+        if not (isinstance(entry, dict) and entry.get("identity") == identity):
+            entry, changed = {"identity": identity, "sha256": _sha256([path])}, True
+            known[str(path)] = entry
+        digest.update(f"{path.name}\0{entry['sha256']}\n".encode())
+    if changed:
+        tmp = store.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, store)
+    return digest.hexdigest()[:16]
+
+
+def _user_root(path: pathlib.Path, module_name: str) -> pathlib.Path:
+    """The folder that holds the top-level package (or the lone module) `module_name` comes from."""
+    depth = module_name.count(".") + (1 if path.name == "__init__.py" else 0)
+    return path.parents[depth]
+
+
+def _outside_environment(path: pathlib.Path) -> bool:
+    """Not the standard library or an installed package: the user's own code."""
+    import site
+    import sysconfig
+
+    installed = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    installed |= set(site.getsitepackages()) | {site.getusersitepackages()}
+    return not any(path.is_relative_to(pathlib.Path(p).resolve()) for p in installed if p)
+
+
+def source_closure(module_name: str) -> set[pathlib.Path]:
+    """The source files of `module_name` and of every module of the same user package it
+    imports, transitively (imports inside functions too): what a custom policy's behaviour
+    can depend on beyond the library itself."""
+    import importlib.util
+    import sys
+
+    def origin(name: str) -> pathlib.Path | None:
+        module = sys.modules.get(name)
+        file = getattr(module, "__file__", None) if module is not None else None
+        if file is None:
+            try:
+                spec = importlib.util.find_spec(name)
+            except (ImportError, ValueError):
+                return None
+            file = spec.origin if spec is not None else None
+        return pathlib.Path(file).resolve() if file and file.endswith(".py") else None
+
+    start = origin(module_name)
+    if start is None:
+        return set()
+    root = _user_root(start, module_name)
+    seen, todo = set(), [(module_name, start)]
+    while todo:
+        name, path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_bytes())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".") if package else []
+                    base = ".".join(parts[: len(parts) - (node.level - 1)] + ([base] if base else []))
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            for target in targets:
+                if not target or target.split(".")[0] == "asl":
+                    continue
+                found = origin(target)
+                if found is not None and found.is_relative_to(root) and _outside_environment(found):
+                    todo.append((target, found))
+    return seen

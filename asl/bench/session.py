@@ -26,22 +26,27 @@ def check_resume(out: pathlib.Path, settings: dict, force: bool) -> dict:
     """The run's settings to record in `out` (its config.json): the new ones merged with what
     the folder holds.
     Raises ValueError naming what changed when the folder holds another run (unless `force`,
-    which discards the folder's results first)."""
-    try:
-        old = store.load_settings(out)
-    except ValueError:
-        if not force:
-            raise
-        old = {}
+    which discards that run's results first, naming each file), and always when the folder
+    holds files the bench writes but no config.json of the bench (a model folder, say):
+    `force` only ever removes what the bench wrote."""
+    old = store.load_settings(out)
     if old is None:
+        ours = bench_files(out)
+        if ours:
+            raise ValueError(f"--out {out} holds {', '.join(p.name for p in ours)} but no config.json of asl.bench: "
+                             "give another --out (--force never touches a folder the bench did not write)")
         return settings
+    if not store.is_bench_config(old):
+        raise ValueError(f"--out {out}: its config.json was not written by asl.bench (a model's folder?); give "
+                         "another --out (--force never touches a folder the bench did not write)")
     changed = _changes(old, settings)
     if changed and not force:
         shown = "\n  ".join(changed[:12]) + ("\n  ..." if len(changed) > 12 else "")
         raise ValueError(f"--out {out} holds results of another configuration or code:\n  {shown}\n"
                          "results must not mix: give another --out, or add --force to discard the old results")
     if changed:
-        discard(out)
+        removed = discard(out)
+        print(f"asl.bench: --force: removed {', '.join(removed) or 'nothing'} from {out}", file=sys.stderr)
         return settings
     merged = dict(settings)
     merged["policies"] = {**old.get("policies", {}), **settings["policies"]}
@@ -69,13 +74,22 @@ def _policy_changes(old: list, new: list) -> list[str]:
     return [d for a, b in zip(old, new) for d in differences(a, b, f"{b['class'].rsplit('.', 1)[-1]}.")]
 
 
-def discard(out: pathlib.Path) -> None:
-    """--force: remove the folder's results (records, summaries, plots), keep the folder."""
-    for name in RESULTS:
-        (out / name).unlink(missing_ok=True)
-    for path in store.shard_files(out):
-        path.unlink()
-    shutil.rmtree(out / "plots", ignore_errors=True)
+def bench_files(out: pathlib.Path) -> list[pathlib.Path]:
+    """What the bench writes in a run folder, besides config.json, that is there now."""
+    return [p for p in [*(out / name for name in RESULTS), *store.shard_files(out), out / "plots"] if p.exists()]
+
+
+def discard(out: pathlib.Path) -> list[str]:
+    """--force: remove the folder's results (records, summaries, plots), keep the folder;
+    returns the names removed."""
+    names = []
+    for path in bench_files(out):
+        names.append(path.name + ("/" if path.is_dir() else ""))
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return names
 
 
 def method_params(settings: dict) -> dict[str, dict]:
@@ -170,8 +184,8 @@ class Session:
             dist.finish(ranks)
 
     def _prepare(self, threads, ranks) -> dict:
-        settings = check_resume(self.out, run_settings(self.args, self.params, self.model_config, threads, ranks.world),
-                                self.args.force)
+        settings = check_resume(self.out, run_settings(self.args, self.params, self.model_config, threads, ranks.world,
+                                                       self.folder), self.args.force)
         settings["load_average_at_start"] = _busy("at the start")
         store.write_settings(self.out, settings)
         return settings
@@ -233,12 +247,15 @@ class Session:
         sys.stdout.flush()
 
 
-def run_settings(args, params, model_config, threads: int, world: int) -> dict:
+def run_settings(args, params, model_config, threads: int, world: int, folder: pathlib.Path) -> dict:
     """What config.json records. `run` and `policies` identify the run (a resume must match
-    them); the rest describes it."""
+    them): by content where a path could hide a change (the model's files, the calibration
+    file, a custom policy's sources); the rest describes it."""
+    import hashlib
+
     import transformers
 
-    from asl.bench.fingerprint import code_hash, git_commit
+    from asl.bench.fingerprint import code_hash, git_commit, model_hash
     from asl.bench.methods import effective_fields
 
     specs = {s.label: s for s in args.methods}
@@ -248,7 +265,9 @@ def run_settings(args, params, model_config, threads: int, world: int) -> dict:
         "run": {"model": args.model, "dtype": args.dtype, "seed": args.seed, "device": args.device,
                 "threads": threads, "processes": world, "compile": args.compile, "repeats": args.repeats,
                 "torch": torch.__version__,
-                "transformers": transformers.__version__, "code": code_hash()},
+                "transformers": transformers.__version__, "code": code_hash(), "model_files": model_hash(folder),
+                "calibration": (hashlib.sha256(pathlib.Path(args.calibration).read_bytes()).hexdigest()[:16]
+                                if args.calibration else None)},
         "policies": policies,
         "tasks": args.tasks, "lengths": args.lengths, "samples": args.samples, "budgets": args.budget,
         "select_tokens": args.select_tokens, "methods": [s.label for s in args.methods],

@@ -92,8 +92,15 @@ def load_settings(out: pathlib.Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"--out {out}: {CONFIG} is not valid JSON ({e}); give another --out, or --force to start "
-                         "afresh there") from None
+        raise ValueError(f"--out {out}: {CONFIG} is not valid JSON ({e}), so not a run folder the bench can "
+                         "recognise; give another --out (--force never touches a folder the bench did not write)"
+                         ) from None
+
+
+def is_bench_config(data) -> bool:
+    """Whether a config.json is one the bench wrote (a model's config.json is not)."""
+    return (isinstance(data, dict) and isinstance(data.get("format"), int) and isinstance(data.get("run"), dict)
+            and isinstance(data.get("policies"), dict))
 
 
 def write_settings(out: pathlib.Path, settings: dict) -> None:
