@@ -25,6 +25,7 @@ def test_parse_methods_with_arguments_and_custom_classes():
     ("asl+snapkv+streaming", "composes 3 policies"), ("asl+full", "full composes with nothing"),
     ("asl(tau=[])", "the list for tau is empty"), ("asl(tau=[0.3,0.3])", "listed twice: asl(tau=0.3)"),
     ("asl+nope", "unknown method 'nope' in 'asl+nope'"),
+    ("asl(tau=0.5,tau=0.6)", "'asl(tau=0.5,tau=0.6)': tau given more than once"),  # was: the last silently won
 ])
 def test_bad_method_specs(text, message):
     with pytest.raises(ValueError, match=re.escape(message)):

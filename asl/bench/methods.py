@@ -150,6 +150,10 @@ def _parse_policy(text: str, whole: str) -> PolicySpec:
             raise ValueError(f"--methods: cannot parse the arguments of {text!r}: {e.msg}") from None
         if call.args:
             raise ValueError(f"--methods: {text!r}: arguments must be given as key=value")
+        names = [kw.arg for kw in call.keywords]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"--methods: {text!r}: {', '.join(repeated)} given more than once")
         try:
             kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
         except ValueError:
