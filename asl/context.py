@@ -23,7 +23,7 @@ import torch
 
 from .models.cache import KVCache, LayerCache
 from .models.decoder import Decoder
-from .models.interop import as_decoder
+from .models.interop import as_decoder, weights_fingerprint
 from .policies.base import check_policies
 from .models.decoder import positions_for
 from .prefill import PrefillResult, prefill
@@ -50,6 +50,7 @@ class CompressedContext:
     report: dict  # the selection's trace fields (selection_layer, ratios), if any
     model_type: str
     decoder: Decoder  # checked by identity when a question is asked
+    weights: tuple = ()  # the decoder's weights_fingerprint at compression: stale entries are refused
 
     @property
     def kv_tokens_per_head(self) -> list[list[int]]:
@@ -99,7 +100,7 @@ def compress(model, tokenizer, context: str, selection=None, eviction=None,
     next_position = len(kept) if pre.restarted else len(ids)
     report = (selection.report() or [{}])[0] if selection is not None else {}
     return CompressedContext(layers, next_position, len(ids), tuple(pre.alive_tokens[0]), tuple(kept), prefill_s,
-                             pre.policy_s, report, decoder.config.model_type, decoder)
+                             pre.policy_s, report, decoder.config.model_type, decoder, weights_fingerprint(decoder))
 
 
 def _context_entries(layer: LayerCache, context_tokens: int) -> CompressedLayer:
@@ -114,6 +115,7 @@ def extend(decoder: Decoder, compressed: CompressedContext, input_ids: torch.Ten
     """Run left-padded questions [B, m] over fresh copies of the compressed cache."""
     if compressed.decoder is not decoder:
         raise ValueError("cache was compressed with another model: compress the context with this one")
+    check_fresh(compressed, decoder)
     b, m = input_ids.shape
     positions = compressed.next_position + positions_for(valid)
     h, rope = decoder.embed(input_ids, positions)
@@ -133,6 +135,19 @@ def extend(decoder: Decoder, compressed: CompressedContext, input_ids: torch.Ten
     kept = [list(compressed.kept_indices) + list(range(compressed.context_tokens, compressed.context_tokens + int(q)))
             for q in lengths]
     return PrefillResult(decoder.logits(h[:, -1]), KVCache(caches), alive, kept, positions[:, -1] + 1, 0.0, False)
+
+
+def check_fresh(compressed: CompressedContext, decoder: Decoder) -> None:
+    """Refuse entries computed from weights that have changed since (they would answer as the old model)."""
+    now = weights_fingerprint(decoder)
+    if now == compressed.weights:
+        return
+    was, is_ = compressed.layers[0].k, decoder.lm_head.weight
+    if (was.dtype, was.device) != (is_.dtype, is_.device):
+        why = f"the model is now {is_.dtype} on {is_.device}; the context was compressed in {was.dtype} on {was.device}"
+    else:
+        why = "the model's weights changed since the context was compressed (an in-place update or a replaced parameter)"
+    raise ValueError(f"cache is stale: {why}; compress the context again with asl.compress")
 
 
 def _question_attention(q, cache: LayerCache, n: int, m: int, valid: torch.Tensor) -> torch.Tensor:

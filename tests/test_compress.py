@@ -137,3 +137,20 @@ def test_a_cache_of_another_model_is_refused(model):
     compressed = asl.compress(other, TOK, "some context")
     with pytest.raises(ValueError, match="compressed with another model"):
         asl.generate(model, TOK, "q", cache=compressed)
+
+
+def test_a_cache_whose_weights_changed_is_refused():
+    """issue 34: a compressed context reused after an in-place weight change answered as the old
+    model, and after a cast failed with a raw index_copy_ error."""
+    model = tiny_pair("llama", seed=2)[1]
+    compressed = asl.compress(model, TOK, random_text(random.Random(1), 80))
+    assert len(asl.generate(model, TOK, "q", cache=compressed, max_new_tokens=2).tokens) == 2
+    with torch.no_grad():
+        model.layers[0].mlp.up_proj.weight.mul_(2.0)
+    with pytest.raises(ValueError, match="cache is stale: the model's weights changed .*compress the context again"):
+        asl.generate(model, TOK, "q", cache=compressed, max_new_tokens=2)
+    fresh = asl.compress(model, TOK, random_text(random.Random(1), 80))
+    model.to(torch.bfloat16)
+    with pytest.raises(ValueError, match="cache is stale: the model is now torch.bfloat16 on cpu; the context was "
+                                         "compressed in torch.float32"):
+        asl.generate(model, TOK, "q", cache=fresh, max_new_tokens=2)

@@ -55,10 +55,34 @@ def test_generate_takes_the_transformers_model_and_converts_it_once():
 
 def test_a_model_cast_after_conversion_is_followed():
     hf = hf_model("llama")
-    ours = asl.from_transformers(hf)
+    asl.from_transformers(hf)
     hf.to(torch.bfloat16)
-    assert asl.from_transformers(hf) is ours and ours.lm_head.weight.dtype == torch.bfloat16
+    ours = asl.from_transformers(hf)  # rebuilt from the cast weights (the same tensors)
+    assert ours.lm_head.weight.dtype == torch.bfloat16 and ours.lm_head.weight is hf.lm_head.weight
     assert len(asl.generate(hf, TOK, "hello there", max_new_tokens=3).tokens) == 3
+
+
+def test_a_replaced_layer_or_an_in_place_update_is_followed():
+    """issue 34: a replaced v_proj left the conversion answering as the old model."""
+    hf = hf_model("qwen2")
+    prompt = random_text(random.Random(5), 40)
+    ids = torch.tensor([TOK(prompt)["input_ids"]])
+
+    def greedy():
+        with torch.no_grad():
+            return hf.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None,
+                               pad_token_id=0)[0, ids.shape[1]:].tolist()
+
+    before = asl.generate(hf, TOK, prompt, max_new_tokens=8).tokens
+    attn = hf.model.layers[1].self_attn
+    attn.v_proj = torch.nn.Linear(attn.v_proj.in_features, attn.v_proj.out_features, bias=True)
+    with torch.no_grad():
+        attn.v_proj.weight.zero_()
+        attn.v_proj.bias.fill_(3.0)
+        hf.model.layers[0].mlp.down_proj.weight.mul_(-1.0)  # in place: the same tensor, a new version
+    ours = asl.from_transformers(hf)
+    assert ours.layers[1].self_attn.v_proj.weight is attn.v_proj.weight
+    assert asl.generate(hf, TOK, prompt, max_new_tokens=8).tokens == greedy() != before
 
 
 def test_an_unsupported_model_is_named_with_the_supported_ones():

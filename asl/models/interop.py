@@ -18,7 +18,7 @@ from .rope import Rope
 
 SUPPORTED_CLASSES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 
-_converted: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # hf model -> our Decoder
+_converted: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # hf model -> (our Decoder, its weights' fingerprint)
 
 
 def is_transformers_model(model) -> bool:
@@ -37,7 +37,7 @@ def from_transformers(model, tokenizer=None) -> Decoder:
     _check_supported(model)
     cached = _converted.get(model)
     if cached is not None and _still_shares(cached, model):
-        return cached
+        return cached[0]
     config = ModelConfig.from_hf(model.config)
     eos = _eos_ids(config, model, tokenizer)
     if eos != config.eos_token_ids:
@@ -58,7 +58,7 @@ def from_transformers(model, tokenizer=None) -> Decoder:
         ours.lm_head.weight = ours.model.embed_tokens.weight
     ours.rope = Rope(config).to(ours.lm_head.weight.device)  # its tables were made on meta; fp32, on the model's device
     ours.eval()
-    _converted[model] = ours
+    _converted[model] = (ours, weights_fingerprint(model))
     return ours
 
 
@@ -86,11 +86,17 @@ def _check_supported(model) -> None:
                          "(a device_map that splits or offloads the model is not supported)")
 
 
-def _still_shares(ours: Decoder, model) -> bool:
-    """The cached conversion still holds the model's parameters (`model.to(...)` moves them in
-    place, which we follow; a replaced parameter makes the conversion stale)."""
-    return ours.model.embed_tokens.weight is model.get_input_embeddings().weight and \
-        ours.lm_head.weight is model.get_output_embeddings().weight
+def weights_fingerprint(module: torch.nn.Module) -> tuple:
+    """A cheap identity of a module's weights: per parameter its name, object, in-place version
+    counter, dtype and device. Any in-place update, replaced parameter or module, or `.to()`
+    changes it; computing it reads no tensor data (a few hundred tuples for a 0.5B model)."""
+    return tuple((name, id(p), p._version, p.dtype, p.device) for name, p in module.named_parameters())
+
+
+def _still_shares(cached: tuple, model) -> bool:
+    """The cached conversion was built from the model's weights as they are now (a replaced
+    parameter or layer, an in-place update or a `.to()` since then makes it stale: rebuilt)."""
+    return cached[1] == weights_fingerprint(model)
 
 
 def _eos_ids(config: ModelConfig, model, tokenizer) -> tuple[int, ...]:
