@@ -11,6 +11,7 @@ only that token's output is read (its logits), so the rest of that layer would b
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -83,6 +84,18 @@ def _check_evictions(problems: list[tuple[int, torch.Tensor]], eviction) -> None
         step, seq = (int(x) for x in bad.nonzero()[0])
         raise ValueError(f"{type(eviction).__name__}: keep() at layer {problems[step][0]} for sequence {seq} is not, "
                          "per KV head, a sorted list of distinct real columns with -1 pads at the end")
+
+
+def _say_if_over_budget(eviction: EvictionPolicy, view: LayerView) -> None:
+    """Once per policy object: an eviction with a `budget` kept everything of a prompt longer
+    than it (a broken custom keep() looks like a working one that costs the full cache)."""
+    budget = getattr(eviction, "budget", None)
+    if not isinstance(budget, int) or view.width <= budget or getattr(eviction, "_said_over_budget", False):
+        return
+    object.__setattr__(eviction, "_said_over_budget", True)  # also on a frozen dataclass
+    warnings.warn(f"{type(eviction).__name__}(budget={budget}).keep() returned None (keep everything) at layer "
+                  f"{view.layer} for a prompt of {view.width} tokens: the cache there is not within the budget",
+                  stacklevel=2)
 
 
 @dataclass
@@ -158,6 +171,8 @@ def run_layers(model, h: torch.Tensor, tokens: AliveTokens, start: int, extra_sl
         view = LayerView(i, q, k, v, tokens.positions, tokens.index, tokens.valid)
         begun = time.perf_counter()
         keep = eviction.keep(i, view) if eviction is not None and not restarts else None
+        if keep is None and eviction is not None and not restarts:
+            _say_if_over_budget(eviction, view)
         chosen = selection.after_layer(i, view) if selection is not None else None
         policy_s += time.perf_counter() - begun
         if keep is not None:  # checked on the device; read once, after the loop

@@ -35,9 +35,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="samples per task and length")
     ap.add_argument("--methods", default=DEFAULT_METHODS,
                     help="comma-separated: full; an eviction (snapkv, streaming); a selection alone (asl, fastkv, "
-                         "gemfilter, asl-2pass, module:Class), which keeps the KV of every layer it ran on; or "
-                         "selection+eviction (asl+snapkv). Arguments as name(key=value,...); a [list] sweeps: "
-                         "asl(tau=[0.3,0.5])")
+                         "gemfilter, asl-2pass), which keeps the KV of every layer it ran on; or selection+eviction "
+                         "(asl+snapkv). module:Class names your own SelectionPolicy or EvictionPolicy subclass, alone "
+                         "or composed (mypkg.pol:MySel+snapkv, asl+mypkg.pol:MyEviction). Arguments as "
+                         "name(key=value,...); a [list] sweeps: asl(tau=[0.3,0.5])")
     ap.add_argument("--budget", "--budgets", dest="budget", default="512",
                     help="KV tokens per head per layer; comma-separated for several")
     ap.add_argument("--select-tokens", type=int, default=None, help="tokens kept by selection (default: the budget)")

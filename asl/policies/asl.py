@@ -8,6 +8,7 @@ travel on to the deeper layers (one-shot). Every sequence of a batch decides on 
 """
 from __future__ import annotations
 
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -57,7 +58,8 @@ class ASL(SelectionPolicy):
         value; l_min is 10 of 32 layers scaled to the model. `overrides` win (e.g. select_tokens). docs/algorithms.md section 14."""
         from ..calibration import settings_for
 
-        settings, _ = settings_for(model, calibration)
+        settings, why = settings_for(model, calibration)
+        warnings.warn(f"ASL.for_model: tau {settings['tau']:g}, l_min {settings['l_min']}: {why}", stacklevel=2)
         return cls(**{**settings, **overrides})
 
     def _check(self) -> None:
@@ -86,9 +88,24 @@ class ASL(SelectionPolicy):
 
     def after_layer(self, layer: int, view: LayerView) -> Selection | None:
         chosen = self._evaluate(layer, view)
+        if layer == self._num_layers - 1:
+            self._say_if_never_selected()
         if not chosen:
             return None
         return Selection.from_own_columns(view, chosen)
+
+    def _say_if_never_selected(self) -> None:
+        """Once per policy object: a prunable prompt ran every layer on all its tokens (the
+        threshold was never met), which looks like the full cache but is not what was asked."""
+        missed = [s for s in self._states if s.layer is None and s.ratios]
+        if not missed or getattr(self, "_said_never", False):
+            return
+        self._said_never = True
+        lowest = min(min(s.ratios.values()) for s in missed)
+        warnings.warn(f"ASL(tau={self.tau:g}, l_min={self.l_min}) never selected on {len(missed)} of "
+                      f"{len(self._states)} prompts: the lowest ratio was {lowest:.3g}, so every layer ran on all "
+                      "tokens; calibrate tau for this model (asl.ASL.for_model, docs/calibration.md) or set l_max",
+                      stacklevel=4)
 
     def _evaluate(self, layer: int, view: LayerView) -> dict[int, torch.Tensor]:
         """Run the criterion for every undecided sequence; {b: kept columns of b's own tokens}.
