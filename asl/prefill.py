@@ -18,8 +18,8 @@ import torch
 
 from .models.cache import KVCache, LayerCache
 from .models.decoder import Decoder, attention_mask_for, positions_for
-from .policies.base import (EvictionPolicy, LayerView, PrefillInfo, Selection, SelectionPolicy, check_selection,
-                            keep_problems)
+from .policies.base import (EvictionPolicy, LayerView, PrefillInfo, Selection, SelectionPolicy, check_keep,
+                            check_selection, keep_problems)
 
 
 @dataclass
@@ -175,7 +175,8 @@ def run_layers(model, h: torch.Tensor, tokens: AliveTokens, start: int, extra_sl
             _say_if_over_budget(eviction, view)
         chosen = selection.after_layer(i, view) if selection is not None else None
         policy_s += time.perf_counter() - begun
-        if keep is not None:  # checked on the device; read once, after the loop
+        if keep is not None:  # its shape here, its columns on the device (read once, after the loop)
+            check_keep(keep, tokens.valid, q.shape[1], k.shape[1], eviction)
             problems.append((i, keep_problems(keep, tokens.valid).any(-1)))
             keep = keep.clamp(max=tokens.valid.shape[-1] - 1)
         if not restarts and keep_states is None:  # a first pass that restarts keeps no KV

@@ -2,6 +2,7 @@
 is unsorted or out of range fails naming the policy and the sequence (and, for an eviction,
 the layer) instead of silently turning padding into tokens."""
 import random
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -77,3 +78,43 @@ def test_the_shipped_policies_pass_the_checks_in_a_padded_batch(model):
                                 (asl.ASL(tau=2.0, l_min=1, l_obs=2, select_tokens=12, window=4), None),
                                 (asl.GemFilter(layer=1, select_tokens=12), asl.StreamingLLM(budget=10, sink=2))]:
         asl.generate(model, CharTokenizer(), PROMPTS, max_new_tokens=2, selection=selection, eviction=eviction)
+
+
+@dataclass
+class Returns(asl.SelectionPolicy):
+    """Returns at layer 1 whatever the test gives (not necessarily a Selection)."""
+
+    make: object = None
+
+    def after_layer(self, layer, view):
+        return self.make(view) if layer == 1 else None
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda v: _last(v, 4), "Returns.after_layer must return an asl.Selection or None, got Tensor"),
+    (lambda v: asl.Selection(keep=torch.full((2, 3), -1), active=torch.ones(2, dtype=torch.bool)),
+     "Selection.keep of sequence 0 keeps no token"),
+    (lambda v: asl.Selection(keep=_last(v, 5)[:, :4], active=torch.ones(2, dtype=torch.bool)),
+     "Selection.keep of sequence 0 drops the last prompt token"),
+])
+def test_a_selection_that_is_no_selection_or_keeps_nothing_or_drops_the_last_token_fails(model, make, message):
+    with pytest.raises(ValueError, match=message):
+        asl.generate(model, CharTokenizer(), PROMPTS, max_new_tokens=1, selection=Returns(make))
+
+
+def test_gemfilter_may_drop_the_last_token_as_its_paper_does(model):
+    out = asl.generate(model, CharTokenizer(), PROMPTS[0], max_new_tokens=1,
+                       selection=asl.GemFilter(layer=1, select_tokens=12))
+    assert asl.GemFilter(layer=1).keeps_last_token is False and len(out.trace.kept_indices) == 12
+
+
+@pytest.mark.parametrize("make, got", [
+    (lambda v: _last(v, 4), "torch.int64 (2, 4)"),  # [B, k]: no head axis
+    (lambda v: _last(v, 4)[:, None].expand(-1, 3, -1), "torch.int64 (2, 3, 4)"),  # 3 heads: neither G nor H
+    (lambda v: _last(v, 4)[:, None].expand(-1, 2, -1).float(), "torch.float32"),
+    (lambda v: [0, 1], "list"),
+])
+def test_an_eviction_keep_of_the_wrong_kind_fails_naming_the_policy(model, make, got):
+    with pytest.raises(ValueError, match=r"BadEviction.keep\(\) must return None or an integer tensor of columns "
+                                         r"\[batch=2, heads=2 \(or 4 per query head\), k\], got " + re.escape(got)):
+        asl.generate(model, CharTokenizer(), PROMPTS, max_new_tokens=1, eviction=BadEviction(make))

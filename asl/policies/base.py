@@ -158,6 +158,12 @@ class SelectionPolicy(_Validated, ABC):
 
     restarts: ClassVar[bool] = False
 
+    @property
+    def keeps_last_token(self) -> bool:
+        """Whether every selection keeps each sequence's last prompt token (checked: without it
+        the answer would continue from another token). GemFilter, faithfully, may not."""
+        return True
+
     def begin(self, prefill: PrefillInfo) -> None:
         """Called once before any compute: check parameters against the model, reset state."""
 
@@ -282,8 +288,11 @@ def check_window_below(window: int, name: str, value: int) -> None:
 def check_selection(selection: Selection, valid: torch.Tensor, policy) -> None:
     """A Selection must name, per active sequence, sorted distinct real columns of this layer
     (`-1` pads at the end): anything else would turn padding or a repeated token into a token.
-    Raises ValueError naming the policy and the sequence; runs once per selection."""
+    It keeps at least one token, and the last prompt token unless the policy says otherwise
+    (`keeps_last_token`). Raises ValueError naming the policy and the sequence; one host read."""
     name = type(policy).__name__
+    if not isinstance(selection, Selection):
+        raise ValueError(f"{name}.after_layer must return an asl.Selection or None, got {type(selection).__name__}")
     b, width = valid.shape
     keep, active = selection.keep, selection.active
     if not (isinstance(keep, torch.Tensor) and keep.dim() == 2 and keep.shape[0] == b and not keep.is_floating_point()):
@@ -292,12 +301,35 @@ def check_selection(selection: Selection, valid: torch.Tensor, policy) -> None:
     if not (isinstance(active, torch.Tensor) and active.shape == (b,)):
         raise ValueError(f"{name}: Selection.active must be a bool tensor [batch={b}], got "
                          f"{getattr(active, 'shape', type(active).__name__)}")
-    bad = keep_problems(keep[:, None], valid)[:, 0] & active.bool()
-    if bool(bad.any()):
+    real = active.bool()
+    bad = keep_problems(keep[:, None], valid)[:, 0] & real
+    empty = real & ~(keep >= 0).any(-1)
+    dropped = (real & ~(keep == width - 1).any(-1) if getattr(policy, "keeps_last_token", True)
+               else torch.zeros_like(real))
+    if not bool((bad | empty | dropped).any()):  # the one host read of the check
+        return
+    if bool(bad.any()):  # a malformed keep first: it says most about what went wrong
         seq = int(bad.nonzero()[0, 0])
         raise ValueError(f"{name}: Selection.keep of sequence {seq} is not a sorted list of distinct real columns "
                          f"in [0, {width}) with -1 pads at the end (padding columns: the first "
                          f"{width - int(valid[seq].sum())}): {keep[seq].tolist()[:16]}")
+    seq = int((empty | dropped).nonzero()[0, 0])
+    what = "keeps no token" if bool(empty[seq]) else "drops the last prompt token (the answer continues from it)"
+    raise ValueError(f"{name}: Selection.keep of sequence {seq} {what}; a policy that means to says so with "
+                     "the property keeps_last_token = False")
+
+
+def check_keep(keep, valid: torch.Tensor, num_heads: int, num_kv_heads: int, policy) -> None:
+    """An eviction's keep() must be None or an integer tensor [B, G, k] (or [B, H, k] for a cache
+    per query head); anything else raises naming the policy, before torch's own error would.
+    Shapes only: no host read."""
+    b = valid.shape[0]
+    if not (isinstance(keep, torch.Tensor) and keep.dim() == 3 and keep.shape[0] == b
+            and keep.shape[1] in (num_kv_heads, num_heads) and not keep.is_floating_point()
+            and keep.dtype != torch.bool):
+        got = f"{keep.dtype} {tuple(keep.shape)}" if isinstance(keep, torch.Tensor) else type(keep).__name__
+        raise ValueError(f"{type(policy).__name__}.keep() must return None or an integer tensor of columns "
+                         f"[batch={b}, heads={num_kv_heads} (or {num_heads} per query head), k], got {got}")
 
 
 def keep_problems(keep: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

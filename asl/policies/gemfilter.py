@@ -35,6 +35,10 @@ class GemFilter(SelectionPolicy):
         check_positive_int("select_tokens", self.select_tokens)
         check_kernel(self.kernel)
 
+    @property
+    def keeps_last_token(self) -> bool:
+        return self.keep_last  # faithful: the top-k alone, the last token only if it scores in
+
     def begin(self, prefill: PrefillInfo) -> None:
         check_layer("layer", self.layer, prefill.num_layers)
         self._layers: list[int | None] = [None] * prefill.batch_size
