@@ -132,7 +132,10 @@ def _real(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _check_args(model, prompts, max_new_tokens, temperature, top_k, top_p, stop, compile=False):
+SEED_RANGE = (-(2**63), 2**64)  # what torch.Generator.manual_seed takes
+
+
+def _check_args(model, prompts, max_new_tokens, temperature, top_k, top_p, stop, compile=False, seed=0):
     if isinstance(prompts, str):
         prompts = [prompts]
     if not isinstance(prompts, (list, tuple)) or not prompts:
@@ -142,6 +145,13 @@ def _check_args(model, prompts, max_new_tokens, temperature, top_k, top_p, stop,
             raise ValueError(f"prompt {i} is a {type(p).__name__}, not a string; every prompt must be a string")
         if not p.strip():
             raise ValueError(f"prompt {i} is empty; every prompt must be a non-empty string")
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"prompt {i} is not valid text: {e.reason} at character {e.start} "
+                             f"({p[e.start]!r}); a prompt must encode as UTF-8") from None
+    if not isinstance(seed, int) or isinstance(seed, bool) or not SEED_RANGE[0] <= seed < SEED_RANGE[1]:
+        raise ValueError(f"seed must be an integer in [-2**63, 2**64), got {seed!r}")
     if not any(compile is mode for mode in COMPILE_MODES[:2]) and compile != COMPILE_MODES[2]:
         raise ValueError(f'compile must be False, True or "reduce-overhead" (CUDA graphs), got {compile!r}')
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
@@ -232,7 +242,7 @@ def generate(
     prefilled, over a copy of the compressed entries.
     """
     single = isinstance(prompt_or_prompts, str)
-    prompts = _check_args(model, prompt_or_prompts, max_new_tokens, temperature, top_k, top_p, stop, compile)
+    prompts = _check_args(model, prompt_or_prompts, max_new_tokens, temperature, top_k, top_p, stop, compile, seed)
     check_policies(selection, eviction)
     if cache is not None:
         _check_cache(cache, selection, eviction, chat)

@@ -120,6 +120,9 @@ def test_unreadable_files(tmp_path):
         read(tmp_path / "x.json")
     with pytest.raises(CalibrationError, match="missing.json: cannot be read"):
         read(tmp_path / "missing.json")
+    (tmp_path / "deep.json").write_text("[" * 100000)  # issue 34: a RecursionError
+    with pytest.raises(CalibrationError, match="deep.json: is not valid JSON .nested too deeply."):
+        read(tmp_path / "deep.json")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -101,3 +101,17 @@ def test_chunked_mlp_matches_transformers(model_type, monkeypatch):
     with torch.no_grad():
         expected = hf(ids).logits.float()
     assert (got - expected).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.pop("num_hidden_layers"), "the llama config lacks num_hidden_layers"),
+    (lambda c: c.pop("vocab_size"), "lacks vocab_size"),
+    (lambda c: c.update(num_attention_heads=0), "config num_attention_heads must be a positive integer, got 0"),
+    (lambda c: c.update(hidden_size="64"), "config hidden_size must be a positive integer, got '64'"),
+])
+def test_a_broken_config_names_the_field(change, message):
+    """issue 34: these raised KeyError and ZeroDivisionError."""
+    cfg = tiny_hf_config("llama").to_dict()
+    change(cfg)
+    with pytest.raises(ValueError, match=message):
+        ModelConfig.from_hf(cfg)

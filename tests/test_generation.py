@@ -149,6 +149,8 @@ def test_max_new_tokens_zero_only_prefills():
         ({"temperature": "a"}, "temperature must be a number >= 0"),
         ({"top_p": float("nan")}, "top_p must be None or a number in"),
         ({"max_new_tokens": True}, "max_new_tokens must be an integer"),
+        ({"seed": 2**70}, r"seed must be an integer in \[-2\*\*63, 2\*\*64\), got 1180591620717411303424"),
+        ({"prompt_or_prompts": "ab\ud800c"}, "prompt 0 is not valid text: surrogates not allowed at character 2"),
     ],
 )
 def test_bad_input_is_rejected_before_work(kwargs, match, monkeypatch):

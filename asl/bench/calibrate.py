@@ -79,8 +79,9 @@ def read_prompts(path: pathlib.Path, max_new_tokens: int) -> tuple[list[Prompt],
             continue
         try:
             item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--prompts {path}, line {i}: not JSON ({e.msg})") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise ValueError(f"--prompts {path}, line {i}: not JSON ({getattr(e, 'msg', 'nested too deeply')})"
+                             ) from None
         item = {"prompt": item} if isinstance(item, str) else item
         ok = (isinstance(item, dict) and isinstance(item.get("prompt"), str) and item["prompt"].strip()
               and isinstance(item.get("max_new_tokens", 1), int) and item.get("max_new_tokens", 1) >= 1

@@ -75,6 +75,8 @@ def parse(argv=None):
     args.budget = ints(args.budget, "budget")
     if args.samples < 1:
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
+    if not 0 <= args.seed < 2**63:
+        raise ValueError(f"--seed must be in [0, 2**63), got {args.seed}")
     if args.select_tokens is not None and args.select_tokens < 1:
         raise ValueError(f"--select-tokens must be >= 1, got {args.select_tokens}")
     if args.repeats < 1:

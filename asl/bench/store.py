@@ -27,7 +27,7 @@ def read_jsonl(path: pathlib.Path) -> list[dict]:
     for line in path.read_text().splitlines():
         try:
             records.append(json.loads(line))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
     return records
 
@@ -91,8 +91,8 @@ def load_settings(out: pathlib.Path) -> dict | None:
         return None
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--out {out}: {CONFIG} is not valid JSON ({e}), so not a run folder the bench can "
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"--out {out}: {CONFIG} is not valid JSON ({e or 'nested too deeply'}), so not a run folder the bench can "
                          "recognise; give another --out (--force never touches a folder the bench did not write)"
                          ) from None
 

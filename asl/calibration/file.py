@@ -112,6 +112,8 @@ def read(path, model: str | None = None, num_layers: int | None = None) -> dict:
         raise CalibrationError(f"calibration file {path}: cannot be read ({e.strerror or e})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CalibrationError(f"calibration file {path}: is not valid JSON ({e})") from None
+    except RecursionError:
+        raise CalibrationError(f"calibration file {path}: is not valid JSON (nested too deeply)") from None
     check(data, path)
     if model is not None and data["model"] != model:
         raise CalibrationError(f"calibration file {path}: field 'model' is {data['model']!r}, not the model asked "

@@ -50,6 +50,14 @@ class ModelConfig:
         act = d.get("hidden_act", "silu")
         if act != "silu":
             raise ValueError(f"hidden_act {act!r} is not supported; only 'silu' (gated SiLU MLP) is")
+        required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise ValueError(f"the {model_type} config lacks {', '.join(missing)} (required: {', '.join(required)})")
+        for key in (*required, "num_key_value_heads", "head_dim", "max_position_embeddings"):
+            value = d.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"config {key} must be a positive integer, got {value!r}")
         heads = d["num_attention_heads"]
         kv_heads = d.get("num_key_value_heads") or heads
         if heads % kv_heads:
