@@ -35,8 +35,79 @@ def decoder_from_state_dict(config: ModelConfig, state: dict[str, torch.Tensor],
 
 
 def decoder_from_folder(folder: Path, dtype=torch.float32, device="cpu") -> Decoder:
+    """Our Decoder from a checkpoint folder, its weights checked before and after they are read:
+    only the files the index names (or exactly model.safetensors) are read, the tensors' names,
+    shapes and kinds must match the config before anything is allocated, and every weight must
+    be finite."""
     config = ModelConfig.from_hf(json.loads((folder / "config.json").read_text()))
+    files = weight_files(folder)
+    check_shapes(config, files)
     state: dict[str, torch.Tensor] = {}
-    for f in sorted(folder.glob("*.safetensors")):
+    for f in files:
         state.update(load_file(f, device=str(device)))
+    bad = [name for name, t in state.items() if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ValueError(f"{folder}: weights with NaN or infinite values: {', '.join(bad[:5])}"
+                         f"{' ...' if len(bad) > 5 else ''}")
     return decoder_from_state_dict(config, state, dtype, device)
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files a checkpoint consists of: those its index names, else exactly
+    model.safetensors, else its one *.safetensors. A file besides them would override tensors
+    silently if read, so it is refused by name."""
+    present = sorted(folder.glob("*.safetensors"))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            named = sorted({folder / name for name in json.loads(index.read_text())["weight_map"].values()})
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{index}: not a safetensors index with a weight_map ({e})") from None
+        missing = [p.name for p in named if not p.is_file()]
+        if missing:
+            raise ValueError(f"{index} names {', '.join(missing)}, which {folder} lacks")
+    elif (folder / "model.safetensors").is_file():
+        named = [folder / "model.safetensors"]
+    elif len(present) == 1:
+        named = present
+    else:
+        raise ValueError(f"{folder}: {len(present)} *.safetensors files and no model.safetensors.index.json to say "
+                         f"which are the model: {', '.join(p.name for p in present) or 'none'}")
+    stray = [p.name for p in present if p not in named]
+    if stray:
+        raise ValueError(f"{folder}: {', '.join(stray)} {'is' if len(stray) == 1 else 'are'} not part of the model "
+                         f"({'its index names' if index.is_file() else 'it is'} {', '.join(p.name for p in named)}); "
+                         "remove or move them: they would override its tensors")
+    return named
+
+
+_FLOATS = {"F64", "F32", "F16", "BF16"}
+
+
+def check_shapes(config: ModelConfig, files: list[Path]) -> None:
+    """The files' tensors against what the config builds (names, shapes, floating point),
+    read from their headers, before any weight or module is allocated."""
+    from safetensors import safe_open
+
+    stored: dict[str, tuple[list[int], str]] = {}
+    for f in files:
+        with safe_open(str(f), "pt") as handle:
+            for name in handle.keys():
+                piece = handle.get_slice(name)
+                stored[name] = (piece.get_shape(), piece.get_dtype())
+    layers = {int(n.split(".")[2]) for n in stored if n.startswith("model.layers.")}
+    if layers and max(layers) + 1 != config.num_layers:
+        raise ValueError(f"config num_hidden_layers is {config.num_layers}, the weights hold {max(layers) + 1} layers")
+    kinds = sorted({f"{n} ({dt})" for n, (_, dt) in stored.items() if dt not in _FLOATS})
+    if kinds:
+        raise ValueError(f"weights must be floating point; not: {', '.join(kinds[:5])}")
+    with torch.device("meta"):
+        expected = {n: list(p.shape) for n, p in Decoder(config).named_parameters()}
+    if config.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)
+        if "model.embed_tokens.weight" not in stored and "lm_head.weight" in stored:
+            stored["model.embed_tokens.weight"] = stored.pop("lm_head.weight")
+    wrong = [f"{n}: {stored[n][0]} in the file, {shape} from the config" for n, shape in expected.items()
+             if n in stored and stored[n][0] != shape]
+    if wrong:
+        raise ValueError(f"the weights do not fit the config: {'; '.join(wrong[:3])}")
