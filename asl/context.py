@@ -24,7 +24,7 @@ import torch
 from .models.cache import KVCache, LayerCache
 from .models.decoder import Decoder
 from .models.interop import as_decoder, weights_fingerprint
-from .policies.base import check_policies
+from .policies.base import check_policies, per_call
 from .models.decoder import positions_for
 from .prefill import PrefillResult, prefill
 
@@ -78,6 +78,7 @@ def compress(model, tokenizer, context: str, selection=None, eviction=None,
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{name} must be a non-empty string, got {text!r}")
     check_policies(selection, eviction)
+    selection, eviction = per_call(selection), per_call(eviction)  # one shared policy serves many threads
     ids = tokenizer(context)["input_ids"]
     hint = tokenizer(question_hint, add_special_tokens=False)["input_ids"] if question_hint else []
     if not ids:

@@ -18,7 +18,7 @@ from .decoding import DecodeEviction
 from .models.cache import KVCache, LayerCache
 from .models.decoder import Decoder, decode_attention
 from .models.interop import as_decoder
-from .policies.base import EvictionPolicy, SelectionPolicy, check_policies
+from .policies.base import EvictionPolicy, SelectionPolicy, check_policies, per_call
 from .prefill import prefill
 from .sampling import sample
 
@@ -244,6 +244,7 @@ def generate(
     single = isinstance(prompt_or_prompts, str)
     prompts = _check_args(model, prompt_or_prompts, max_new_tokens, temperature, top_k, top_p, stop, compile, seed)
     check_policies(selection, eviction)
+    selection, eviction = per_call(selection), per_call(eviction)  # one shared policy serves many threads
     if cache is not None:
         _check_cache(cache, selection, eviction, chat)
     model = as_decoder(model, tokenizer)

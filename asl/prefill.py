@@ -89,10 +89,10 @@ def _check_evictions(problems: list[tuple[int, torch.Tensor]], eviction) -> None
 def _say_if_over_budget(eviction: EvictionPolicy, view: LayerView) -> None:
     """Once per policy object: an eviction with a `budget` kept everything of a prompt longer
     than it (a broken custom keep() looks like a working one that costs the full cache)."""
-    budget = getattr(eviction, "budget", None)
-    if not isinstance(budget, int) or view.width <= budget or getattr(eviction, "_said_over_budget", False):
+    budget, origin = getattr(eviction, "budget", None), getattr(eviction, "origin", eviction)
+    if not isinstance(budget, int) or view.width <= budget or getattr(origin, "_said_over_budget", False):
         return
-    object.__setattr__(eviction, "_said_over_budget", True)  # also on a frozen dataclass
+    object.__setattr__(origin, "_said_over_budget", True)  # also on a frozen dataclass
     warnings.warn(f"{type(eviction).__name__}(budget={budget}).keep() returned None (keep everything) at layer "
                   f"{view.layer} for a prompt of {view.width} tokens: the cache there is not within the budget",
                   stacklevel=2)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The first results of docs/results.md: qwen2.5-0.5b, every method in both regimes, the ASL
+# The first results of docs/experiments.md: qwen2.5-0.5b, every method in both regimes, the ASL
 # tau and FastKV layer sweeps, and the main methods at 8,192 tokens, into ONE resumable folder (so
 # every comparison is paired on the same samples and the full cache runs once per sample).
 #

@@ -247,9 +247,11 @@ def test_pyramidinfer_decoding_reuses_the_prefills_rows_exactly(model, n, r):
     prefill scored, so the first step does not score the prompt again."""
     runs = {}
     for name, decode in (("reused", asl.PyramidInferDecode()), ("recomputed", RecomputingDecode())):
+        calls = []  # generate runs a per-call copy of the policy: its state is read from that copy
+        decode.per_call = lambda made=decode.per_call: calls.append(made()) or calls[-1]
         out = asl.generate(model, TOK, prompt(7, n), max_new_tokens=40,
                            selection=asl.PyramidInfer(r=r, min_context=8), eviction=decode)
-        runs[name] = (out, decode)
+        runs[name] = (out, calls[-1])
     (a, reused), (b, recomputed) = runs["reused"], runs["recomputed"]
     assert a.tokens == b.tokens and a.trace.sequences[0].peak_kv_tokens == b.trace.sequences[0].peak_kv_tokens
     assert a.trace.decode_compactions == b.trace.decode_compactions > 0

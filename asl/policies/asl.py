@@ -98,9 +98,9 @@ class ASL(SelectionPolicy):
         """Once per policy object: a prunable prompt ran every layer on all its tokens (the
         threshold was never met), which looks like the full cache but is not what was asked."""
         missed = [s for s in self._states if s.layer is None and s.ratios]
-        if not missed or getattr(self, "_said_never", False):
+        if not missed or getattr(self.origin, "_said_never", False):
             return
-        self._said_never = True
+        object.__setattr__(self.origin, "_said_never", True)
         lowest = min(min(s.ratios.values()) for s in missed)
         warnings.warn(f"ASL(tau={self.tau:g}, l_min={self.l_min}) never selected on {len(missed)} of "
                       f"{len(self._states)} prompts: the lowest ratio was {lowest:.3g}, so every layer ran on all "

@@ -7,6 +7,7 @@ policy returns is a column of that padded layout, and `-1` marks an unused slot.
 """
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -145,6 +146,19 @@ class _Validated:
     def __post_init__(self) -> None:
         self._check()
 
+    def per_call(self):
+        """A shallow copy that holds one call's state (what `begin` sets up and `report` reads),
+        so one policy object serves many threads and batches at once: `generate` and `compress`
+        run a per-call copy, the object itself stays a description. `origin` is the object."""
+        twin = copy.copy(self)
+        object.__setattr__(twin, "_origin", self.origin)
+        return twin
+
+    @property
+    def origin(self):
+        """The policy object a per-call copy came from (itself, for the object)."""
+        return self.__dict__.get("_origin", self)
+
     def _check(self) -> None:  # pragma: no cover - overridden
         pass
 
@@ -237,6 +251,11 @@ def keep_from_mask(mask: torch.Tensor) -> torch.Tensor:
     k = int(mask.sum(-1).max()) if mask.numel() else 0
     ordered = ordered[..., :k]
     return torch.where(ordered == n, -1, ordered)
+
+
+def per_call(policy):
+    """The policy's per-call copy (None stays None)."""
+    return None if policy is None else policy.per_call()
 
 
 def check_policies(selection, eviction) -> None:
