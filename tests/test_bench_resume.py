@@ -165,8 +165,8 @@ def test_the_model_hash_follows_the_bytes_and_is_cached_by_file_identity(tmp_pat
     (folder / "README.md").write_text("not part of the model")
     first = fingerprint.model_hash(folder)
     hashed = []
-    real = loading._sha256
-    monkeypatch.setattr(loading, "_sha256", lambda paths, out=None: hashed.append(paths) or real(paths, out))
+    real = loading.sha256_files
+    monkeypatch.setattr(loading, "sha256_files", lambda paths, out=None: hashed.append(paths) or real(paths, out))
     assert fingerprint.model_hash(folder) == first and hashed == []  # known files: nothing rehashed
     (folder / "README.md").write_text("edited")
     assert fingerprint.model_hash(folder) == first  # not a model file

@@ -130,7 +130,7 @@ def model_hash(folder: pathlib.Path) -> str:
     identity (path, size, mtime, inode): a model is hashed in full once, then on change only."""
     import json
 
-    from asl.models.loading import _sha256, cache_dir
+    from asl.models.loading import cache_dir, sha256_files
 
     files = sorted({p.resolve() for pattern in MODEL_FILES for p in pathlib.Path(folder).glob(pattern)
                     if p.is_file()})
@@ -145,7 +145,7 @@ def model_hash(folder: pathlib.Path) -> str:
         identity = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
         entry = known.get(str(path))
         if not (isinstance(entry, dict) and entry.get("identity") == identity):
-            entry, changed = {"identity": identity, "sha256": _sha256([path])}, True
+            entry, changed = {"identity": identity, "sha256": sha256_files([path])}, True
             known[str(path)] = entry
         digest.update(f"{path.name}\0{entry['sha256']}\n".encode())
     if changed:

@@ -87,7 +87,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> pathlib.Path:
             raise ValueError(f"{path} is not a Hugging Face checkpoint folder: missing {', '.join(missing)}")
         return path
     if path.is_file() and path.suffix.lower() == ".gguf":
-        return _cached_gguf(path.stem, path, _sha256([path]))
+        return _cached_gguf(path.stem, path, sha256_files([path]))
     if _HUB_ID.fullmatch(key) and not path.exists():
         return _from_hub_cache(key)
     raise ValueError(
@@ -129,7 +129,7 @@ def _from_hub_cache(repo_id: str) -> pathlib.Path:
 # --- internals ---------------------------------------------------------------
 
 
-def _sha256(paths: list[pathlib.Path], out=None) -> str:
+def sha256_files(paths: list[pathlib.Path], out=None) -> str:
     """Streamed sha256 of the concatenation of `paths`; optionally copies the bytes to
     `out` as they are hashed (how a split GGUF is joined without a second read)."""
     h = hashlib.sha256()
@@ -173,15 +173,15 @@ def _resolve_bundled(model: BundledModel) -> pathlib.Path:
     what = " + ".join(map(str, paths))
     final = _cache_folder(model.name, model.sha256)
     if _verified(final, model.sha256):
-        _check(model, what, _sha256(paths))
+        _check(model, what, sha256_files(paths))
         return final
     with _cache_lock():
         if _verified(final, model.sha256, quiet=True):  # another process built it while we waited
-            _check(model, what, _sha256(paths))
+            _check(model, what, sha256_files(paths))
             return final
         _clean_leftovers(model.name, final)
         if len(paths) == 1:
-            _check(model, what, _sha256(paths))
+            _check(model, what, sha256_files(paths))
             return _build(final, paths[0], model.sha256, what)
         # Split GGUF: join the parts into a temporary file inside the cache dir (same
         # filesystem, hashed while writing), convert it, then delete it.
@@ -189,7 +189,7 @@ def _resolve_bundled(model: BundledModel) -> pathlib.Path:
         joined = pathlib.Path(joined)
         try:
             with os.fdopen(fd, "wb") as out:
-                actual = _sha256(paths, out)
+                actual = sha256_files(paths, out)
             _check(model, what, actual)
             return _build(final, joined, model.sha256, what)
         finally:
@@ -220,7 +220,7 @@ def _verified(folder: pathlib.Path, sha: str, quiet: bool = False) -> bool:
         if st.st_size != rec["size"]:
             problem = f"{name} has {st.st_size} bytes, not {rec['size']}"
             break
-        if st.st_mtime_ns != rec["mtime_ns"] and _sha256([folder / name]) != rec["sha256"]:
+        if st.st_mtime_ns != rec["mtime_ns"] and sha256_files([folder / name]) != rec["sha256"]:
             problem = f"{name} changed since it was written"
             break
     if problem and ok and not quiet:
@@ -280,7 +280,7 @@ def _build(final: pathlib.Path, gguf: pathlib.Path, sha: str, source: str | None
         files = {}
         for f in sorted(p for p in tmp.iterdir() if p.is_file()):
             st = f.stat()
-            files[f.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256([f])}
+            files[f.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_files([f])}
         marker = {"sha256": sha, "source": source or str(gguf), "files": files}
         (tmp / _MARKER).write_text(json.dumps(marker, indent=1) + "\n")
         if final.exists():
