@@ -187,6 +187,9 @@ def test_gguf_path_converts_to_hf_folder(cache, tiny_gguf, monkeypatch):
     assert cfg.tie_word_embeddings
     with safe_open(folder / "model.safetensors", "pt") as f:
         assert "model.layers.1.self_attn.k_proj.weight" in f.keys() and "lm_head.weight" not in f.keys()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all((p.stat().st_mode & 0o777) == (0o666 & ~umask) for p in folder.iterdir())  # was 0600 (issue 34)
     tok = load_tokenizer(folder)
     assert tok.eos_token == "<|im_end|>"
     text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)

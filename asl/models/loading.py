@@ -277,8 +277,11 @@ def _build(final: pathlib.Path, gguf: pathlib.Path, sha: str, source: str | None
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is meant to be shared
         _convert_gguf(gguf, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
         files = {}
         for f in sorted(p for p in tmp.iterdir() if p.is_file()):
+            os.chmod(f, 0o666 & ~umask)  # some writers create 0600: the files follow the user's umask
             st = f.stat()
             files[f.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_files([f])}
         marker = {"sha256": sha, "source": source or str(gguf), "files": files}
