@@ -51,6 +51,8 @@ class CompressedContext:
     model_type: str
     decoder: Decoder  # checked by identity when a question is asked
     weights: tuple = ()  # the decoder's weights_fingerprint at compression: stale entries are refused
+    context_ids: tuple[int, ...] = ()  # the context's token ids (a repetition penalty counts them)
+    chat_suffix: str | None = None  # chat=True: the template's text after the user's message
 
     @property
     def kv_tokens_per_head(self) -> list[list[int]]:
@@ -64,12 +66,14 @@ class CompressedContext:
 
 
 def compress(model, tokenizer, context: str, selection=None, eviction=None,
-             question_hint: str | None = None) -> CompressedContext:
+             question_hint: str | None = None, chat: bool = False) -> CompressedContext:
     """Prefill `context` once under the policies and return its compressed cache.
 
     The context is tokenised as given, with the tokenizer's special tokens (BOS); questions
     asked on it later are tokenised without them and appended. `question_hint` steers
-    query-aware policies, then its entries are dropped (see the module docstring).
+    query-aware policies, then its entries are dropped (see the module docstring). With
+    `chat=True` the context opens a user turn of the chat template; each question asked with
+    `generate(..., cache=..., chat=True)` closes it and the assistant's answer begins.
     """
     decoder = as_decoder(model, tokenizer)
     for name, text in (("context", context), ("question_hint", question_hint)):
@@ -79,7 +83,10 @@ def compress(model, tokenizer, context: str, selection=None, eviction=None,
             raise ValueError(f"{name} must be a non-empty string, got {text!r}")
     check_policies(selection, eviction)
     selection, eviction = per_call(selection), per_call(eviction)  # one shared policy serves many threads
-    ids = tokenizer(context)["input_ids"]
+    if not isinstance(chat, bool):
+        raise ValueError(f"chat must be True or False, got {chat!r}")
+    prefix, suffix = chat_parts(tokenizer) if chat else ("", None)
+    ids = tokenizer(prefix + context, add_special_tokens=not chat)["input_ids"]
     hint = tokenizer(question_hint, add_special_tokens=False)["input_ids"] if question_hint else []
     if not ids:
         raise ValueError("context encodes to no tokens")
@@ -101,7 +108,24 @@ def compress(model, tokenizer, context: str, selection=None, eviction=None,
     next_position = len(kept) if pre.restarted else len(ids)
     report = (selection.report() or [{}])[0] if selection is not None else {}
     return CompressedContext(layers, next_position, len(ids), tuple(pre.alive_tokens[0]), tuple(kept), prefill_s,
-                             pre.policy_s, report, decoder.config.model_type, decoder, weights_fingerprint(decoder))
+                             pre.policy_s, report, decoder.config.model_type, decoder, weights_fingerprint(decoder),
+                             tuple(ids), suffix)
+
+
+_MARK = "\u2063ASL-QUESTION\u2063"  # text no template rewrites: where the user's message goes
+
+
+def chat_parts(tokenizer) -> tuple[str, str]:
+    """The chat template's text before and after one user message (with the assistant's
+    generation prompt): the context follows the first part, each question precedes the second."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("chat=True but the tokenizer has no chat template")
+    text = tokenizer.apply_chat_template([{"role": "user", "content": _MARK}], tokenize=False,
+                                         add_generation_prompt=True)
+    if text.count(_MARK) != 1:
+        raise ValueError("chat=True: the tokenizer's chat template does not hold the user's message as given")
+    before, after = text.split(_MARK)
+    return before, after
 
 
 def _context_entries(layer: LayerCache, context_tokens: int) -> CompressedLayer:

@@ -27,6 +27,7 @@ class DecodeEviction:
         self.qslot = 0
         self.peak = torch.stack([layer.valid.sum(-1).amax(-1) for layer in cache.layers])  # [L, B]
         self.compactions = 0
+        self.after_compaction: dict[int, torch.Tensor] = {}  # step -> [L, B] entries of the fullest head
         self._positions = None
         if policy.cache_positions:
             for layer in cache.layers:
@@ -62,6 +63,7 @@ class DecodeEviction:
         self.next = [slot + 1 for slot in self.next]
 
     def _evict(self, t: int) -> None:
+        before = self.compactions
         for i, layer in enumerate(self.cache.layers):
             view = DecodeView(i, layer.k, layer.v, layer.valid, layer.positions, self.next[i], t,
                               *self._queries(layer), prompt_lengths=self.prompt_lengths)
@@ -73,6 +75,8 @@ class DecodeEviction:
             self.compactions += 1
             if self.policy.cache_positions:
                 self._renumber(layer, self.next[i])
+        if self.compactions > before:
+            self.after_compaction[t] = torch.stack([layer.valid.sum(-1).amax(-1) for layer in self.cache.layers])
 
     def _renumber(self, layer, length: int) -> None:
         """Positions by place in the cache (0, 1, ... over the `length` slots in use), keys re-rotated."""
@@ -87,6 +91,11 @@ class DecodeEviction:
             return None, None, None
         shift = -self.qslot
         return (layer.queries.roll(shift, 2), layer.query_valid.roll(shift, 1), layer.query_positions.roll(shift, 1))
+
+    def kv_tokens_after_compaction(self) -> list[dict[int, list[int]]]:
+        """[B] of {step: [L] entries of the fullest KV head right after that step's compaction}."""
+        steps = {t: counts.T.tolist() for t, counts in self.after_compaction.items()}
+        return [{t: rows[b] for t, rows in steps.items()} for b in range(len(self.prompt_lengths))]
 
     def peak_kv_tokens(self) -> list[list[int]]:
         """[B][L]: the most entries one KV head held at each layer during decoding."""

@@ -6,7 +6,6 @@ eager path runs the very same function.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -20,35 +19,42 @@ from .models.decoder import Decoder, decode_attention
 from .models.interop import as_decoder
 from .policies.base import EvictionPolicy, SelectionPolicy, check_policies, per_call
 from .prefill import prefill
-from .sampling import sample
+from .generation_settings import DecodeSettings, resolve
+from .sampling import Sampler
 
 
 @dataclass
 class SequenceTrace:
-    """What happened to one sequence of the batch."""
+    """What happened to one sequence of the batch. Token counts are tokens (one KV entry per
+    token per KV head); `kv_bytes` is bytes of keys and values in the model's dtype; layers
+    are numbered from 0."""
 
-    prompt_tokens: int
-    alive_tokens: list[int]  # per layer: tokens the layer ran on during prefill
-    kv_tokens: list[int]  # per layer: KV entries stored after prefill (largest head)
-    kv_tokens_per_head: list[list[int]]  # [L][G]
-    kv_bytes: int
-    new_tokens: int = 0
+    prompt_tokens: int  # tokens of the prompt (with a compressed context: its tokens plus the question's)
+    alive_tokens: list[int]  # [L] tokens each layer ran on during the prefill
+    kv_tokens: list[int]  # [L] KV entries each layer stored after the prefill (its fullest KV head)
+    kv_tokens_per_head: list[list[int]]  # [L][G] KV entries per layer and KV head after the prefill
+    kv_bytes: int  # bytes of the keys and values stored after the prefill, all layers and heads
+    new_tokens: int = 0  # tokens generated, EOS included
     selection_layer: int | None = None  # the layer after which tokens were selected, if any
-    ratios: dict[int, float] = field(default_factory=dict)  # ASL: variance ratio per evaluated layer
-    kept_indices: list[int] = field(default_factory=list)  # prompt indices alive at the last layer
-    peak_kv_tokens: list[int] = field(default_factory=list)  # per layer: most entries one KV head held while decoding
+    ratios: dict[int, float] = field(default_factory=dict)  # ASL: layer -> relative rank variance (unitless)
+    kept_indices: list[int] = field(default_factory=list)  # prompt indices (0-based) alive at the last layer
+    peak_kv_tokens: list[int] = field(default_factory=list)  # [L] most entries one KV head held while decoding
+    decode_kv_tokens: dict[int, list[int]] = field(default_factory=dict)  # decode step -> [L] entries of the
+    # fullest KV head right after a decode-time eviction compacted the caches at that step
 
 
 @dataclass
 class Trace:
-    prefill_s: float
-    decode_s_per_token: float
-    kv_bytes: int  # all sequences
-    policy_s: float = 0.0  # share of prefill_s spent scoring, ranking and choosing
+    """A call's timings (seconds, wall clock, device synchronised) and its sequences."""
+
+    prefill_s: float  # seconds from the first layer to the first token, policies included
+    decode_s_per_token: float  # seconds per decode step after the first token (TPOT), compile time excluded
+    kv_bytes: int  # bytes of keys and values stored after the prefill, all sequences
+    policy_s: float = 0.0  # seconds of prefill_s spent scoring, ranking and choosing
     sequences: list[SequenceTrace] = field(default_factory=list)
-    compile_s: float = 0.0  # torch.compile tracing during decode (compile=True), kept out of decode_s_per_token
+    compile_s: float = 0.0  # seconds torch.compile spent tracing during decode (compile=True)
     compiles: int = 0  # decode steps that compiled a new graph (0 once every shape is warm)
-    decode_compactions: int = 0  # layer caches a decode-time eviction compacted
+    decode_compactions: int = 0  # layer caches a decode-time eviction compacted (count, all layers)
 
     def _single(self, name: str):
         if len(self.sequences) != 1:
@@ -127,15 +133,10 @@ def _mark_static(buffers) -> None:
         torch._dynamo.mark_static_address(tensor)
 
 
-def _real(x) -> bool:
-    """A finite int or float that is not a bool (NaN compares False with everything)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 SEED_RANGE = (-(2**63), 2**64)  # what torch.Generator.manual_seed takes
 
 
-def _check_args(model, prompts, max_new_tokens, temperature, top_k, top_p, stop, compile=False, seed=0):
+def _check_prompts(prompts, compile, seed) -> list[str]:
     if isinstance(prompts, str):
         prompts = [prompts]
     if not isinstance(prompts, (list, tuple)) or not prompts:
@@ -150,22 +151,15 @@ def _check_args(model, prompts, max_new_tokens, temperature, top_k, top_p, stop,
         except UnicodeEncodeError as e:
             raise ValueError(f"prompt {i} is not valid text: {e.reason} at character {e.start} "
                              f"({p[e.start]!r}); a prompt must encode as UTF-8") from None
+    check_run(compile, seed)
+    return list(prompts)
+
+
+def check_run(compile, seed) -> None:
     if not isinstance(seed, int) or isinstance(seed, bool) or not SEED_RANGE[0] <= seed < SEED_RANGE[1]:
         raise ValueError(f"seed must be an integer in [-2**63, 2**64), got {seed!r}")
     if not any(compile is mode for mode in COMPILE_MODES[:2]) and compile != COMPILE_MODES[2]:
         raise ValueError(f'compile must be False, True or "reduce-overhead" (CUDA graphs), got {compile!r}')
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if not _real(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be a number >= 0 (0 means greedy), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
-    if top_p is not None and (not _real(top_p) or not 0 < top_p <= 1):
-        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
-    if stop is not None and (isinstance(stop, str) or not isinstance(stop, (list, tuple))
-                             or not all(isinstance(s, str) and s for s in stop)):
-        raise ValueError(f"stop must be None or a list of non-empty strings, got {stop!r}")
-    return list(prompts)
 
 
 def _check_cache(cache, selection, eviction, chat) -> None:
@@ -174,10 +168,22 @@ def _check_cache(cache, selection, eviction, chat) -> None:
     if selection is not None or eviction is not None:
         raise ValueError("selection and eviction act when the context is compressed: pass them to asl.compress, "
                          "not to generate(..., cache=...)")
-    if chat:
-        raise ValueError("chat=True cannot wrap a question asked on a compressed context: render the chat "
-                         "template's parts yourself (its prefix and the context to asl.compress, the question "
-                         "and the assistant prefix as the prompt)")
+    if chat and cache.chat_suffix is None:
+        raise ValueError("chat=True: the context was compressed without its chat template; compress it with "
+                         "asl.compress(..., chat=True), then each question is wrapped in the template's rest")
+    if not chat and cache.chat_suffix is not None:
+        raise ValueError("the context was compressed with chat=True (it opens a user turn): pass chat=True so "
+                         "the question closes the turn and the assistant's answer begins")
+
+
+def check_streamer(streamer, batch: int) -> None:
+    if streamer is None:
+        return
+    if not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
+        raise ValueError(f"streamer must have put() and end() (a transformers TextStreamer or "
+                         f"TextIteratorStreamer), got {type(streamer).__name__}")
+    if batch != 1:
+        raise ValueError(f"streamer works with one prompt (as in transformers), got {batch}")
 
 
 def encode(tokenizer, prompts: list[str], chat: bool, special: bool = True) -> list[list[int]]:
@@ -221,8 +227,8 @@ def generate(
     model,
     tokenizer,
     prompt_or_prompts: str | list[str],
-    max_new_tokens: int = 64,
-    temperature: float = 0.0,
+    max_new_tokens: int | None = None,  # None: the generation_config's, else 64
+    temperature: float | None = None,  # None: greedy, or the generation_config's when it samples
     top_k: int | None = None,
     top_p: float | None = None,
     compile: bool | str = False,  # True: torch.compile the decode step; "reduce-overhead": and CUDA graphs
@@ -232,6 +238,13 @@ def generate(
     selection: SelectionPolicy | None = None,
     eviction: EvictionPolicy | None = None,
     cache=None,
+    *,
+    generation_config=None,
+    do_sample: bool | None = None,
+    repetition_penalty: float | None = None,
+    min_new_tokens: int | None = None,
+    eos_token_id: int | list[int] | None = None,
+    streamer=None,
 ) -> GenerationOutput:
     """Generate from one prompt (returns str / list[int]) or a batch (lists of those).
 
@@ -240,15 +253,36 @@ def generate(
     `eviction` which KV entries each layer keeps; any pair composes. With `cache` (what
     `asl.compress` returned) the prompts are questions about its context: only they are
     prefilled, over a copy of the compressed entries.
+
+    As in transformers, a `generation_config` (a `GenerationConfig`) gives the token choice
+    and an explicit keyword overrides its field; `streamer` (a `TextStreamer` or
+    `TextIteratorStreamer`) receives the prompt, then each new token, then `end()`.
     """
     single = isinstance(prompt_or_prompts, str)
-    prompts = _check_args(model, prompt_or_prompts, max_new_tokens, temperature, top_k, top_p, stop, compile, seed)
+    prompts = _check_prompts(prompt_or_prompts, compile, seed)
+    settings = resolve(generation_config, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                       top_p=top_p, stop=stop, do_sample=do_sample, repetition_penalty=repetition_penalty,
+                       min_new_tokens=min_new_tokens, eos_token_id=eos_token_id)
+    check_streamer(streamer, len(prompts))
     check_policies(selection, eviction)
-    selection, eviction = per_call(selection), per_call(eviction)  # one shared policy serves many threads
     if cache is not None:
         _check_cache(cache, selection, eviction, chat)
     model = as_decoder(model, tokenizer)
-    ids = encode(tokenizer, prompts, chat, special=cache is None)
+    if cache is not None and chat:  # the question closes the user turn the context opened
+        ids = [tokenizer(p + cache.chat_suffix, add_special_tokens=False)["input_ids"] for p in prompts]
+    else:
+        ids = encode(tokenizer, prompts, chat, special=cache is None)
+    return generate_ids(model, tokenizer, ids, settings, compile=compile, seed=seed, selection=selection,
+                        eviction=eviction, cache=cache, streamer=streamer, single=single)
+
+
+@torch.inference_mode()
+def generate_ids(model: Decoder, tokenizer, ids: list[list[int]], settings: DecodeSettings, *, compile=False, seed=0,
+                 selection=None, eviction=None, cache=None, streamer=None, single=False) -> GenerationOutput:
+    """generate() from token ids, its settings resolved (asl.apply's transformers-style
+    generate calls it too). `tokenizer` may be None: then there is no text and no stop string."""
+    selection, eviction = per_call(selection), per_call(eviction)  # one shared policy serves many threads
+    max_new_tokens = settings.max_new_tokens
     limit = model.config.max_position_embeddings
     offset = 0 if cache is None else cache.next_position
     for i, x in enumerate(ids):
@@ -260,25 +294,36 @@ def generate(
                 f"prompt {i} has {len(x)} tokens{before}; with max_new_tokens={max_new_tokens} that exceeds the "
                 f"model's maximum of {limit} positions"
             )
+    if settings.stop and tokenizer is None:
+        raise ValueError("stop strings need the tokenizer (to read the text generated so far)")
     device = model.lm_head.weight.device
     input_ids, valid = left_pad(ids, device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    eos = torch.tensor(sorted(eos_ids(model, tokenizer)), device=device)
-
-    _sync(device)
-    start = time.perf_counter()
-    if cache is None:
-        pre = prefill(model, input_ids, valid, max_new_tokens, selection, eviction)
-    else:
-        pre = extend(model, cache, input_ids, valid, max_new_tokens)
-    tokens = sample(pre.logits, temperature, top_k, top_p, generator)
-    _sync(device)
-    prefill_s = time.perf_counter() - start
-    kv_after_prefill = pre.cache.kv_tokens()  # [L, B, G], before decoding may evict
-
-    generated, steps, compiling, evicting = decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop,
-                                                         compile, (temperature, top_k, top_p, generator), eviction)
-    _sync(device)
+    eos = settings.eos_token_id if settings.eos_token_id is not None else eos_ids(model, tokenizer)
+    eos = torch.tensor(sorted(eos), dtype=torch.long, device=device)
+    seen = ids if cache is None else [list(cache.context_ids) + x for x in ids]
+    sampler = Sampler(settings, generator, seen, eos, model.config.vocab_size)
+    if streamer is not None:
+        streamer.put(torch.tensor([ids[0]]))
+    try:
+        _sync(device)
+        start = time.perf_counter()
+        if cache is None:
+            pre = prefill(model, input_ids, valid, max_new_tokens, selection, eviction)
+        else:
+            pre = extend(model, cache, input_ids, valid, max_new_tokens)
+        tokens = sampler(pre.logits)
+        _sync(device)
+        prefill_s = time.perf_counter() - start
+        kv_after_prefill = pre.cache.kv_tokens()  # [L, B, G], before decoding may evict
+        on_token = (lambda t: streamer.put(t.cpu())) if streamer is not None else None
+        generated, steps, compiling, evicting = decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos,
+                                                             settings.stop, compile, sampler, eviction,
+                                                             on_token=on_token)
+        _sync(device)
+    finally:
+        if streamer is not None:
+            streamer.end()
     decode_s = time.perf_counter() - start - prefill_s - compiling.seconds
     if cache is None:
         reports = (selection.report() if selection is not None else []) or [{} for _ in ids]
@@ -289,8 +334,11 @@ def generate(
     tpot = decode_s / max(steps - compiling.steps, 1)
     peaks = evicting.peak_kv_tokens() if evicting is not None else \
         [[max(heads) + steps for heads in kv_after_prefill[:, b].tolist()] for b in range(len(ids))]
-    reports = [{**report, "peak_kv_tokens": peak} for report, peak in zip(reports, peaks)]
-    out = _finish(tokenizer, generated, pre, kv_after_prefill, prompt_tokens, stop, prefill_s, tpot, single, reports)
+    after = evicting.kv_tokens_after_compaction() if evicting is not None else [{} for _ in ids]
+    reports = [{**report, "peak_kv_tokens": peak, "decode_kv_tokens": sizes}
+               for report, peak, sizes in zip(reports, peaks, after)]
+    out = _finish(tokenizer, generated, pre, kv_after_prefill, prompt_tokens, settings.stop, prefill_s, tpot, single,
+                  reports)
     out.trace.decode_compactions = evicting.compactions if evicting is not None else 0
     out.trace.compile_s, out.trace.compiles = compiling.seconds, compiling.steps
     return out
@@ -310,11 +358,13 @@ def _graphs() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
-def decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compile, sampling, eviction=None,
-                 follow: list[int] | None = None):
+def decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compile, sampler, eviction=None,
+                follow: list[int] | None = None, on_token=None):
     """Returns the generated ids per sequence (EOS included), the number of decode steps, the
-    compile record and, with a decode-time eviction, its record. With `follow`, a sequence also
-    stops at its first token that differs from `follow` (the oracle's exact-match check)."""
+    compile record and, with a decode-time eviction, its record. `sampler` turns logits [B, V]
+    into tokens [B]; `on_token` receives each token of a one-sequence batch as it is produced.
+    With `follow`, a sequence also stops at its first token that differs from `follow` (the
+    oracle's exact-match check)."""
     cache: KVCache = pre.cache
     step_fn = _step_fn(compile)
     evicting = DecodeEviction(eviction, cache, pre, model.rope) if eviction is not None and eviction.every > 0 else None
@@ -327,6 +377,8 @@ def decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compil
     for t in range(max_new_tokens):
         for i in (~done).nonzero().flatten().tolist():
             generated[i].append(int(tokens[i]))
+        if on_token is not None and not bool(done[0]):
+            on_token(tokens[:1])
         done |= torch.isin(tokens, eos)
         if stop:
             done |= torch.tensor([hits_stop(tokenizer, g, stop) for g in generated], device=done.device)
@@ -348,7 +400,7 @@ def decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compil
             _sync(tokens.device)
             compiling.steps += 1
             compiling.seconds += time.perf_counter() - begun
-        tokens = sample(logits, *sampling)
+        tokens = sampler(logits)
         steps += 1
     return generated, steps, compiling, evicting
 
@@ -371,7 +423,8 @@ def _finish(tokenizer, generated, pre, per_head, prompt_tokens, stop, prefill_s,
             )
         )
     trace = Trace(prefill_s, decode_s_per_token, int(per_head.sum()) * pre.cache.entry_bytes, pre.policy_s, seqs)
-    texts = [cut_at_stop(tokenizer.decode(g, skip_special_tokens=True), stop) for g in generated]
+    texts = [cut_at_stop(tokenizer.decode(g, skip_special_tokens=True), stop) if tokenizer is not None else None
+             for g in generated]
     if single:
         return GenerationOutput(texts[0], generated[0], trace)
     return GenerationOutput(texts, generated, trace)

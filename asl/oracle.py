@@ -115,8 +115,8 @@ def oracle_layer(model, tokenizer, prompt: str, select_tokens: int = 1024, layer
 
 def _answer(decoder, tokenizer, pre: PrefillResult, max_new_tokens: int, eos, stop, follow=None) -> list[int]:
     first = pre.logits.argmax(-1)
-    generated, *_ = decode_loop(decoder, tokenizer, pre, first, max_new_tokens, eos, stop, False, (0.0, None, None, None),
-                                 follow=follow)
+    generated, *_ = decode_loop(decoder, tokenizer, pre, first, max_new_tokens, eos, stop, False,
+                                lambda logits: logits.argmax(-1), follow=follow)
     return generated[0]
 
 

@@ -123,7 +123,7 @@ def test_a_restart_numbers_the_question_after_the_kept_context(model):
     (lambda m: asl.generate(m, TOK, "q", cache=object()), "cache must be what asl.compress returned"),
     (lambda m: asl.generate(m, TOK, "q", cache=asl.compress(m, TOK, "abc"), eviction=asl.SnapKV(64)),
      "pass them to asl.compress"),
-    (lambda m: asl.generate(m, TOK, "q", cache=asl.compress(m, TOK, "abc"), chat=True), "chat=True cannot"),
+    (lambda m: asl.generate(m, TOK, "q", cache=asl.compress(m, TOK, "abc"), chat=True), "compressed without its chat template"),
     (lambda m: asl.generate(m, TOK, "q", cache=asl.compress(m, TOK, "x" * 250), max_new_tokens=10),
      "after the compressed context's 250 positions"),
 ])

@@ -53,6 +53,9 @@ def test_a_rolling_cache_never_exceeds_its_budget_and_keeps_sinks_and_the_latest
         latest = list(range(max(total - (budget - 1 - sink), sink), total)) if total >= budget else list(range(total))
         expected = sorted(set(range(min(sink, total))) | set(latest)) if total >= budget else latest
         assert kept == expected, t
+    after = out.trace.sequences[0].decode_kv_tokens  # the cache right after each compaction, per layer
+    assert set(after) == {t for t in range(len(policy.kept_positions)) if n + t >= budget}
+    assert all(sizes == [budget - 1] * LAYERS for sizes in after.values())  # room for the step's own token
 
 
 def test_without_rolling_the_cache_grows_and_with_enough_budget_nothing_changes(model):

@@ -28,6 +28,15 @@ def test_docs_build_strict(tmp_path):
     assert not (site / "results").exists()  # run outputs stay out of the site
 
 
+def test_every_public_name_is_in_the_api_reference():
+    """What `import asl` offers (asl.__all__) has its `:::` entry, under asl or asl.policies."""
+    import asl
+
+    pages = (ROOT / "docs" / "api" / "asl.md").read_text() + (ROOT / "docs" / "api" / "policies.md").read_text()
+    documented = {line.split()[-1].rsplit(".", 1)[-1] for line in pages.splitlines() if line.startswith(":::")}
+    assert sorted(set(asl.__all__) - documented) == []
+
+
 def _missing(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is None

@@ -32,6 +32,7 @@ class ModelConfig:
     rope: dict[str, Any] = field(default_factory=dict)  # rope_type, rope_theta and the type's parameters
     eos_token_ids: tuple[int, ...] = ()
     sliding_window: int | None = None
+    hf: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the config it was read from
 
     @property
     def group_size(self) -> int:
@@ -88,6 +89,7 @@ class ModelConfig:
             rope=_rope_parameters(d),
             eos_token_ids=eos_ids,
             sliding_window=d.get("sliding_window") if use_window else None,
+            hf=dict(d),
         )
 
 
