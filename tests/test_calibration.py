@@ -183,3 +183,85 @@ def test_the_bundled_models_files_are_valid_and_are_what_asl_uses(name, layers):
     settings, why = settings_for(name)
     assert why.startswith("calibrated") and settings["tau"] == data["asl"]["tau"] != FALLBACK_TAU[name]
     assert asl.ASL.for_model(name).tau == data["asl"]["tau"]
+
+
+def _command(model, monkeypatch, tmp_path, *extra):
+    """The calibrate command on the tiny model and three prompt lines; returns its argv."""
+    lines = [json.dumps(random_text(random.Random(i), 120)) for i in range(3)]
+    (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr("asl.bench.calibrate.model_config", lambda name, lengths: (tmp_path, model.config))
+    monkeypatch.setattr(asl, "load", lambda *a, **k: (model, TOK))
+    return ["calibrate", "--model", "tiny-qwen2", "--prompts", str(tmp_path / "p.jsonl"), "--select-tokens", "40",
+            "--max-new-tokens", "4", "--taus", "0.2,0.6,1.1", "--threads", "1", "--out", str(tmp_path / "c.json"),
+            *extra]
+
+
+def test_an_interrupted_calibration_resumes_where_it_stopped(model, monkeypatch, tmp_path, capsys):
+    argv = _command(model, monkeypatch, tmp_path)
+    assert bench_main(argv) == 0
+    whole = read(tmp_path / "c.json")
+    (tmp_path / "c.json").unlink()
+    measured, real = [], cal.measure
+
+    def interrupted(*a, **k):  # Ctrl-C (SIGINT raises KeyboardInterrupt) during the third prompt
+        if len(measured) == 2:
+            raise KeyboardInterrupt
+        measured.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(cal, "measure", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        bench_main(argv)
+    assert not (tmp_path / "c.json").exists() and (tmp_path / ".c.json.partial.jsonl").is_file()
+    monkeypatch.setattr(cal, "measure", lambda *a, **k: (measured.append(1), real(*a, **k))[1])
+    capsys.readouterr()
+    assert bench_main(argv) == 0
+    assert len(measured) == 3  # two before the interruption, one after: none measured twice
+    assert "resuming: 2 of 3 prompts measured before" in capsys.readouterr().out
+    resumed = read(tmp_path / "c.json")
+    assert (resumed["asl"], resumed["figures"]) == (whole["asl"], whole["figures"])
+    assert not (tmp_path / ".c.json.partial.jsonl").exists()
+
+
+def test_calibration_refuses_a_second_run_an_existing_file_and_changed_settings(model, monkeypatch, tmp_path, capsys):
+    from asl.bench.store import FolderLock
+
+    argv = _command(model, monkeypatch, tmp_path)
+    with FolderLock(tmp_path, ".c.json.lock", tmp_path / "c.json", "asl.bench calibrate"):  # a run in progress
+        assert bench_main(argv) == 2
+    assert "c.json is in use by asl.bench calibrate pid" in capsys.readouterr().err
+    assert bench_main(argv) == 0
+    assert bench_main(argv) == 2
+    assert "c.json exists; pass --force to replace it" in capsys.readouterr().err
+    (tmp_path / "c.json").unlink()
+    real = cal.measure
+    monkeypatch.setattr(cal, "measure", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):  # interrupted under --select-tokens 48
+        bench_main([*argv, "--select-tokens", "48"])
+    monkeypatch.setattr(cal, "measure", real)
+    assert bench_main(argv) == 2
+    assert "measured under other settings (select_tokens: 48 -> 40)" in capsys.readouterr().err
+    assert bench_main([*argv, "--force"]) == 0  # replaces the file, measures again
+
+
+def test_a_calibration_of_another_architecture_is_refused(found, tmp_path):
+    from asl.calibration import fingerprint
+    from asl.models.config import ModelConfig
+
+    data = {"format": 1, "model": "tiny-qwen2", **found, "code": "x",
+            "prompts": {"source": "tasks", "tasks": ["passkey"], "lengths": [512], "samples": 1, "seed": 0},
+            "config": {"model_type": "qwen2", "num_layers": LAYERS, "hidden_size": 64, "num_heads": 4,
+                       "num_kv_heads": 2, "vocab_size": 128}}
+    write(tmp_path / "c.json", data)
+    other = ModelConfig.from_hf({"model_type": "llama", "vocab_size": 128, "hidden_size": 64, "intermediate_size": 96,
+                                 "num_hidden_layers": LAYERS, "num_attention_heads": 4, "num_key_value_heads": 2})
+    assert fingerprint(other)["num_layers"] == LAYERS  # same depth, another family
+    with pytest.raises(CalibrationError, match="calibrated on another architecture: model_type: 'qwen2' -> 'llama'"):
+        settings_for(other, tmp_path / "c.json")
+
+
+def test_a_bundled_model_by_path_gets_its_calibration():
+    from asl.models.loading import resolve_checkpoint
+
+    folder = str(resolve_checkpoint("smollm2-135m"))
+    assert asl.ASL.for_model(folder).tau == asl.ASL.for_model("smollm2-135m").tau != asl.ASL().tau

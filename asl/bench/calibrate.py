@@ -4,7 +4,10 @@ earliest layer each prompt needed; one ASL run per prompt records its variance r
 which the layer ASL would pick at every candidate tau follows. The chosen tau loses the
 fewest layers with at most --target of the prompts selected too early (docs/calibration.md).
 
-Writes a calibration file that asl.ASL.for_model and the benchmark read (--out).
+Writes a calibration file that asl.ASL.for_model and the benchmark read (--out). Each prompt's
+measurement is kept beside it as it is made (.<out>.partial.jsonl): an interrupted run, rerun
+with the same command, measures only the prompts left. One run per --out at a time; an
+existing --out is replaced only with --force.
 """
 from __future__ import annotations
 
@@ -54,6 +57,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--select-tokens", type=int, default=512, help="tokens kept by selection, the window included")
     ap.add_argument("--max-new-tokens", type=int, default=32, help="with --prompts: answer length (the label's)")
     ap.add_argument("--out", default=None, help="the calibration file (default: calibration-<model>.json)")
+    ap.add_argument("--force", action="store_true",
+                    help="replace an existing --out, and measure again what an interrupted run of other settings left")
     add_dtype(ap)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
@@ -143,19 +148,27 @@ def measure(model, tokenizer, prompt: Prompt, select_tokens: int, l_mins: list[i
 
 
 def calibrate(model, tokenizer, prompts: list[Prompt], taus, l_mins, target: float, select_tokens: int = 512,
-              l_obs: int = 8, show: bool = False) -> dict:
-    """The choice over `prompts` (the calibration file's asl, target, figures and search)."""
+              l_obs: int = 8, show: bool = False, progress: "Progress | None" = None) -> dict:
+    """The choice over `prompts` (the calibration file's asl, target, figures and search).
+    With `progress`, prompts it already holds are not measured again and new ones are added."""
     from asl.calibration import SCORING
 
     layers = model.config.num_layers
     check_grid(taus, l_mins, target, layers)
+    done = progress.done if progress is not None else {}
     measures, costs = [], []
     for i, prompt in enumerate(prompts):
-        m, cost = measure(model, tokenizer, prompt, select_tokens, l_mins, l_obs)
+        if i in done:
+            m, cost = done[i]
+        else:
+            m, cost = measure(model, tokenizer, prompt, select_tokens, l_mins, l_obs)
+            if progress is not None:
+                progress.add(i, m, cost)
         measures.append(m)
         costs.append(cost)
         if show:
-            print(f"  prompt {i + 1}/{len(prompts)}: oracle layer {m.needed} ({cost:.1f} prefills)", flush=True)
+            again = " (measured before)" if i in done else ""
+            print(f"  prompt {i + 1}/{len(prompts)}: oracle layer {m.needed} ({cost:.1f} prefills){again}", flush=True)
     best, sweep, met = choose(measures, taus, l_mins, target, layers)
     return {
         "num_layers": layers,
@@ -195,37 +208,119 @@ def main(argv=None) -> int:
 
 
 def run(args, folder, config) -> int:
+    from asl.bench.store import FolderLock
+
+    try:
+        with FolderLock(args.out.parent, f".{args.out.name}.lock", args.out, "asl.bench calibrate"):
+            return _locked_run(args, folder, config)
+    except ValueError as e:
+        print(f"python -m asl.bench calibrate: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _locked_run(args, folder, config) -> int:
     import asl
-    from asl.bench.fingerprint import code_hash, git_commit
+    from asl.bench.fingerprint import code_hash, git_commit, model_hash
     from asl.bench.runner import set_threads
     from asl.calibration import fingerprint, write
     from asl.models.dtype import describe_cpu
 
-    threads = set_threads(args.threads, 1)
-    model, tokenizer = asl.load(folder, dtype=getattr(torch, args.dtype), device=args.device)
+    if args.out.exists() and not args.force:
+        raise ValueError(f"--out {args.out} exists; pass --force to replace it (or give another --out)")
     if args.prompts:
-        prompts = args.prompt_list
         source = {"source": "file", "file": pathlib.Path(args.prompts).name, "sha256": args.prompts_sha256}
     else:
-        prompts = _task_prompts(tokenizer, args)
         source = {"source": "tasks", "tasks": args.tasks, "lengths": args.lengths, "samples": args.samples,
                   "seed": args.seed}
+    identity = {"model": model_hash(folder), "dtype": args.dtype, "device": args.device, "prompts": source,
+                "select_tokens": args.select_tokens, "l_min": args.l_min, "l_obs": args.l_obs, "code": code_hash()}
+    progress = Progress.open(args.out, identity, args.force)
+    threads = set_threads(args.threads, 1)
+    model, tokenizer = asl.load(folder, dtype=getattr(torch, args.dtype), device=args.device)
+    prompts = args.prompt_list if args.prompts else _task_prompts(tokenizer, args)
+    if progress.done:
+        print(f"calibrate: resuming: {len(progress.done)} of {len(prompts)} prompts measured before "
+              f"({progress.path})", flush=True)
     print(f"calibrate: dtype {args.dtype} ({args.dtype_reason})")
     print(f"calibrate: {args.model} ({config.num_layers} layers, {args.dtype}, {args.device}, {threads} threads); "
           f"{len(prompts)} prompts, select_tokens {args.select_tokens}, {len(args.taus)} taus x l_min {args.l_min}, "
           f"target {args.target:g}", flush=True)
     begun = time.perf_counter()
     found = calibrate(model, tokenizer, prompts, args.taus, args.l_min, args.target, args.select_tokens, args.l_obs,
-                      show=True)
+                      show=True, progress=progress)
     data = {"format": 1, "model": args.model, **found, "config": fingerprint(config), "prompts": source,
             "run": {"dtype": args.dtype, "dtype_reason": args.dtype_reason, "cpu": describe_cpu(),
                     "device": args.device, "threads": threads,
                     "seconds": round(time.perf_counter() - begun, 1)},
             "code": code_hash(), "commit": git_commit(), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     write(args.out, data)
+    progress.path.unlink(missing_ok=True)  # its measurements are in --out now
     print(summary_text(data))
     print(f"written: {args.out}")
     return 0
+
+
+class Progress:
+    """The prompts measured so far, one JSON line each beside --out, under the settings that
+    decide a measurement (model content, dtype, prompts, select_tokens, l_min, l_obs, code):
+    a resume under other settings is refused, naming them. A line cut by a kill is ignored."""
+
+    def __init__(self, path: pathlib.Path, done: dict):
+        self.path, self.done = path, done
+
+    @classmethod
+    def open(cls, out: pathlib.Path, identity: dict, force: bool) -> "Progress":
+        from asl.bench.fingerprint import differences
+
+        path = out.with_name(f".{out.name}.partial.jsonl")
+        identity = json.loads(json.dumps(identity))  # as it reads back (tuples become lists)
+        done, lines = {}, _lines(path)
+        if lines and not force:
+            old = lines[0].get("identity") if isinstance(lines[0], dict) else None
+            if old != identity:
+                changed = differences(old, identity) if isinstance(old, dict) else ["its first line"]
+                raise ValueError(f"{path} holds prompts measured under other settings ({'; '.join(changed[:4])}); "
+                                 "rerun with those settings to resume, or pass --force to measure again")
+            for item in lines[1:]:
+                try:
+                    done[item["i"]] = (_measure_from(item), float(item["cost"]))
+                except (KeyError, TypeError, ValueError):
+                    continue
+        if not lines or force:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps({"identity": identity}) + "\n")
+            tmp.replace(path)
+        return cls(path, done)
+
+    def add(self, i: int, m: PromptMeasure, cost: float) -> None:
+        import os
+
+        line = {"i": i, "needed": m.needed, "matches": {str(k): v for k, v in m.matches.items()},
+                "ratios": {str(lm): {str(k): r for k, r in rs.items()} for lm, rs in m.ratios.items()}, "cost": cost}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.done[i] = (m, cost)
+
+
+def _lines(path: pathlib.Path) -> list:
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except (ValueError, RecursionError):
+            continue  # a line a kill cut short
+    return out
+
+
+def _measure_from(item: dict) -> PromptMeasure:
+    return PromptMeasure(int(item["needed"]), {int(k): bool(v) for k, v in item["matches"].items()},
+                         {int(lm): {int(k): float(r) for k, r in rs.items()} for lm, rs in item["ratios"].items()})
 
 
 def summary_text(data: dict) -> str:

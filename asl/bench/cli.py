@@ -103,12 +103,12 @@ def resolve(args):
         layer, why = gemfilter_layer(config.model_type, config.num_layers)
         print(f"asl.bench: gemfilter at layer {layer}: {why}", file=sys.stderr)
     if any(p.name in ("asl", "asl-2pass") for spec in args.methods for p in spec.parts):
-        _, why = asl_settings(args.model, config.num_layers, args.calibration)
+        _, why = asl_settings(args.model, config.num_layers, args.calibration, config)
         print(f"asl.bench: asl's tau, l_min, l_obs: {why}", file=sys.stderr)
     for spec in args.methods:
         for budget in [None] if spec.is_full else args.budget:
             select = None if budget is None else args.select_tokens or budget
-            p = default_params(spec, args.model, config.num_layers, budget, select, config.model_type,
+            p = default_params(spec, args.model, config.num_layers, budget, select, config,
                                args.calibration)
             try:
                 build(spec, p)

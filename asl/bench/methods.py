@@ -233,10 +233,10 @@ def gemfilter_layer(model_type: str | None, num_layers: int) -> tuple[int, str]:
     return scaled_layer(13, num_layers), f"GemFilter's 13 of 32 layers (Llama-3.1-8B) scaled to {num_layers} layers"
 
 
-def _builtin_defaults(name: str, model_name: str, num_layers: int, model_type: str | None = None,
-                      calibration=None) -> dict:
+def _builtin_defaults(name: str, model_name: str, num_layers: int, config=None, calibration=None) -> dict:
+    model_type = getattr(config, "model_type", None)
     if name in ("asl", "asl-2pass"):
-        settings, _ = asl_settings(model_name, num_layers, calibration)
+        settings, _ = asl_settings(model_name, num_layers, calibration, config)
         return {k: settings[k] for k in ("tau", "l_min", "l_obs", *SCORING)}
     return {
         "full": {},
@@ -269,12 +269,13 @@ def _fill(policy: PolicySpec, defaults: dict, budget: int | None, select_tokens:
 
 
 def default_params(spec: MethodSpec, model_name: str, num_layers: int, budget: int | None,
-                   select_tokens: int | None, model_type: str | None = None, calibration=None) -> list[dict]:
+                   select_tokens: int | None, config=None, calibration=None) -> list[dict]:
     """Per policy of the method, the keyword arguments it runs with on this model (ASL's from
-    the `calibration` file when one is given, else the bundled one or the hand-set values)."""
+    the `calibration` file when one is given, else the bundled one of this name or, from the
+    model's `config` (a ModelConfig), of this architecture, else the hand-set values)."""
     out, previous = [], {}
     for policy in spec.parts:
-        defaults = {} if policy.custom else dict(_builtin_defaults(policy.name, model_name, num_layers, model_type,
+        defaults = {} if policy.custom else dict(_builtin_defaults(policy.name, model_name, num_layers, config,
                                                                    calibration))
         if role(policy) == "eviction":  # an eviction scores tokens like the selection before it
             defaults.update({k: previous[k] for k in SCORING if k in previous})

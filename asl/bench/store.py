@@ -109,10 +109,14 @@ def write_settings(out: pathlib.Path, settings: dict) -> None:
 
 class FolderLock:
     """One bench process per run folder: a second one on the same --out fails at once
-    (two plans appending to and consolidating one samples.jsonl would lose records)."""
+    (two plans appending to and consolidating one samples.jsonl would lose records).
+    `name`/`target`: a lock file of another name beside what it guards (calibrate's --out file)."""
 
-    def __init__(self, out: pathlib.Path):
-        self.path = out / ".lock"
+    def __init__(self, out: pathlib.Path, name: str = ".lock", target: pathlib.Path | None = None,
+                 program: str = "asl.bench"):
+        self.path = out / name
+        self.target = target if target is not None else out
+        self.program = program
         self._f = None
 
     def __enter__(self):
@@ -125,11 +129,11 @@ class FolderLock:
             self._f.seek(0)
             holder = self._f.read().strip() or "another process"
             self._f.close()
-            raise ValueError(f"--out {self.path.parent} is in use by {holder}; wait for it to finish or give "
+            raise ValueError(f"--out {self.target} is in use by {holder}; wait for it to finish or give "
                              "another --out") from None
         self._f.seek(0)
         self._f.truncate()
-        self._f.write(f"asl.bench pid {os.getpid()}\n")
+        self._f.write(f"{self.program} pid {os.getpid()}\n")
         self._f.flush()
         return self
 

@@ -64,7 +64,8 @@ def asl_settings(name: str | None, num_layers: int, calibration=None, config=Non
     if path is None and config is not None:
         path = _bundled_for_config(config)
     if path is not None:
-        data = read(path, model=name, num_layers=num_layers)
+        data = read(path, model=name, num_layers=num_layers,
+                    architecture=fingerprint(config) if config is not None else None)
         a = data["asl"]
         settings = {k: a[k] for k in ("tau", "l_min", "l_obs", "window", "kernel", "pooling", "select_tokens")}
         f = data["figures"]
@@ -96,9 +97,12 @@ def settings_for(model, calibration=None) -> tuple[dict, str]:
 
     if isinstance(model, str):
         path = pathlib.Path(calibration) if calibration is not None else bundled_file(model)
-        if path is not None:
-            return asl_settings(model, read(path, model=model)["num_layers"], path)
-        return asl_settings(model, config_of(model).num_layers)
+        if path is not None:  # a file of this very name needs no checkpoint
+            data = read(path)
+            if data["model"] == model or not pathlib.Path(model).expanduser().exists():
+                return asl_settings(model, data["num_layers"], path)  # the name must match then
+        config = config_of(model)  # a folder or file: its architecture finds (or checks) the calibration
+        return asl_settings(model, config.num_layers, calibration, config)
     config = getattr(model, "config", model)
     if not isinstance(config, ModelConfig):
         try:

@@ -102,9 +102,11 @@ def check(data, where) -> dict:
     return data
 
 
-def read(path, model: str | None = None, num_layers: int | None = None) -> dict:
+def read(path, model: str | None = None, num_layers: int | None = None, architecture: dict | None = None) -> dict:
     """The calibration in `path`, checked; with `model` / `num_layers`, also that it is that
-    model's (a threshold calibrated on another model does not transfer)."""
+    model's (a threshold calibrated on another model does not transfer). With `architecture`
+    (the model's config fingerprint) the file's recorded one must equal it, and then the name
+    may differ (the same model given by a folder path)."""
     path = pathlib.Path(path)
     try:
         data = json.loads(path.read_text())
@@ -115,7 +117,13 @@ def read(path, model: str | None = None, num_layers: int | None = None) -> dict:
     except RecursionError:
         raise CalibrationError(f"calibration file {path}: is not valid JSON (nested too deeply)") from None
     check(data, path)
-    if model is not None and data["model"] != model:
+    recorded = data.get("config")
+    if architecture is not None and isinstance(recorded, dict):
+        changed = [f"{k}: {recorded.get(k)!r} -> {v!r}" for k, v in architecture.items() if recorded.get(k) != v]
+        if changed:
+            raise CalibrationError(f"calibration file {path}: calibrated on another architecture: {'; '.join(changed)}"
+                                   " (the file's model -> this model); calibrate this model")
+    elif model is not None and data["model"] != model:
         raise CalibrationError(f"calibration file {path}: field 'model' is {data['model']!r}, not the model asked "
                                f"for ({model!r}); calibrate that model with python -m asl.bench calibrate")
     if num_layers is not None and data["num_layers"] != num_layers:
