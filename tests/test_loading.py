@@ -416,3 +416,35 @@ def test_a_broken_folder_fails_naming_the_file_before_the_weights(tmp_path, monk
     monkeypatch.setattr(weights, "decoder_from_folder", None)  # the weights must not be read first
     with pytest.raises(ValueError, match=match):
         asl.load(folder)
+
+
+def _overwrite_keeping_identity(path: pathlib.Path) -> None:
+    """Change bytes in place, then put the mtime back: size, mtime and inode all stay."""
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(200)
+        f.write(bytes(b ^ 0xFF for b in f.read(64)))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns, path.stat().st_ino) == (st.st_size, st.st_mtime_ns,
+                                                                                 st.st_ino)
+
+
+def test_a_replaced_file_is_rehashed_and_verify_finds_a_change_that_keeps_size_and_mtime(cache, tiny_gguf, capsys):
+    from asl.verify import main as verify
+
+    folder = resolve_checkpoint(tiny_gguf)
+    assert verify([]) == 0 and f"{folder.name}: ok" in capsys.readouterr().out
+    weights = folder / "model.safetensors"
+    st, data = weights.stat(), weights.read_bytes()
+    other = folder / "copy"
+    other.write_bytes(data[:300] + bytes(64) + data[364:])  # another file (inode) of the same size and mtime
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(other, weights)
+    assert "changed since it was written" in (loading.cache_problem(folder) or "")  # the inode moved: rehashed
+    resolve_checkpoint(tiny_gguf)  # rebuilt
+    _overwrite_keeping_identity(folder / "model.safetensors")
+    assert loading.cache_problem(folder) is None  # the cheap check cannot see it ...
+    assert verify([]) == 1 and "model.safetensors changed since it was written" in capsys.readouterr().out  # ... this can
+    assert verify(["--repair"]) == 1 and not folder.exists()
+    assert resolve_checkpoint(tiny_gguf) == folder and verify([]) == 0
+    assert verify(["no-such-model"]) == 2

