@@ -133,3 +133,15 @@ def test_peak_memory_sees_a_freed_allocation():
 
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True)
     assert 90 * 2**20 <= int(out.stdout.split()[-1]) <= 128 * 2**20
+
+
+def test_a_method_with_its_own_budget_is_recorded_at_it_and_run_once(capsys):
+    from asl.bench.cli import parse, resolve
+
+    args = parse(["--model", "smollm2-135m", "--lengths", "1024", "--budget", "256,384",
+                  "--methods", "full,fastkv(layer=8)+snapkv(budget=512),snapkv"])
+    _, _, params = resolve(args)
+    assert sorted(params, key=str) == sorted([("full", None), ("fastkv(layer=8)+snapkv(budget=512)", 512),
+                                              ("snapkv", 256), ("snapkv", 384)], key=str)
+    assert params[("fastkv(layer=8)+snapkv(budget=512)", 512)][1]["budget"] == 512
+    assert "runs at its own budget 512, whatever --budget" in capsys.readouterr().err

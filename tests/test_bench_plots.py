@@ -125,7 +125,7 @@ def test_tradeoff_plots_written(tmp_path):
     for p in paths:
         assert p.parent == tmp_path / "plots"
         assert _is_png(p), p
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["accuracy_vs_budget.png"] + names  # no temp files
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == names  # no temp files (one budget: no budget curve)
 
 
 def test_tradeoff_one_file_per_length(tmp_path):
@@ -177,3 +177,34 @@ def test_tradeoff_degenerate_rows(tmp_path):
     # a single setting is no trade-off; nothing to put on either axis: no file
     assert make_plots([], rows[:1], tmp_path / "b") == []
     assert make_plots([], [dict(r, ttft_s=None, kv_bytes=None) for r in rows], tmp_path / "c") == []
+
+
+def test_labels_are_placed_where_they_overlap_nothing():
+    from asl.bench.plots import _overlap, _pyplot, place_labels
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    items = [(1.0 + 0.02 * i, 50 + 0.4 * i, f"asl(tau=0.{i})@512") for i in range(6)]  # a tight cluster
+    ax.plot([x for x, _, _ in items], [y for _, y, _ in items], "o")
+    ax.set_xlim(0, 3)
+    ax.set_ylim(0, 100)
+    anns = place_labels(ax, items)
+    boxes = [a.get_window_extent(fig.canvas.get_renderer()) for a in anns]
+    assert len(anns) == 6 and all(_overlap(a, b) == 0 for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    plt.close(fig)
+
+
+def test_a_sweep_is_joined_in_parameter_order():
+    from asl.bench.plots import parameter_order
+
+    rows = [{"method": "asl(tau=1.1)", "budget": 512}, {"method": "asl(tau=0.3)", "budget": 512},
+            {"method": "asl(tau=0.45)", "budget": 512}, {"method": "asl", "budget": 256}]
+    assert [r["method"] for r in sorted(rows, key=parameter_order)] == ["asl", "asl(tau=0.3)", "asl(tau=0.45)",
+                                                                        "asl(tau=1.1)"]
+
+
+def test_accuracy_vs_budget_needs_two_budgets(tmp_path):
+    one = make_plots([], make_summary(snap_budgets=(128,)), tmp_path / "one")
+    two = make_plots([], make_summary(snap_budgets=(128, 256)), tmp_path / "two")
+    assert "accuracy_vs_budget.png" not in [p.name for p in one]
+    assert "accuracy_vs_budget.png" in [p.name for p in two]

@@ -14,7 +14,7 @@ from asl.bench.report import (
     TABLE_W,
     format_table,
     method_family,
-    reference_method,
+    chosen_reference, reference_method,
     summarize,
     write_comparisons,
     write_summary,
@@ -317,6 +317,19 @@ def test_format_table_intervals_markers_and_partial():
     assert "*" not in format_table(summarize(small), compare(small)).replace(LEGEND_MARK, "")
 
 
+def test_format_table_against_a_chosen_reference():
+    recs = marker_records()
+    table = format_table(summarize(recs), compare(recs), reference="full")
+    assert LEGEND_MARK.replace("the ASL method of its regime", "full") in table
+    assert _cells(table, "full") == [_cell_text(20, 20), _cell_text(20, 20), _cell_text(40, 40)]  # the reference
+    # asl loses 10 qa samples to the full cache; fastkv 10 of each; asl+snapkv none
+    assert _cells(table, "asl") == [_cell_text(20, 20), _cell_text(10, 20, "*"), _cell_text(30, 40, "*")]
+    assert _cells(table, "fastkv") == [_cell_text(10, 20, "*"), _cell_text(10, 20, "*"), _cell_text(20, 40, "*")]
+    assert _cells(table, "asl+snapkv") == [_cell_text(20, 20), _cell_text(20, 20), _cell_text(40, 40)]
+    assert chosen_reference(("asl", 128), [("full", None), ("asl", 64), ("asl", 128)], "asl") is None
+    assert chosen_reference(("snapkv", 128), [("asl", 64), ("asl", 128), ("snapkv", 128)], "asl") == ("asl", 128)
+
+
 def test_format_table_long_labels_stay_distinct():
     mid_a, mid_b = "m:" + "p" * 25 + "A" + "q" * 25, "m:" + "p" * 25 + "B" + "q" * 25  # differ where cut
     methods = (LONG, LONG.replace("0.8", "0.9"), mid_a, mid_b)
@@ -369,12 +382,12 @@ def test_make_plots(tmp_path):
         assert _is_png(p), p
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == names  # no temp files left
 
-    # no niah records: no heat map; single budget, no ratios: still the budget plot
+    # no niah records: no heat map; single budget: no budget curve (a point per method); no ratios
     recs2 = [r for r in make_records() if r["task"] != "niah" and r["budget"] in (None, 128)]
     recs2 = [dict(r, ratios=[]) for r in recs2]
     paths2 = make_plots(recs2, summarize(recs2), tmp_path / "b")
     names2 = sorted(p.name for p in paths2)
-    assert names2 == sorted(["accuracy_vs_budget.png", "selection_layers_asl.png",
+    assert names2 == sorted(["selection_layers_asl.png",
                              *[f"tradeoff_{t}_{n}.png" for t in ("qa_long_task_name", "sum", "all") for n in (1024, 4096)]])
     assert all(_is_png(p) for p in paths2)
 

@@ -57,6 +57,9 @@ def parser() -> argparse.ArgumentParser:
                     help="run each call this many times: the first is scored, TTFT and TPOT are the median of all, "
                          "their spread is recorded (ttft_runs, tpot_runs)")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--reference", default=None, metavar="METHOD",
+                    help="mark (*) the cells whose paired test against METHOD (a --methods label, e.g. full) gives "
+                         "p < 0.05; default: each row against the ASL method of its regime")
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing: rebuild the summary, table and plots of every record --out holds, with the "
                          "settings of its config.json (other flags are ignored)")
@@ -88,6 +91,9 @@ def parse(argv=None):
     if args.calibration is not None and not pathlib.Path(args.calibration).is_file():
         raise ValueError(f"--calibration {args.calibration}: no such file (write one with python -m asl.bench calibrate)")
     args.methods = parse_methods(args.methods)
+    labels = [spec.label for spec in args.methods]
+    if args.reference is not None and not args.report_only and args.reference not in labels:
+        raise ValueError(f"--reference {args.reference!r} is not one of --methods: {', '.join(labels)}")
     return args
 
 
@@ -118,13 +124,26 @@ def resolve(args):
                 if key in ("layer", "l_min", "l_max") and isinstance(value, int) and not 0 <= value < config.num_layers:
                     raise ValueError(f"--methods {spec.label}: {key}={value} is not a layer of {args.model} "
                                      f"(0..{config.num_layers - 1})")
-            params[(spec.label, budget)] = p
+            kept = kept_budget(p, budget)
+            if kept != budget and (spec.label, kept) not in params:
+                print(f"asl.bench: {spec.label} runs at its own budget {kept}, whatever --budget", file=sys.stderr)
+            params.setdefault((spec.label, kept), p)  # one run per budget the method really keeps
     short = [n for n in args.lengths if n <= min(args.budget)]
     if short:
         print(f"python -m asl.bench: warning: --lengths {short} are not above the budget {min(args.budget)}: there "
               "every method keeps every token, like the full cache", file=sys.stderr)
     return folder, config, params
 
+
+
+def kept_budget(params: list[dict], budget: int | None) -> int | None:
+    """The budget a method really runs at, from its resolved policies: its eviction's (a
+    `budget=` in --methods wins over --budget), else its selection's `select_tokens`."""
+    for key in ("budget", "select_tokens"):
+        found = [fields[key] for fields in params if isinstance(fields.get(key), int)]
+        if found:
+            return found[-1]
+    return budget
 
 
 def main(argv=None) -> int:
@@ -140,7 +159,7 @@ def main(argv=None) -> int:
         if args.report_only:
             from asl.bench.session import report_folder
 
-            return report_folder(pathlib.Path(args.out), plots=not args.no_plots)
+            return report_folder(pathlib.Path(args.out), plots=not args.no_plots, reference=args.reference)
         folder, config, params = resolve(args)
     except ValueError as e:
         print(f"python -m asl.bench: error: {e}", file=sys.stderr)

@@ -127,6 +127,8 @@ def _plot_accuracy_vs_budget(plt, summary, out: Path) -> list[Path]:
     lengths = sorted(first_appearance(r["length"] for r in rows))
     methods = first_appearance(r["method"] for r in rows)
     budgets = sorted({r["budget"] for r in rows if r.get("budget") is not None})
+    if len(budgets) < 2:  # one budget is a point per method, not a curve: the trade-off plots show it
+        return []
     colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     nr, nc = _grid(len(lengths), 3)
     fig, axes = plt.subplots(nr, nc, squeeze=False, figsize=(5.2 * nc, 4.0 * nr))
@@ -344,9 +346,9 @@ def _tradeoff_panel(plt, ax, rows, metric, xkey, colors, show_labels):
     fams = defaultdict(list)
     for p in pts:
         fams[p[2]["_family"]].append(p)
-    for fam, fp in fams.items():  # sweep line: the settings of one family in order of cost
+    for fam, fp in fams.items():  # sweep line: the settings of one family in parameter order
         if len(fp) > 1 and fam != FULL_METHOD:
-            fp = sorted(fp, key=lambda p: (p[0], p[1]))
+            fp = sorted(fp, key=lambda p: parameter_order(p[2]))
             ax.plot([p[0] for p in fp], [p[1] for p in fp], color=colors[fam], lw=0.8, alpha=0.6, zorder=2)
     for x, y, r in pts:
         err = _yerr(r, metric)
@@ -358,14 +360,6 @@ def _tradeoff_panel(plt, ax, rows, metric, xkey, colors, show_labels):
                         elinewidth=0.8, capsize=2, alpha=0.45, zorder=1.5)
         if full:
             ax.axhline(y, color="black", ls=":", lw=0.8, alpha=0.6, zorder=1)
-    if show_labels:  # coincident settings share one label instead of overprinting
-        labels: dict[tuple, list[str]] = {}
-        for x, y, r in pts:
-            labels.setdefault((x, y), []).append(_setting_label(r))
-        for (x, y), labs in labels.items():
-            ax.annotate(" / ".join(labs), (x, y), xytext=(6, 4), textcoords="offset points", fontsize=7,
-                        color="black", zorder=3.5,
-                        bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.6))
     xs = [p[0] for p in pts]
     if xkey == "kv_mib" and min(xs) > 0 and max(xs) / min(xs) > 10:
         from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -386,6 +380,67 @@ def _tradeoff_panel(plt, ax, rows, metric, xkey, colors, show_labels):
         ax.step(fx, fy, where="post", color="black", ls="--", lw=1.3, alpha=0.7, zorder=2.5)
     ax.set_xlim(lo, hi)
     ax.grid(alpha=0.3)
+    if show_labels:  # coincident settings share one label; the others are placed where they overlap nothing
+        labels: dict[tuple, list[str]] = {}
+        for x, y, r in pts:
+            labels.setdefault((x, y), []).append(_setting_label(r))
+        place_labels(ax, [(x, y, " / ".join(labs)) for (x, y), labs in labels.items()])
+
+
+# where a point's label may go, in points from it (right-above first), with its alignment
+_OFFSETS = [(6, 4, "left", "bottom"), (6, -4, "left", "top"), (-6, 4, "right", "bottom"), (-6, -4, "right", "top"),
+            (0, 9, "center", "bottom"), (0, -9, "center", "top"), (14, 12, "left", "bottom"),
+            (14, -12, "left", "top"), (-14, 12, "right", "bottom"), (-14, -12, "right", "top")]
+
+
+def place_labels(ax, items: list[tuple[float, float, str]]) -> list:
+    """Annotate each (x, y, text) at the first offset whose box overlaps no label placed before
+    it and no marker; where none is free, at the offset that overlaps least. Returns the annotations."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    to_px = ax.transData.transform
+    markers = [_box_around(*to_px((x, y)), 4) for x, y, _ in items]
+    placed, out = [], []
+    for x, y, text in sorted(items, key=lambda it: (-it[1], it[0])):  # top to bottom
+        best = None
+        for dx, dy, ha, va in _OFFSETS:
+            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=7, ha=ha, va=va,
+                              color="black", zorder=3.5,
+                              bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.6))
+            box = ann.get_window_extent(renderer).expanded(1.02, 1.1)
+            clash = sum(_overlap(box, other) for other in placed + markers)
+            if best is None or clash < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (clash, ann, box)
+            else:
+                ann.remove()
+            if clash == 0:
+                break
+        placed.append(best[2])
+        out.append(best[1])
+    return out
+
+
+def _box_around(x: float, y: float, r: float):
+    from matplotlib.transforms import Bbox
+
+    return Bbox.from_extents(x - r, y - r, x + r, y + r)
+
+
+def _overlap(a, b) -> float:
+    """The area (pixels) two boxes share."""
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(w, 0.0) * max(h, 0.0)
+
+
+def parameter_order(row) -> tuple:
+    """A sweep's settings in the order of their parameters: budget, then the numbers of the
+    method's arguments ("asl(tau=0.3)" before "asl(tau=1.1)"), then the label."""
+    numbers = tuple(float(v) for v in re.findall(r"=\s*(-?\d+(?:\.\d+)?(?:e-?\d+)?)", str(row.get("method"))))
+    budget = as_number(row.get("budget"))
+    return (-1 if budget is None else budget, numbers, str(row.get("method")))
 
 
 _XLABELS = {"prefill_vs_full": "TTFT relative to full cache (ratio of medians)", "ttft_s": "TTFT (s, median)",

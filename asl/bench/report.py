@@ -414,6 +414,15 @@ def reference_method(key: tuple, keys, families: dict) -> tuple | None:
     return None if ref == key else ref
 
 
+def chosen_reference(key: tuple, keys, label: str) -> tuple | None:
+    """The row of method `label` a row is tested against (--reference): the same budget, else
+    its only budget (the full cache has none). None for the reference itself."""
+    cands = [k for k in keys if k[0] == label]
+    same = [k for k in cands if k[1] == key[1]] or (cands if len(cands) == 1 else [])
+    ref = same[0] if len(same) == 1 else None
+    return None if ref == key else ref
+
+
 def _pvalues(comparisons) -> dict[tuple, float]:
     """(task, length, method key, method key) -> McNemar p, both orders."""
     out: dict[tuple, float] = {}
@@ -514,7 +523,8 @@ def _grid(labels: dict, heads: list[str], cells: dict, tail_head: str = "", tail
 COST_HEAD = f" {'TTFT s':>7} {'TPOT ms':>7} {'KV MiB':>7} {'vsFull':>6}  ASL layers"
 
 
-def _block(length, block: list[dict], tasks, abbr: dict, pvalues: dict, cut: dict) -> list[str]:
+def _block(length, block: list[dict], tasks, abbr: dict, pvalues: dict, cut: dict,
+           reference: str | None = None) -> list[str]:
     """One length's accuracy table (with intervals, markers and costs) and its partial block;
     the labels it had to cut are added to `cut`."""
     keys = first_appearance((r["method"], r["budget"]) for r in block)
@@ -530,7 +540,7 @@ def _block(length, block: list[dict], tasks, abbr: dict, pvalues: dict, cut: dic
 
     texts: dict[tuple, list[str]] = {}
     for k in keys:
-        ref = reference_method(k, keys, families)
+        ref = chosen_reference(k, keys, reference) if reference else reference_method(k, keys, families)
         marks = ["*" if ref and pvalues.get((t, length, k, ref), 1.0) < SIGNIFICANT_P else " " for t in cols]
         texts[k] = [_acc_text(rows[k][t]) + mark for t, mark in zip(cols, marks)]
     heads = [abbr.get(t, t) for t in cols]
@@ -563,7 +573,7 @@ LEGEND = "[lo,hi]: 95% interval (Wilson on fully-correct counts; bootstrap of th
 LEGEND_MARK = "*: p<0.05 vs the ASL method of its regime (exact McNemar on the n paired samples, fully correct or not)"
 
 
-def format_table(summary: list[dict], comparisons: list[dict] | None = None) -> str:
+def format_table(summary: list[dict], comparisons: list[dict] | None = None, reference: str | None = None) -> str:
     """A fixed-width table: one block per length; rows = method (and budget when a block has
     several); columns = each task's accuracy (%) with its 95% interval ("40 [22,61]"), "all",
     median TTFT (s), TPOT (ms), KV MiB, TTFT relative to the full cache, and the selection layers
@@ -571,7 +581,8 @@ def format_table(summary: list[dict], comparisons: list[dict] | None = None) -> 
 
     With ``comparisons`` (asl.bench.stats.compare), a cell is marked "*" when the exact McNemar
     test between its method and the ASL method of its regime (reference_method) gives p < 0.05
-    on that task, so a difference the samples cannot support is not read as one."""
+    on that task, so a difference the samples cannot support is not read as one. With
+    `reference` (a method label, --reference) every row is tested against that method instead."""
     if not summary:
         return "(no results)"
     tasks = [t for t in first_appearance(r["task"] for r in summary) if t != ALL_TASKS]
@@ -584,8 +595,9 @@ def format_table(summary: list[dict], comparisons: list[dict] | None = None) -> 
         lines.append("tasks: " + ", ".join(f"{a}={t}" for t, a in abbreviated.items()))
     pvalues, cut = _pvalues(comparisons), {}
     for length in lengths:
-        lines += _block(length, [r for r in summary if r["length"] == length], tasks, abbr, pvalues, cut)
+        lines += _block(length, [r for r in summary if r["length"] == length], tasks, abbr, pvalues, cut, reference)
     lines += vs_oracle.format_lines(summary)
-    lines += ["", LEGEND] + ([LEGEND_MARK] if comparisons is not None else [])
+    mark = LEGEND_MARK if reference is None else LEGEND_MARK.replace("the ASL method of its regime", reference)
+    lines += ["", LEGEND] + ([mark] if comparisons is not None else [])
     lines += [f"{short} = {full}" for short, full in cut.items()]
     return "\n".join(lines).lstrip("\n")

@@ -101,7 +101,7 @@ def method_params(settings: dict) -> dict[str, dict]:
     return out
 
 
-def report_folder(out: pathlib.Path, plots: bool = True) -> int:
+def report_folder(out: pathlib.Path, plots: bool = True, reference: str | None = None) -> int:
     """--report-only: the summaries and plots of every record in `out`, from its own
     config.json; reads the records, never writes them or the configuration."""
     settings = store.load_settings(out) if out.is_dir() else None
@@ -109,8 +109,13 @@ def report_folder(out: pathlib.Path, plots: bool = True) -> int:
         print(f"python -m asl.bench: error: --out {out} holds no config.json: nothing to report", file=sys.stderr)
         return 2
     records = ordered(store.load_done(out).values(), settings)  # read only: a run may still be appending
+    methods = list(dict.fromkeys(r.get("method") for r in records))
+    if reference is not None and reference not in methods:
+        print(f"python -m asl.bench: error: --reference {reference!r} is not a method of {out}: "
+              f"{', '.join(map(str, methods))}", file=sys.stderr)
+        return 2
     print(f"{len(records)} runs in {out}")
-    report(records, out, method_params(settings), plots)
+    report(records, out, method_params(settings), plots, reference)
     return 0
 
 
@@ -125,7 +130,7 @@ def ordered(records, settings: dict) -> list[dict]:
                                           -1 if r.get("budget") is None else r["budget"]))
 
 
-def report(records: list[dict], out: pathlib.Path, params: dict, plots: bool) -> None:
+def report(records: list[dict], out: pathlib.Path, params: dict, plots: bool, reference: str | None = None) -> None:
     from asl.bench.report import format_table, summarize, write_comparisons, write_summary
     from asl.bench.stats import compare
 
@@ -134,7 +139,7 @@ def report(records: list[dict], out: pathlib.Path, params: dict, plots: bool) ->
     write_summary(summary, out)
     write_comparisons(comparisons, out)
     print()
-    print(format_table(summary, comparisons))
+    print(format_table(summary, comparisons, reference))
     if plots:
         from asl.bench.plots import make_plots
 
@@ -228,7 +233,8 @@ class Session:
         gathered = dist.gather(ranks, records)
         if ranks.main:
             everything = store.consolidate(self.out, order, gathered)
-            report(ordered(everything, settings), self.out, method_params(settings), not args.no_plots)
+            report(ordered(everything, settings), self.out, method_params(settings), not args.no_plots,
+                   args.reference)
         dist.barrier(ranks)
         return 0
 
