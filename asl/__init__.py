@@ -1,4 +1,12 @@
 """asl: layer-wise token pruning and KV-cache reduction for LLM inference."""
+import os as _os
+
+# OpenMP threads that wait for work sleep instead of spinning: on a machine where another
+# process holds a core, spinning threads made a prefill 1.5x and a decode step 2.3x slower,
+# and on an idle one sleeping costs nothing measurable (benchmarks/threads_busy.py). Read when
+# the OpenMP runtime starts, so only where torch is imported after asl; OMP_WAIT_POLICY=ACTIVE
+# in the environment keeps spinning.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from .apply import Applied, apply
 from .context import CompressedContext, compress
 from .generation import GenerationOutput, SequenceTrace, Trace, generate

@@ -129,3 +129,17 @@ def test_import_asl_loads_no_bench_module():
     code = "import asl, sys; print([m for m in sys.modules if m.startswith('asl.bench')])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_import_asl_makes_waiting_threads_sleep_unless_told_otherwise():
+    """benchmarks/threads_busy.py: spinning OpenMP threads slow a busy machine's run 1.3-2.2x."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, asl; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "PASSIVE"
+    assert subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True,
+                          text=True, check=True).stdout.strip() == "ACTIVE"

@@ -192,6 +192,7 @@ class Session:
         settings = check_resume(self.out, run_settings(self.args, self.params, self.model_config, threads, ranks.world,
                                                        self.folder), self.args.force)
         settings["load_average_at_start"] = _busy("at the start")
+        settings["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")  # PASSIVE unless set: see asl/__init__.py
         store.write_settings(self.out, settings)
         return settings
 
