@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from asl.atomic import write_atomic
 from asl.bench.args import Formatter, add_dtype, check_device, ints, model_config, parse_tasks, resolve_dtype_flag
 from asl.calibration.search import PromptMeasure, check_grid, choose
 
@@ -216,6 +217,11 @@ def run(args, folder, config) -> int:
     except ValueError as e:
         print(f"python -m asl.bench calibrate: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only folder: one line, no traceback
+        from asl.bench.cli import os_error
+
+        print(f"python -m asl.bench calibrate: error: {os_error(e)}", file=sys.stderr)
+        return 2
 
 
 def _locked_run(args, folder, config) -> int:
@@ -287,9 +293,7 @@ class Progress:
                 except (KeyError, TypeError, ValueError):
                     continue
         if not lines or force:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps({"identity": identity}) + "\n")
-            tmp.replace(path)
+            write_atomic(path, json.dumps({"identity": identity}) + "\n")
         return cls(path, done)
 
     def add(self, i: int, m: PromptMeasure, cost: float) -> None:

@@ -136,6 +136,11 @@ def resolve(args):
 
 
 
+def os_error(e: OSError) -> str:
+    """An OSError in one line: what failed, on which file."""
+    return f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}"
+
+
 def kept_budget(params: list[dict], budget: int | None) -> int | None:
     """The budget a method really runs at, from its resolved policies: its eviction's (a
     `budget=` in --methods wins over --budget), else its selection's `select_tokens`."""
@@ -161,12 +166,15 @@ def main(argv=None) -> int:
 
             return report_folder(pathlib.Path(args.out), plots=not args.no_plots, reference=args.reference)
         folder, config, params = resolve(args)
+        from asl.bench.session import Session
+
+        return Session(args, folder, config, params).run()
     except ValueError as e:
         print(f"python -m asl.bench: error: {e}", file=sys.stderr)
         return 2
-    from asl.bench.session import Session
-
-    return Session(args, folder, config, params).run()
+    except OSError as e:  # a full disk, a read-only folder: one line, no traceback
+        print(f"python -m asl.bench: error: {os_error(e)}", file=sys.stderr)
+        return 2
 
 
 def _list(model: str | None = None) -> int:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import ast
 import hashlib
 import inspect
-import os
 import pathlib
 import re
 
 import asl
+from asl.atomic import write_atomic
 
 PACKAGE = pathlib.Path(asl.__file__).resolve().parent
 # Files of asl/bench that only read records (their changes never change a result).
@@ -149,9 +149,7 @@ def model_hash(folder: pathlib.Path) -> str:
             known[str(path)] = entry
         digest.update(f"{path.name}\0{entry['sha256']}\n".encode())
     if changed:
-        tmp = store.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known))
-        os.replace(tmp, store)
+        write_atomic(store, json.dumps(known))
     return digest.hexdigest()[:16]
 
 

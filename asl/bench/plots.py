@@ -16,10 +16,11 @@ make_plots(records, summary, out_dir) writes into out_dir/"plots":
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
+
+from asl.atomic import replacing
 
 from . import vs_oracle
 from .report import ALL_TASKS, FULL_METHOD, NO_LAYER, as_number, first_appearance, layer_key, selects, summarize
@@ -56,10 +57,11 @@ def _pyplot():
 def _save(plt, fig, path: Path, tight: bool = True) -> Path:
     if tight:
         fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=DPI)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with replacing(path) as tmp:
+            fig.savefig(tmp, dpi=DPI)
+    finally:
+        plt.close(fig)
     return path
 
 

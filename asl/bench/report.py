@@ -12,12 +12,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 import statistics
-import tempfile
 from collections import Counter
 from pathlib import Path
+
+from asl.atomic import write_atomic
 
 from . import vs_oracle
 from .stats import ALL_TASKS, COMPARISON_FIELDS, bootstrap_mean_ci, correct, wilson
@@ -277,21 +277,6 @@ def summarize(records: list[dict]) -> list[dict]:
 # writing
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _json_safe(v):
     if isinstance(v, float) and not math.isfinite(v):
         return None
@@ -320,9 +305,9 @@ def _write_rows(rows: list[dict], fields: list[str], out_dir, stem: str) -> None
     w.writeheader()
     for row in rows:
         w.writerow({k: _csv_value(k, row.get(k)) for k in fields})
-    _atomic_write_text(out_dir / f"{stem}.csv", buf.getvalue())
+    write_atomic(out_dir / f"{stem}.csv", buf.getvalue())
     data = [_json_safe({k: row.get(k) for k in fields}) for row in rows]
-    _atomic_write_text(out_dir / f"{stem}.json", json.dumps(data, indent=1) + "\n")
+    write_atomic(out_dir / f"{stem}.json", json.dumps(data, indent=1) + "\n")
 
 
 def write_summary(summary: list[dict], out_dir) -> None:

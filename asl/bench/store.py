@@ -10,6 +10,8 @@ import json
 import os
 import pathlib
 
+from asl.atomic import write_atomic
+
 SAMPLES = "samples.jsonl"
 CONFIG = "config.json"
 
@@ -63,12 +65,6 @@ class Appender:
 
     def close(self) -> None:
         self._f.close()
-
-
-def write_atomic(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def consolidate(out: pathlib.Path, order: dict[tuple, int], extra: list[dict] = ()) -> list[dict]:

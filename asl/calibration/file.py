@@ -7,6 +7,8 @@ import json
 import math
 import pathlib
 
+from ..atomic import write_atomic
+
 FORMAT = 1
 POOLINGS = ("avg", "max")
 SOURCES = ("tasks", "file")
@@ -136,7 +138,5 @@ def write(path, data: dict) -> pathlib.Path:
     """Check `data`, then write it (whole, via a temporary file)."""
     path = pathlib.Path(path)
     check(data, path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(data, indent=1) + "\n")
     return path

@@ -9,8 +9,6 @@ import pathlib
 import shutil
 import tempfile
 
-import torch
-
 from .decoder import Decoder
 from .interop import is_transformers_model
 
