@@ -16,12 +16,12 @@ from .models.export import export
 from .models.interop import from_transformers
 from .models.loading import BUNDLED, load
 from .oracle import LayerOutcome, OracleResult, oracle_layer
-from .policies import (ASL, ASLTwoPass, DecodeView, EvictionPolicy, FastKV, Full, GemFilter, LayerView, PrefillInfo,
+from .policies import (ASL, AdaKV, PyramidKV, ASLTwoPass, DecodeView, EvictionPolicy, FastKV, Full, GemFilter, LayerView, PrefillInfo,
                        PyramidInfer, PyramidInferDecode, ScorerEviction, ScorerSelection, Selection, SelectionPolicy,
                        SnapKV, StreamingLLM, TopP)
 
 __all__ = [
-    "ASL", "Applied", "LayerOutcome", "SequenceTrace", "apply", "export", "ASLTwoPass", "BUNDLED", "CompressedContext", "DecodeView", "Decoder", "EvictionPolicy", "FastKV", "Full", "GemFilter", "GenerationOutput",
+    "ASL", "AdaKV", "PyramidKV", "Applied", "LayerOutcome", "SequenceTrace", "apply", "export", "ASLTwoPass", "BUNDLED", "CompressedContext", "DecodeView", "Decoder", "EvictionPolicy", "FastKV", "Full", "GemFilter", "GenerationOutput",
     "LayerView", "ModelConfig", "PrefillInfo", "PyramidInfer", "PyramidInferDecode", "ScorerEviction", "ScorerSelection", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "Trace", "TopP",
     "OracleResult", "compress", "from_transformers", "generate", "load", "oracle_layer", "resolve_dtype",
 ]

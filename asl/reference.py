@@ -105,3 +105,35 @@ def gemfilter_scores(q_last: torch.Tensor, k: torch.Tensor, kernel: int) -> torc
     keys = k.repeat_interleave(h // g, dim=0).float()  # [H, n, d]
     raw = (keys @ q_last.float()[:, :, None]).squeeze(-1).sum(0)  # [n]
     return pool(raw, kernel, "avg")
+
+
+def adakv_keep(scores: torch.Tensor, alive: int, budget: int, window: int, alpha: float) -> list[list[int]] | None:
+    """AdaKV (one sequence, no padding): per head the kept columns, sorted. scores [G, m] over
+    the prefix. Each head's `int((budget - window) * alpha)` best first, then the best of all
+    heads together up to `(budget - window) * G`, ties to the lower (head, column); plus the window."""
+    if alive <= budget:
+        return None
+    heads, m = scores.shape
+    share = budget - window
+    safe = int(share * alpha)
+    guaranteed = set()
+    for g in range(heads):
+        order = sorted(range(m), key=lambda j: (-float(scores[g, j]), j))
+        guaranteed |= {(g, j) for j in order[:safe]}
+    ranked = sorted(((g, j) for g in range(heads) for j in range(m)),
+                    key=lambda e: (e not in guaranteed, 0.0 if e in guaranteed else -float(scores[e]), e[0] * m + e[1]))
+    chosen = set(ranked[: share * heads])
+    return [sorted([j for j in range(m) if (g, j) in chosen] + list(range(alive - window, alive)))
+            for g in range(heads)]
+
+
+def pyramid_budgets(budget: int, window: int, beta: int, num_layers: int, prompt: int) -> list[int]:
+    """PyramidKV's entries per head for each layer (KVCache-Factory's formula with kvpress's
+    clamp to the prompt): a straight line from layer 0 down to the last, its mean `budget`."""
+    share = budget - window
+    low, high = share / beta, 2 * share - share / beta
+    if high > prompt - window:
+        high, low = prompt - window, 2 * share - (prompt - window)
+    if not high >= low >= 0:
+        return [budget] * num_layers
+    return [window + round(high - i * (high - low) / (num_layers - 1)) for i in range(num_layers)]

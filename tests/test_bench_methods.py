@@ -26,6 +26,8 @@ def test_parse_methods_with_arguments_and_custom_classes():
     ("asl(tau=[])", "the list for tau is empty"), ("asl(tau=[0.3,0.3])", "listed twice: asl(tau=0.3)"),
     ("asl+nope", "unknown method 'nope' in 'asl+nope'"),
     ("asl(tau=0.5,tau=0.6)", "'asl(tau=0.5,tau=0.6)': tau given more than once"),  # was: the last silently won
+    ("adakv", "adakv wraps a scorer eviction: adakv(snapkv)"), ("pyramidkv(snapkv,snapkv)", "pyramidkv wraps a scorer"),
+    ("adakv(asl)", "wraps asl, which is not a scorer eviction"), ("adakv(snapkv)+asl", "composes a eviction with a selection"),
 ])
 def test_bad_method_specs(text, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -145,3 +147,24 @@ def test_a_method_with_its_own_budget_is_recorded_at_it_and_run_once(capsys):
                                               ("snapkv", 256), ("snapkv", 384)], key=str)
     assert params[("fastkv(layer=8)+snapkv(budget=512)", 512)][1]["budget"] == 512
     assert "runs at its own budget 512, whatever --budget" in capsys.readouterr().err
+
+
+def test_allocators_wrap_a_scorer_as_values():
+    specs = parse_methods("adakv(snapkv(window=[16,32]),alpha_safeguard=0.3),fastkv+pyramidkv(snapkv)")
+    assert [s.label for s in specs] == ["adakv(snapkv(window=16),alpha_safeguard=0.3)",
+                                        "adakv(snapkv(window=32),alpha_safeguard=0.3)", "fastkv+pyramidkv(snapkv)"]
+    assert [s.family for s in specs] == ["adakv(snapkv)", "adakv(snapkv)", "fastkv+pyramidkv(snapkv)"]
+    (params,) = default_params(specs[0], "smollm2-135m", 30, 256, 256)
+    assert params == {"alpha_safeguard": 0.3, "scorer": {"budget": 256, "window": 16, "kernel": 7, "pooling": "avg"}}
+    _, ev = build(specs[0], [params])
+    assert ev == asl.AdaKV(asl.SnapKV(budget=256, window=16), alpha_safeguard=0.3)
+    sel, ev = build(specs[2], default_params(specs[2], "smollm2-135m", 30, 256, 256))
+    assert isinstance(sel, asl.FastKV) and ev == asl.PyramidKV(asl.SnapKV(budget=256, window=32))
+    (entry,) = effective_fields(specs[0], [params])
+    assert entry["fields"]["scorer"]["window"] == 16  # config.json records the scorer's fields too
+    from asl.bench.cli import kept_budget
+
+    assert kept_budget([params], 512) == 256  # the allocator's budget is its scorer's
+    with pytest.raises(ValueError, match="AdaKV wraps a scorer eviction"):
+        build(parse_methods("adakv(streaming)")[0], default_params(parse_methods("adakv(streaming)")[0],
+                                                                   "smollm2-135m", 30, 256, 256))

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import asl
+from asl.policies.pyramidinfer import RecentRows
 from tiny import CharTokenizer, random_text, tiny_pair
 
 TOK = CharTokenizer()
@@ -240,7 +241,7 @@ class RecomputingDecode(asl.PyramidInferDecode):
 
     def begin(self, prefill):
         super().begin(prefill)
-        self._from_prefill = {}
+        self._from_prefill = RecentRows()  # its own, empty: the prefill's rows never reach it
 
 
 @pytest.mark.parametrize("n,r", [(200, 0.5), (150, 0.9)])

@@ -36,6 +36,10 @@ class Recorder(EvictionPolicy):
     scores: tuple | None = None
     seen: list = field(default_factory=list)
 
+    def begin(self, prefill):
+        if self.inner is not None:
+            self.inner.begin(prefill)
+
     def keep(self, layer, view):
         keep = self.inner.keep(layer, view) if self.inner is not None else None
         scores = view.window_scores(*self.scores) if self.scores and view.width > self.scores[0] else None

@@ -144,6 +144,7 @@ def os_error(e: OSError) -> str:
 def kept_budget(params: list[dict], budget: int | None) -> int | None:
     """The budget a method really runs at, from its resolved policies: its eviction's (a
     `budget=` in --methods wins over --budget), else its selection's `select_tokens`."""
+    params = [fields.get("scorer", fields) for fields in params]  # an allocator's budget is its scorer's
     for key in ("budget", "select_tokens"):
         found = [fields[key] for fields in params if isinstance(fields.get(key), int)]
         if found:

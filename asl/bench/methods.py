@@ -16,6 +16,9 @@ Spec syntax (`--methods`, comma-separated):
     asl+snapkv, fastkv+streaming, mypkg.mod:MySel+snapkv(window=16)
                                   selection, then every layer keeps at most the budget by the
                                   eviction's rule (`cache_k = budget`)
+    adakv(snapkv), pyramidkv(snapkv(window=16),beta=10), fastkv+adakv("mypkg.mod:MyScorer")
+                                  an allocator wrapping a scorer eviction (its budget shared
+                                  among the heads, or spread over the layers): an eviction
 
 Arguments are Python literals: `asl(tau=0.5,l_min=8)`. A list expands into one method per
 value: `asl(tau=[0.3,0.5])` is `asl(tau=0.3)` and `asl(tau=0.5)`; several lists expand into
@@ -31,23 +34,27 @@ from dataclasses import dataclass, field
 
 from asl.bench.oracle_method import Oracle
 from asl.calibration import SCORING, asl_settings, scaled_layer
-from asl.policies import (ASL, ASLTwoPass, EvictionPolicy, FastKV, Full, GemFilter, PyramidInfer, PyramidInferDecode,
-                          SelectionPolicy, SnapKV, StreamingLLM, TopP)
+from asl.policies import (ASL, AdaKV, ASLTwoPass, EvictionPolicy, FastKV, Full, GemFilter, PyramidInfer,
+                          PyramidInferDecode, PyramidKV, SelectionPolicy, SnapKV, StreamingLLM, TopP)
 
 SELECTIONS = {"fastkv": FastKV, "asl": ASL, "gemfilter": GemFilter, "asl-2pass": ASLTwoPass,
               "pyramidinfer-prefill": PyramidInfer}
 EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM, "topp": TopP, "pyramidinfer-decode": PyramidInferDecode}
+# Allocators: an eviction that wraps a scorer eviction, written name(scorer, key=value...)
+WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV}
 # A method that is a selection and an eviction in one paper: its name stands for both (its
 # arguments go to the first).
 ALIASES = {"pyramidinfer": ("pyramidinfer-prefill", "pyramidinfer-decode")}
-BUILTIN = ("full", "snapkv", "streaming", "topp", "fastkv", "asl", "gemfilter", "asl-2pass", "pyramidinfer",
-           "pyramidinfer-prefill", "pyramidinfer-decode", "oracle")
+BUILTIN = ("full", "snapkv", "streaming", "topp", "adakv", "pyramidkv", "fastkv", "asl", "gemfilter", "asl-2pass",
+           "pyramidinfer", "pyramidinfer-prefill", "pyramidinfer-decode", "oracle")
 DESCRIPTIONS = {
     "full": "the full cache (no selection, no eviction)",
     "oracle": "in hindsight: selection at the earliest layer that keeps the full cache's answer (asl.oracle_layer)",
     "snapkv": "eviction: per layer and KV head, the most attended prefix entries plus the window",
     "streaming": "eviction: the first `sink` tokens plus the most recent (rolling while decoding)",
     "topp": "eviction: per KV head the fewest tokens holding p of the window's attention (the ASL authors' top-p KV)",
+    "adakv": "allocator around a scorer eviction, adakv(snapkv): the layer's budget shared among its heads by score",
+    "pyramidkv": "allocator around a scorer eviction, pyramidkv(snapkv): the budget falling linearly over the layers",
     "fastkv": "selection at a fixed layer (FastKV's token-selective propagation)",
     "asl": "selection at the first layer where the rank variance settles below tau (ASL)",
     "gemfilter": "selection from the last query at a layer, then a second pass on the kept tokens",
@@ -68,12 +75,17 @@ class PolicySpec:
 
     name: str
     kwargs: dict = field(default_factory=dict)
+    inner: PolicySpec | None = None  # what an allocator (adakv, pyramidkv) wraps
 
     @property
     def label(self) -> str:
-        if not self.kwargs:
-            return self.name
-        return f"{self.name}({','.join(f'{k}={v!r}' for k, v in self.kwargs.items())})"
+        args = ([self.inner.label] if self.inner else []) + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        return f"{self.name}({','.join(args)})" if args else self.name
+
+    @property
+    def family(self) -> str:
+        """The policy without its arguments (an allocator keeps its scorer's name)."""
+        return f"{self.name}({self.inner.family})" if self.inner else self.name
 
     @property
     def custom(self) -> bool:
@@ -84,6 +96,8 @@ class PolicySpec:
             return SELECTIONS[self.name]
         if self.name in EVICTIONS:
             return EVICTIONS[self.name]
+        if self.name in WRAPPERS:
+            return WRAPPERS[self.name]
         if self.name == "full":
             return Full
         if self.name == "oracle":
@@ -105,7 +119,7 @@ class MethodSpec:
     @property
     def family(self) -> str:
         """The method without its arguments: the points of a sweep share it."""
-        return "+".join(p.name for p in self.parts)
+        return "+".join(p.family for p in self.parts)
 
     @property
     def name(self) -> str:
@@ -148,7 +162,9 @@ def _parse_policy(text: str, whole: str) -> PolicySpec:
             call = ast.parse(f"f({rest}", mode="eval").body
         except SyntaxError as e:
             raise ValueError(f"--methods: cannot parse the arguments of {text!r}: {e.msg}") from None
-        if call.args:
+        if name in WRAPPERS:
+            inner = _wrapped(call, text, whole)
+        elif call.args:
             raise ValueError(f"--methods: {text!r}: arguments must be given as key=value")
         names = [kw.arg for kw in call.keywords]
         repeated = sorted({n for n in names if names.count(n) > 1})
@@ -162,14 +178,35 @@ def _parse_policy(text: str, whole: str) -> PolicySpec:
         empty = [k for k, v in kwargs.items() if isinstance(v, list) and not v]
         if empty:
             raise ValueError(f"--methods: {text!r}: the list for {empty[0]} is empty")
-    return PolicySpec(name, kwargs)
+    elif name in WRAPPERS:
+        inner = None
+    if name in WRAPPERS and inner is None:
+        raise ValueError(f"--methods: {text!r}: {name} wraps a scorer eviction: {name}(snapkv), "
+                         f"{name}(snapkv(window=16)) or {name}(\"mypkg.mod:MyScorer\")")
+    return PolicySpec(name, kwargs, inner if name in WRAPPERS else None)
+
+
+def _wrapped(call: ast.Call, text: str, whole: str) -> PolicySpec | None:
+    """An allocator's one positional argument: the scorer it wraps (a name, a call, or a string
+    naming a module:Class), which must be an eviction."""
+    if len(call.args) != 1:
+        return None
+    arg = call.args[0]
+    inner_text = arg.value if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else ast.unparse(arg)
+    inner = _parse_policy(inner_text, whole)
+    if role(inner) != "eviction" or inner.inner is not None:
+        raise ValueError(f"--methods: {text!r}: wraps {inner.name}, which is not a scorer eviction (snapkv, or a "
+                         "ScorerEviction of your own)")
+    return inner
 
 
 def _expand(policy: PolicySpec) -> list[PolicySpec]:
-    """One PolicySpec per combination of the list-valued arguments."""
+    """One PolicySpec per combination of the list-valued arguments (an allocator's scorer's too)."""
     keys = list(policy.kwargs)
     values = [v if isinstance(v, list) else [v] for v in policy.kwargs.values()]
-    return [PolicySpec(policy.name, dict(zip(keys, combo))) for combo in itertools.product(*values)]
+    inners = _expand(policy.inner) if policy.inner is not None else [None]
+    return [PolicySpec(policy.name, dict(zip(keys, combo)), inner)
+            for inner in inners for combo in itertools.product(*values)]
 
 
 def role(policy: PolicySpec) -> str:
@@ -178,7 +215,7 @@ def role(policy: PolicySpec) -> str:
         return policy.name
     if policy.name in SELECTIONS:
         return "selection"
-    if policy.name in EVICTIONS:
+    if policy.name in EVICTIONS or policy.name in WRAPPERS:
         return "eviction"
     return "selection" if issubclass(load_class(policy.name), SelectionPolicy) else "eviction"
 
@@ -196,7 +233,7 @@ def _check_composition(parts: list[PolicySpec], text: str) -> None:
 def parse_method(text: str) -> list[MethodSpec]:
     """One `--methods` entry, its sweeps expanded."""
     parts = [_parse_policy(p, text) for p in split_top_level(text, "+")]
-    parts = [PolicySpec(name, p.kwargs if i == 0 else {}) for p in parts
+    parts = [PolicySpec(name, p.kwargs, p.inner) if i == 0 else PolicySpec(name) for p in parts
              for i, name in enumerate(ALIASES.get(p.name, (p.name,)))]
     if not parts:
         raise ValueError(f"--methods: {text!r} names no policy")
@@ -275,12 +312,13 @@ def default_params(spec: MethodSpec, model_name: str, num_layers: int, budget: i
     model's `config` (a ModelConfig), of this architecture, else the hand-set values)."""
     out, previous = [], {}
     for policy in spec.parts:
-        defaults = {} if policy.custom else dict(_builtin_defaults(policy.name, model_name, num_layers, config,
+        scorer = policy.inner or policy  # an allocator's defaults are its scorer's
+        defaults = {} if scorer.custom else dict(_builtin_defaults(scorer.name, model_name, num_layers, config,
                                                                    calibration))
         if role(policy) == "eviction":  # an eviction scores tokens like the selection before it
             defaults.update({k: previous[k] for k in SCORING if k in previous})
-        previous = _fill(policy, defaults, budget, select_tokens)
-        out.append(previous)
+        previous = _fill(scorer, defaults, budget, select_tokens)
+        out.append(previous if policy.inner is None else {**_fill(policy, {}, None, None), "scorer": previous})
     return out
 
 
@@ -292,6 +330,8 @@ def build(spec: MethodSpec, params: list[dict]) -> tuple[SelectionPolicy | None,
             continue
         cls = policy.policy_class()
         try:
+            if policy.inner is not None:  # an allocator: its scorer built first
+                kwargs = {**kwargs, "scorer": policy.inner.policy_class()(**kwargs["scorer"])}
             obj = cls(**kwargs)
         except TypeError as e:
             hint = ""
@@ -321,6 +361,9 @@ def effective_fields(spec: MethodSpec, params: list[dict]) -> list[dict]:
         source = class_source_hash(type(obj))
         if source is not None:
             entry["source"] = source
+        inner = getattr(obj, "scorer", None)
+        if inner is not None and class_source_hash(type(inner)) is not None:
+            entry["scorer_source"] = class_source_hash(type(inner))
         out.append(entry)
     return out
 

@@ -11,13 +11,14 @@ import copy
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import torch
 
 from .. import ops
 
 POOLINGS = ("avg", "max")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,19 @@ class PrefillInfo:
     num_kv_heads: int
     head_dim: int
     prompt_lengths: tuple[int, ...]
-    # What the policies of one prefill leave each other, by a key the reader sets in begin()
-    # (PyramidInfer's prefill hands its recent-attention rows to its decoding this way).
-    notes: dict = field(default_factory=dict, compare=False, repr=False)
+    _shared: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def batch_size(self) -> int:
         return len(self.prompt_lengths)
+
+    def shared(self, kind: type[T]) -> T:
+        """The one `kind()` object of this prefill, made on the first ask: how the policies of
+        one call hand each other data, typed and whichever begins first (PyramidInfer's prefill
+        gives its decoding the attention rows it computed, in a `RecentRows`)."""
+        if kind not in self._shared:
+            self._shared[kind] = kind()
+        return self._shared[kind]
 
 
 @dataclass

@@ -7,14 +7,14 @@ recent queries attend to most, so deeper layers run on (and cache) fewer tokens.
 window to a few. Use both: `generate(..., selection=PyramidInfer(), eviction=PyramidInferDecode())`
 (the bench's `pyramidinfer`). docs/algorithms.md section 11.
 
-Used together, the prefill hands each layer's recent-attention rows to the decoding (through
-`PrefillInfo.notes`), as the original keeps its prefill's attention weights: the decoding
-computes them again only for the layers the prefill did not score.
+Used together, the prefill hands each layer's recent-attention rows to the decoding (a
+`RecentRows` shared through `PrefillInfo.shared`), as the original keeps its prefill's
+attention weights: the decoding computes them again only for the layers the prefill did not score.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,7 +22,14 @@ from .base import (DecodeView, EvictionPolicy, LayerView, PrefillInfo, Selection
                    is_number, keep_from_mask)
 
 
-ROWS_NOTE = "pyramidinfer.rows"  # PrefillInfo.notes key: layer -> {sequence: (rows [recent, alive], first column)}
+@dataclass
+class RecentRows:
+    """The prefill's recent-attention rows, for the decoding half of one call. `wanted`: a
+    decoding half is there to read them (else the prefill keeps none)."""
+
+    wanted: bool = False
+    by_layer: dict[int, dict[int, tuple[torch.Tensor, int, int]]] = field(default_factory=dict)
+    # layer -> {sequence: (rows [recent, alive], first column, recent)}
 
 
 def _check_ratio(name: str, value, low: float = 0.0, high: float = 1.0) -> None:
@@ -85,7 +92,7 @@ class PyramidInfer(SelectionPolicy):
         self.kept: list[list[int]] = [[] for _ in self.lengths]  # per sequence, context kept per layer
         self.alive = list(self.lengths)  # per sequence, the tokens alive (known here: only this policy prunes)
         self.first: list[int | None] = [None for _ in self.lengths]  # per sequence, the first layer it pruned at
-        self._notes = prefill.notes  # PyramidInferDecode.begin (called after this) asks for the rows there
+        self._handoff = prefill.shared(RecentRows)  # read by PyramidInferDecode, if it runs in this call
 
     def recent(self, length: int) -> int:
         """Tokens in the recent window of a `length`-token prompt (the last one included)."""
@@ -122,9 +129,8 @@ class PyramidInfer(SelectionPolicy):
         cols = torch.arange(start, view.width, device=view.keys.device)
         probs = recent_attention(view.queries[b, :, view.width - recent:], view.keys[b, :, start:],
                                  torch.arange(alive - recent, alive, device=cols.device), view.valid[b, start:])
-        handoff = self._notes.get(ROWS_NOTE)
-        if handoff is not None:
-            handoff.setdefault(view.layer, {})[b] = (probs, start, recent)
+        if self._handoff.wanted:
+            self._handoff.by_layer.setdefault(view.layer, {})[b] = (probs, start, recent)
         scores = weighted_recent_mean(probs[:, :context], self.distance_weight)
         scores[: self.sink] = torch.finfo(scores.dtype).max  # the sinks always stay
         chosen = torch.sort(scores, descending=True, stable=True).indices[:kept].sort().values
@@ -164,7 +170,8 @@ class PyramidInferDecode(EvictionPolicy):
         self.num_layers, self.lengths = prefill.num_layers, prefill.prompt_lengths
         self._rows: dict[int, torch.Tensor] = {}  # layer -> [B, q, cap] recent attention rows, a ring
         self._head: dict[int, int] = {}  # layer -> the ring's oldest row (the next one overwritten)
-        self._from_prefill = prefill.notes.setdefault(ROWS_NOTE, {})  # filled by PyramidInfer's prefill
+        self._from_prefill = prefill.shared(RecentRows)  # filled by PyramidInfer's prefill, if it runs
+        self._from_prefill.wanted = True
         self.rows_reused = 0  # (layer, sequence) pairs whose rows came from the prefill
         self._since: dict[int, list[int]] = {}  # layer -> per sequence, its cache length at the last compression
 
@@ -212,7 +219,7 @@ class PyramidInferDecode(EvictionPolicy):
             self._since[layer] = ok[:, : view.length].sum(-1).tolist()
             q = view.queries.shape[2]
             rows = torch.zeros(b, q, cap, device=view.keys.device)
-            scored = self._from_prefill.pop(layer, {})
+            scored = self._from_prefill.by_layer.pop(layer, {})
             for i in range(b):
                 handed = scored.get(i)
                 if handed is not None and handed[2] == self.recent_queries(self.lengths[i]) <= q:

@@ -61,15 +61,19 @@ class ScorerEviction(EvictionPolicy):
         return view.keys.shape[1]
 
     def keep(self, layer: int, view: LayerView) -> torch.Tensor | None:
-        """No host read: whether any sequence evicts is known from the width (the longest alive)."""
-        heads, evict = self.cached_heads(view), view.alive > self.budget
-        if view.width <= self.budget:  # nobody evicts
+        return self.keep_within(view, self.budget)
+
+    def keep_within(self, view: LayerView, budget: int) -> torch.Tensor | None:
+        """keep() at another budget (what a per-layer allocation such as PyramidKV asks of it).
+        No host read: whether any sequence evicts is known from the width (the longest alive)."""
+        heads, evict = self.cached_heads(view), view.alive > budget
+        if view.width <= budget:  # nobody evicts
             if heads == view.keys.shape[1]:
                 return None
             everything = torch.zeros(len(evict), heads, view.width, dtype=torch.long, device=evict.device)
             return fill_unevicted(everything, view, evict)
         scores = prefix_scores(self, self.score(view), view, heads)
-        top = ops.stable_descending_order(scores)[..., : self.budget - self.window]  # ties to the lower column
+        top = ops.stable_descending_order(scores)[..., : budget - self.window]  # ties to the lower column
         return fill_unevicted(view.with_window(top, self.window), view, evict)
 
 

@@ -1,0 +1,120 @@
+"""Budget allocators that wrap a scorer, as kvpress's `AdaKVPress(SnapKVPress())` does: the
+scorer says how much each entry matters, the wrapper decides how many entries each head or
+layer may keep. Any `ScorerEviction` (SnapKV, a user's scorer) composes with either, and the
+bench's method grammar writes them `adakv(snapkv)`, `pyramidkv(snapkv(window=16))`.
+docs/algorithms.md section 15."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import ops
+from .base import EvictionPolicy, LayerView, PrefillInfo, fill_unevicted, is_number, keep_from_mask
+from .scorer import ScorerEviction, prefix_scores
+
+
+class _Wraps:
+    """A wrapper's per-call copy holds a per-call copy of its scorer too (state set in begin)."""
+
+    def per_call(self):
+        twin = super().per_call()
+        twin.scorer = self.scorer.per_call()
+        return twin
+
+
+def _check_scorer(name: str, scorer) -> None:
+    if not isinstance(scorer, ScorerEviction):
+        raise ValueError(f"{name} wraps a scorer eviction (a ScorerEviction such as SnapKV(budget=...)), got "
+                         f"{type(scorer).__name__}")
+    scorer._check()
+
+
+@dataclass
+class AdaKV(_Wraps, EvictionPolicy):
+    """AdaKV (Feng et al., arXiv 2407.11550): a layer's budget shared among its KV heads by the
+    scores. The `(budget - window) * heads` best prefix entries of all heads together are kept
+    (a head whose entries matter more keeps more), each head keeping at least `alpha_safeguard`
+    of its even share, plus the window. `budget` is the scorer's: entries per head on average,
+    so the layer stores as many entries as the scorer alone would."""
+
+    scorer: ScorerEviction
+    alpha_safeguard: float = 0.20
+
+    def _check(self) -> None:
+        _check_scorer("AdaKV", self.scorer)
+        if not is_number(self.alpha_safeguard) or not 0 <= self.alpha_safeguard <= 1:
+            raise ValueError(f"alpha_safeguard must be a number in [0, 1], got {self.alpha_safeguard!r}")
+
+    @property
+    def budget(self) -> int:
+        return self.scorer.budget
+
+    def begin(self, prefill: PrefillInfo) -> None:
+        self.scorer.begin(prefill)
+
+    def keep(self, layer: int, view: LayerView) -> torch.Tensor | None:
+        budget, window = self.scorer.budget, self.scorer.window
+        if view.width <= budget:
+            return self.scorer.keep(layer, view)
+        heads = self.scorer.cached_heads(view)
+        scores = prefix_scores(self.scorer, self.scorer.score(view), view, heads).float()  # [B, heads, m]
+        b, _, m = scores.shape
+        share = budget - window
+        safe = int(share * self.alpha_safeguard)
+        if safe:  # each head's own best `safe` entries first, whatever the other heads score
+            first = ops.stable_descending_order(scores)[..., :safe]
+            guaranteed = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, first, True)
+            scores = torch.where(guaranteed & (scores > float("-inf")), float("inf"), scores)
+        chosen = ops.stable_descending_order(scores.reshape(b, heads * m))[:, : share * heads]
+        mask = torch.zeros(b, heads * m, dtype=torch.bool, device=scores.device).scatter_(-1, chosen, True)
+        prefix = keep_from_mask(mask.view(b, heads, m))  # [B, heads, k] the chosen columns, -1 pads
+        return fill_unevicted(_at_least(view.with_window(prefix, window), budget), view, view.alive > budget)
+
+
+@dataclass
+class PyramidKV(_Wraps, EvictionPolicy):
+    """PyramidKV (Cai et al., arXiv 2406.02069): the scorer's budget per layer falls linearly
+    from the first layer to the last, its mean the scorer's (the authors' KVCache-Factory
+    formula, which kvpress's PyramidKVPress cites). With P = budget - window, layer 0 keeps
+    `window + 2P - P/beta` entries per head and the last `window + P/beta`; where layer 0's
+    share would exceed the prompt it is cut to the prompt and the last layer's raised to keep
+    the mean (kvpress's clamp); where no such line exists every layer keeps the budget."""
+
+    scorer: ScorerEviction
+    beta: int = 20
+
+    def _check(self) -> None:
+        _check_scorer("PyramidKV", self.scorer)
+        if not isinstance(self.beta, int) or isinstance(self.beta, bool) or self.beta < 1:
+            raise ValueError(f"beta must be an integer >= 1, got {self.beta!r}")
+
+    @property
+    def budget(self) -> int:
+        return self.scorer.budget
+
+    def begin(self, prefill: PrefillInfo) -> None:
+        self.scorer.begin(prefill)
+        self.num_layers = prefill.num_layers
+
+    def layer_budget(self, layer: int, prompt: int) -> int:
+        """Entries per head this layer keeps of a `prompt`-token prompt (window included)."""
+        window = self.scorer.window
+        share = self.scorer.budget - window
+        least = share / self.beta
+        most = 2 * share - least
+        if most > prompt - window:  # the first layers cannot keep more than the prompt
+            most = prompt - window
+            least = 2 * share - most
+        if not most >= least >= 0 or self.num_layers < 2:
+            return self.scorer.budget
+        return window + round(most - layer * (most - least) / (self.num_layers - 1))
+
+    def keep(self, layer: int, view: LayerView) -> torch.Tensor | None:
+        return self.scorer.keep_within(view, self.layer_budget(layer, view.width))
+
+
+def _at_least(keep: torch.Tensor, width: int) -> torch.Tensor:
+    """keep padded with -1 to at least `width` columns (fill_unevicted writes whole rows there)."""
+    short = width - keep.shape[-1]
+    return torch.nn.functional.pad(keep, (0, short), value=-1) if short > 0 else keep
