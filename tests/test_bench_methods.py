@@ -168,3 +168,13 @@ def test_allocators_wrap_a_scorer_as_values():
     with pytest.raises(ValueError, match="AdaKV wraps a scorer eviction"):
         build(parse_methods("adakv(streaming)")[0], default_params(parse_methods("adakv(streaming)")[0],
                                                                    "smollm2-135m", 30, 256, 256))
+
+
+def test_the_bench_says_when_asl_selects_another_size_than_it_was_calibrated_at(capsys):
+    from asl.bench.cli import parse, resolve
+
+    resolve(parse(["--model", "smollm2-135m", "--lengths", "2048", "--budget", "512", "--methods", "asl"]))
+    assert "calibrated selecting 1024 tokens, this run selects 512" in capsys.readouterr().err
+    resolve(parse(["--model", "smollm2-135m", "--lengths", "2048", "--budget", "512", "--select-tokens", "1024",
+                   "--methods", "asl"]))
+    assert "calibrated selecting" not in capsys.readouterr().err

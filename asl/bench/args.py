@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -76,3 +77,20 @@ def resolve_dtype_flag(args, prog: str) -> None:
     args.dtype, args.dtype_reason = resolved.name, resolved.reason
     if resolved.slow:
         print(f"{prog}: warning: {slow_bf16_warning(resolved.reason.split(': ', 1)[-1])}", file=sys.stderr)
+
+
+def os_error(e: OSError) -> str:
+    """An OSError in one line: what failed, on which file."""
+    return f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}"
+
+
+def one_line_errors(program: str, run) -> int:
+    """`run()`, with bad input (ValueError) and a failing disk or folder (OSError: full, read
+    only) reported as one line naming the culprit, exit status 2, no traceback."""
+    try:
+        return run()
+    except ValueError as e:
+        print(f"{program}: error: {e}", file=sys.stderr)
+    except OSError as e:
+        print(f"{program}: error: {os_error(e)}", file=sys.stderr)
+    return 2

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from asl.atomic import write_atomic
-from asl.bench.args import Formatter, add_dtype, check_device, ints, model_config, parse_tasks, resolve_dtype_flag
+from asl.bench.args import (Formatter, add_dtype, check_device, ints, model_config, one_line_errors, parse_tasks,
+                            resolve_dtype_flag)
 from asl.calibration.search import PromptMeasure, check_grid, choose
 
 # Prompts of an easy task (ASL may select early) and two retrieval tasks (it must not).
@@ -211,17 +212,11 @@ def main(argv=None) -> int:
 def run(args, folder, config) -> int:
     from asl.bench.store import FolderLock
 
-    try:
+    def locked() -> int:
         with FolderLock(args.out.parent, f".{args.out.name}.lock", args.out, "asl.bench calibrate"):
             return _locked_run(args, folder, config)
-    except ValueError as e:
-        print(f"python -m asl.bench calibrate: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a full disk, a read-only folder: one line, no traceback
-        from asl.bench.cli import os_error
 
-        print(f"python -m asl.bench calibrate: error: {os_error(e)}", file=sys.stderr)
-        return 2
+    return one_line_errors("python -m asl.bench calibrate", locked)
 
 
 def _locked_run(args, folder, config) -> int:

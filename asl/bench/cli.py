@@ -16,13 +16,14 @@ import sys
 
 import torch
 
-from asl.bench.args import Formatter, add_dtype, check_device, ints, model_config, parse_tasks, resolve_dtype_flag
+from asl.bench.args import (Formatter, add_dtype, check_device, ints, model_config, one_line_errors, parse_tasks,
+                            resolve_dtype_flag)
 
 # The default run (about 10 minutes on 2 cores): a hard task where the full cache is near its
 # ceiling and the methods differ (kv_retrieval at 2,048 tokens, selection size 25% of the
 # prompt), an easy one where ASL selects early, both regimes, enough samples for a paired test.
 DEFAULT_MODEL = "qwen2.5-0.5b"
-DEFAULT_TASKS = "kv_retrieval,niah_single_2"
+DEFAULT_TASKS = "niah_single_3,niah_multikey_2"
 DEFAULT_METHODS = "full,fastkv,asl,asl+snapkv"
 DEFAULT_SAMPLES = 10
 
@@ -109,8 +110,13 @@ def resolve(args):
         layer, why = gemfilter_layer(config.model_type, config.num_layers)
         print(f"asl.bench: gemfilter at layer {layer}: {why}", file=sys.stderr)
     if any(p.name in ("asl", "asl-2pass") for spec in args.methods for p in spec.parts):
-        _, why = asl_settings(args.model, config.num_layers, args.calibration, config)
+        settings, why = asl_settings(args.model, config.num_layers, args.calibration, config)
         print(f"asl.bench: asl's tau, l_min, l_obs: {why}", file=sys.stderr)
+        calibrated, run = settings.get("select_tokens"), sorted({args.select_tokens or b for b in args.budget})
+        if calibrated is not None and run != [calibrated]:
+            print(f"asl.bench: warning: asl's tau was calibrated selecting {calibrated} tokens, this run selects "
+                  f"{', '.join(map(str, run))}: the rank variance is taken over the selected tokens, so tau may not "
+                  f"transfer (--select-tokens {calibrated}, or calibrate at this size)", file=sys.stderr)
     for spec in args.methods:
         for budget in [None] if spec.is_full else args.budget:
             select = None if budget is None else args.select_tokens or budget
@@ -135,12 +141,6 @@ def resolve(args):
     return folder, config, params
 
 
-
-def os_error(e: OSError) -> str:
-    """An OSError in one line: what failed, on which file."""
-    return f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}"
-
-
 def kept_budget(params: list[dict], budget: int | None) -> int | None:
     """The budget a method really runs at, from its resolved policies: its eviction's (a
     `budget=` in --methods wins over --budget), else its selection's `select_tokens`."""
@@ -158,24 +158,21 @@ def main(argv=None) -> int:
         from asl.bench.calibrate import main as calibrate
 
         return calibrate(argv[1:])
-    try:
-        args = parse(argv)
-        if args.list:
-            return _list(args.model)
-        if args.report_only:
-            from asl.bench.session import report_folder
+    return one_line_errors("python -m asl.bench", lambda: _main(argv))
 
-            return report_folder(pathlib.Path(args.out), plots=not args.no_plots, reference=args.reference)
-        folder, config, params = resolve(args)
-        from asl.bench.session import Session
 
-        return Session(args, folder, config, params).run()
-    except ValueError as e:
-        print(f"python -m asl.bench: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a full disk, a read-only folder: one line, no traceback
-        print(f"python -m asl.bench: error: {os_error(e)}", file=sys.stderr)
-        return 2
+def _main(argv) -> int:
+    args = parse(argv)
+    if args.list:
+        return _list(args.model)
+    if args.report_only:
+        from asl.bench.session import report_folder
+
+        return report_folder(pathlib.Path(args.out), plots=not args.no_plots, reference=args.reference)
+    folder, config, params = resolve(args)
+    from asl.bench.session import Session
+
+    return Session(args, folder, config, params).run()
 
 
 def _list(model: str | None = None) -> int:
