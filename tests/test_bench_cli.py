@@ -37,7 +37,7 @@ def without_timing(rs):
     (["--device", "cuda"], "--device cuda: this torch"),
     (["--methods", "json:JSONDecoder"], "is not a SelectionPolicy or EvictionPolicy"),
     (["--samples", "0"], "--samples must be >= 1"),
-    (["--reference", "snapkv(budget=9)"], "--reference 'snapkv(budget=9)' is not one of --methods: full, snapkv"),
+    (["--reference", "snapkv(budget=9)"], "--reference 'snapkv(budget=9)' is not one of --methods: full, fastkv"),
     (["--seed", str(2**70)], "--seed must be in [0, 2**63), got 1180591620717411303424"),
 ])
 def test_bad_arguments_fail_before_any_work(tmp_path, capsys, argv, message):

@@ -143,13 +143,11 @@ def resolve(args):
 
 def kept_budget(params: list[dict], budget: int | None) -> int | None:
     """The budget a method really runs at, from its resolved policies: its eviction's (a
-    `budget=` in --methods wins over --budget), else its selection's `select_tokens`."""
-    params = [fields.get("scorer", fields) for fields in params]  # an allocator's budget is its scorer's
-    for key in ("budget", "select_tokens"):
-        found = [fields[key] for fields in params if isinstance(fields.get(key), int)]
-        if found:
-            return found[-1]
-    return budget
+    `budget=` in --methods wins over --budget); a selection alone is recorded at --budget
+    (what it selects is recorded beside it, as select_tokens)."""
+    found = [fields.get("scorer", fields).get("budget") for fields in params]  # an allocator's is its scorer's
+    found = [b for b in found if isinstance(b, int)]
+    return found[-1] if found else budget
 
 
 def main(argv=None) -> int:
@@ -176,7 +174,7 @@ def _main(argv) -> int:
 
 
 def _list(model: str | None = None) -> int:
-    from asl.bench.methods import BUILTIN, DESCRIPTIONS, default_params, parse_methods
+    from asl.bench.methods import BUILTIN, DESCRIPTIONS, WRAPPERS, default_params, parse_methods
     from asl.bench.tasks import TASKS
 
     print("tasks (after; shortest --lengths):")
@@ -187,7 +185,7 @@ def _list(model: str | None = None) -> int:
     for name in BUILTIN:
         print(f"  {name:<21} {DESCRIPTIONS[name]}")
         if layers:
-            (spec,) = parse_methods(name)
+            (spec,) = parse_methods(f"{name}(snapkv)" if name in WRAPPERS else name)
             fields = default_params(spec, model, layers, None if spec.is_full else 512, None if spec.is_full else 512)
             print(f"  {'':<21}   {', '.join(f'{k}={v!r}' for f in fields for k, v in f.items()) or '-'}")
     print("  module:Class     your SelectionPolicy or EvictionPolicy subclass")

@@ -247,7 +247,7 @@ class Session:
               f"select_tokens {a.select_tokens or '= budget'}; {total} runs, {done} already done")
         width = min(40, max(len(s.label) for s in a.methods))
         for spec in a.methods:
-            fields = self.params[(spec.label, None if spec.is_full else a.budget[0])]
+            fields = next(p for (label, _), p in self.params.items() if label == spec.label)
             shown = " + ".join(", ".join(f"{k}={v}" for k, v in f.items() if k not in ("budget", "select_tokens"))
                                or "-" for f in fields)
             print(f"  {spec.label:<{width}} {shown or '-'}")
