@@ -124,3 +124,19 @@ def test_gemfilter_uses_its_own_layer_where_its_repository_has_one():
     assert gemfilter_layer("mistral", 40)[0] == 19
     layer, why = gemfilter_layer("qwen2", 24)
     assert layer == 10 and "scaled to 24 layers" in why
+
+
+def test_topp_after_a_selection_keeps_the_selected_tokens_whole(model):
+    """The original's `q_len <= select_k`: with ASL selecting k tokens, top-p prunes the layers
+    before the selection and caches the k selected tokens whole at every deeper layer."""
+    text, k = prompt(11, 150), 40
+    fastkv = asl.FastKV(layer=3, select_tokens=k, window=8)
+    out = asl.generate(model, TOK, text, max_new_tokens=1, selection=fastkv,
+                       eviction=asl.TopP(p=0.5, window=8, select_tokens=k))
+    per_head = out.trace.kv_tokens_per_head
+    assert all(heads == [k] * len(heads) for heads in per_head[4:])  # after the selection: all k kept
+    assert any(max(heads) < 150 for heads in per_head[:4])  # before it: pruned
+    pruning = asl.generate(model, TOK, text, max_new_tokens=1, selection=fastkv, eviction=asl.TopP(p=0.5, window=8))
+    assert any(max(heads) < k for heads in pruning.trace.kv_tokens_per_head[4:])  # select_tokens=None prunes them
+    with pytest.raises(ValueError, match="select_tokens must be an integer >= 1"):
+        asl.TopP(select_tokens=0)

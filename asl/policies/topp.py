@@ -29,21 +29,28 @@ class TopP(EvictionPolicy):
     Per layer and KV head: the fewest tokens whose window attention (averaged over the
     group's query heads and the window's queries) reaches `p`, that count rounded down to a
     multiple of `multiple`, plus token 0 and the last `window` tokens. The count varies per
-    head and per layer: there is no budget. docs/algorithms.md section 6.
+    head and per layer: there is no budget. As the original (`q_len <= select_k`), a sequence
+    with at most `select_tokens` tokens alive at a layer keeps them all: after a selection of
+    that size, every deeper layer caches the selected tokens whole (the bench sets it to the
+    run's selection size; None prunes at every layer). docs/algorithms.md section 6.
     """
 
     p: float = 0.9
     window: int = 32
     multiple: int = 8
+    select_tokens: int | None = None  # the original's select_k
 
     def _check(self) -> None:
         if not is_number(self.p) or not 0 < self.p <= 1:
             raise ValueError(f"p must be a number in (0, 1], got {self.p!r}")
         check_positive_int("window", self.window)
         check_positive_int("multiple", self.multiple)
+        if self.select_tokens is not None:
+            check_positive_int("select_tokens", self.select_tokens)
 
     def keep(self, layer: int, view: LayerView) -> torch.Tensor | None:
-        if view.width <= self.window:
+        skip = view.alive <= (self.select_tokens or 0)  # [B]: the original's "q_len <= select_k"
+        if view.width <= self.window or (self.select_tokens is not None and view.width <= self.select_tokens):
             return None
         probs = window_attention(view.queries, view.keys, view.valid, self.window)  # [B, G, n]
         order = torch.sort(probs, dim=-1, descending=True, stable=True).indices
@@ -56,4 +63,5 @@ class TopP(EvictionPolicy):
         mask[..., view.width - self.window:] = True  # the window
         first = (view.width - view.alive)[:, None, None].expand(-1, probs.shape[1], 1)  # token 0 of each row
         mask.scatter_(-1, first, True)
+        mask = torch.where(skip[:, None, None], True, mask)  # those sequences keep every token
         return keep_from_mask(mask & view.valid[:, None, :])
