@@ -335,3 +335,19 @@ def test_layer_out_of_range_raises_before_compute(model, selection, match, monke
     monkeypatch.setattr(type(model.model.embed_tokens), "forward", lambda *a: pytest.fail("computed"))
     with pytest.raises(ValueError, match=match):
         asl.generate(model, TOK, "some prompt", max_new_tokens=1, selection=selection())
+
+
+def test_snapkv_can_keep_the_first_layers_whole_as_the_asl_authors_llama_baseline(model):
+    n, budget = 120, 24
+    out = asl.generate(model, TOK, prompt(2, n), max_new_tokens=1,
+                       eviction=asl.SnapKV(budget=budget, window=4, keep_first_layers=5))
+    per_head = out.trace.kv_tokens_per_head
+    assert all(heads == [n] * len(heads) for heads in per_head[:5])
+    assert all(heads == [budget] * len(heads) for heads in per_head[5:])
+    with pytest.raises(ValueError, match="keep_first_layers must be an integer >= 0"):
+        asl.SnapKV(keep_first_layers=-1)
+
+
+def test_fastkv_rate_truncates_as_fastkv_does():
+    policy = asl.FastKV(layer=3, select_tokens=None, rate=0.2, window=8)
+    assert [policy.tokens_for(n) for n in (100, 104, 149, 20)] == [20, 20, 29, 9]  # int(0.2 n), at least w + 1

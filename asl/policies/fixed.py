@@ -1,7 +1,6 @@
 """FastKV's token-selective propagation: select once, at a fixed layer (docs/algorithms.md section 4)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -48,7 +47,7 @@ class FastKV(ScorerSelection):
         """k for a prompt of this length (window included)."""
         if self.select_tokens is not None:
             return self.select_tokens
-        return max(self.window + 1, math.ceil(self.rate * prompt_tokens))
+        return max(self.window + 1, int(self.rate * prompt_tokens))  # FastKV: int(q_len * tsp_rate)
 
     def selects_at(self, layer: int, view: LayerView) -> bool:
         return layer == self.layer

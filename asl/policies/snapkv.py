@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import ops
-from .base import LayerView, check_kernel, check_pooling
+from .base import LayerView, check_kernel, check_pooling, check_positive_int
 from .scorer import ScorerEviction
 
 
@@ -21,7 +21,8 @@ class SnapKV(ScorerEviction):
     window, per KV head (as the ASL and FastKV code do). `per="query_head"` is SnapKV's own
     code: K/V repeated to the query heads first, each query head keeps its own `budget`
     entries, and the cache holds H heads (H/G times the memory of a GQA model).
-    docs/algorithms.md section 6.
+    `keep_first_layers=5` is the ASL authors' SnapKV baseline on Llama (their
+    `vanilla/modeling_llama.py`: layers 0-4 keep the whole prompt). docs/algorithms.md section 6.
     """
 
     budget: int = 2048  # KV entries per cached head per layer, window included
@@ -29,6 +30,7 @@ class SnapKV(ScorerEviction):
     kernel: int = 7
     pooling: str = "avg"
     per: str = "kv_head"  # or "query_head"
+    keep_first_layers: int = 0  # layers below it store every entry
 
     def _check(self) -> None:
         super()._check()
@@ -36,6 +38,10 @@ class SnapKV(ScorerEviction):
         check_pooling(self.pooling)
         if self.per not in PER:
             raise ValueError(f"per must be one of {PER}, got {self.per!r}")
+        check_positive_int("keep_first_layers", self.keep_first_layers, 0)
+
+    def keep(self, layer: int, view: LayerView) -> torch.Tensor | None:
+        return None if layer < self.keep_first_layers else super().keep(layer, view)
 
     def cached_heads(self, view: LayerView) -> int:
         return view.queries.shape[1] if self.per == "query_head" else view.keys.shape[1]
