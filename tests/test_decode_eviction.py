@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import asl
-from asl.policies.pyramidinfer import RecentRows
+from asl.policies.pyramidinfer import RecentRows, cosine_schedule
 from tiny import CharTokenizer, random_text, tiny_pair
 
 TOK = CharTokenizer()
@@ -263,3 +263,60 @@ def test_pyramidinfer_decoding_reuses_the_prefills_rows_exactly(model, n, r):
     assert reused.rows_reused == scored > 0 and recomputed.rows_reused == 0
     for layer in range(LAYERS):
         torch.testing.assert_close(reused._ordered_rows(layer), recomputed._ordered_rows(layer), rtol=1e-5, atol=1e-6)
+
+
+@dataclass
+class WatchedDecode(asl.PyramidInferDecode):
+    """PyramidInfer's decoding, replayed beside a transcription of the original's generation
+    stage on the last layer: the same new attention row each step, the original's in-place
+    `recent2context_attn_weights *= linspace(...)` on its stored rows, its topk, its gather."""
+
+    replay: dict = field(default_factory=dict)
+
+    def during_decode(self, layer, view):
+        keep = super().during_decode(layer, view)
+        if layer == LAYERS - 1:
+            self._original_step(view, keep)
+        return keep
+
+    def _original_step(self, view, keep) -> None:
+        rows = self._fresh  # this step's rows as the policy read them, before it compressed
+        r = self.replay
+        r["rows"] = rows.clone() if "rows" not in r else torch.cat([r["rows"][1:], rows[-1:]])  # the newest row in
+        if keep is None:
+            return
+        slots = view.valid[0, 0, : view.length].nonzero().flatten()
+        recent = self.recent_queries(self.lengths[0])
+        span = slots[max(len(slots) - recent - self.exceed, 0): len(slots) - recent]  # the original's slice, clamped
+        kept = max(int(self.exceed * self.gen_compress * cosine_schedule(self.gen_decay, LAYERS - 1, LAYERS)), 1)
+        recent2context = r["rows"][-recent:][:, span]
+        recent2context *= torch.linspace(1.0, self.distance_weight, recent)[:, None]
+        r["rows"][-recent:, span] = recent2context  # the original's view: the stored rows are scaled
+        top = torch.sort(recent2context.mean(0), descending=True, stable=True).indices[:kept]
+        expected = sorted(set(slots.tolist()) - set(span.tolist()) | set(span[top].tolist()))
+        got = [s for s in keep[0, 0].tolist() if s >= 0]
+        r.setdefault("agree", []).append(got == expected)
+        gathered = r["rows"][:, torch.tensor(expected)]
+        r["rows"] = torch.zeros_like(r["rows"])
+        r["rows"][:, : len(expected)] = gathered
+
+    def _update_rows(self, layer, view):
+        super()._update_rows(layer, view)
+        if layer == LAYERS - 1:
+            self._fresh = self._ordered_rows(layer)[0].clone()
+
+
+@pytest.mark.parametrize("accumulate", [True, False])
+def test_pyramidinfer_decoding_weights_its_stored_rows_in_place_as_the_original(model, accumulate):
+    """20 and more compressions of the last layer against the original's generation stage: the
+    in-place weighting (the default) agrees at every one; fresh weights do not."""
+    policy = WatchedDecode(accumulate_weights=accumulate)
+    calls = []
+    policy.per_call = lambda made=policy.per_call: calls.append(made()) or calls[-1]
+    asl.generate(model, TOK, prompt(9, 120), max_new_tokens=200, eviction=policy)
+    agree = calls[-1].replay["agree"]
+    assert len(agree) >= 20
+    if accumulate:
+        assert all(agree)
+    else:
+        assert not all(agree)  # fresh weights keep other entries at some compressions

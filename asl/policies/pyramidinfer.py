@@ -149,13 +149,19 @@ class PyramidInfer(SelectionPolicy):
 class PyramidInferDecode(EvictionPolicy):
     """The decoding of PyramidInfer: before each step, a layer whose cache grew by `exceed`
     entries since it last compressed keeps `max(int(exceed * gen_compress * g_l), 1)` of the
-    `exceed` entries before its recent window, `g_l` falling from 1 to `gen_decay` (cosine)."""
+    `exceed` entries before its recent window, `g_l` falling from 1 to `gen_decay` (cosine).
+
+    The entries are ranked by the recent rows weighted `linspace(1, distance_weight)`. As the
+    original (`recent2context_attn_weights *= ...` on a view of the stored rows), the weights
+    are applied to the stored rows in place, so an entry ranked again at a later compression
+    carries the earlier weights too; `accumulate_weights=False` weights fresh rows each time."""
 
     gen_decay: float = 0.1
     gen_compress: float = 0.9
     exceed: int = 16
     recent_ratio: float = 0.2  # as the prefill's: the window is int(recent_ratio * prompt) + 1 entries
     distance_weight: float = 1.2
+    accumulate_weights: bool = True  # the original's in-place weighting
     every = 1
 
     def _check(self) -> None:
@@ -165,6 +171,8 @@ class PyramidInferDecode(EvictionPolicy):
         _check_ratio("recent_ratio", self.recent_ratio, 0.0, 0.99)
         if not is_number(self.distance_weight) or self.distance_weight < 1:
             raise ValueError(f"distance_weight must be a number >= 1, got {self.distance_weight!r}")
+        if not isinstance(self.accumulate_weights, bool):
+            raise ValueError(f"accumulate_weights must be True or False, got {self.accumulate_weights!r}")
 
     def begin(self, prefill: PrefillInfo) -> None:
         self.num_layers, self.lengths = prefill.num_layers, prefill.prompt_lengths
@@ -201,6 +209,8 @@ class PyramidInferDecode(EvictionPolicy):
                 continue
             rows = self._ordered_rows(layer)[b, -recent:][:, span]
             scores = weighted_recent_mean(rows, self.distance_weight)
+            if self.accumulate_weights:  # the stored rows keep the weights, as the original's do
+                self._reweight_in_place(layer, b, recent, span)
             drop = torch.ones(len(span), dtype=torch.bool, device=span.device)
             drop[torch.sort(scores, descending=True, stable=True).indices[:kept]] = False
             keep_mask[b, span[drop]] = False
@@ -235,6 +245,15 @@ class PyramidInferDecode(EvictionPolicy):
         for i in range(b):
             self._rows[layer][i, head] = self._rows_of(view, i, newest)[0]
         self._head[layer] = (head + 1) % self._rows[layer].shape[1]
+
+    def _reweight_in_place(self, layer: int, b: int, recent: int, span: torch.Tensor) -> None:
+        """Multiply sequence b's last `recent` stored rows (oldest first) by linspace(1,
+        distance_weight) over the columns `span`, in the ring itself."""
+        ring = self._rows[layer]
+        q = ring.shape[1]
+        where = (torch.arange(q - recent, q, device=ring.device) + self._head[layer]) % q  # ordered -> ring rows
+        weights = torch.linspace(1.0, self.distance_weight, recent, device=ring.device)
+        ring[b, where[:, None], span[None, :]] *= weights[:, None]
 
     def _ordered_rows(self, layer: int) -> torch.Tensor:
         """The layer's rows, oldest first."""
