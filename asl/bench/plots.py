@@ -122,6 +122,9 @@ def _plot_niah(plt, records, out: Path, names) -> list[Path]:
     return paths
 
 
+MARKERS = "osD^vP*X"
+
+
 def _plot_accuracy_vs_budget(plt, summary, out: Path) -> list[Path]:
     rows = [r for r in summary if r.get("task") == ALL_TASKS and as_number(r.get("accuracy")) is not None]
     if not any(r.get("budget") is not None for r in rows):
@@ -140,8 +143,9 @@ def _plot_accuracy_vs_budget(plt, summary, out: Path) -> list[Path]:
             mrows = [r for r in lrows if r["method"] == m]
             pts = sorted((r["budget"], r["accuracy"]) for r in mrows if r.get("budget") is not None)
             flat = [r["accuracy"] for r in mrows if r.get("budget") is None]
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=colors[m], label=m)
+            if pts:  # hollow markers of distinct shapes: methods that coincide stay visible
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=MARKERS[methods.index(m) % len(MARKERS)],
+                        ms=8, mfc="none", mew=1.6, color=colors[m], label=m)
             for acc in flat:
                 ax.axhline(acc, color=colors[m], ls="--" if m == FULL_METHOD else ":", lw=1.5,
                            label=f"{m} (no budget)" if m != FULL_METHOD else "full cache")
