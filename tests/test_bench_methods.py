@@ -178,3 +178,17 @@ def test_the_bench_says_when_asl_selects_another_size_than_it_was_calibrated_at(
     resolve(parse(["--model", "smollm2-135m", "--lengths", "2048", "--budget", "512", "--select-tokens", "1024",
                    "--methods", "asl"]))
     assert "calibrated selecting" not in capsys.readouterr().err
+
+
+def test_gemfilter_can_cap_its_answers_as_the_authors_harness():
+    from asl.bench.runner import answer_limit
+    from asl.bench.tasks import Sample
+
+    sample = Sample(task="qa", length=2048, index=0, prompt="p", answers=("a",), metric="string_match_all",
+                    max_new_tokens=128, stop=(), depth=None, prompt_tokens=10)
+    (spec,) = parse_methods("gemfilter(answer_tokens=51)")
+    selection, _ = build(spec, default_params(spec, "qwen2.5-0.5b", 24, 1024, 1024))
+    assert answer_limit(sample, selection) == 51
+    assert answer_limit(sample, asl.GemFilter()) == 128 and answer_limit(sample, None) == 128
+    with pytest.raises(ValueError, match="answer_tokens must be an integer >= 1"):
+        asl.GemFilter(answer_tokens=0)

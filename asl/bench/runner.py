@@ -69,7 +69,7 @@ def run_job(model, tokenizer, sample: Sample, job: Job, compile: bool = False, r
     for _ in range(repeats):
         selection, eviction = build(job.method, job.params)
         with PeakMemory(device) as mem:
-            outs.append(asl.generate(model, tokenizer, sample.prompt, max_new_tokens=sample.max_new_tokens,
+            outs.append(asl.generate(model, tokenizer, sample.prompt, max_new_tokens=answer_limit(sample, selection),
                                      stop=list(sample.stop) or None, selection=selection, eviction=eviction,
                                      compile=compile))
         peaks.append(mem.bytes)
@@ -87,6 +87,13 @@ def run_job(model, tokenizer, sample: Sample, job: Job, compile: bool = False, r
         **({"ttft_runs": [o.trace.prefill_s for o in outs], "tpot_runs": [o.trace.decode_s_per_token for o in outs]}
            if repeats > 1 else {}),
     })
+
+
+def answer_limit(sample: Sample, selection) -> int:
+    """The task's answer length, or a method's own cap where it has one (GemFilter's
+    `answer_tokens`: the ASL authors' harness stops GemFilter at 51 tokens)."""
+    cap = getattr(selection, "answer_tokens", None)
+    return sample.max_new_tokens if cap is None else min(cap, sample.max_new_tokens)
 
 
 def _record(sample: Sample, job: Job, text: str, measured: dict) -> dict:

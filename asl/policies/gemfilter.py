@@ -20,13 +20,16 @@ class GemFilter(SelectionPolicy):
 
     At `layer`, the top `select_tokens` by the last query's summed dot products (avg-pooled,
     `kernel` 5 by default); the window is not forced in (faithful; `keep_last=True` keeps the
-    last token). docs/algorithms.md section 5.
+    last token). `answer_tokens=51` caps the bench's answers as the ASL authors' harness caps
+    GemFilter's (`gemfilter_generate`: the first token and `max_gen_len=50` more, whatever the
+    task allows the other methods). docs/algorithms.md section 5.
     """
 
     layer: int = 13  # GemFilter's setting for 32-layer models
     select_tokens: int = 1024
     kernel: int = 5
     keep_last: bool = False  # faithful: the last token is not forced in
+    answer_tokens: int | None = None  # the bench's answers at most this long (the authors' harness: 51)
 
     restarts = True
 
@@ -34,6 +37,8 @@ class GemFilter(SelectionPolicy):
         check_positive_int("layer", self.layer, 0)
         check_positive_int("select_tokens", self.select_tokens)
         check_kernel(self.kernel)
+        if self.answer_tokens is not None:
+            check_positive_int("answer_tokens", self.answer_tokens)
 
     @property
     def keeps_last_token(self) -> bool:
