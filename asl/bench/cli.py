@@ -16,6 +16,7 @@ import sys
 
 import torch
 
+from asl.presets import PAPER_MODELS, PRESETS
 from asl.bench.args import (Formatter, add_dtype, check_device, ints, model_config, one_line_errors, parse_tasks,
                             resolve_dtype_flag)
 
@@ -40,8 +41,14 @@ def parser() -> argparse.ArgumentParser:
                          "(asl+snapkv). module:Class names your own SelectionPolicy or EvictionPolicy subclass, alone "
                          "or composed (mypkg.pol:MySel+snapkv, asl+mypkg.pol:MyEviction). Arguments as "
                          "name(key=value,...); a [list] sweeps: asl(tau=[0.3,0.5])")
-    ap.add_argument("--budget", "--budgets", dest="budget", default="512",
-                    help="KV tokens per head per layer; comma-separated for several")
+    ap.add_argument("--budget", "--budgets", dest="budget", default=None,
+                    help="KV tokens per head per layer; comma-separated for several (default 512; 2048 with "
+                         "--preset paper)")
+    ap.add_argument("--preset", choices=PRESETS, default=None,
+                    help="paper: every method as the ASL authors' scripts configure it (docs/algorithms.md "
+                         "section 17), layers scaled to the model's depth unless it is one of theirs")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="resolve every method's parameters on the model, print them, run nothing")
     ap.add_argument("--select-tokens", type=int, default=None, help="tokens kept by selection (default: the budget)")
     ap.add_argument("--calibration", default=None, metavar="FILE",
                     help="ASL's tau, l_min and l_obs from this file (written by `python -m asl.bench calibrate`) "
@@ -76,7 +83,7 @@ def parse(argv=None):
     if args.list:
         return args
     args.tasks, args.lengths = parse_tasks(args.tasks, args.lengths)
-    args.budget = ints(args.budget, "budget")
+    args.budget = ints(args.budget or ("2048" if args.preset == "paper" else "512"), "budget")
     if args.samples < 1:
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
     if not 0 <= args.seed < 2**63:
@@ -109,7 +116,11 @@ def resolve(args):
     if any(p.name == "gemfilter" and "layer" not in p.kwargs for spec in args.methods for p in spec.parts):
         layer, why = gemfilter_layer(config.model_type, config.num_layers)
         print(f"asl.bench: gemfilter at layer {layer}: {why}", file=sys.stderr)
-    if any(p.name in ("asl", "asl-2pass") for spec in args.methods for p in spec.parts):
+    if args.preset == "paper":
+        print(f"asl.bench: --preset paper: every method as the ASL authors' scripts set it (run_ruler.sh), layers "
+              f"{'as they are' if args.model in PAPER_MODELS else f'scaled to {config.num_layers} layers'}",
+              file=sys.stderr)
+    elif any(p.name in ("asl", "asl-2pass") for spec in args.methods for p in spec.parts):
         settings, why = asl_settings(args.model, config.num_layers, args.calibration, config)
         print(f"asl.bench: asl's tau, l_min, l_obs: {why}", file=sys.stderr)
         calibrated, run = settings.get("select_tokens"), sorted({args.select_tokens or b for b in args.budget})
@@ -121,7 +132,7 @@ def resolve(args):
         for budget in [None] if spec.is_full else args.budget:
             select = None if budget is None else args.select_tokens or budget
             p = default_params(spec, args.model, config.num_layers, budget, select, config,
-                               args.calibration)
+                               args.calibration, args.preset)
             try:
                 build(spec, p)
             except (ValueError, TypeError) as e:
@@ -139,6 +150,16 @@ def resolve(args):
         print(f"python -m asl.bench: warning: --lengths {short} are not above the budget {min(args.budget)}: there "
               "every method keeps every token, like the full cache", file=sys.stderr)
     return folder, config, params
+
+
+def _dry_run(args, params: dict) -> int:
+    """--dry-run: what each method would run with, nothing loaded or written."""
+    print(f"asl.bench --dry-run: {args.model}, preset {args.preset or 'none'}, tasks {','.join(args.tasks)}, "
+          f"lengths {','.join(map(str, args.lengths))}, {args.samples} samples")
+    for (label, budget), fields in params.items():
+        print(f"  {label} @ {budget}: " + " + ".join(
+            ", ".join(f"{k}={v!r}" for k, v in f.items()) or "-" for f in fields))
+    return 0
 
 
 def kept_budget(params: list[dict], budget: int | None) -> int | None:
@@ -168,6 +189,8 @@ def _main(argv) -> int:
 
         return report_folder(pathlib.Path(args.out), plots=not args.no_plots, reference=args.reference)
     folder, config, params = resolve(args)
+    if args.dry_run:
+        return _dry_run(args, params)
     from asl.bench.session import Session
 
     return Session(args, folder, config, params).run()

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from asl.bench.oracle_method import Oracle
 from asl.calibration import SCORING, asl_settings, scaled_layer
+from asl.presets import PAPER, paper_settings
 from asl.policies import (ASL, AdaKV, ASLTwoPass, EvictionPolicy, FastKV, Full, GemFilter, PyramidInfer,
                           PyramidInferDecode, PyramidKV, SelectionPolicy, SnapKV, StreamingLLM, TopP)
 
@@ -270,8 +271,12 @@ def gemfilter_layer(model_type: str | None, num_layers: int) -> tuple[int, str]:
     return scaled_layer(13, num_layers), f"GemFilter's 13 of 32 layers (Llama-3.1-8B) scaled to {num_layers} layers"
 
 
-def _builtin_defaults(name: str, model_name: str, num_layers: int, config=None, calibration=None) -> dict:
+def _builtin_defaults(name: str, model_name: str, num_layers: int, config=None, calibration=None,
+                      preset: str | None = None) -> dict:
     model_type = getattr(config, "model_type", None)
+    if preset == "paper" and name in PAPER:  # the run's budget and selection size stay the run's
+        fields = paper_settings(name, num_layers, model_type, model_name)
+        return {k: v for k, v in fields.items() if k not in ("budget", "select_tokens")}
     if name in ("asl", "asl-2pass"):
         settings, _ = asl_settings(model_name, num_layers, calibration, config)
         return {k: settings[k] for k in ("tau", "l_min", "l_obs", *SCORING)}
@@ -306,7 +311,7 @@ def _fill(policy: PolicySpec, defaults: dict, budget: int | None, select_tokens:
 
 
 def default_params(spec: MethodSpec, model_name: str, num_layers: int, budget: int | None,
-                   select_tokens: int | None, config=None, calibration=None) -> list[dict]:
+                   select_tokens: int | None, config=None, calibration=None, preset: str | None = None) -> list[dict]:
     """Per policy of the method, the keyword arguments it runs with on this model (ASL's from
     the `calibration` file when one is given, else the bundled one of this name or, from the
     model's `config` (a ModelConfig), of this architecture, else the hand-set values)."""
@@ -314,7 +319,7 @@ def default_params(spec: MethodSpec, model_name: str, num_layers: int, budget: i
     for policy in spec.parts:
         scorer = policy.inner or policy  # an allocator's defaults are its scorer's
         defaults = {} if scorer.custom else dict(_builtin_defaults(scorer.name, model_name, num_layers, config,
-                                                                   calibration))
+                                                                   calibration, preset))
         if role(policy) == "eviction":  # an eviction scores tokens like the selection before it
             defaults.update({k: previous[k] for k in SCORING if k in previous})
         previous = _fill(scorer, defaults, budget, select_tokens)

@@ -1,0 +1,88 @@
+"""`preset="paper"`: every method configured as the ASL authors' scripts configure it
+(TANIGUCHIREI/ASL at 9e1ec0c), each value with the file and line it comes from.
+
+The authors run one script for all their models (`eval/ruler/run_ruler.sh` lists
+Llama-3.1-8B, Llama-3.1-8B-UltraLong, Qwen2.5-7B-1M and Qwen2.5-14B-1M as its choices) with
+one set of values, layers included: those models get them literally. Any other model gets
+them by the same rule, the layers at the same relative depth of a 32-layer model (FastKV's
+15, GemFilter's 13 and ASL's minimum 10 were chosen for 32-layer Llama). docs/algorithms.md
+section 17.
+"""
+from __future__ import annotations
+
+from .calibration.defaults import scaled_layer
+
+RULER = "eval/ruler/run_ruler.sh"
+PER_TASK = "eval/ruler/run_ruler_per_task.sh"
+
+# name -> (value, where it comes from)
+SCORING = {"window": (32, f"{PER_TASK}:44 window_size=32"), "kernel": (7, f"{PER_TASK}:43 kernel_size=7"),
+           "pooling": ("avg", f"{PER_TASK}:45 pooling=avgpool")}
+PAPER: dict[str, dict[str, tuple]] = {
+    "asl": {"tau": (0.3, f"{RULER}:20 tau=0.3"), "l_min": (10, f"{RULER}:19 L_min=10"),
+            "l_obs": (8, f"{PER_TASK}:42 use_layer_num=8"),
+            "select_tokens": (2048, f"{RULER}:21 select_k=2048"), **SCORING},
+    "fastkv": {"layer": (15, f"{RULER}:10 tsp_layer=15"), "select_tokens": (2048, f"{RULER}:11 select_k=2048"),
+               **SCORING},
+    "gemfilter": {"layer": (13, f"{RULER}:15 filter_layer=13"),
+                  "select_tokens": (2048, f"{RULER}:16 gemfilter_select_k=2048"),
+                  "kernel": (5, "baseline/gemfilter/gemfilter_utils.py:13 kernel_size=5"),
+                  "answer_tokens": (51, "baseline/gemfilter/gemfilter_utils.py:151 max_gen_len=50, plus the first token")},
+    "snapkv": {"budget": (2048, f"{RULER}:12 KV_Budget=2048"), **SCORING},
+    "pyramidinfer-prefill": {"r": (0.9, "baseline/pyramidinfer/configs/llama3.1_8b.json prefill_decay_ratio"),
+                             "recent_ratio": (0.2, "configs/llama3.1_8b.json recent_ratio"),
+                             "min_context": (64, "configs/llama3.1_8b.json min_context_length"),
+                             "sink": (4, "configs/llama3.1_8b.json streamingllm_sink_len"),
+                             "distance_weight": (1.2, "configs/llama3.1_8b.json distance_weight")},
+    "pyramidinfer-decode": {"gen_decay": (0.1, "configs/llama3.1_8b.json gen_decay_ratio"),
+                            "gen_compress": (0.9, "configs/llama3.1_8b.json gen_compress_ratio"),
+                            "exceed": (16, "configs/llama3.1_8b.json exceed_length_to_compress"),
+                            "distance_weight": (1.2, "configs/llama3.1_8b.json distance_weight")},
+}
+PAPER["asl-2pass"] = dict(PAPER["asl"])
+LAYER_FIELDS = ("layer", "l_min")
+# The models the authors' script names: they get the values literally.
+PAPER_MODELS = ("meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Meta-Llama-3.1-8B-Instruct",
+                "nvidia/Llama-3.1-8B-UltraLong-1M-Instruct", "Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B-Instruct-1M",
+                "Qwen/Qwen2.5-14B-Instruct", "Qwen/Qwen2.5-14B-Instruct-1M")
+PRESETS = ("paper",)
+
+
+def paper_settings(method: str, num_layers: int, model_type: str | None = None, model_name: str | None = None) -> dict:
+    """The keyword arguments of a method under the paper preset on this model (layers scaled
+    to its depth unless it is one of the authors' models; SnapKV on a Llama keeps layers 0-4,
+    as the authors' Llama SnapKV baseline does: baseline/vanilla/modeling_llama.py:519)."""
+    values = {k: v for k, (v, _) in PAPER.get(method, {}).items()}
+    if model_name not in PAPER_MODELS:
+        values.update({k: scaled_layer(values[k], num_layers) for k in LAYER_FIELDS if k in values})
+    if method in ("asl", "asl-2pass"):
+        values["l_obs"] = min(values["l_obs"], values["l_min"] + 1)
+    if method == "snapkv" and model_type == "llama":
+        values["keep_first_layers"] = 5
+    return values
+
+
+def preset(name: str, model) -> dict:
+    """{"asl": ASL(...), "fastkv": FastKV(...), ...}: the policies of a preset for `model` (a
+    bundled name, a checkpoint path, a ModelConfig or a model with a .config)."""
+    from . import policies
+    from .calibration.defaults import config_of
+    from .models.config import ModelConfig
+
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {name!r}")
+    model_name = model if isinstance(model, str) else None
+    config = config_of(model) if isinstance(model, str) else getattr(model, "config", model)
+    if not isinstance(config, ModelConfig):
+        config = ModelConfig.from_hf(config)
+    classes = {"asl": policies.ASL, "asl-2pass": policies.ASLTwoPass, "fastkv": policies.FastKV,
+               "gemfilter": policies.GemFilter, "snapkv": policies.SnapKV,
+               "pyramidinfer-prefill": policies.PyramidInfer, "pyramidinfer-decode": policies.PyramidInferDecode}
+    return {method: cls(**paper_settings(method, config.num_layers, config.model_type, model_name))
+            for method, cls in classes.items()}
+
+
+def sources() -> list[tuple[str, str, object, str]]:
+    """(method, field, value, where it comes from) for every value of the paper preset."""
+    return [(m, k, v, where) for m, fields in PAPER.items() for k, (v, where) in fields.items()]
+
