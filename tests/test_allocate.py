@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 import asl
 from asl import reference
-from near_ties import assert_scores_close
 from test_policies import LAYERS, TOK, Recorder, model, prompt  # noqa: F401 (the fixture)
 
 

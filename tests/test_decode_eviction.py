@@ -320,3 +320,17 @@ def test_pyramidinfer_decoding_weights_its_stored_rows_in_place_as_the_original(
         assert all(agree)
     else:
         assert not all(agree)  # fresh weights keep other entries at some compressions
+
+
+def test_pyramidinfer_prunes_only_at_its_downsample_interval(model):
+    """The original's layerwise_downsample_interval: context tokens are pruned after layer idx
+    only where idx % interval == 0; the layers between run on what the last pruning left."""
+    every = asl.generate(model, TOK, prompt(6, 300), max_new_tokens=1, selection=asl.PyramidInfer(r=0.5, min_context=8))
+    second = asl.generate(model, TOK, prompt(6, 300), max_new_tokens=1,
+                          selection=asl.PyramidInfer(r=0.5, min_context=8, interval=2))
+    alive = second.trace.alive_tokens  # alive[l] is what layer l ran on: pruned after l - 1
+    assert all(alive[layer] == alive[layer - 1] for layer in range(2, LAYERS, 2))  # nothing after odd layers
+    assert any(alive[layer] < alive[layer - 1] for layer in range(1, LAYERS, 2))  # pruned after even ones
+    assert any(a > b for a, b in zip(alive, every.trace.alive_tokens))  # fewer prunings, more tokens alive
+    with pytest.raises(ValueError, match="interval must be an integer >= 1"):
+        asl.PyramidInfer(interval=0)

@@ -78,9 +78,11 @@ class PyramidInfer(SelectionPolicy):
     min_context: int = 64  # below it (or when r_l would keep fewer) the context is kept whole
     sink: int = 4  # the first context tokens, always kept
     distance_weight: float = 1.2
+    interval: int = 1  # layerwise_downsample_interval: prune only after the layers it divides
 
     def _check(self) -> None:
         _check_ratio("r", self.r)
+        check_positive_int("interval", self.interval)
         _check_ratio("recent_ratio", self.recent_ratio, 0.0, 0.99)
         check_positive_int("min_context", self.min_context, 0)
         check_positive_int("sink", self.sink, 0)
@@ -100,7 +102,7 @@ class PyramidInfer(SelectionPolicy):
 
     def after_layer(self, layer: int, view: LayerView) -> Selection | None:
         ratio = cosine_schedule(self.r, layer, self.num_layers)
-        if ratio >= 1.0 or layer == self.num_layers - 1:
+        if ratio >= 1.0 or layer == self.num_layers - 1 or layer % self.interval:  # the original's idx % interval
             return None
         width = view.width
         keeps, active = [], []
