@@ -1,0 +1,162 @@
+"""Golden traces from the original code: each original's own scoring and selection functions
+run on fixed random inputs, their kept indices written to tests/golden/*.json, which
+tests/test_golden.py compares our policies with. Nothing is fetched at run time: point
+--originals at local snapshots (git folders) of the repositories, at the commits below.
+
+    python benchmarks/golden_traces.py --originals /work/.mirror
+
+What runs, and what is transcribed (the only lines not the originals' own):
+- SnapKV (FasterDecoding/SnapKV e216ddc, snapkv/monkeypatch/snapkv_utils.py): SnapKVCluster.update_kv
+  as it is, on keys already repeated to the query heads (its llama hijack repeats them first).
+  It returns the compressed keys and values; the kept indices are read back from values
+  that carry their own position.
+- FastKV (dongwonjo/FastKV b978769, baselines/fastkv/utils.py): FastKVCluster.update_kv as it
+  is (per-KV-head compression and, at the TSP layer, the propagated token indices).
+- ASL (TANIGUCHIREI/ASL 9e1ec0c, baseline/asl/adaptive_select_layer_utils.py):
+  get_rank_descending and relative_normalized_variance as they are (the module's top-level
+  `flash_attn` import is stubbed: the two functions do not use it). The decision of
+  customized_cache.py's `selecting_select_layer` (lines 299-322) is transcribed into
+  `asl_select` below, line for line, without the cache object around it.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+import tempfile
+import types
+
+import torch
+
+OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "golden"
+SOURCES = {
+    "snapkv": ("FasterDecoding+SnapKV", "e216ddc", "snapkv/monkeypatch/snapkv_utils.py"),
+    "fastkv": ("dongwonjo+FastKV", "b978769", "baselines/fastkv/utils.py"),
+    "asl": ("TANIGUCHIREI+ASL", "9e1ec0c", "baseline/asl/adaptive_select_layer_utils.py"),
+}
+
+
+def load_original(originals: pathlib.Path, name: str):
+    """The original module, read from the snapshot's git objects at its commit."""
+    folder, commit, path = SOURCES[name]
+    git_dir = originals / folder / "repo"
+    text = subprocess.run(["git", "--git-dir", str(git_dir), "show", f"{commit}:{path}"], check=True,
+                          capture_output=True, text=True).stdout
+    if name == "asl":  # a GPU-only import the two functions we call never use
+        sys.modules.setdefault("flash_attn", types.ModuleType("flash_attn"))
+        stub = types.ModuleType("flash_attn.flash_attn_interface")
+        stub.flash_attn_varlen_func = None
+        sys.modules.setdefault("flash_attn.flash_attn_interface", stub)
+    file = pathlib.Path(tempfile.mkdtemp()) / f"original_{name}.py"
+    file.write_text(text)
+    spec = importlib.util.spec_from_file_location(f"original_{name}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, f"{folder.replace('+', '/')}@{commit}:{path}"
+
+
+def inputs(seed: int, heads: int = 4, groups: int = 2, n: int = 96, d: int = 16) -> dict:
+    """Queries and keys from uniform draws (the same bits on every CPU, unlike randn's vectorised
+    paths), so the tests rebuild them from the seed; their sums are recorded to check that."""
+    g = torch.Generator().manual_seed(seed)
+    q = (torch.rand(1, heads, n, d, generator=g) - 0.5) * 4
+    k = (torch.rand(1, groups, n, d, generator=g) - 0.5) * 4
+    return {"q": q, "k": k}
+
+
+def layer_scores(seed: int, layers: int = 12, m: int = 80) -> list[torch.Tensor]:
+    """Per-layer prefix scores that settle: the noise falls layer by layer, so the ranks stabilise."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(m, generator=g)
+    return [base + torch.rand(m, generator=g) * (0.9 ** (3 * layer)) for layer in range(layers)]
+
+
+def kept_from_values(values: torch.Tensor) -> list[list[int]]:
+    """The positions a compressed value tensor holds (each value row carries its position)."""
+    return [sorted(int(v) for v in row[:, 0].tolist()) for row in values[0]]
+
+
+def snapkv_cases(module, seed: int) -> list[dict]:
+    x = inputs(seed)
+    q, k = x["q"], x["k"]
+    heads, groups, n, d = q.shape[1], k.shape[1], q.shape[2], q.shape[3]
+    keys = module.repeat_kv(k, heads // groups)
+    values = torch.arange(n, dtype=torch.float32)[None, None, :, None].expand(1, heads, n, d).clone()
+    cases = []
+    for window, budget, kernel, pooling in ((8, 40, 5, "avgpool"), (16, 48, 7, "avgpool"), (8, 40, 7, "maxpool")):
+        cluster = module.SnapKVCluster(window_size=window, max_capacity_prompt=budget, kernel_size=kernel,
+                                       pooling=pooling)
+        _, v = cluster.update_kv(keys, q, values, None, heads // groups)
+        cases.append({"seed": seed, "q_sum": float(q.sum()), "window": window, "budget": budget, "kernel": kernel,
+                      "pooling": pooling.replace("pool", ""), "kept": kept_from_values(v)})
+    return cases
+
+
+def fastkv_cases(module, seed: int) -> list[dict]:
+    x = inputs(seed)
+    q, k = x["q"], x["k"]
+    heads, groups, n, d = q.shape[1], k.shape[1], q.shape[2], q.shape[3]
+    values = torch.arange(n, dtype=torch.float32)[None, None, :, None].expand(1, groups, n, d).clone()
+    cases = []
+    for window, budget, tsp, pooling in ((8, 40, 32, "avgpool"), (8, 56, 24, "avgpool"), (8, 40, 32, "maxpool")):
+        cluster = module.FastKVCluster(window_size=window, max_capacity_prompt=budget, kernel_size=7, pooling=pooling,
+                                       tsp_layer=True, tsp_length=tsp)
+        _, v, tsp_indices = cluster.update_kv(k, q, values, None, heads // groups, 0)
+        cases.append({"seed": seed, "q_sum": float(q.sum()), "window": window, "budget": budget, "tsp": tsp, "kernel": 7,
+                      "pooling": pooling.replace("pool", ""), "kept": kept_from_values(v),
+                      "propagated": tsp_indices[0].tolist()})
+    return cases
+
+
+def asl_select(module, scores: list[torch.Tensor], l_min: int, l_obs: int, select_k: int, window: int, tau: float):
+    """customized_cache.py selecting_select_layer (lines 299-322), per layer from l_min on, over
+    the prefix scores of each layer (`prefilling_score_cache[l][0]` holds get_rank_descending of
+    them). Returns (the selected layer or None, the kept prefix indices, the ratios)."""
+    cache = [module.get_rank_descending(s).to(torch.float) for s in scores]
+    initial, ratios = None, {}
+    for layer_idx in range(len(scores)):
+        if layer_idx < l_min:
+            continue
+        ranks = torch.stack([cache[layer] for layer in range(layer_idx - l_obs + 1, layer_idx + 1)])
+        seqlen = cache[layer_idx].shape[-1]
+        k = select_k - window if seqlen > select_k - window else seqlen
+        topk_idx_per_layers = torch.topk(ranks, k=int(k), dim=-1, largest=False)[1]
+        latest_layer_sorted_indices = torch.unique(topk_idx_per_layers.view(-1))
+        ratio, initial = module.relative_normalized_variance(ranks[-l_obs:, latest_layer_sorted_indices], initial)
+        ratios[layer_idx] = ratio
+        if ratio < tau:
+            return layer_idx, sorted(topk_idx_per_layers[-1].tolist()), ratios
+    return None, [], ratios
+
+
+def asl_cases(module, seed: int) -> list[dict]:
+    scores = layer_scores(seed)
+    cases = []
+    for l_min, l_obs, tau in ((4, 3, 0.5), (5, 5, 0.3), (3, 2, 0.8)):
+        layer, kept, ratios = asl_select(module, scores, l_min, l_obs, 40, 8, tau)
+        cases.append({"seed": seed, "scores_sum": float(sum(s.sum() for s in scores)), "l_min": l_min,
+                      "l_obs": l_obs, "tau": tau, "select_k": 40, "window": 8, "layer": layer, "kept": kept,
+                      "ratios": {str(k): v for k, v in ratios.items()}})
+    return cases
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--originals", type=pathlib.Path, required=True, help="folder of <owner>+<name>/repo snapshots")
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    makers = {"snapkv": snapkv_cases, "fastkv": fastkv_cases, "asl": asl_cases}
+    for name, make in makers.items():
+        module, source = load_original(args.originals, name)
+        cases = [case for seed in (0, 1, 2) for case in make(module, seed)]
+        (OUT / f"{name}.json").write_text(json.dumps({"source": source, "torch": torch.__version__,
+                                                      "cases": cases}) + "\n")
+        print(f"{name}: {len(cases)} cases from {source}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
