@@ -17,6 +17,10 @@ What runs, and what is transcribed (the only lines not the originals' own):
   `flash_attn` import is stubbed: the two functions do not use it). The decision of
   customized_cache.py's `selecting_select_layer` (lines 299-322) is transcribed into
   `asl_select` below, line for line, without the cache object around it.
+- GemFilter (as the ASL authors run it, baseline/gemfilter/gemfilter_utils.py at 9e1ec0c):
+  standard_dis_index as it is, called as its find_context calls it (lines 36-38: keys repeated,
+  the last query, pool=True, sum_over_heads=True). The file does not parse (a `def` line
+  appears twice, lines 151-152), so the function's own text is cut out of it and run alone.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ SOURCES = {
     "snapkv": ("FasterDecoding+SnapKV", "e216ddc", "snapkv/monkeypatch/snapkv_utils.py"),
     "fastkv": ("dongwonjo+FastKV", "b978769", "baselines/fastkv/utils.py"),
     "asl": ("TANIGUCHIREI+ASL", "9e1ec0c", "baseline/asl/adaptive_select_layer_utils.py"),
+    "gemfilter": ("TANIGUCHIREI+ASL", "9e1ec0c", "baseline/gemfilter/gemfilter_utils.py"),
 }
 
 
@@ -50,11 +55,19 @@ def load_original(originals: pathlib.Path, name: str):
         stub = types.ModuleType("flash_attn.flash_attn_interface")
         stub.flash_attn_varlen_func = None
         sys.modules.setdefault("flash_attn.flash_attn_interface", stub)
+    if name == "gemfilter":  # the file does not parse: its one function we need, cut out whole
+        start = text.index("def standard_dis_index")
+        text = ("import torch\nimport torch.nn.functional as F\n"
+                "from transformers.models.llama.modeling_llama import repeat_kv\n\n"
+                + text[start: text.index("\ndef ", start + 1)])
     file = pathlib.Path(tempfile.mkdtemp()) / f"original_{name}.py"
     file.write_text(text)
     spec = importlib.util.spec_from_file_location(f"original_{name}", file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    for stub in ("flash_attn.flash_attn_interface", "flash_attn"):  # gone again: transformers probes for it
+        if sys.modules.get(stub) is not None and getattr(sys.modules[stub], "__spec__", None) is None:
+            del sys.modules[stub]
     return module, f"{folder.replace('+', '/')}@{commit}:{path}"
 
 
@@ -143,12 +156,25 @@ def asl_cases(module, seed: int) -> list[dict]:
     return cases
 
 
+def gemfilter_cases(module, seed: int) -> list[dict]:
+    x = inputs(seed)
+    q, k = x["q"], x["k"]
+    heads, groups, n = q.shape[1], k.shape[1], q.shape[2]
+    cases = []
+    for topk in (24, 40, 64):
+        keys = module.repeat_kv(k, heads // groups)  # find_context, lines 33-38
+        _, indices = module.standard_dis_index(keys, q[:, :, -1:, :], min(topk, n), pool=True, sum_over_heads=True)
+        cases.append({"seed": seed, "q_sum": float(q.sum()), "select_tokens": topk, "kernel": 5,
+                      "kept": sorted(indices[0, 0].tolist())})
+    return cases
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--originals", type=pathlib.Path, required=True, help="folder of <owner>+<name>/repo snapshots")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    makers = {"snapkv": snapkv_cases, "fastkv": fastkv_cases, "asl": asl_cases}
+    makers = {"snapkv": snapkv_cases, "fastkv": fastkv_cases, "asl": asl_cases, "gemfilter": gemfilter_cases}
     for name, make in makers.items():
         module, source = load_original(args.originals, name)
         cases = [case for seed in (0, 1, 2) for case in make(module, seed)]

@@ -116,3 +116,16 @@ def test_asl_selects_at_the_layer_and_tokens_of_the_authors_code(case):
     if any(near_threshold(r, case["tau"]) or abs(r - case["tau"]) < 1e-4 for r in theirs.values()):
         pytest.skip("a ratio within float tolerance of tau: either side is right")
     assert chosen == (case["layer"], case["kept"])
+
+
+@pytest.mark.parametrize("case", cases("gemfilter"), ids=lambda c: f"seed{c['seed']}-k{c['select_tokens']}")
+def test_gemfilter_selects_what_the_authors_gemfilter_selects(case):
+    from asl import reference
+
+    q, k = rebuilt(case)
+    n = q.shape[2]
+    policy = asl.GemFilter(layer=0, select_tokens=case["select_tokens"], kernel=case["kernel"])
+    policy.begin(PrefillInfo(1, q.shape[1], k.shape[1], q.shape[3], (n,)))
+    ours = [c for c in policy.after_layer(0, view_of(q, k)).keep[0].tolist() if c >= 0]
+    scores = reference.gemfilter_scores(q[0, :, -1], k[0], case["kernel"])  # [n]: what both rank
+    assert_same_choice(ours, case["kept"], scores, case["select_tokens"])
