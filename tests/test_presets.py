@@ -45,3 +45,11 @@ def test_the_bench_dry_run_shows_the_authors_values_and_runs_nothing(tmp_path, c
     assert bench_main(["--model", "smollm2-135m", "--preset", "paper", "--dry-run", "--budget", "1024",
                        "--methods", "snapkv"]) == 0
     assert "snapkv @ 1024: budget=1024" in capsys.readouterr().out  # the run's budget stays the run's
+
+
+def test_calibration_takes_the_paper_preset():
+    from asl.bench.calibrate import parse
+
+    assert parse(["--model", "smollm2-135m", "--preset", "paper"]).select_tokens == 2048  # the authors' select_k
+    assert parse(["--model", "smollm2-135m"]).select_tokens == 512
+    assert parse(["--model", "smollm2-135m", "--preset", "paper", "--select-tokens", "1024"]).select_tokens == 1024

@@ -56,7 +56,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--l-min", default=None,
                     help="comma-separated candidate l_min (default: the paper's 10 of 32 layers, scaled)")
     ap.add_argument("--l-obs", type=int, default=8, help="ASL's l_obs (at most l_min + 1)")
-    ap.add_argument("--select-tokens", type=int, default=512, help="tokens kept by selection, the window included")
+    ap.add_argument("--select-tokens", type=int, default=None,
+                    help="tokens kept by selection, the window included (default 512; 2048 with --preset paper)")
+    ap.add_argument("--preset", choices=("paper",), default=None,
+                    help="paper: the ASL authors' select_k (2048) and l_obs (8); l_min 10 of 32 layers scaled "
+                         "(docs/algorithms.md section 17)")
     ap.add_argument("--max-new-tokens", type=int, default=32, help="with --prompts: answer length (the label's)")
     ap.add_argument("--out", default=None, help="the calibration file (default: calibration-<model>.json)")
     ap.add_argument("--force", action="store_true",
@@ -114,6 +118,8 @@ def parse(argv) -> argparse.Namespace:
     args.taus = DEFAULT_TAUS if args.taus is None else _floats(args.taus, "taus")
     args.l_min = None if args.l_min is None else ints(args.l_min, "l-min", 0)
     check_grid(args.taus, args.l_min or [0], args.target, 10 ** 9)
+    if args.select_tokens is None:
+        args.select_tokens = 2048 if args.preset == "paper" else 512
     for name in ("l_obs", "select_tokens", "max_new_tokens", "threads"):
         value, least = getattr(args, name), 2 if name == "l_obs" else 1
         if value is not None and value < least:
