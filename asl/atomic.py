@@ -25,11 +25,16 @@ def replacing(path: str | os.PathLike):
         raise
 
 
+def user_mode(mode: int = 0o666) -> int:
+    """`mode` as the user's umask leaves it (some writers create 0600: our files follow the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 def write_atomic(path: str | os.PathLike, text: str) -> None:
     """`path` holds `text` whole (UTF-8), or keeps what it held."""
     with replacing(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600: the file follows the user's umask
+        os.chmod(tmp, user_mode())  # mkstemp creates 0600

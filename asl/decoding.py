@@ -28,6 +28,7 @@ class DecodeEviction:
         self.peak = torch.stack([layer.valid.sum(-1).amax(-1) for layer in cache.layers])  # [L, B]
         self.compactions = 0
         self.after_compaction: dict[int, torch.Tensor] = {}  # step -> [L, B] entries of the fullest head
+        self._compacted_at: int | None = None  # the step whose eviction compacted a cache, until it ran
         self._positions = None
         if policy.cache_positions:
             for layer in cache.layers:
@@ -55,6 +56,8 @@ class DecodeEviction:
         """The step wrote one slot per layer (and one query into the ring)."""
         counts = torch.stack([layer.valid.sum(-1).amax(-1) for layer in self.cache.layers])
         self.peak = torch.maximum(self.peak, counts)
+        if self._compacted_at is not None:  # the step wrote one entry per head after the compaction
+            self.after_compaction[self._compacted_at], self._compacted_at = counts - 1, None
         if self.ring:
             for layer in self.cache.layers:
                 layer.query_valid[:, self.qslot] = True
@@ -76,7 +79,7 @@ class DecodeEviction:
             if self.policy.cache_positions:
                 self._renumber(layer, self.next[i])
         if self.compactions > before:
-            self.after_compaction[t] = torch.stack([layer.valid.sum(-1).amax(-1) for layer in self.cache.layers])
+            self._compacted_at = t
 
     def _renumber(self, layer, length: int) -> None:
         """Positions by place in the cache (0, 1, ... over the `length` slots in use), keys re-rotated."""

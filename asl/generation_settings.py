@@ -4,8 +4,9 @@ wins, then the config's field, then our default. Fields we cannot honour are ref
 rather than ignored."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from .policies.base import is_number
 
 DEFAULT_MAX_NEW_TOKENS = 64
 
@@ -119,21 +120,16 @@ def _integer(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _real(x) -> bool:
-    """A finite int or float that is not a bool (NaN compares False with everything)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def check(s: DecodeSettings) -> None:
     if not _integer(s.max_new_tokens) or s.max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {s.max_new_tokens!r}")
-    if not _real(s.temperature) or s.temperature < 0:
+    if not is_number(s.temperature) or s.temperature < 0:
         raise ValueError(f"temperature must be a number >= 0 (0 means greedy), got {s.temperature!r}")
     if s.top_k is not None and (not _integer(s.top_k) or s.top_k < 1):
         raise ValueError(f"top_k must be None or an integer >= 1, got {s.top_k!r}")
-    if s.top_p is not None and (not _real(s.top_p) or not 0 < s.top_p <= 1):
+    if s.top_p is not None and (not is_number(s.top_p) or not 0 < s.top_p <= 1):
         raise ValueError(f"top_p must be None or a number in (0, 1], got {s.top_p!r}")
-    if not _real(s.repetition_penalty) or s.repetition_penalty <= 0:
+    if not is_number(s.repetition_penalty) or s.repetition_penalty <= 0:
         raise ValueError(f"repetition_penalty must be a number > 0 (1.0 means none), got {s.repetition_penalty!r}")
     if not _integer(s.min_new_tokens) or not 0 <= s.min_new_tokens:
         raise ValueError(f"min_new_tokens must be an integer >= 0, got {s.min_new_tokens!r}")

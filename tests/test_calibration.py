@@ -136,7 +136,7 @@ def test_unreadable_files(tmp_path):
     (["--out", "/no/such/dir/c.json"], "--out /no/such/dir/c.json: the folder /no/such/dir does not exist"),
 ])
 def test_bad_arguments_fail_before_any_work(capsys, monkeypatch, argv, message):
-    monkeypatch.setattr(cal, "run", lambda *a: pytest.fail("ran"))
+    monkeypatch.setattr(cal, "_locked_run", lambda *a: pytest.fail("ran"))
     assert cal.main(["--model", "smollm2-135m", *argv]) == 2
     assert message in capsys.readouterr().err
 

@@ -202,27 +202,19 @@ def _task_prompts(tokenizer, args) -> list[Prompt]:
 
 
 def main(argv=None) -> int:
+    return one_line_errors("python -m asl.bench calibrate", lambda: _main(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv) -> int:
+    from asl.bench.store import FolderLock
     from asl.calibration.defaults import scaled_layer
 
-    try:
-        args = parse(sys.argv[1:] if argv is None else argv)
-        folder, config = model_config(args.model, [] if args.prompts else args.lengths)
-        args.l_min = args.l_min or [scaled_layer(10, config.num_layers)]
-        check_grid(args.taus, args.l_min, args.target, config.num_layers)
-    except ValueError as e:
-        print(f"python -m asl.bench calibrate: error: {e}", file=sys.stderr)
-        return 2
-    return run(args, folder, config)
-
-
-def run(args, folder, config) -> int:
-    from asl.bench.store import FolderLock
-
-    def locked() -> int:
-        with FolderLock(args.out.parent, f".{args.out.name}.lock", args.out, "asl.bench calibrate"):
-            return _locked_run(args, folder, config)
-
-    return one_line_errors("python -m asl.bench calibrate", locked)
+    args = parse(argv)
+    folder, config = model_config(args.model, [] if args.prompts else args.lengths)
+    args.l_min = args.l_min or [scaled_layer(10, config.num_layers)]
+    check_grid(args.taus, args.l_min, args.target, config.num_layers)
+    with FolderLock(args.out.parent, f".{args.out.name}.lock", args.out, "asl.bench calibrate"):
+        return _locked_run(args, folder, config)
 
 
 def _locked_run(args, folder, config) -> int:

@@ -9,6 +9,7 @@ import pathlib
 import shutil
 import tempfile
 
+from ..atomic import user_mode
 from .decoder import Decoder
 from .interop import is_transformers_model
 
@@ -43,9 +44,7 @@ def export(model, folder: str | os.PathLike, tokenizer=None) -> pathlib.Path:
         write(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
+        os.chmod(tmp, user_mode(0o777))  # mkdtemp makes it private
         if out.exists():
             out.rmdir()  # empty, checked above
         os.rename(tmp, out)

@@ -21,6 +21,8 @@ import shutil
 import sys
 import tempfile
 
+from ..atomic import user_mode
+
 _CHUNK = 8 << 20  # 8 MiB: streaming hash without holding the file in memory
 _MARKER = "complete.json"
 
@@ -293,11 +295,9 @@ def _build(final: pathlib.Path, gguf: pathlib.Path, sha: str, source: str | None
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is meant to be shared
         _convert_gguf(gguf, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
         files = {}
         for f in sorted(p for p in tmp.iterdir() if p.is_file()):
-            os.chmod(f, 0o666 & ~umask)  # some writers create 0600: the files follow the user's umask
+            os.chmod(f, user_mode())  # some writers create 0600
             st = f.stat()
             files[f.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino,
                              "sha256": sha256_files([f])}
