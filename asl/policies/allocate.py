@@ -10,24 +10,31 @@ from dataclasses import dataclass
 import torch
 
 from .. import ops
-from .base import EvictionPolicy, LayerView, PrefillInfo, fill_unevicted, is_number, keep_from_mask
+from .base import EvictionPolicy, LayerView, PrefillInfo, check_positive_int, fill_unevicted, is_number, keep_from_mask
 from .scorer import ScorerEviction, prefix_scores
 
 
 class _Wraps:
-    """A wrapper's per-call copy holds a per-call copy of its scorer too (state set in begin)."""
+    """What every allocator shares: its scorer checked and begun with it, its budget the
+    scorer's, and a per-call copy holding a per-call copy of the scorer (state set in begin)."""
+
+    def _check(self) -> None:
+        if not isinstance(self.scorer, ScorerEviction):
+            raise ValueError(f"{type(self).__name__} wraps a scorer eviction (a ScorerEviction such as "
+                             f"SnapKV(budget=...)), got {type(self.scorer).__name__}")
+        self.scorer._check()
+
+    @property
+    def budget(self) -> int:
+        return self.scorer.budget
+
+    def begin(self, prefill: PrefillInfo) -> None:
+        self.scorer.begin(prefill)
 
     def per_call(self):
         twin = super().per_call()
         twin.scorer = self.scorer.per_call()
         return twin
-
-
-def _check_scorer(name: str, scorer) -> None:
-    if not isinstance(scorer, ScorerEviction):
-        raise ValueError(f"{name} wraps a scorer eviction (a ScorerEviction such as SnapKV(budget=...)), got "
-                         f"{type(scorer).__name__}")
-    scorer._check()
 
 
 @dataclass
@@ -42,16 +49,9 @@ class AdaKV(_Wraps, EvictionPolicy):
     alpha_safeguard: float = 0.20
 
     def _check(self) -> None:
-        _check_scorer("AdaKV", self.scorer)
+        super()._check()
         if not is_number(self.alpha_safeguard) or not 0 <= self.alpha_safeguard <= 1:
             raise ValueError(f"alpha_safeguard must be a number in [0, 1], got {self.alpha_safeguard!r}")
-
-    @property
-    def budget(self) -> int:
-        return self.scorer.budget
-
-    def begin(self, prefill: PrefillInfo) -> None:
-        self.scorer.begin(prefill)
 
     def keep(self, layer: int, view: LayerView) -> torch.Tensor | None:
         budget, window = self.scorer.budget, self.scorer.window
@@ -85,16 +85,11 @@ class PyramidKV(_Wraps, EvictionPolicy):
     beta: int = 20
 
     def _check(self) -> None:
-        _check_scorer("PyramidKV", self.scorer)
-        if not isinstance(self.beta, int) or isinstance(self.beta, bool) or self.beta < 1:
-            raise ValueError(f"beta must be an integer >= 1, got {self.beta!r}")
-
-    @property
-    def budget(self) -> int:
-        return self.scorer.budget
+        super()._check()
+        check_positive_int("beta", self.beta)
 
     def begin(self, prefill: PrefillInfo) -> None:
-        self.scorer.begin(prefill)
+        super().begin(prefill)
         self.num_layers = prefill.num_layers
 
     def layer_budget(self, layer: int, prompt: int) -> int:
