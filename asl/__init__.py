@@ -17,12 +17,12 @@ from .models.interop import from_transformers
 from .models.loading import BUNDLED, load
 from .oracle import LayerOutcome, OracleResult, oracle_layer
 from .presets import preset
-from .policies import (ASL, AdaKV, PyramidKV, ASLTwoPass, DecodeView, EvictionPolicy, FastKV, Full, GemFilter, LayerView, PrefillInfo,
+from .policies import (ASL, AdaKV, Proportional, PyramidKV, ASLTwoPass, DecodeView, EvictionPolicy, FastKV, Full, GemFilter, LayerView, PrefillInfo,
                        PyramidInfer, PyramidInferDecode, ScorerEviction, ScorerSelection, Selection, SelectionPolicy,
                        SnapKV, StreamingLLM, TopP)
 
 __all__ = [
-    "ASL", "AdaKV", "PyramidKV", "Applied", "LayerOutcome", "SequenceTrace", "apply", "export", "ASLTwoPass", "BUNDLED", "CompressedContext", "DecodeView", "Decoder", "EvictionPolicy", "FastKV", "Full", "GemFilter", "GenerationOutput",
+    "ASL", "AdaKV", "Proportional", "PyramidKV", "Applied", "LayerOutcome", "SequenceTrace", "apply", "export", "ASLTwoPass", "BUNDLED", "CompressedContext", "DecodeView", "Decoder", "EvictionPolicy", "FastKV", "Full", "GemFilter", "GenerationOutput",
     "LayerView", "ModelConfig", "PrefillInfo", "PyramidInfer", "PyramidInferDecode", "ScorerEviction", "ScorerSelection", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "Trace", "TopP",
     "OracleResult", "compress", "from_transformers", "generate", "load", "oracle_layer", "preset", "resolve_dtype",
 ]

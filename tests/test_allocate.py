@@ -1,4 +1,4 @@
-"""Allocators that wrap a scorer (AdaKV per head, PyramidKV per layer) against asl.reference,
+"""Allocators that wrap a scorer (AdaKV per head, PyramidKV per layer, Proportional per prompt) against asl.reference,
 with hypothesis on a tiny random model: budgets kept on average, the window always kept, the
 reference's choice exactly."""
 from __future__ import annotations
@@ -73,11 +73,40 @@ def test_pyramid_budgets_follow_the_formula():
     assert [policy.layer_budget(i, 4096) for i in range(5)] == reference.pyramid_budgets(128, 8, 20, 5, 4096)
 
 
+@given(lengths=st.lists(st.integers(20, 160), min_size=1, max_size=3), seed=st.integers(0, 10**6),
+       window=st.integers(1, 8), rate=st.sampled_from([0.1, 0.25, 0.4, 0.7]))
+def test_proportional_keeps_a_share_of_each_prompt_at_every_layer(model, lengths, seed, window, rate):  # noqa: F811
+    out = asl.generate(model, TOK, [prompt(seed + i, n) for i, n in enumerate(lengths)], max_new_tokens=1,
+                       eviction=asl.Proportional(asl.SnapKV(window=window), rate=rate))
+    for trace in out.trace.sequences:
+        n = trace.alive_tokens[0]
+        assert trace.kv_tokens_per_head == [[min(n, max(window + 1, int(n * rate)))] * len(h)
+                                            for h in trace.kv_tokens_per_head]
+
+
+@given(n=st.integers(40, 400), seed=st.integers(0, 10**6), layer=st.integers(0, LAYERS - 2),
+       rates=st.sampled_from([(0.4, 0.6), (0.25, 0.5), (0.3, 0.45), (0.15, 0.35)]))
+def test_proportional_after_fastkv_is_fastkvs_retain_rate_over_tsp_rate(model, n, seed, layer, rates):  # noqa: F811
+    """FastKV's own arithmetic after its TSP layer: int(k * (retain_rate / tsp_rate)) of the k
+    propagated tokens (k / n in its place gives one entry more in about a tenth of cases)."""
+    retain, share = rates
+    out = asl.generate(model, TOK, prompt(seed, n), max_new_tokens=1,
+                       selection=asl.FastKV(layer=layer, select_tokens=None, rate=share, window=4),
+                       eviction=asl.Proportional(asl.SnapKV(window=4), rate=retain))
+    n = out.trace.alive_tokens[0]
+    k = max(5, int(n * share))
+    before, after = min(n, max(5, int(n * retain))), min(k, max(5, int(k * (retain / share))))
+    assert out.trace.alive_tokens == [n] * (layer + 1) + [k] * (LAYERS - layer - 1)
+    assert out.trace.kv_tokens == [before] * (layer + 1) + [after] * (LAYERS - layer - 1)
+
+
 @pytest.mark.parametrize("make, match", [
     (lambda: asl.AdaKV(asl.StreamingLLM(budget=64)), "AdaKV wraps a scorer eviction"),
     (lambda: asl.AdaKV(asl.SnapKV(budget=64), alpha_safeguard=1.5), "alpha_safeguard must be a number in"),
     (lambda: asl.PyramidKV(asl.SnapKV(budget=64), beta=0), "beta must be an integer >= 1"),
     (lambda: asl.PyramidKV(asl.SnapKV(budget=8, window=32)), "window \\(32\\) must be smaller than budget"),
+    (lambda: asl.Proportional(asl.SnapKV(), rate=0), "rate must be a number in \\(0, 1\\]"),
+    (lambda: asl.Proportional(asl.TopP()), "Proportional wraps a scorer eviction"),
 ])
 def test_bad_wrappers_fail_naming_the_field(make, match):
     with pytest.raises(ValueError, match=match):

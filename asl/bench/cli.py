@@ -166,7 +166,8 @@ def kept_budget(params: list[dict], budget: int | None) -> int | None:
     """The budget a method really runs at, from its resolved policies: its eviction's (a
     `budget=` in --methods wins over --budget); a selection alone is recorded at --budget
     (what it selects is recorded beside it, as select_tokens)."""
-    found = [fields.get("scorer", fields).get("budget") for fields in params]  # an allocator's is its scorer's
+    found = [fields.get("scorer", fields).get("budget") for fields in params  # an allocator's is its scorer's
+             if "rate" not in fields or "scorer" not in fields]  # a proportional one has none
     found = [b for b in found if isinstance(b, int)]
     return found[-1] if found else budget
 

@@ -35,18 +35,18 @@ from dataclasses import dataclass, field
 from asl.bench.oracle_method import Oracle
 from asl.calibration import SCORING, asl_settings, scaled_layer
 from asl.presets import PAPER, paper_settings
-from asl.policies import (ASL, AdaKV, ASLTwoPass, EvictionPolicy, FastKV, Full, GemFilter, PyramidInfer,
+from asl.policies import (ASL, AdaKV, ASLTwoPass, Proportional, EvictionPolicy, FastKV, Full, GemFilter, PyramidInfer,
                           PyramidInferDecode, PyramidKV, SelectionPolicy, SnapKV, StreamingLLM, TopP)
 
 SELECTIONS = {"fastkv": FastKV, "asl": ASL, "gemfilter": GemFilter, "asl-2pass": ASLTwoPass,
               "pyramidinfer-prefill": PyramidInfer}
 EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM, "topp": TopP, "pyramidinfer-decode": PyramidInferDecode}
 # Allocators: an eviction that wraps a scorer eviction, written name(scorer, key=value...)
-WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV}
+WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional}
 # A method that is a selection and an eviction in one paper: its name stands for both (its
 # arguments go to the first).
 ALIASES = {"pyramidinfer": ("pyramidinfer-prefill", "pyramidinfer-decode")}
-BUILTIN = ("full", "snapkv", "streaming", "topp", "adakv", "pyramidkv", "fastkv", "asl", "gemfilter", "asl-2pass",
+BUILTIN = ("full", "snapkv", "streaming", "topp", "adakv", "pyramidkv", "proportional", "fastkv", "asl", "gemfilter", "asl-2pass",
            "pyramidinfer", "pyramidinfer-prefill", "pyramidinfer-decode", "oracle")
 DESCRIPTIONS = {
     "full": "the full cache (no selection, no eviction)",
@@ -56,6 +56,8 @@ DESCRIPTIONS = {
     "topp": "eviction: per KV head the fewest tokens holding p of the window's attention (the ASL authors' top-p KV)",
     "adakv": "allocator around a scorer eviction, adakv(snapkv): the layer's budget shared among its heads by score",
     "pyramidkv": "allocator around a scorer eviction, pyramidkv(snapkv): the budget falling linearly over the layers",
+    "proportional": "allocator around a scorer eviction, proportional(snapkv,rate=0.1): each layer keeps a share of "
+                    "its tokens (FastKV's proportional KV)",
     "fastkv": "selection at a fixed layer (FastKV's token-selective propagation)",
     "asl": "selection at the first layer where the rank variance settles below tau (ASL)",
     "gemfilter": "selection from the last query at a layer, then a second pass on the kept tokens",

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from .. import ops
-from .base import EvictionPolicy, LayerView, PrefillInfo, check_positive_int, fill_unevicted, is_number, keep_from_mask
+from .base import (EvictionPolicy, LayerView, PrefillInfo, SelectedShares, check_positive_int, fill_unevicted, is_number,
+                   keep_from_mask)
 from .scorer import ScorerEviction, prefix_scores
 
 
@@ -108,6 +109,43 @@ class PyramidKV(_Wraps, EvictionPolicy):
     def keep(self, layer: int, view: LayerView) -> torch.Tensor | None:
         return self.scorer.keep_within(view, self.layer_budget(layer, view.width))
 
+
+
+@dataclass
+class Proportional(_Wraps, EvictionPolicy):
+    """FastKV's proportional KV (`eviction_mode="proportional"`, its published default): each
+    layer keeps `int(n * rate)` of the n tokens it holds, so the cache is a share of the prompt,
+    not a count. After a one-shot selection the rate is divided by the share it kept (FastKV's
+    `retain_rate / tsp_rate`: the selection's stated rate, as FastKV(rate=...) states it, else
+    its kept tokens over the prompt's), so deeper layers still keep about `rate` of the prompt.
+    At least `window + 1`; the scorer's own `budget` is not used. docs/algorithms.md section 15."""
+
+    scorer: ScorerEviction
+    rate: float = 0.25
+
+    def _check(self) -> None:
+        super()._check()
+        if not is_number(self.rate) or not 0 < self.rate <= 1:
+            raise ValueError(f"rate must be a number in (0, 1], got {self.rate!r}")
+
+    @property
+    def budget(self) -> None:  # no count: a share of each prompt
+        return None
+
+    def begin(self, prefill: PrefillInfo) -> None:
+        super().begin(prefill)
+        self._prompts, self._shares = prefill.prompt_lengths, prefill.shared(SelectedShares).by_sequence
+
+    def layer_budgets(self, view: LayerView) -> list[int]:
+        """Entries per head each sequence keeps at this layer (window included)."""
+        budgets = []
+        for b, n in enumerate(view.alive.tolist()):
+            share = self._shares.get(b, n / self._prompts[b]) if n < self._prompts[b] else 1.0
+            budgets.append(max(self.scorer.window + 1, int(n * (self.rate / share))))
+        return budgets
+
+    def keep(self, layer: int, view: LayerView) -> torch.Tensor | None:
+        return self.scorer.keep_within(view, self.layer_budgets(view))
 
 def _at_least(keep: torch.Tensor, width: int) -> torch.Tensor:
     """keep padded with -1 to at least `width` columns (fill_unevicted writes whole rows there)."""

@@ -46,6 +46,14 @@ class PrefillInfo:
 
 
 @dataclass
+class SelectedShares:
+    """Per sequence, the share of its prompt a one-shot selection said it keeps (FastKV's
+    `tsp_rate`), for an eviction whose budget is a share of the tokens (asl.Proportional)."""
+
+    by_sequence: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
 class Selection:
     """Tokens to propagate, per sequence: sorted columns of the current layer (`-1` pads).
 

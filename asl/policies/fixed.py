@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import LayerView, PrefillInfo, check_kernel, check_layer, check_pooling, check_positive_int, is_number
+from .base import LayerView, PrefillInfo, SelectedShares, Selection, check_kernel, check_layer, check_pooling, check_positive_int, is_number
 from .scorer import ScorerSelection
 
 
@@ -42,6 +42,13 @@ class FastKV(ScorerSelection):
     def begin(self, prefill: PrefillInfo) -> None:
         check_layer("layer", self.layer, prefill.num_layers)
         super().begin(prefill)
+        self._shares = prefill.shared(SelectedShares).by_sequence
+
+    def after_layer(self, layer: int, view: LayerView) -> Selection | None:
+        chosen = super().after_layer(layer, view)
+        if chosen is not None and self.rate is not None:  # for a proportional KV after it (FastKV's tsp_rate)
+            self._shares.update(dict.fromkeys(chosen.active.nonzero().flatten().tolist(), self.rate))
+        return chosen
 
     def tokens_for(self, prompt_tokens: int) -> int:
         """k for a prompt of this length (window included)."""

@@ -63,17 +63,24 @@ class ScorerEviction(EvictionPolicy):
     def keep(self, layer: int, view: LayerView) -> torch.Tensor | None:
         return self.keep_within(view, self.budget)
 
-    def keep_within(self, view: LayerView, budget: int) -> torch.Tensor | None:
-        """keep() at another budget (what a per-layer allocation such as PyramidKV asks of it).
-        No host read: whether any sequence evicts is known from the width (the longest alive)."""
-        heads, evict = self.cached_heads(view), view.alive > budget
-        if view.width <= budget:  # nobody evicts
+    def keep_within(self, view: LayerView, budget: int | list[int]) -> torch.Tensor | None:
+        """keep() at another budget (what an allocation such as PyramidKV asks of it): one for
+        every sequence, or a list of one per sequence (asl.Proportional). With one budget there
+        is no host read: whether any sequence evicts is known from the width (the longest alive)."""
+        heads = self.cached_heads(view)
+        per_sequence = not isinstance(budget, int)
+        budgets = torch.tensor(budget, device=view.alive.device) if per_sequence else budget
+        evict = view.alive > budgets
+        if (not bool(evict.any())) if per_sequence else view.width <= budget:  # nobody evicts
             if heads == view.keys.shape[1]:
                 return None
             everything = torch.zeros(len(evict), heads, view.width, dtype=torch.long, device=evict.device)
             return fill_unevicted(everything, view, evict)
         scores = prefix_scores(self, self.score(view), view, heads)
-        top = ops.stable_descending_order(scores)[..., : budget - self.window]  # ties to the lower column
+        if per_sequence:
+            top = top_prefix(scores, (budgets - self.window).clamp(min=0))
+        else:
+            top = ops.stable_descending_order(scores)[..., : budget - self.window]  # ties to the lower column
         return fill_unevicted(view.with_window(top, self.window), view, evict)
 
 

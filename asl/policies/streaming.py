@@ -14,16 +14,18 @@ class StreamingLLM(EvictionPolicy):
 
     At the end of the prefill, and (`rolling`, as the paper runs it) before every decoding
     step, so the cache never holds more than `budget` entries however long the answer.
-    `rolling=False` evicts at the prefill only. `positions="original"` keeps each entry's
-    position in the text; `"cache"`, as the paper does, renumbers the entries by their place
-    in the cache while decoding (cached keys re-rotated, new tokens numbered after them), so
-    no position ever exceeds the budget. docs/algorithms.md section 6.
+    `rolling=False` evicts at the prefill only (kvpress's StreamingLLMPress). `positions`:
+    `"cache"`, the original's (mit-han-lab/streaming-llm), renumbers the entries by their place
+    in the cache while decoding (cached keys re-rotated, new tokens numbered after them), so no
+    position ever exceeds the budget; `"original"` keeps each entry's position in the text. The
+    default, None, is the original's: "cache" when rolling, else "original" (nothing to
+    renumber). docs/algorithms.md section 6.
     """
 
     budget: int = 2048  # KV entries per KV head per layer, sink included
     sink: int = 4
     rolling: bool = True
-    positions: str = "original"  # or "cache"
+    positions: str | None = None  # "cache" or "original"; None: "cache" when rolling (the original's)
 
     @property
     def every(self) -> int:
@@ -31,7 +33,7 @@ class StreamingLLM(EvictionPolicy):
 
     @property
     def cache_positions(self) -> bool:
-        return self.positions == "cache"
+        return self.positions == "cache" or (self.positions is None and self.rolling)
 
     def _check(self) -> None:
         check_positive_int("budget", self.budget)
@@ -40,8 +42,8 @@ class StreamingLLM(EvictionPolicy):
             raise ValueError(f"sink ({self.sink}) must be smaller than budget ({self.budget})")
         if not isinstance(self.rolling, bool):
             raise ValueError(f"rolling must be True or False, got {self.rolling!r}")
-        if self.positions not in ("original", "cache"):
-            raise ValueError(f'positions must be "original" or "cache", got {self.positions!r}')
+        if self.positions not in (None, "original", "cache"):
+            raise ValueError(f'positions must be "original", "cache" or None (the original\'s), got {self.positions!r}')
         if self.positions == "cache" and not self.rolling:
             raise ValueError('positions="cache" renumbers the cache while decoding: it needs rolling=True')
 
