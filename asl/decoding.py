@@ -31,6 +31,7 @@ class DecodeEviction:
         self._compacted_at: int | None = None  # the step whose eviction compacted a cache, until it ran
         self._positions = None
         if policy.cache_positions:
+            _check_same_count(cache, policy)
             for layer in cache.layers:
                 self._renumber(layer, layer.filled)
 
@@ -103,6 +104,18 @@ class DecodeEviction:
     def peak_kv_tokens(self) -> list[list[int]]:
         """[B][L]: the most entries one KV head held at each layer during decoding."""
         return self.peak.T.tolist()
+
+
+def _check_same_count(cache: KVCache, policy: EvictionPolicy) -> None:
+    """Positions numbered within the cache give a new token one position for all layers: the
+    number of entries each layer holds, which must then be the same in every layer."""
+    counts = torch.stack([layer.valid.sum(-1) for layer in cache.layers])  # [L, B, G]
+    if bool((counts != counts[:1, :, :1]).any()):
+        per_layer = counts[:, 0, 0].tolist()
+        raise ValueError(f"{type(policy).__name__} numbers positions within the cache (positions=\"cache\"), which "
+                         f"needs every layer and head to hold as many entries, but after the prefill they hold "
+                         f"{per_layer} (sequence 0, by layer): a selection left some layers below the budget. "
+                         f"Use positions=\"original\" with a selection, or a budget at most its select_tokens")
 
 
 def _check_keep(keep: torch.Tensor, layer, length: int, policy, index: int) -> None:

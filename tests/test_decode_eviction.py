@@ -46,7 +46,7 @@ class RollingRecorder(asl.StreamingLLM):
 @given(n=st.integers(10, 120), new=st.integers(2, 60), budget=st.integers(8, 80), sink=st.integers(0, 4),
        seed=st.integers(0, 999))
 def test_a_rolling_cache_never_exceeds_its_budget_and_keeps_sinks_and_the_latest(model, n, new, budget, sink, seed):
-    policy = RollingRecorder(budget=budget, sink=sink)
+    policy = RollingRecorder(budget=budget, sink=sink, positions="original")  # kept tokens by their place in the text
     out = asl.generate(model, TOK, prompt(seed, n), max_new_tokens=new, eviction=policy)
     assert max(out.trace.sequences[0].peak_kv_tokens) == min(budget, n + len(out.tokens) - 1)
     for t, kept in enumerate(policy.kept_positions):  # before step t, tokens 0 .. n + t - 1 exist
@@ -111,10 +111,35 @@ def test_cache_positions_stay_below_the_budget(model, n, new, budget, seed):
 
 
 def test_cache_positions_need_a_rolling_cache():
-    with pytest.raises(ValueError, match='positions must be "original" or "cache"'):
+    with pytest.raises(ValueError, match='positions must be "original", "cache" or None'):
         asl.StreamingLLM(positions="text")
     with pytest.raises(ValueError, match="it needs rolling=True"):
         asl.StreamingLLM(positions="cache", rolling=False)
+
+
+def test_the_default_is_the_originals_cache_positions_when_rolling(model):
+    """streaming-llm numbers positions within the cache; kvpress (rolling=False) keeps the text's."""
+    assert asl.StreamingLLM().cache_positions and not asl.StreamingLLM(rolling=False).cache_positions
+    assert not asl.StreamingLLM(positions="original").cache_positions
+    kept = {}
+    for positions in (None, "original"):
+        policy = RollingRecorder(budget=24, sink=2, positions=positions)
+        asl.generate(model, TOK, prompt(6, 60), max_new_tokens=20, eviction=policy)
+        kept[positions] = policy.kept_positions
+    assert all(max(p) < 24 for p in kept[None]) and max(kept["original"][-1]) > 60  # in the cache vs the text
+
+
+def test_cache_positions_after_a_selection_that_leaves_layers_uneven_is_refused(model):
+    """One position per new token for every layer: the layers must hold as many entries."""
+    text = prompt(7, 90)
+    with pytest.raises(ValueError, match='positions="cache".*hold \\[40, 40, 40, 30, 30'):
+        asl.generate(model, TOK, text, max_new_tokens=4, selection=asl.FastKV(layer=2, select_tokens=30, window=4),
+                     eviction=asl.StreamingLLM(budget=40))
+    fits = asl.generate(model, TOK, text, max_new_tokens=4, selection=asl.FastKV(layer=2, select_tokens=30, window=4),
+                        eviction=asl.StreamingLLM(budget=24))  # every layer holds 24
+    assert fits.trace.kv_tokens == [24] * LAYERS
+    asl.generate(model, TOK, text, max_new_tokens=4, selection=asl.FastKV(layer=2, select_tokens=30, window=4),
+                 eviction=asl.StreamingLLM(budget=40, positions="original"))
 
 
 @dataclass
