@@ -11,7 +11,10 @@ What runs, and what is transcribed (the only lines not the originals' own):
   It returns the compressed keys and values; the kept indices are read back from values
   that carry their own position.
 - FastKV (dongwonjo/FastKV b978769, baselines/fastkv/utils.py): FastKVCluster.update_kv as it
-  is (per-KV-head compression and, at the TSP layer, the propagated token indices).
+  is (per-KV-head compression and, at the TSP layer, the propagated token indices), in both
+  forms: a count (`max_capacity_prompt`, `tsp_length`) and proportional (`retain_rate`,
+  `tsp_rate`, and the next layer's `retain_rate / tsp_rate` as compress_fastkv sets it, run
+  on the propagated tokens).
 - ASL (TANIGUCHIREI/ASL 9e1ec0c, baseline/asl/adaptive_select_layer_utils.py):
   get_rank_descending and relative_normalized_variance as they are (the module's top-level
   `flash_attn` import is stubbed: the two functions do not use it). The decision of
@@ -21,6 +24,18 @@ What runs, and what is transcribed (the only lines not the originals' own):
   standard_dis_index as it is, called as its find_context calls it (lines 36-38: keys repeated,
   the last query, pool=True, sum_over_heads=True). The file does not parse (a `def` line
   appears twice, lines 151-152), so the function's own text is cut out of it and run alone.
+- ASL on queries and keys (baseline/asl/customized_cache.py at 9e1ec0c): the authors'
+  DynamicCache itself, `set_cache_kwargs` then `prefilling_score_update` layer by layer (their
+  window scores, pooling, ranks and `selecting_select_layer`, all as they are), on per-layer
+  queries and keys that settle. Where no layer meets the threshold, ASL two-pass falls back
+  to gemfilter_utils.py's get_layer_context_asl lines 79-86 (the last layer's top-k plus the
+  window), transcribed into `asl_two_pass_fallback` (that function runs a whole model).
+- Top-p (the same file): DynamicCache.compress_kv as it is, with `cache_p` set (its top-p
+  branch and get_top_p_indices), called on a namespace holding the fields it reads.
+- StreamingLLM (mit-han-lab/streaming-llm 2e50426, streaming_llm/kv_cache.py):
+  StartRecentKVCache as it is, `__call__` after the prompt and `evict_for_space(past, 1)`
+  before every new token, on caches whose values carry their positions.
+- PyramidInfer: benchmarks/golden_pyramidinfer.py (its blocks are inline in a model forward).
 """
 from __future__ import annotations
 
@@ -41,6 +56,9 @@ SOURCES = {
     "fastkv": ("dongwonjo+FastKV", "b978769", "baselines/fastkv/utils.py"),
     "asl": ("TANIGUCHIREI+ASL", "9e1ec0c", "baseline/asl/adaptive_select_layer_utils.py"),
     "gemfilter": ("TANIGUCHIREI+ASL", "9e1ec0c", "baseline/gemfilter/gemfilter_utils.py"),
+    "asl_cache": ("TANIGUCHIREI+ASL", "9e1ec0c", "baseline/asl/customized_cache.py"),
+    "topp": ("TANIGUCHIREI+ASL", "9e1ec0c", "baseline/asl/customized_cache.py"),
+    "streaming": ("mit-han-lab+streaming-llm", "2e50426", "streaming_llm/kv_cache.py"),
 }
 
 
@@ -55,6 +73,11 @@ def load_original(originals: pathlib.Path, name: str):
         stub = types.ModuleType("flash_attn.flash_attn_interface")
         stub.flash_attn_varlen_func = None
         sys.modules.setdefault("flash_attn.flash_attn_interface", stub)
+    if name in ("asl_cache", "topp"):  # it imports the ASL utilities by their package path
+        utils, _ = load_original(originals, "asl")
+        for package in ("baseline", "baseline.asl"):
+            sys.modules.setdefault(package, types.ModuleType(package))
+        sys.modules["baseline.asl.adaptive_select_layer_utils"] = utils
     if name == "gemfilter":  # the file does not parse: its one function we need, cut out whole
         start = text.index("def standard_dis_index")
         text = ("import torch\nimport torch.nn.functional as F\n"
@@ -121,6 +144,17 @@ def fastkv_cases(module, seed: int) -> list[dict]:
         cases.append({"seed": seed, "q_sum": float(q.sum()), "window": window, "budget": budget, "tsp": tsp, "kernel": 7,
                       "pooling": pooling.replace("pool", ""), "kept": kept_from_values(v),
                       "propagated": tsp_indices[0].tolist()})
+    for retain, share in ((0.4, 0.6), (0.25, 0.5), (0.3, 0.45)):  # its proportional form, as compress_fastkv sets it
+        cluster = module.FastKVCluster(window_size=8, kernel_size=7, pooling="avgpool", tsp_layer=True,
+                                       tsp_rate=share, retain_rate=retain, eviction_mode="proportional")
+        _, v, tsp_indices = cluster.update_kv(k, q, values, None, heads // groups, 0)
+        deeper = module.FastKVCluster(window_size=8, kernel_size=7, pooling="avgpool", tsp_rate=share,
+                                      retain_rate=retain / share, eviction_mode="proportional")
+        cols = tsp_indices[0]  # the next layer runs on the propagated tokens alone
+        _, v_deeper, _ = deeper.update_kv(k[:, :, cols], q[:, :, cols], values[:, :, cols], None, heads // groups, 1)
+        cases.append({"seed": seed, "q_sum": float(q.sum()), "window": 8, "kernel": 7, "pooling": "avg",
+                      "retain_rate": retain, "tsp_rate": share, "kept": kept_from_values(v),
+                      "propagated": cols.tolist(), "kept_deeper": kept_from_values(v_deeper)})
     return cases
 
 
@@ -169,12 +203,102 @@ def gemfilter_cases(module, seed: int) -> list[dict]:
     return cases
 
 
+def settling_layers(seed: int, layers: int = 10, heads: int = 4, groups: int = 2, n: int = 96, d: int = 16):
+    """Per-layer queries and keys that settle (a shared part plus noise falling layer by layer),
+    so the attention ranking stabilises and ASL selects at some layer (uniform draws)."""
+    g = torch.Generator().manual_seed(seed)
+    base_q = (torch.rand(1, heads, n, d, generator=g) - 0.5) * 4
+    base_k = (torch.rand(1, groups, n, d, generator=g) - 0.5) * 4
+    out = []
+    for layer in range(layers):
+        noise = 0.8 ** (2 * layer) * 4
+        out.append((base_q + (torch.rand(1, heads, n, d, generator=g) - 0.5) * noise,
+                    base_k + (torch.rand(1, groups, n, d, generator=g) - 0.5) * noise))
+    return out
+
+
+def asl_two_pass_fallback(cache, window: int) -> list[int]:
+    """gemfilter_utils.py get_layer_context_asl (lines 79-86) when no layer met the threshold:
+    the last layer's top-k of `prefilling_score_cache` plus the window (transcribed)."""
+    mean_score = cache.prefilling_score_cache[-1]
+    seqlen = mean_score.shape[-1]
+    k = cache.select_k - cache.window_size if seqlen > cache.select_k - cache.window_size else seqlen
+    topk_idx = torch.topk(mean_score, k=k, dim=-1, largest=False)[1]
+    window_indices = torch.arange(seqlen, seqlen + window)
+    return torch.cat([topk_idx[-1], window_indices]).unique().view(-1).tolist()
+
+
+def asl_cache_cases(module, seed: int) -> list[dict]:
+    """The authors' DynamicCache itself, layer by layer (`prefilling_score_update`: its window
+    scores, pooling, ranks and `selecting_select_layer`), on settling queries and keys."""
+    import contextlib
+    import io
+
+    layers = settling_layers(seed)
+    cases = []
+    for l_min, l_obs, tau, pooling in ((3, 3, 0.3, "avgpool"), (4, 2, 0.15, "maxpool"), (2, 2, 0.02, "avgpool"),
+                                       (3, 3, 1e-9, "avgpool")):  # the last: never met, the two-pass fallback
+        cache = module.DynamicCache()
+        cache.set_cache_kwargs(types.SimpleNamespace(
+            default_select_layer=l_min, use_layer_num=l_obs, layer_th=tau, select_k=40, window_size=8, kernel_size=7,
+            pooling=pooling, cache_k=None, cache_p=None))
+        layer, kept = None, None
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints the layer it selects
+            for idx, (q, k) in enumerate(layers):
+                cache.prefilling_score_update(q, k, None, idx)
+                if cache.select_idx is not None:
+                    layer, kept = idx, cache.select_idx.view(-1).tolist()
+                    break
+        fallback = asl_two_pass_fallback(cache, 8) if layer is None else None
+        cases.append({"seed": seed, "q_sum": float(layers[-1][0].sum()), "l_min": l_min, "l_obs": l_obs, "tau": tau,
+                      "select_k": 40, "window": 8, "kernel": 7, "pooling": pooling.replace("pool", ""),
+                      "layer": layer, "kept": kept, "two_pass_fallback": fallback})
+    return cases
+
+
+def topp_cases(module, seed: int) -> list[dict]:
+    """The authors' DynamicCache.compress_kv with `cache_p` (its top-p branch, get_top_p_indices)."""
+    x = inputs(seed)
+    q, k = x["q"], x["k"]
+    cases = []
+    for p, window, select_k in ((0.5, 8, None), (0.8, 8, None), (0.95, 16, None), (0.8, 8, 96)):
+        cache = types.SimpleNamespace(window_size=window, cache_p=p, cache_k=None, select_k=select_k, pooling="avgpool",
+                                      kernel_size=7)
+        kept = module.DynamicCache.compress_kv(cache, None, None, k, q)
+        cases.append({"seed": seed, "q_sum": float(q.sum()), "p": p, "window": window, "select_k": select_k,
+                      "kept": [sorted(int(c) for c in row) for row in kept]})
+    return cases
+
+
+def streaming_cases(module, seed: int) -> list[dict]:
+    """StartRecentKVCache: `__call__` after the prompt, then `evict_for_space(past, 1)` before
+    every new token (its rolling form), on caches whose values carry their positions."""
+    import contextlib
+    import io
+
+    cases = []
+    for n, start, recent, steps in ((60, 4, 20, 40), (30, 2, 40, 30), (50, 0, 16, 25)):
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints its sizes
+            cache = module.StartRecentKVCache(start_size=start, recent_size=recent)
+        values = torch.arange(n, dtype=torch.float32)[None, None, :, None]
+        past = cache([[values, values]])
+        kept = [past[0][1][0, 0, :, 0].long().tolist()]
+        for t in range(steps):
+            past = cache.evict_for_space(past, 1)
+            kept.append(past[0][1][0, 0, :, 0].long().tolist())  # what the step for token n + t sees besides itself
+            new = torch.full((1, 1, 1, 1), float(n + t))
+            past = [[torch.cat([past[0][0], new], 2), torch.cat([past[0][1], new], 2)]]
+        cases.append({"n": n, "sink": start, "budget": start + recent, "steps": steps, "kept": kept})
+    return cases
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--originals", type=pathlib.Path, required=True, help="folder of <owner>+<name>/repo snapshots")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    makers = {"snapkv": snapkv_cases, "fastkv": fastkv_cases, "asl": asl_cases, "gemfilter": gemfilter_cases}
+    makers = {"snapkv": snapkv_cases, "fastkv": fastkv_cases, "asl": asl_cases, "gemfilter": gemfilter_cases,
+              "asl_cache": asl_cache_cases, "topp": topp_cases, "streaming": streaming_cases}
     for name, make in makers.items():
         module, source = load_original(args.originals, name)
         cases = [case for seed in (0, 1, 2) for case in make(module, seed)]
