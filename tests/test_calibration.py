@@ -11,7 +11,7 @@ import asl
 from asl.bench import calibrate as cal
 from asl.bench.cli import main as bench_main
 from asl.calibration import FALLBACK_TAU, CalibrationError, read, settings_for, write
-from asl.calibration.search import PromptMeasure, choose, evaluate, picked_layer
+from asl.calibration.search import PromptMeasure, choose, evaluate, kv_share, picked_layer
 from tiny import CharTokenizer, random_text, tiny_pair
 
 TOK = CharTokenizer()
@@ -26,7 +26,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def prompts():
-    return [cal.Prompt(random_text(random.Random(i), 160), 6) for i in range(4)]
+    return [cal.Prompt(random_text(random.Random(i), 160), 6, held_out=i % 2 == 1) for i in range(4)]
 
 
 @pytest.fixture(scope="module")
@@ -47,30 +47,70 @@ def test_calibration_is_deterministic_and_inside_the_range(model, prompts, found
     assert {**again, "timing": None} == {**found, "timing": None}  # all but the measured cost
     assert found["asl"]["tau"] in TAUS and found["asl"]["l_min"] in (2, 3)
     assert found["figures"]["n"] == len(prompts) and len(found["search"]["sweep"]) == 2 * len(TAUS)
-    if found["figures"]["target_met"]:
-        assert found["figures"]["too_early"] <= 0.25
+    f = found["figures"]
+    assert f["n"] == len(prompts) and f["tuning"]["n"] == f["held_out"]["n"] == 2
+    assert len(found["search"]["sweep"]) == 2 * len(TAUS)
+    assert f["target_met"] == (f["target_tuned"] and f["held_out"]["agree"] >= 1)  # 0.25 of 2 prompts: one
+    low, high = f["agreement_interval"]
+    assert low <= f["held_out"]["agreement"] <= high
 
 
-def test_the_choice_minimises_time_lost_under_the_target():
-    # needed layers 3 and 5 of 8; the ratios fall below 0.5 at layer 3, below 0.2 at layer 5
-    ratios = {2: 1.0, 3: 0.45, 4: 0.35, 5: 0.15, 6: 0.1, 7: 0.05}
-    ms = [PromptMeasure(3, {i: i >= 3 for i in range(7)}, {2: ratios}),
-          PromptMeasure(5, {i: i >= 5 for i in range(7)}, {2: ratios})]
+RATIOS = {2: 1.0, 3: 0.45, 4: 0.35, 5: 0.15, 6: 0.1, 7: 0.05}  # below 0.5 from layer 3, below 0.2 from 5
+
+
+def measure(first_match: int, held_out: bool = False, n: int = 1000, differ=()) -> PromptMeasure:
+    """A prompt whose answer is kept from `first_match` on, except at the layers in `differ`."""
+    return PromptMeasure({i: i >= first_match and i not in differ for i in range(LAYERS - 1)}, {2: RATIOS}, n,
+                         held_out)
+
+
+def test_the_choice_is_the_cheapest_tau_that_keeps_the_answers():
+    ms = [measure(3), measure(5), measure(3, True), measure(5, True)]
     taus = [0.05, 0.3, 0.6, 0.9, 1.1]
-    best, sweep, met = choose(ms, taus, [2], 0.0, LAYERS)
-    assert met and best.too_early == 0 and best.tau == 0.3  # fires at 5: lost 2 + 0
-    assert evaluate(ms, 2, 1.1, LAYERS).too_early == 1.0  # tau > 1 fires at l_min
-    best, _, _ = choose(ms, taus, [2], 0.5, LAYERS)
-    assert best.tau == 0.6  # fires at 3: one too early, nothing lost; of 0.6 and 0.9 the smaller
-    assert choose(ms, list(reversed(taus)), [2], 0.5, LAYERS)[0] == best
-    with pytest.raises(ValueError, match="--target must be a share in"):
-        choose(ms, taus, [2], 1.5, LAYERS)
+    c = choose(ms, taus, [2], 1.0, LAYERS, select_tokens=100)
+    assert c.met and c.best.tau == 0.3 and c.best.agree == 2  # fires at 5: both keep their answer
+    assert c.best.kv == pytest.approx(kv_share(5, 1000, 100, LAYERS))
+    assert evaluate(ms[:2], 2, 1.1, LAYERS, 100).agree == 0  # tau > 1 fires at l_min: both change
+    half = choose(ms, taus, [2], 0.5, LAYERS, select_tokens=100)
+    assert half.best.tau == 0.6 and half.best.agree == 1  # fires at 3: cheaper, one answer kept; 0.6 over 0.9
+    assert choose(ms, list(reversed(taus)), [2], 0.5, LAYERS, 100).best == half.best
+    with pytest.raises(ValueError, match="--agreement must be a share in"):
+        choose(ms, taus, [2], 1.5, LAYERS, 100)
     with pytest.raises(ValueError, match="--taus must be finite numbers"):
-        choose(ms, [], [2], 0.1, LAYERS)
+        choose(ms, [], [2], 0.1, LAYERS, 100)
+
+
+def test_a_tau_that_changes_half_the_answers_cannot_pass():
+    """Issue 36's case: every prompt's answer is kept at layer 2 already (the oracle's earliest),
+    but at layer 3, where tau 0.5 selects, half of them change (matches are not monotone). The
+    old objective (selected at or after the earliest matching layer: never too early) passed
+    it; agreement rejects it and pays for the later layer that keeps every answer."""
+    tune = [measure(2, differ={3} if i % 2 else ()) for i in range(10)]
+    held = [measure(2, True, differ={3} if i % 2 else ()) for i in range(10)]
+    assert evaluate(tune, 2, 0.5, LAYERS, 100).too_early == 0  # what the old objective looked at
+    c = choose(tune + held, [0.5], [2], 0.9, LAYERS, 100)
+    assert not c.tuned and not c.met and c.best.agreement == 0.5 and c.held.agreement == 0.5
+    assert c.interval[1] < 0.9  # its Wilson interval excludes the target
+    c = choose(tune + held, [0.2, 0.5], [2], 0.9, LAYERS, 100)
+    assert c.met and c.best.tau == 0.2 and c.held.agreement == 1.0  # selects at 5: every answer kept
+    # tuned on prompts where tau 0.5 is harmless, judged where it is not: chosen, but not met
+    c = choose([measure(2) for _ in range(10)] + held, [0.2, 0.5], [2], 0.9, LAYERS, 100)
+    assert c.tuned and c.best.tau == 0.5 and not c.met and c.held.agree == 5
+
+
+def test_without_held_out_prompts_the_target_is_never_met():
+    c = choose([measure(3), measure(5)], [0.3], [2], 0.5, LAYERS, 100)
+    assert c.tuned and c.held is None and not c.met and c.interval == (None, None)
+
+
+def test_earliest_and_stable_layers_when_matches_are_not_monotone():
+    m = measure(2, differ={4, 5})
+    assert (m.earliest, m.stable) == (2, 6)
+    assert (measure(7).earliest, measure(7).stable) == (None, None)  # no candidate keeps it
 
 
 def _file(found, **changes) -> dict:
-    data = {"format": 1, "model": "tiny-qwen2", **copy.deepcopy(found),
+    data = {"format": 2, "model": "tiny-qwen2", **copy.deepcopy(found),
             "prompts": {"source": "file", "file": "p.jsonl", "sha256": "0" * 64}, "code": "abc"}
     data.update(changes)
     return data
@@ -101,7 +141,8 @@ def model_config():
     (lambda d: d["asl"].update(l_min=LAYERS), "field 'asl.l_min' must be a layer of the model (0..7)"),
     (lambda d: d["figures"].update(n=1.5), "field 'figures.n' must be an integer >= 1"),
     (lambda d: d["prompts"].pop("sha256"), "field 'prompts.sha256' is missing"),
-    (lambda d: d.update(format=9), "field 'format' must be the integer 1"),
+    (lambda d: d.update(format=1), "field 'format' must be the integer 2"),
+    (lambda d: d["figures"].update(held_out=None, target_met=True), "true with no held-out prompt"),
     (lambda d: d.update(model="another-model"), "field 'model' is 'another-model', not the model asked for"),
 ])
 def test_bad_files_fail_naming_the_file_and_the_field(found, tmp_path, change, message):
@@ -126,7 +167,7 @@ def test_unreadable_files(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--target", "2"], "--target must be a share in [0, 1]"),
+    (["--agreement", "2"], "--agreement must be a share in [0, 1]"),
     (["--taus", "0.3,x"], "--taus must be comma-separated numbers"),
     (["--taus", "-1"], "--taus must be finite numbers >= 0"),
     (["--tasks", "nope"], "--tasks: unknown task(s) nope"),
@@ -179,7 +220,7 @@ def test_the_bundled_models_files_are_valid_and_are_what_asl_uses(name, layers):
 
     path = bundled_file(name)
     data = read(path, model=name, num_layers=layers)  # strict: every field present and typed
-    assert data["figures"]["target_met"] and data["prompts"]["source"] == "tasks" and data["prompts"]["seed"] == 1
+    assert data["prompts"]["source"] == "tasks" and data["prompts"]["seed"] == 1 and data["figures"]["held_out"]
     settings, why = settings_for(name)
     assert why.startswith("calibrated") and settings["tau"] == data["asl"]["tau"] != FALLBACK_TAU[name]
     assert asl.ASL.for_model(name).tau == data["asl"]["tau"]
@@ -248,7 +289,7 @@ def test_a_calibration_of_another_architecture_is_refused(found, tmp_path):
     from asl.calibration import fingerprint
     from asl.models.config import ModelConfig
 
-    data = {"format": 1, "model": "tiny-qwen2", **found, "code": "x",
+    data = {"format": 2, "model": "tiny-qwen2", **found, "code": "x",
             "prompts": {"source": "tasks", "tasks": ["passkey"], "lengths": [512], "samples": 1, "seed": 0},
             "config": {"model_type": "qwen2", "num_layers": LAYERS, "hidden_size": 64, "num_heads": 4,
                        "num_kv_heads": 2, "vocab_size": 128}}

@@ -1,8 +1,10 @@
 """python -m asl.bench calibrate: choose ASL's threshold (and l_min) for a model from prompts
-without gold answers. The full cache's greedy answer is the label; the oracle gives the
-earliest layer each prompt needed; one ASL run per prompt records its variance ratios, from
-which the layer ASL would pick at every candidate tau follows. The chosen tau loses the
-fewest layers with at most --target of the prompts selected too early (docs/calibration.md).
+without gold answers. The full cache's greedy answer is the label; the oracle says, for every
+layer, whether selecting there keeps it; one ASL run per prompt records its variance ratios,
+from which the layer ASL would pick at every candidate tau follows. Half the prompts tune
+(the cheapest tau whose answers equal the full cache's on at least --agreement of them), the
+other half judge: `target_met` only where the held-out agreement reaches --agreement too,
+its Wilson interval beside it (docs/calibration.md).
 
 Writes a calibration file that asl.ASL.for_model and the benchmark read (--out). Each prompt's
 measurement is kept beside it as it is made (.<out>.partial.jsonl): an interrupted run, rerun
@@ -25,6 +27,7 @@ import torch
 from asl.atomic import write_atomic
 from asl.bench.args import (Formatter, add_dtype, check_device, ints, model_config, one_line_errors, parse_tasks,
                             resolve_dtype_flag)
+from asl.calibration.file import FORMAT
 from asl.calibration.search import PromptMeasure, check_grid, choose
 
 # Prompts of an easy task (ASL may select early) and two retrieval tasks (it must not).
@@ -37,6 +40,7 @@ class Prompt:
     text: str
     max_new_tokens: int
     stop: tuple[str, ...] = ()
+    held_out: bool = False  # judged, not tuned on
 
 
 def parser() -> argparse.ArgumentParser:
@@ -51,7 +55,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--lengths", default="2048", help="with --tasks: comma-separated prompt lengths in tokens")
     ap.add_argument("--samples", type=int, default=20, help="with --tasks: prompts per task and length")
     ap.add_argument("--seed", type=int, default=0, help="with --tasks: the samples' seed")
-    ap.add_argument("--target", type=float, default=0.1, help="the largest share of prompts selected too early")
+    ap.add_argument("--agreement", type=float, default=0.9,
+                    help="the least share of answers equal to the full cache's, on the tuning prompts (to choose) "
+                         "and on the held-out ones (target_met)")
     ap.add_argument("--taus", default=None, help="comma-separated candidate thresholds (default 0.05, 0.10, .., 1.5)")
     ap.add_argument("--l-min", default=None,
                     help="comma-separated candidate l_min (default: the paper's 10 of 32 layers, scaled)")
@@ -100,7 +106,8 @@ def read_prompts(path: pathlib.Path, max_new_tokens: int) -> tuple[list[Prompt],
         if not ok:
             raise ValueError(f"--prompts {path}, line {i}: must be a non-empty string or an object with a non-empty "
                              "\"prompt\" string (optional \"max_new_tokens\" >= 1, \"stop\" list of strings)")
-        prompts.append(Prompt(item["prompt"], item.get("max_new_tokens", max_new_tokens), tuple(item.get("stop", []))))
+        prompts.append(Prompt(item["prompt"], item.get("max_new_tokens", max_new_tokens), tuple(item.get("stop", [])),
+                              held_out=len(prompts) % 2 == 1))  # every second prompt judges
     if not prompts:
         raise ValueError(f"--prompts {path}: holds no prompt")
     return prompts, hashlib.sha256(data).hexdigest()
@@ -117,7 +124,7 @@ def parse(argv) -> argparse.Namespace:
         args.prompt_list, args.prompts_sha256 = read_prompts(pathlib.Path(args.prompts), args.max_new_tokens)
     args.taus = DEFAULT_TAUS if args.taus is None else _floats(args.taus, "taus")
     args.l_min = None if args.l_min is None else ints(args.l_min, "l-min", 0)
-    check_grid(args.taus, args.l_min or [0], args.target, 10 ** 9)
+    check_grid(args.taus, args.l_min or [0], args.agreement, 10 ** 9)
     if args.select_tokens is None:
         args.select_tokens = 2048 if args.preset == "paper" else 512
     for name in ("l_obs", "select_tokens", "max_new_tokens", "threads"):
@@ -151,8 +158,8 @@ def measure(model, tokenizer, prompt: Prompt, select_tokens: int, l_mins: list[i
                          **SCORING)
         out = asl.generate(model, tokenizer, prompt.text, max_new_tokens=1, selection=policy)
         ratios[l_min] = dict(out.trace.ratios)
-    needed = last if result.oracle_layer is None else result.oracle_layer
-    return PromptMeasure(needed, {o.layer: o.matches for o in result.layers}, ratios), result.cost
+    return (PromptMeasure({o.layer: o.matches for o in result.layers}, ratios, result.prompt_tokens, prompt.held_out),
+            result.cost)
 
 
 def calibrate(model, tokenizer, prompts: list[Prompt], taus, l_mins, target: float, select_tokens: int = 512,
@@ -176,21 +183,32 @@ def calibrate(model, tokenizer, prompts: list[Prompt], taus, l_mins, target: flo
         costs.append(cost)
         if show:
             again = " (measured before)" if i in done else ""
-            print(f"  prompt {i + 1}/{len(prompts)}: oracle layer {m.needed} ({cost:.1f} prefills){again}", flush=True)
-    best, sweep, met = choose(measures, taus, l_mins, target, layers)
+            role = "held out" if m.held_out else "tuning"
+            print(f"  prompt {i + 1}/{len(prompts)} ({role}): earliest matching layer {m.earliest}, stable from "
+                  f"{m.stable} ({cost:.1f} prefills){again}", flush=True)
+    c = choose(measures, taus, l_mins, target, layers, select_tokens)
+    best, held = c.best, c.held
     return {
         "num_layers": layers,
         "asl": {"tau": best.tau, "l_min": best.l_min, "l_obs": min(l_obs, best.l_min + 1),
                 "select_tokens": select_tokens, **SCORING},
         "target": target,
-        "figures": {"n": best.n, "too_early": best.too_early, "mismatch": best.mismatch,
-                    "layers_lost": best.layers_lost, "target_met": met,
-                    "oracle_layers": [m.needed for m in measures]},
+        "figures": {"n": best.n + (held.n if held else 0), "tuning": _figures(best),
+                    "held_out": _figures(held) if held else None,
+                    "agreement_interval": list(c.interval) if held else None,
+                    "target_tuned": c.tuned, "target_met": c.met,
+                    "earliest_layers": [m.earliest for m in measures], "stable_layers": [m.stable for m in measures]},
         "timing": {"oracle_cost_median": statistics.median(costs)},  # measured: the one part that varies
         "search": {"taus": sorted(set(taus)), "l_mins": sorted(set(l_mins)),
-                   "sweep": [[o.l_min, o.tau, round(o.too_early, 4), round(o.mismatch, 4), round(o.layers_lost, 3)]
-                             for o in sweep]},
+                   "columns": ["l_min", "tau", "agreement", "kv_share", "too_early", "layers_lost"],
+                   "sweep": [[o.l_min, o.tau, round(o.agreement, 4), round(o.kv, 4), round(o.too_early, 4),
+                              round(o.layers_lost, 3)] for o in c.sweep]},
     }
+
+
+def _figures(o) -> dict:
+    return {"n": o.n, "agree": o.agree, "agreement": o.agreement, "kv_share": o.kv, "too_early": o.too_early,
+            "layers_lost": o.layers_lost}
 
 
 def _task_prompts(tokenizer, args) -> list[Prompt]:
@@ -198,7 +216,7 @@ def _task_prompts(tokenizer, args) -> list[Prompt]:
 
     samples = [make_sample(t, tokenizer, n, i, args.seed) for i in range(args.samples) for n in args.lengths
                for t in args.tasks]
-    return [Prompt(s.prompt, s.max_new_tokens, s.stop) for s in samples]
+    return [Prompt(s.prompt, s.max_new_tokens, s.stop, held_out=s.index % 2 == 1) for s in samples]  # odd samples judge
 
 
 def main(argv=None) -> int:
@@ -212,7 +230,7 @@ def _main(argv) -> int:
     args = parse(argv)
     folder, config = model_config(args.model, [] if args.prompts else args.lengths)
     args.l_min = args.l_min or [scaled_layer(10, config.num_layers)]
-    check_grid(args.taus, args.l_min, args.target, config.num_layers)
+    check_grid(args.taus, args.l_min, args.agreement, config.num_layers)
     with FolderLock(args.out.parent, f".{args.out.name}.lock", args.out, "asl.bench calibrate"):
         return _locked_run(args, folder, config)
 
@@ -243,11 +261,11 @@ def _locked_run(args, folder, config) -> int:
     print(f"calibrate: dtype {args.dtype} ({args.dtype_reason})")
     print(f"calibrate: {args.model} ({config.num_layers} layers, {args.dtype}, {args.device}, {threads} threads); "
           f"{len(prompts)} prompts, select_tokens {args.select_tokens}, {len(args.taus)} taus x l_min {args.l_min}, "
-          f"target {args.target:g}", flush=True)
+          f"agreement target {args.agreement:g}", flush=True)
     begun = time.perf_counter()
-    found = calibrate(model, tokenizer, prompts, args.taus, args.l_min, args.target, args.select_tokens, args.l_obs,
+    found = calibrate(model, tokenizer, prompts, args.taus, args.l_min, args.agreement, args.select_tokens, args.l_obs,
                       show=True, progress=progress)
-    data = {"format": 1, "model": args.model, **found, "config": fingerprint(config), "prompts": source,
+    data = {"format": FORMAT, "model": args.model, **found, "config": fingerprint(config), "prompts": source,
             "run": {"dtype": args.dtype, "dtype_reason": args.dtype_reason, "cpu": describe_cpu(),
                     "device": args.device, "threads": threads,
                     "seconds": round(time.perf_counter() - begun, 1)},
@@ -292,8 +310,9 @@ class Progress:
     def add(self, i: int, m: PromptMeasure, cost: float) -> None:
         import os
 
-        line = {"i": i, "needed": m.needed, "matches": {str(k): v for k, v in m.matches.items()},
-                "ratios": {str(lm): {str(k): r for k, r in rs.items()} for lm, rs in m.ratios.items()}, "cost": cost}
+        line = {"i": i, "matches": {str(k): v for k, v in m.matches.items()},
+                "ratios": {str(lm): {str(k): r for k, r in rs.items()} for lm, rs in m.ratios.items()},
+                "prompt_tokens": m.prompt_tokens, "held_out": m.held_out, "cost": cost}
         with open(self.path, "a") as f:
             f.write(json.dumps(line) + "\n")
             f.flush()
@@ -316,18 +335,28 @@ def _lines(path: pathlib.Path) -> list:
 
 
 def _measure_from(item: dict) -> PromptMeasure:
-    return PromptMeasure(int(item["needed"]), {int(k): bool(v) for k, v in item["matches"].items()},
-                         {int(lm): {int(k): float(r) for k, r in rs.items()} for lm, rs in item["ratios"].items()})
+    return PromptMeasure({int(k): bool(v) for k, v in item["matches"].items()},
+                         {int(lm): {int(k): float(r) for k, r in rs.items()} for lm, rs in item["ratios"].items()},
+                         int(item["prompt_tokens"]), bool(item["held_out"]))
 
 
 def summary_text(data: dict) -> str:
     a, f = data["asl"], data["figures"]
-    lines = [f"chosen: tau {a['tau']:g}, l_min {a['l_min']} (l_obs {a['l_obs']}, select_tokens {a['select_tokens']})"
-             f" on {f['n']} prompts: {100 * f['too_early']:.1f}% selected too early (target "
-             f"{100 * data['target']:.0f}%{'' if f['target_met'] else ', NOT met by any candidate'}), "
-             f"{100 * f['mismatch']:.1f}% answers differ from the full cache's, {f['layers_lost']:.2f} layers lost "
-             f"on average; the oracle cost {data['timing']['oracle_cost_median']:.1f} prefills per prompt (median)"]
-    lines.append("  l_min   tau  too_early  differ  layers_lost")
-    lines += [f"  {lm:>5} {tau:>5g} {100 * e:>9.1f}% {100 * w:>6.1f}% {lost:>12.2f}"
-              for lm, tau, e, w, lost in data["search"]["sweep"]]
+    tune, held = f["tuning"], f["held_out"]
+    line = (f"chosen: tau {a['tau']:g}, l_min {a['l_min']} (l_obs {a['l_obs']}, select_tokens {a['select_tokens']}): "
+            f"on {tune['n']} tuning prompts {100 * tune['agreement']:.0f}% of answers equal the full cache's at "
+            f"{100 * tune['kv_share']:.0f}% of its KV")
+    if held is None:
+        line += "; no held-out prompt, so the target is NOT met (give at least two prompts)"
+    else:
+        low, high = f["agreement_interval"]
+        line += (f"; on {held['n']} held-out prompts {100 * held['agreement']:.0f}% [{100 * low:.0f}, {100 * high:.0f}] "
+                 f"at {100 * held['kv_share']:.0f}% of its KV: target {100 * data['target']:.0f}% "
+                 f"{'met' if f['target_met'] else 'NOT met'}")
+    if not f["target_tuned"]:
+        line += " (no candidate reached it on the tuning prompts: the most agreeing was chosen)"
+    lines = [line + f"; the oracle cost {data['timing']['oracle_cost_median']:.1f} prefills per prompt (median)"]
+    lines.append("  l_min   tau  agreement  kv_share  too_early  layers_lost   (tuning prompts)")
+    lines += [f"  {lm:>5} {tau:>5g} {100 * ag:>9.1f}% {100 * kv:>8.1f}% {100 * e:>9.1f}% {lost:>12.2f}"
+              for lm, tau, ag, kv, e, lost in data["search"]["sweep"]]
     return "\n".join(lines)

@@ -22,6 +22,8 @@ from itertools import combinations
 
 import numpy as np
 
+from asl.interval import wilson  # noqa: F401 (the bench's intervals: one formula)
+
 __all__ = ["COMPARISON_FIELDS", "CORRECT_EPS", "bootstrap_mean_ci", "compare", "correct", "mcnemar_exact",
            "paired_bootstrap_diff", "wilcoxon_p", "wilson"]
 
@@ -44,15 +46,6 @@ def _st():
 
 # --------------------------------------------------------------------------------------------
 # intervals
-
-
-def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float | None, float | None]:
-    """Wilson score interval of a proportion: unlike the normal approximation it stays inside
-    [0, 1] and is not zero-width at 0 or n successes, which small cells hit often. n == 0 -> (None, None)."""
-    if n <= 0:
-        return None, None
-    ci = _st().binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(ci.low), float(ci.high)
 
 
 def bootstrap_mean_ci(values: Sequence[float], confidence: float = 0.95, resamples: int = 2000,

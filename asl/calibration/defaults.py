@@ -68,14 +68,24 @@ def asl_settings(name: str | None, num_layers: int, calibration=None, config=Non
                     architecture=fingerprint(config) if config is not None else None)
         a = data["asl"]
         settings = {k: a[k] for k in ("tau", "l_min", "l_obs", "window", "kernel", "pooling", "select_tokens")}
-        f = data["figures"]
-        return settings, (f"calibrated ({path}: {f['n']} prompts, {100 * f['too_early']:.0f}% selected too early, "
-                          f"target {100 * data['target']:.0f}%)")
+        return settings, f"calibrated ({path}: {judged(data)})"
     l_min = scaled_layer(10, num_layers)
     tau = FALLBACK_TAU.get(name, PAPER_TAU)
     why = "hand-set for the bundled model" if name in FALLBACK_TAU else "the paper's"
     return ({"tau": tau, "l_min": l_min, "l_obs": min(8, l_min + 1), **SCORING},
             f"not calibrated: tau {why}, l_min 10 of 32 layers scaled to {num_layers}")
+
+
+def judged(data: dict) -> str:
+    """The calibration's verdict in one phrase: its held-out agreement, interval and target."""
+    f, target = data["figures"], 100 * data["target"]
+    held = f["held_out"]
+    if held is None:
+        return f"{f['n']} prompts, none held out: target {target:.0f}% NOT met"
+    low, high = f["agreement_interval"]
+    return (f"{100 * held['agreement']:.0f}% [{100 * low:.0f}, {100 * high:.0f}] of {held['n']} held-out answers equal "
+            f"the full cache's at {100 * held['kv_share']:.0f}% of its KV, target {target:.0f}% "
+            f"{'met' if f['target_met'] else 'NOT met'}")
 
 
 def config_of(name: str):

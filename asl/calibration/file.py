@@ -9,7 +9,7 @@ import pathlib
 
 from ..atomic import write_atomic
 
-FORMAT = 1
+FORMAT = 2  # 2: chosen by agreement with the full cache, judged on held-out prompts
 POOLINGS = ("avg", "max")
 SOURCES = ("tasks", "file")
 
@@ -52,9 +52,14 @@ FIELDS = {
     "prompts.source": (lambda v: v in SOURCES, f"one of {', '.join(SOURCES)}"),
     "figures": (lambda v: isinstance(v, dict), "an object"),
     "figures.n": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "figures.too_early": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    "figures.mismatch": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    "figures.layers_lost": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "figures.tuning": (lambda v: isinstance(v, dict), "an object"),
+    "figures.tuning.agreement": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "figures.tuning.kv_share": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "figures.held_out": (lambda v: v is None or isinstance(v, dict) and all(
+        _is_number(v.get(k)) and 0 <= v[k] <= 1 for k in ("agreement", "kv_share")),
+        "null or an object with agreement and kv_share in [0, 1]"),
+    "figures.agreement_interval": (lambda v: v is None or isinstance(v, list) and len(v) == 2 and all(
+        _is_number(x) and 0 <= x <= 1 for x in v), "null or [low, high] in [0, 1]"),
     "figures.target_met": (lambda v: isinstance(v, bool), "true or false"),
     "code": (lambda v: isinstance(v, str), "a string (the code version)"),
 }
@@ -91,6 +96,9 @@ def check(data, where) -> dict:
             raise CalibrationError(f"calibration file {where}: field {name!r} is missing ({allowed})") from None
         if not ok(value):
             raise CalibrationError(f"calibration file {where}: field {name!r} must be {allowed}, got {value!r}")
+    if data["figures"]["target_met"] and data["figures"]["held_out"] is None:
+        raise CalibrationError(f"calibration file {where}: field 'figures.target_met' is true with no held-out "
+                               "prompt: only held-out agreement can meet the target")
     a, layers = data["asl"], data["num_layers"]
     if not 0 <= a["l_min"] < layers:
         raise CalibrationError(f"calibration file {where}: field 'asl.l_min' must be a layer of the model "

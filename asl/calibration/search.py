@@ -1,36 +1,67 @@
-"""Choosing ASL's threshold from per-prompt measurements: the layer each prompt needed (the
-oracle's) and ASL's variance ratios per layer (one recorded run). Which layer ASL would pick
-at a threshold follows from the ratios alone, so every candidate costs no model call; plain
-Python, so the choice is deterministic (docs/algorithms.md section 14)."""
+"""Choosing ASL's threshold from per-prompt measurements: for every candidate layer, whether
+selecting there keeps the full cache's answer (the oracle's outcomes), and ASL's variance
+ratios per layer (one recorded run). Which layer ASL would pick at a threshold follows from
+the ratios alone, so every candidate costs no model call; plain Python, so the choice is
+deterministic (docs/algorithms.md section 14).
+
+The objective is the one a user cares about: answers equal to the full cache's, at the least
+KV. A candidate is chosen on the tuning prompts (the cheapest whose agreement reaches the
+target) and judged on the held-out prompts: `target_met` only where their agreement reaches
+it. The oracle's matches need not be monotone in the layer (a prompt may match at layer 5,
+differ at 9, match again at 14), so a candidate is scored by the outcome at the very layer it
+picks, never by its distance from the earliest matching layer."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+from ..interval import wilson
+
 
 @dataclass(frozen=True)
 class PromptMeasure:
-    """One prompt. `needed`: the oracle layer (num_layers - 1 when no candidate layer kept the
-    full cache's answer: only not selecting does); `matches`: per candidate layer, whether
-    selection there keeps that answer; `ratios`: per l_min, ASL's ratio per evaluated layer."""
+    """One prompt. `matches`: per candidate layer, whether selection there keeps the full
+    cache's answer; `ratios`: per l_min, ASL's ratio per evaluated layer; `prompt_tokens` its
+    length; `held_out`: judged, not tuned on."""
 
-    needed: int
     matches: dict[int, bool]
     ratios: dict[int, dict[int, float]]
+    prompt_tokens: int
+    held_out: bool = False
+
+    @property
+    def earliest(self) -> int | None:
+        """The earliest candidate layer that keeps the answer (the oracle layer; None: none)."""
+        return next((layer for layer in sorted(self.matches) if self.matches[layer]), None)
+
+    @property
+    def stable(self) -> int | None:
+        """The earliest candidate layer from which every later candidate keeps it too."""
+        found = None
+        for layer in sorted(self.matches, reverse=True):
+            if not self.matches[layer]:
+                break
+            found = layer
+        return found
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """A candidate (l_min, tau) over the prompts: the share selected before the layer they
-    needed, the share whose answer would differ from the full cache's, and the mean number of
-    layers selected later than needed (the time lost)."""
+    """A candidate (l_min, tau) over some prompts: how many answers equal the full cache's, the
+    mean KV share (1 = the full cache), and, for reading, the share selected before the
+    earliest matching layer and the mean layers selected after the stable one."""
 
     l_min: int
     tau: float
     n: int
+    agree: int
+    kv: float
     too_early: float
-    mismatch: float
     layers_lost: float
+
+    @property
+    def agreement(self) -> float:
+        return self.agree / self.n if self.n else float("nan")
 
 
 def picked_layer(ratios: dict[int, float], tau: float, l_min: int, last: int) -> int:
@@ -39,16 +70,27 @@ def picked_layer(ratios: dict[int, float], tau: float, l_min: int, last: int) ->
     return next((layer for layer in sorted(ratios) if layer >= l_min and ratios[layer] < tau), last)
 
 
-def evaluate(measures: list[PromptMeasure], l_min: int, tau: float, num_layers: int) -> Outcome:
+def kv_share(layer: int, prompt_tokens: int, select_tokens: int, num_layers: int) -> float:
+    """KV stored by selection alone after `layer`, as a share of the full cache: layers up to it
+    keep the prompt, deeper ones the selected tokens (selecting at the last layer: the full)."""
+    kept = min(select_tokens, prompt_tokens)
+    return ((layer + 1) * prompt_tokens + (num_layers - 1 - layer) * kept) / (num_layers * prompt_tokens)
+
+
+def evaluate(measures: list[PromptMeasure], l_min: int, tau: float, num_layers: int, select_tokens: int) -> Outcome:
     last = num_layers - 1
-    early = wrong = lost = 0
+    agree = early = lost = 0
+    kv = 0.0
     for m in measures:
         layer = picked_layer(m.ratios[l_min], tau, l_min, last)
-        early += layer < m.needed
-        wrong += not m.matches.get(layer, True)  # the last layer, or no selection: the full answer
-        lost += max(0, layer - m.needed)
+        agree += m.matches.get(layer, True)  # the last layer, or no selection: the full answer
+        kv += kv_share(layer, m.prompt_tokens, select_tokens, num_layers)
+        earliest, stable = m.earliest, m.stable
+        early += earliest is None and layer < last or earliest is not None and layer < earliest
+        lost += max(0, layer - (last if stable is None else stable))
     n = len(measures)
-    return Outcome(l_min, tau, n, early / n, wrong / n, lost / n)
+    return Outcome(l_min, tau, n, agree, kv / n if n else float("nan"), early / n if n else 0.0,
+                   lost / n if n else 0.0)
 
 
 def check_grid(taus, l_mins, target, num_layers: int) -> None:
@@ -59,25 +101,39 @@ def check_grid(taus, l_mins, target, num_layers: int) -> None:
     if not l_mins or any(not isinstance(v, int) or not 0 <= v < num_layers for v in l_mins):
         raise ValueError(f"--l-min must be layers of the model (0..{num_layers - 1}), got {l_mins!r}")
     if not isinstance(target, (int, float)) or isinstance(target, bool) or not 0 <= target <= 1:
-        raise ValueError(f"--target must be a share in [0, 1], got {target!r}")
+        raise ValueError(f"--agreement must be a share in [0, 1], got {target!r}")
 
 
-def choose(measures: list[PromptMeasure], taus, l_mins, target: float,
-           num_layers: int) -> tuple[Outcome, list[Outcome], bool]:
-    """(the chosen candidate, every candidate, whether it meets the target).
+@dataclass(frozen=True)
+class Choice:
+    best: Outcome  # on the tuning prompts
+    sweep: list[Outcome]  # every candidate on the tuning prompts
+    held: Outcome | None  # the chosen candidate on the held-out prompts (None: there are none)
+    interval: tuple[float | None, float | None]  # Wilson 95% of the held-out agreement
+    tuned: bool  # some candidate reached the target on the tuning prompts
+    met: bool  # the held-out agreement reaches the target
 
-    Among the candidates with at most `target` of the prompts selected too early: the fewest
-    layers lost, then fewer too early, fewer wrong answers, the smaller tau (it fires later on
-    unseen prompts) and the smaller l_min. When none meets the target: the fewest too early."""
+
+def choose(measures: list[PromptMeasure], taus, l_mins, target: float, num_layers: int,
+           select_tokens: int) -> Choice:
+    """The cheapest candidate (least mean KV share) whose agreement on the tuning prompts is at
+    least `target`; ties to the higher agreement, the smaller tau (it fires later on unseen
+    prompts), the smaller l_min. When none reaches it: the highest agreement, then the cheapest.
+    `met` only where the held-out prompts' agreement reaches `target` too."""
     check_grid(taus, l_mins, target, num_layers)
-    if not measures:
-        raise ValueError("calibration needs at least one prompt")
-    sweep = [evaluate(measures, l_min, float(tau), num_layers) for l_min in sorted(set(l_mins))
+    tune = [m for m in measures if not m.held_out]
+    held = [m for m in measures if m.held_out]
+    if not tune:
+        raise ValueError("calibration needs at least one tuning prompt (held_out false)")
+    sweep = [evaluate(tune, l_min, float(tau), num_layers, select_tokens) for l_min in sorted(set(l_mins))
              for tau in sorted(set(taus))]
-    allowed = math.floor(target * len(measures) + 1e-9)  # counts, so no float noise decides
-    feasible = [o for o in sweep if round(o.too_early * o.n) <= allowed]
+    needed = math.ceil(target * len(tune) - 1e-9)  # counts, so no float noise decides
+    feasible = [o for o in sweep if o.agree >= needed]
     if feasible:
-        best = min(feasible, key=lambda o: (o.layers_lost, o.too_early, o.mismatch, o.tau, o.l_min))
+        best = min(feasible, key=lambda o: (o.kv, -o.agree, o.tau, o.l_min))
     else:
-        best = min(sweep, key=lambda o: (o.too_early, o.layers_lost, o.mismatch, o.tau, o.l_min))
-    return best, sweep, bool(feasible)
+        best = min(sweep, key=lambda o: (-o.agree, o.kv, o.tau, o.l_min))
+    judged = evaluate(held, best.l_min, best.tau, num_layers, select_tokens) if held else None
+    met = bool(feasible) and judged is not None and judged.agree >= math.ceil(target * judged.n - 1e-9)
+    interval = wilson(judged.agree, judged.n) if judged is not None else (None, None)
+    return Choice(best, sweep, judged, interval, bool(feasible), met)
