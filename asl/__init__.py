@@ -17,6 +17,7 @@ from .models.interop import from_transformers
 from .models.loading import BUNDLED, load
 from .oracle import LayerOutcome, OracleResult, oracle_layer
 from .presets import preset
+from .sweep import SweepOutput, sweep
 from .policies import (ASL, AdaKV, Proportional, PyramidKV, ASLTwoPass, DecodeView, EvictionPolicy, FastKV, Full, GemFilter, LayerView, PrefillInfo,
                        PyramidInfer, PyramidInferDecode, ScorerEviction, ScorerSelection, Selection, SelectionPolicy,
                        SnapKV, StreamingLLM, TopP)
@@ -24,5 +25,5 @@ from .policies import (ASL, AdaKV, Proportional, PyramidKV, ASLTwoPass, DecodeVi
 __all__ = [
     "ASL", "AdaKV", "Proportional", "PyramidKV", "Applied", "LayerOutcome", "SequenceTrace", "apply", "export", "ASLTwoPass", "BUNDLED", "CompressedContext", "DecodeView", "Decoder", "EvictionPolicy", "FastKV", "Full", "GemFilter", "GenerationOutput",
     "LayerView", "ModelConfig", "PrefillInfo", "PyramidInfer", "PyramidInferDecode", "ScorerEviction", "ScorerSelection", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "Trace", "TopP",
-    "OracleResult", "compress", "from_transformers", "generate", "load", "oracle_layer", "preset", "resolve_dtype",
+    "OracleResult", "SweepOutput", "compress", "from_transformers", "generate", "load", "oracle_layer", "preset", "resolve_dtype", "sweep",
 ]

@@ -217,7 +217,8 @@ def eos_ids(model: Decoder, tokenizer) -> set[int]:
     return ids
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device (CUDA) so a wall-clock time covers its work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -278,9 +279,10 @@ def generate(
 
 @torch.inference_mode()
 def generate_ids(model: Decoder, tokenizer, ids: list[list[int]], settings: DecodeSettings, *, compile=False, seed=0,
-                 selection=None, eviction=None, cache=None, streamer=None, single=False) -> GenerationOutput:
+                 selection=None, eviction=None, cache=None, streamer=None, single=False, trunk=None) -> GenerationOutput:
     """generate() from token ids, its settings resolved (asl.apply's transformers-style
-    generate calls it too). `tokenizer` may be None: then there is no text and no stop string."""
+    generate calls it too). `tokenizer` may be None: then there is no text and no stop string.
+    `trunk`: these ids' full pass (asl.sweep), forked from instead of run again."""
     selection, eviction = per_call(selection), per_call(eviction)  # one shared policy serves many threads
     max_new_tokens = settings.max_new_tokens
     limit = model.config.max_position_embeddings
@@ -306,21 +308,21 @@ def generate_ids(model: Decoder, tokenizer, ids: list[list[int]], settings: Deco
     if streamer is not None:
         streamer.put(torch.tensor([ids[0]]))
     try:
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         if cache is None:
-            pre = prefill(model, input_ids, valid, max_new_tokens, selection, eviction)
+            pre = prefill(model, input_ids, valid, max_new_tokens, selection, eviction, trunk)
         else:
             pre = extend(model, cache, input_ids, valid, max_new_tokens)
         tokens = sampler(pre.logits)
-        _sync(device)
+        sync(device)
         prefill_s = time.perf_counter() - start
         kv_after_prefill = pre.cache.kv_tokens()  # [L, B, G], before decoding may evict
         on_token = (lambda t: streamer.put(t.cpu())) if streamer is not None else None
         generated, steps, compiling, evicting = decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos,
                                                              settings.stop, compile, sampler, eviction,
                                                              on_token=on_token)
-        _sync(device)
+        sync(device)
     finally:
         if streamer is not None:
             streamer.end()
@@ -397,7 +399,7 @@ def decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compil
         if evicting is not None:
             evicting.after_step()
         if compile and _graphs() != graphs:  # this step compiled (a new shape): its time is compile time
-            _sync(tokens.device)
+            sync(tokens.device)
             compiling.steps += 1
             compiling.seconds += time.perf_counter() - begun
         tokens = sampler(logits)

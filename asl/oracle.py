@@ -6,8 +6,8 @@ ones that go on (the selection-alone regime: layers up to l keep the whole promp
 deeper layers the selected tokens' - exactly what `FastKV(layer=l)` with ASL's scoring
 does). The oracle layer is the earliest l whose answer equals the full cache's.
 
-Cheap by construction: one full prefill keeps every layer's input hidden states and KV;
-each candidate then runs only the layers after l, on the selected tokens, and decodes.
+Cheap by construction: one full prefill records every layer's states (a `Trunk`); each
+candidate forks from it and runs only the layers after l, on the selected tokens, and decodes.
 docs/algorithms.md section 13.
 """
 from __future__ import annotations
@@ -19,11 +19,9 @@ import torch
 
 from .answers import partial
 from .generation import decode_loop, encode, eos_ids, left_pad
-from .models.cache import KVCache, LayerCache
 from .models.interop import as_decoder
-from .policies.base import LayerView, PrefillInfo
 from .policies.fixed import FastKV
-from .prefill import AliveTokens, PrefillResult, left_pad_columns, run_layers
+from .prefill import AliveTokens, PrefillResult, full_trunk, prefill
 
 
 @dataclass
@@ -93,15 +91,16 @@ def oracle_layer(model, tokenizer, prompt: str, select_tokens: int = 1024, layer
     eos = torch.tensor(sorted(eos_ids(decoder, tokenizer)), device=device)
 
     start = time.perf_counter()
-    states = _full_pass(decoder, AliveTokens.start(input_ids, valid))
+    trunk = full_trunk(decoder, AliveTokens.start(input_ids, valid))
     prefill_s = time.perf_counter() - start
-    full_tokens = _answer(decoder, tokenizer, states.result(max_new_tokens), max_new_tokens, eos, stop)
+    full = prefill(decoder, input_ids, valid, max_new_tokens, trunk=trunk)
+    full_tokens = _answer(decoder, tokenizer, full, max_new_tokens, eos, stop)
     full_text = tokenizer.decode(full_tokens, skip_special_tokens=True)
     out = OracleResult(full_text, full_tokens, prefill_s=prefill_s, prompt_tokens=len(ids[0]))
     for layer in candidates:
         policy = FastKV(layer=layer, select_tokens=select_tokens, window=window, kernel=kernel, pooling=pooling)
         begun = time.perf_counter()
-        pre = states.select_after(decoder, layer, policy, max_new_tokens)
+        pre = prefill(decoder, input_ids, valid, max_new_tokens, policy, trunk=trunk)
         out.candidates_s += time.perf_counter() - begun
         whole = partials or layer == candidates[-1]
         tokens = _answer(decoder, tokenizer, pre, max_new_tokens, eos, stop, None if whole else full_tokens)
@@ -118,54 +117,3 @@ def _answer(decoder, tokenizer, pre: PrefillResult, max_new_tokens: int, eos, st
     generated, *_ = decode_loop(decoder, tokenizer, pre, first, max_new_tokens, eos, stop, False,
                                 lambda logits: logits.argmax(-1), follow=follow)
     return generated[0]
-
-
-@dataclass
-class _States:
-    """What the full prefill leaves: each layer's input hidden states, keys and values."""
-
-    tokens: AliveTokens
-    hidden: list[torch.Tensor]  # [L] inputs of each layer [1, n, D]
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-    logits: torch.Tensor
-
-    def caches(self, layers: range, extra: int) -> list[LayerCache]:
-        """The full cache of those layers, in fresh buffers."""
-        valid = self.tokens.valid[:, None].expand_as(self.keys[0][..., 0])
-        return [LayerCache.from_prefill(self.keys[i], self.values[i], valid, extra) for i in layers]
-
-    def result(self, extra: int) -> PrefillResult:
-        """The full cache, in fresh buffers."""
-        n = len(self.keys)
-        return _result(self.logits, self.caches(range(n), extra), self.tokens, [int(self.tokens.valid.sum())] * n)
-
-    def select_after(self, decoder, layer: int, policy: FastKV, extra: int) -> PrefillResult:
-        """Layers up to `layer` as in the full pass; then the tokens `policy` keeps run the rest."""
-        c = decoder.config
-        t = self.tokens
-        policy.begin(PrefillInfo(c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, tuple(t.valid.sum(-1).tolist())))
-        q, k, v = decoder.layers[layer].project(self.hidden[layer], *decoder.rope(t.positions, self.hidden[0].dtype))
-        chosen = policy.after_layer(layer, LayerView(layer, q, k, v, t.positions, t.index, t.valid))
-        if chosen is None or layer == c.num_layers - 1:  # nothing to prune: the full cache's answer
-            return self.result(extra)
-        cols, valid = left_pad_columns(t.columns(chosen))
-        kept = AliveTokens(t.ids, t.positions.gather(1, cols), t.index.gather(1, cols), valid)
-        h = self.hidden[layer + 1].gather(1, cols[..., None].expand(-1, -1, self.hidden[0].shape[-1]))
-        deeper = run_layers(decoder, h, kept, layer + 1, extra)
-        alive = [int(t.valid.sum())] * (layer + 1) + deeper.alive_tokens[0]
-        return _result(deeper.logits, self.caches(range(layer + 1), extra) + deeper.cache.layers, kept, alive)
-
-
-def _result(logits, layers, tokens: AliveTokens, alive) -> PrefillResult:
-    return PrefillResult(logits=logits, cache=KVCache(layers), alive_tokens=[list(alive)],
-                         kept_indices=[tokens.index[tokens.valid].tolist()], next_positions=tokens.positions[:, -1] + 1,
-                         policy_s=0.0, restarted=False)
-
-
-def _full_pass(decoder, tokens: AliveTokens) -> _States:
-    kept: list[tuple] = []
-    h, rope = decoder.embed(tokens.ids, tokens.positions)
-    full = run_layers(decoder, h, tokens, 0, 0, keep_states=kept, rope=rope)
-    hidden, keys, values = (list(x) for x in zip(*kept))
-    return _States(tokens, hidden, keys, values, full.logits)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -44,6 +44,30 @@ class AliveTokens:
             sel[sel >= 0] if bool(active) else torch.arange(width - a, width, device=sel.device)
             for sel, active, a in zip(selection.keep, selection.active, alive)
         ]
+
+
+@dataclass
+class Trunk:
+    """What one pass of the whole prompt computes at every layer: its input hidden states,
+    queries, keys and values, and the last layer's output. A run that has not pruned yet
+    computes exactly these, so runs of the same prompt under different policies fork from it
+    (`prefill(..., trunk=...)`, `asl.sweep`, the oracle) instead of running the layers again."""
+
+    tokens: AliveTokens
+    hidden: list = field(default_factory=list)  # [L] each layer's input [B, n, D]
+    queries: list = field(default_factory=list)
+    keys: list = field(default_factory=list)
+    values: list = field(default_factory=list)
+    output: torch.Tensor | None = None  # the last layer's output (its last token's row)
+    logits: torch.Tensor | None = None
+
+
+def full_trunk(model: Decoder, tokens: AliveTokens) -> Trunk:
+    """The whole prompt through every layer, recording each (no cache, no policy)."""
+    trunk = Trunk(tokens)
+    h, rope = model.embed(tokens.ids, tokens.positions)
+    trunk.logits = run_layers(model, h, tokens, 0, 0, record=trunk, rope=rope).logits
+    return trunk
 
 
 def left_pad_columns(columns: list[torch.Tensor], pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,14 +141,24 @@ def prefill(
     extra_slots: int,
     selection: SelectionPolicy | None = None,
     eviction: EvictionPolicy | None = None,
+    trunk: Trunk | None = None,
 ) -> PrefillResult:
-    """Run the prompt through the model with the policies; see the module docstring."""
+    """Run the prompt through the model with the policies; see the module docstring. With a
+    `trunk` of these very tokens (`full_trunk`), the layers before the first selection are read
+    from it, not run: the same numbers, at the cost of the policies alone."""
     c = model.config
+    if trunk is not None and not (torch.equal(trunk.tokens.ids, input_ids) and torch.equal(trunk.tokens.valid, valid)):
+        raise ValueError("trunk: it was computed for other tokens than these")
+    if trunk is not None and selection is not None and selection.restarts:
+        raise ValueError(f"trunk: {type(selection).__name__} reruns the model from layer 0 after its selection; "
+                         "only one-shot selections fork from a shared trunk")
     info = PrefillInfo(c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, tuple(valid.sum(-1).tolist()))
     for policy in (selection, eviction):
         if policy is not None:
             policy.begin(info)
     tokens = AliveTokens.start(input_ids, valid)
+    if trunk is not None:
+        return run_layers(model, trunk.hidden[0], tokens, 0, extra_slots, selection, eviction, trunk=trunk)
     result = _run(model, tokens, extra_slots, selection, eviction)
     if isinstance(result, PrefillResult):
         return result
@@ -146,27 +180,32 @@ def _run(model, tokens: AliveTokens, extra_slots, selection, eviction):
 
 def run_layers(model, h: torch.Tensor, tokens: AliveTokens, start: int, extra_slots: int,
                selection: SelectionPolicy | None = None, eviction: EvictionPolicy | None = None,
-               keep_states: list | None = None, rope: tuple | None = None):
+               record: Trunk | None = None, rope: tuple | None = None, trunk: Trunk | None = None):
     """The layer loop (the only one): hidden states `h` [B, n, D] of the alive `tokens` run
     through layers `start`.. with the policies. Returns a PrefillResult whose cache and
     alive counts cover those layers, or (selection, policy_s) when a selection restarts.
 
-    `keep_states`: a list that receives each layer's (input h, k, v) instead of a cache (the
-    oracle forks deeper passes from them, so it stores nothing itself). `rope`: the tokens'
-    RoPE tables where the caller has them already."""
+    `record`: a Trunk that receives each layer's input h, q, k, v instead of a cache stored.
+    `trunk`: one recorded for these tokens; until the first selection prunes, each layer's
+    q, k, v and output are read from it instead of computed. `rope`: the tokens' RoPE tables
+    where the caller has them already."""
     restarts = selection is not None and selection.restarts
     decoding = eviction is not None and eviction.every > 0  # it evicts during decoding too
     recent = eviction.recent_queries(int(tokens.valid.sum(-1).max())) if decoding else 0
     mask = attention_mask_for(tokens.valid)
-    rope = model.rope(tokens.positions, h.dtype) if rope is None else rope
+    rope = model.rope(tokens.positions, h.dtype) if rope is None and trunk is None else rope
     layers, alive, policy_s, problems = [], [], 0.0, []
     last = len(model.layers) - 1
     for i in range(start, last + 1):
         layer = model.layers[i]
-        q, k, v = layer.project(h, *rope)
-        if keep_states is not None:
-            keep_states.append((h, k, v))
-        h = layer.prefill(h, q, k, v, mask, tokens.valid, last=i == last)
+        if trunk is not None:  # these tokens ran this layer in the trunk's pass
+            q, k, v = trunk.queries[i], trunk.keys[i], trunk.values[i]
+            h = trunk.hidden[i + 1] if i < last else trunk.output
+        else:
+            q, k, v = layer.project(h, *rope)
+            if record is not None:
+                record.hidden.append(h), record.queries.append(q), record.keys.append(k), record.values.append(v)
+            h = layer.prefill(h, q, k, v, mask, tokens.valid, last=i == last)
         alive.append(tokens.valid.sum(-1))
         view = LayerView(i, q, k, v, tokens.positions, tokens.index, tokens.valid)
         begun = time.perf_counter()
@@ -179,7 +218,7 @@ def run_layers(model, h: torch.Tensor, tokens: AliveTokens, start: int, extra_sl
             check_keep(keep, tokens.valid, q.shape[1], k.shape[1], eviction)
             problems.append((i, keep_problems(keep, tokens.valid).any(-1)))
             keep = keep.clamp(max=tokens.valid.shape[-1] - 1)
-        if not restarts and keep_states is None:  # a first pass that restarts keeps no KV
+        if not restarts and record is None:  # a first pass that restarts keeps no KV
             layers.append(store_layer(k, v, tokens, keep, extra_slots, decoding))
             if recent:
                 layers[-1].keep_queries(q, tokens.valid, tokens.positions, recent)
@@ -197,13 +236,16 @@ def run_layers(model, h: torch.Tensor, tokens: AliveTokens, start: int, extra_sl
         tokens = AliveTokens(tokens.ids, tokens.positions.gather(1, cols), tokens.index.gather(1, cols), valid)
         mask = attention_mask_for(valid)
         rope = model.rope(tokens.positions, h.dtype)
+        trunk = None  # pruned: from here on the layers run on the kept tokens
+    if record is not None:
+        record.output = h
     _check_evictions(problems, eviction)
     if restarts:  # it never asked to restart: rerun storing KV, all tokens kept
         nothing = torch.zeros(tokens.valid.shape[0], dtype=torch.bool, device=h.device)
         return Selection(keep=tokens.index[:, :0], active=nothing, restart=True), policy_s
     return PrefillResult(
         logits=model.logits(h[:, -1]),
-        cache=KVCache(layers) if keep_states is None else None,  # with keep_states: no cache was stored
+        cache=KVCache(layers) if record is None else None,  # recording a trunk: no cache was stored
         alive_tokens=torch.stack(alive, 1).tolist(),
         kept_indices=[idx[ok].tolist() for idx, ok in zip(tokens.index, tokens.valid)],
         next_positions=tokens.positions[:, -1] + 1,

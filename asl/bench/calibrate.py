@@ -173,7 +173,8 @@ def calibrate(model, tokenizer, prompts: list[Prompt], taus, l_mins, target: flo
     done = progress.done if progress is not None else {}
     measures, costs = [], []
     for i, prompt in enumerate(prompts):
-        if i in done:
+        before = i in done  # (add() below puts it there)
+        if before:
             m, cost = done[i]
         else:
             m, cost = measure(model, tokenizer, prompt, select_tokens, l_mins, l_obs)
@@ -182,7 +183,7 @@ def calibrate(model, tokenizer, prompts: list[Prompt], taus, l_mins, target: flo
         measures.append(m)
         costs.append(cost)
         if show:
-            again = " (measured before)" if i in done else ""
+            again = " (measured before)" if before else ""
             role = "held out" if m.held_out else "tuning"
             print(f"  prompt {i + 1}/{len(prompts)} ({role}): earliest matching layer {m.earliest}, stable from "
                   f"{m.stable} ({cost:.1f} prefills){again}", flush=True)
@@ -269,7 +270,7 @@ def _locked_run(args, folder, config) -> int:
             "run": {"dtype": args.dtype, "dtype_reason": args.dtype_reason, "cpu": describe_cpu(),
                     "device": args.device, "threads": threads,
                     "seconds": round(time.perf_counter() - begun, 1)},
-            "code": code_hash(), "commit": git_commit(), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "code": identity["code"], "commit": git_commit(), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     write(args.out, data)
     progress.path.unlink(missing_ok=True)  # its measurements are in --out now
     print(summary_text(data))

@@ -1,0 +1,65 @@
+"""Sweeps that share their prefix: one prompt under several one-shot selections (FastKV at
+layers l1 < l2 < ..., ASL at several thresholds), the layers before each selection run once
+for all. A run that has not pruned yet computes exactly the full pass's numbers, so every
+point forks from one recorded full pass (`prefill.Trunk`) and runs only the layers after its
+selection, on its kept tokens: each answer and trace is what `generate` gives that point alone
+(tests/test_sweep.py), at the cost of one full prefill plus the points' deeper layers.
+docs/algorithms.md section 13 (the oracle is such a sweep)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .generation import GenerationOutput, sync, encode, generate_ids, left_pad
+from .generation_settings import resolve
+from .models.interop import as_decoder
+from .policies.base import SelectionPolicy, check_policies
+from .prefill import AliveTokens, full_trunk
+
+
+@dataclass
+class SweepOutput:
+    outputs: list[GenerationOutput]  # one per selection, in their order
+    trunk_s: float  # the shared full pass; each output's trace.prefill_s is its own part beyond it
+
+    @property
+    def prefill_s(self) -> float:
+        """The whole sweep's prefill time: the trunk and every point's own part."""
+        return self.trunk_s + sum(o.trace.prefill_s for o in self.outputs)
+
+
+@torch.inference_mode()
+def sweep(model, tokenizer, prompt: str, selections: list[SelectionPolicy], eviction=None,
+          max_new_tokens: int | None = None, stop: list[str] | None = None, chat: bool = False,
+          generation_config=None) -> SweepOutput:
+    """`generate(model, tokenizer, prompt, selection=s, eviction=eviction, ...)` for every `s` of
+    `selections` (greedy), the full pass shared. Two-pass selections (GemFilter, ASL two-pass)
+    rerun the model from layer 0 and cannot share it: they are refused."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
+    if not isinstance(selections, (list, tuple)) or not selections:
+        raise ValueError(f"selections must be a non-empty list of selection policies, got {selections!r}")
+    for s in selections:
+        if not isinstance(s, SelectionPolicy):
+            raise ValueError(f"selections must hold selection policies, got {type(s).__name__}")
+        if s.restarts:
+            raise ValueError(f"selections: {type(s).__name__} reruns the model from layer 0 after its selection; "
+                             "a sweep shares the layers before a one-shot selection only")
+        check_policies(s, eviction)
+    settings = resolve(generation_config, max_new_tokens=max_new_tokens, stop=stop)
+    decoder = as_decoder(model, tokenizer)
+    ids = encode(tokenizer, [prompt], chat)
+    if len(ids[0]) + settings.max_new_tokens > decoder.config.max_position_embeddings:
+        raise ValueError(f"prompt has {len(ids[0])} tokens; with max_new_tokens={settings.max_new_tokens} that "
+                         f"exceeds the model's maximum of {decoder.config.max_position_embeddings} positions")
+    input_ids, valid = left_pad(ids, decoder.lm_head.weight.device)
+    sync(input_ids.device)
+    start = time.perf_counter()
+    trunk = full_trunk(decoder, AliveTokens.start(input_ids, valid))
+    sync(input_ids.device)
+    trunk_s = time.perf_counter() - start
+    outputs = [generate_ids(decoder, tokenizer, ids, settings, selection=s, eviction=eviction, single=True,
+                            trunk=trunk) for s in selections]
+    return SweepOutput(outputs, trunk_s)
