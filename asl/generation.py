@@ -37,6 +37,7 @@ class SequenceTrace:
     new_tokens: int = 0  # tokens generated, EOS included
     selection_layer: int | None = None  # the layer after which tokens were selected, if any
     ratios: dict[int, float] = field(default_factory=dict)  # ASL: layer -> relative rank variance (unitless)
+    signals: dict[int, dict[str, float]] = field(default_factory=dict)  # an adaptive rule's: layer -> name -> value
     kept_indices: list[int] = field(default_factory=list)  # prompt indices (0-based) alive at the last layer
     peak_kv_tokens: list[int] = field(default_factory=list)  # [L] most entries one KV head held while decoding
     decode_kv_tokens: dict[int, list[int]] = field(default_factory=dict)  # decode step -> [L] entries of the

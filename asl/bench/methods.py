@@ -35,11 +35,12 @@ from dataclasses import dataclass, field
 from asl.bench.oracle_method import Oracle
 from asl.calibration import SCORING, asl_settings, scaled_layer
 from asl.presets import PAPER, paper_settings
-from asl.policies import (ASL, AdaKV, ASLTwoPass, Proportional, EvictionPolicy, FastKV, Full, GemFilter, PyramidInfer,
-                          PyramidInferDecode, PyramidKV, SelectionPolicy, SnapKV, StreamingLLM, TopP)
+from asl.policies import (ASL, AdaKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
+                          Proportional, PyramidInfer, PyramidInferDecode, PyramidKV, SelectionPolicy, SnapKV,
+                          StreamingLLM, TopP)
 
 SELECTIONS = {"fastkv": FastKV, "asl": ASL, "gemfilter": GemFilter, "asl-2pass": ASLTwoPass,
-              "pyramidinfer-prefill": PyramidInfer}
+              "pyramidinfer-prefill": PyramidInfer, "jaccard-stop": JaccardStop, "entropy-stop": EntropyStop}
 EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM, "topp": TopP, "pyramidinfer-decode": PyramidInferDecode}
 # Allocators: an eviction that wraps a scorer eviction, written name(scorer, key=value...)
 WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional}
@@ -47,7 +48,7 @@ WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional
 # arguments go to the first).
 ALIASES = {"pyramidinfer": ("pyramidinfer-prefill", "pyramidinfer-decode")}
 BUILTIN = ("full", "snapkv", "streaming", "topp", "adakv", "pyramidkv", "proportional", "fastkv", "asl", "gemfilter", "asl-2pass",
-           "pyramidinfer", "pyramidinfer-prefill", "pyramidinfer-decode", "oracle")
+           "jaccard-stop", "entropy-stop", "pyramidinfer", "pyramidinfer-prefill", "pyramidinfer-decode", "oracle")
 DESCRIPTIONS = {
     "full": "the full cache (no selection, no eviction)",
     "oracle": "in hindsight: selection at the earliest layer that keeps the full cache's answer (asl.oracle_layer)",
@@ -62,6 +63,8 @@ DESCRIPTIONS = {
     "asl": "selection at the first layer where the rank variance settles below tau (ASL)",
     "gemfilter": "selection from the last query at a layer, then a second pass on the kept tokens",
     "asl-2pass": "ASL's choice of tokens, then a second pass on them like GemFilter",
+    "jaccard-stop": "selection at the first layer where the top-k set stops changing (Jaccard >= threshold)",
+    "entropy-stop": "selection at the first layer where the window's attention is focused (entropy <= threshold)",
     "pyramidinfer": "PyramidInfer as its paper runs it: pyramidinfer-prefill+pyramidinfer-decode",
     "pyramidinfer-prefill": "selection after every layer: the context the recent queries attend to most",
     "pyramidinfer-decode": "eviction while decoding: the entries before the recent window, recompressed",
@@ -290,6 +293,8 @@ def _builtin_defaults(name: str, model_name: str, num_layers: int, config=None, 
         "topp": {"window": SCORING["window"]},
         "fastkv": {"layer": scaled_layer(15, num_layers), **SCORING},
         "gemfilter": {"layer": gemfilter_layer(model_type, num_layers)[0]},
+        "jaccard-stop": {"l_min": scaled_layer(10, num_layers), **SCORING},
+        "entropy-stop": {"l_min": scaled_layer(10, num_layers), **SCORING},
         "pyramidinfer-prefill": {},
         "pyramidinfer-decode": {},
     }[name]

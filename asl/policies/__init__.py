@@ -5,6 +5,7 @@ implements `score(view)`: the base does the top-k, the window, sorting, padding 
 reduction. `top_prefix`, `sort_keep` and `fill_unevicted` are the helpers they build their
 index lists with (stable top-k, -1 pads last, short sequences kept whole).
 """
+from .adaptive import EntropyStop, FittedStop, JaccardStop
 from .allocate import AdaKV, Proportional, PyramidKV
 from .asl import ASL
 from .base import (DecodeView, EvictionPolicy, LayerView, PrefillInfo, Selection, SelectionPolicy, fill_unevicted, sort_keep,
@@ -18,5 +19,5 @@ from .snapkv import SnapKV
 from .streaming import StreamingLLM
 from .topp import TopP
 
-__all__ = ["ASL", "AdaKV", "Proportional", "PyramidKV", "ASLTwoPass", "DecodeView", "EvictionPolicy", "FastKV", "Full", "GemFilter", "LayerView", "PrefillInfo",
+__all__ = ["ASL", "AdaKV", "EntropyStop", "FittedStop", "JaccardStop", "Proportional", "PyramidKV", "ASLTwoPass", "DecodeView", "EvictionPolicy", "FastKV", "Full", "GemFilter", "LayerView", "PrefillInfo",
            "PyramidInfer", "PyramidInferDecode", "ScorerEviction", "ScorerSelection", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "TopP", "fill_unevicted", "sort_keep", "top_prefix"]

@@ -107,8 +107,8 @@ class ScorerSelection(SelectionPolicy):
         """How much each prefix token matters (module docstring), higher kept."""
 
     @abstractmethod
-    def selects_at(self, layer: int, view: LayerView) -> bool:
-        """Whether to select after this layer."""
+    def selects_at(self, layer: int, view: LayerView) -> bool | torch.Tensor:
+        """Whether to select after this layer: for every sequence, or per sequence ([B] bool)."""
 
     def prefix_counts(self, view: LayerView) -> torch.Tensor:
         """[B] prefix tokens each sequence keeps (besides the window)."""
@@ -118,10 +118,13 @@ class ScorerSelection(SelectionPolicy):
         self._layers: list[int | None] = [None] * prefill.batch_size
 
     def after_layer(self, layer: int, view: LayerView) -> Selection | None:
-        if not self.selects_at(layer, view):
+        fire = self.selects_at(layer, view)
+        if not isinstance(fire, torch.Tensor) and not fire:
             return None
         counts = self.prefix_counts(view)
         active = view.alive - self.window > counts  # otherwise there is nothing to prune
+        if isinstance(fire, torch.Tensor):
+            active &= fire
         if not bool(active.any()):
             return None
         scores = prefix_scores(self, self.score(view), view, view.keys.shape[1]).sum(1)  # per token
