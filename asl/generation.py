@@ -79,6 +79,10 @@ class Trace:
         return self._single("selection_layer")
 
     @property
+    def signals(self) -> dict[int, dict[str, float]]:
+        return self._single("signals")
+
+    @property
     def ratios(self) -> dict[int, float]:
         return self._single("ratios")
 

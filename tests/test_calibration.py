@@ -306,3 +306,12 @@ def test_a_bundled_model_by_path_gets_its_calibration():
 
     folder = str(resolve_checkpoint("smollm2-135m"))
     assert asl.ASL.for_model(folder).tau == asl.ASL.for_model("smollm2-135m").tau != asl.ASL().tau
+
+
+def test_the_file_keeps_every_measure_and_the_choice_follows_from_them(found):
+    measures = [PromptMeasure.from_json(m) for m in found["measures"]]
+    again = choose(measures, TAUS, [2, 3], 0.25, LAYERS, 48)
+    assert (again.best.tau, again.best.l_min) == (found["asl"]["tau"], found["asl"]["l_min"])
+    assert [m.held_out for m in measures] == [False, True, False, True]
+    assert all(set(m.signals) == set(range(LAYERS)) and set(m.signals[0]) == {"depth", "jaccard", "entropy"}
+               for m in measures)  # the other rules' signals at every layer, for the adaptivity analysis

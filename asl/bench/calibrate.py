@@ -29,6 +29,7 @@ from asl.bench.args import (Formatter, add_dtype, check_device, ints, model_conf
                             resolve_dtype_flag)
 from asl.calibration.file import FORMAT
 from asl.calibration.search import PromptMeasure, check_grid, choose
+from asl.policies import JaccardStop
 
 # Prompts of an easy task (ASL may select early) and two retrieval tasks (it must not).
 DEFAULT_TASKS = "passkey,kv_retrieval,niah_single_2"
@@ -41,6 +42,7 @@ class Prompt:
     max_new_tokens: int
     stop: tuple[str, ...] = ()
     held_out: bool = False  # judged, not tuned on
+    label: str = ""  # task/length/sample, or the line of a --prompts file
 
 
 def parser() -> argparse.ArgumentParser:
@@ -107,7 +109,7 @@ def read_prompts(path: pathlib.Path, max_new_tokens: int) -> tuple[list[Prompt],
             raise ValueError(f"--prompts {path}, line {i}: must be a non-empty string or an object with a non-empty "
                              "\"prompt\" string (optional \"max_new_tokens\" >= 1, \"stop\" list of strings)")
         prompts.append(Prompt(item["prompt"], item.get("max_new_tokens", max_new_tokens), tuple(item.get("stop", [])),
-                              held_out=len(prompts) % 2 == 1))  # every second prompt judges
+                              held_out=len(prompts) % 2 == 1, label=f"line {i}"))  # every second prompt judges
     if not prompts:
         raise ValueError(f"--prompts {path}: holds no prompt")
     return prompts, hashlib.sha256(data).hexdigest()
@@ -144,7 +146,8 @@ def parse(argv) -> argparse.Namespace:
 def measure(model, tokenizer, prompt: Prompt, select_tokens: int, l_mins: list[int],
             l_obs: int) -> tuple[PromptMeasure, float]:
     """One prompt: the oracle (every layer but the last), then one ASL run per l_min that never
-    fires before the last layer, for its ratios. Also the oracle's cost in prefills."""
+    fires before the last layer, for its ratios, and one run of a rule that never fires, for
+    the other adaptive rules' signals. Also the oracle's cost in prefills."""
     import asl
     from asl.calibration import SCORING
 
@@ -158,8 +161,17 @@ def measure(model, tokenizer, prompt: Prompt, select_tokens: int, l_mins: list[i
                          **SCORING)
         out = asl.generate(model, tokenizer, prompt.text, max_new_tokens=1, selection=policy)
         ratios[l_min] = dict(out.trace.ratios)
-    return (PromptMeasure({o.layer: o.matches for o in result.layers}, ratios, result.prompt_tokens, prompt.held_out),
-            result.cost)
+    recorder = _SignalsOnly(select_tokens=select_tokens, l_min=0, **SCORING)
+    signals = asl.generate(model, tokenizer, prompt.text, max_new_tokens=1, selection=recorder).trace.signals
+    return (PromptMeasure({o.layer: o.matches for o in result.layers}, ratios, result.prompt_tokens, prompt.held_out,
+                          signals, prompt.label), result.cost)
+
+
+class _SignalsOnly(JaccardStop):
+    """Records the adaptive rules' signals at every layer and never selects."""
+
+    def fires(self, signals):
+        return torch.zeros_like(signals["depth"], dtype=torch.bool)
 
 
 def calibrate(model, tokenizer, prompts: list[Prompt], taus, l_mins, target: float, select_tokens: int = 512,
@@ -199,6 +211,7 @@ def calibrate(model, tokenizer, prompts: list[Prompt], taus, l_mins, target: flo
                     "agreement_interval": list(c.interval) if held else None,
                     "target_tuned": c.tuned, "target_met": c.met,
                     "earliest_layers": [m.earliest for m in measures], "stable_layers": [m.stable for m in measures]},
+        "measures": [m.as_json() for m in measures],  # every prompt's record: the choice can be redone from them
         "timing": {"oracle_cost_median": statistics.median(costs)},  # measured: the one part that varies
         "search": {"taus": sorted(set(taus)), "l_mins": sorted(set(l_mins)),
                    "columns": ["l_min", "tau", "agreement", "kv_share", "too_early", "layers_lost"],
@@ -217,7 +230,8 @@ def _task_prompts(tokenizer, args) -> list[Prompt]:
 
     samples = [make_sample(t, tokenizer, n, i, args.seed) for i in range(args.samples) for n in args.lengths
                for t in args.tasks]
-    return [Prompt(s.prompt, s.max_new_tokens, s.stop, held_out=s.index % 2 == 1) for s in samples]  # odd samples judge
+    return [Prompt(s.prompt, s.max_new_tokens, s.stop, held_out=s.index % 2 == 1, label=s.id)  # odd samples judge
+            for s in samples]
 
 
 def main(argv=None) -> int:
@@ -301,7 +315,7 @@ class Progress:
                                  "rerun with those settings to resume, or pass --force to measure again")
             for item in lines[1:]:
                 try:
-                    done[item["i"]] = (_measure_from(item), float(item["cost"]))
+                    done[item["i"]] = (PromptMeasure.from_json(item), float(item["cost"]))
                 except (KeyError, TypeError, ValueError):
                     continue
         if not lines or force:
@@ -311,9 +325,7 @@ class Progress:
     def add(self, i: int, m: PromptMeasure, cost: float) -> None:
         import os
 
-        line = {"i": i, "matches": {str(k): v for k, v in m.matches.items()},
-                "ratios": {str(lm): {str(k): r for k, r in rs.items()} for lm, rs in m.ratios.items()},
-                "prompt_tokens": m.prompt_tokens, "held_out": m.held_out, "cost": cost}
+        line = {"i": i, **m.as_json(), "cost": cost}
         with open(self.path, "a") as f:
             f.write(json.dumps(line) + "\n")
             f.flush()
@@ -333,12 +345,6 @@ def _lines(path: pathlib.Path) -> list:
         except (ValueError, RecursionError):
             continue  # a line a kill cut short
     return out
-
-
-def _measure_from(item: dict) -> PromptMeasure:
-    return PromptMeasure({int(k): bool(v) for k, v in item["matches"].items()},
-                         {int(lm): {int(k): float(r) for k, r in rs.items()} for lm, rs in item["ratios"].items()},
-                         int(item["prompt_tokens"]), bool(item["held_out"]))
 
 
 def summary_text(data: dict) -> str:

@@ -13,7 +13,7 @@ picks, never by its distance from the earliest matching layer."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..interval import wilson
 
@@ -22,12 +22,29 @@ from ..interval import wilson
 class PromptMeasure:
     """One prompt. `matches`: per candidate layer, whether selection there keeps the full
     cache's answer; `ratios`: per l_min, ASL's ratio per evaluated layer; `prompt_tokens` its
-    length; `held_out`: judged, not tuned on."""
+    length; `held_out`: judged, not tuned on; `signals`: per layer, the other adaptive rules'
+    signals (asl.policies.adaptive); `label`: where it came from (task/length/sample)."""
 
     matches: dict[int, bool]
     ratios: dict[int, dict[int, float]]
     prompt_tokens: int
     held_out: bool = False
+    signals: dict[int, dict[str, float]] = field(default_factory=dict)
+    label: str = ""
+
+    def as_json(self) -> dict:
+        return {"label": self.label, "prompt_tokens": self.prompt_tokens, "held_out": self.held_out,
+                "matches": {str(k): v for k, v in self.matches.items()},
+                "ratios": {str(lm): {str(k): r for k, r in rs.items()} for lm, rs in self.ratios.items()},
+                "signals": {str(k): v for k, v in self.signals.items()}}
+
+    @classmethod
+    def from_json(cls, item: dict) -> PromptMeasure:
+        return cls({int(k): bool(v) for k, v in item["matches"].items()},
+                   {int(lm): {int(k): float(r) for k, r in rs.items()} for lm, rs in item["ratios"].items()},
+                   int(item["prompt_tokens"]), bool(item["held_out"]),
+                   {int(k): {n: float(x) for n, x in v.items()} for k, v in item.get("signals", {}).items()},
+                   str(item.get("label", "")))
 
     @property
     def earliest(self) -> int | None:
