@@ -226,19 +226,22 @@ def test_pyramidinfer_keeps_the_formula_count_per_layer(model):
 
 
 def authors_decode_lengths(prefill_lengths: list[int], n: int, steps: int, gen_decay=0.1, exceed=16) -> list[list[int]]:
-    """The original's generation stage, lengths only: per step (after it), each layer's cache length."""
-    recent_length = int(n * 0.2)
+    """The original's generation stage, lengths only: per step (after it), each layer's cache
+    length. recent_length is recomputed at each forward from layer 0's length (its line 1006);
+    a span shorter than `exceed` before the window keeps its own share (lines 1104-1109)."""
     past = list(prefill_lengths)
     length = list(prefill_lengths)
     out = []
     for t in range(steps):
+        recent_length = int((1 + length[0]) * 0.2)  # seq_length_with_past, before this step's token
         seen = n + t + 1  # the cache's seen_tokens counts the model's tokens, not the layer's
         for idx in range(len(length)):
             length[idx] += 1
             g = (1.0 - gen_decay) * (math.cos(math.pi * idx / len(length)) + 1) / 2 + gen_decay
             if seen - recent_length - past[idx] >= exceed:
-                topk = max(int(exceed * 0.9 * g), 1)
-                length[idx] -= exceed - topk
+                span = min(exceed, length[idx] - 1 - recent_length)
+                topk = max(int(span * 0.9 * g), 1)
+                length[idx] -= span - topk
                 past[idx] = length[idx] - recent_length
         out.append(list(length))
     return out
@@ -311,9 +314,9 @@ class WatchedDecode(asl.PyramidInferDecode):
         if keep is None:
             return
         slots = view.valid[0, 0, : view.length].nonzero().flatten()
-        recent = self.recent_queries(self.lengths[0])
+        recent = self._windows[0]  # the step's window: int((layer 0's entries) * recent_ratio) + 1
         span = slots[max(len(slots) - recent - self.exceed, 0): len(slots) - recent]  # the original's slice, clamped
-        kept = max(int(self.exceed * self.gen_compress * cosine_schedule(self.gen_decay, LAYERS - 1, LAYERS)), 1)
+        kept = max(int(len(span) * self.gen_compress * cosine_schedule(self.gen_decay, LAYERS - 1, LAYERS)), 1)
         recent2context = r["rows"][-recent:][:, span]
         recent2context *= torch.linspace(1.0, self.distance_weight, recent)[:, None]
         r["rows"][-recent:, span] = recent2context  # the original's view: the stored rows are scaled

@@ -230,8 +230,9 @@ class EvictionPolicy(_Validated, ABC):
         """[B, G, k] slots of the layer's cache to keep (sorted, -1 pads), or None to keep all."""
         return None
 
-    def recent_queries(self, prompt_length: int) -> int:
-        """How many of each layer's latest queries (prompt and generated) `during_decode` reads."""
+    def recent_queries(self, prompt_length: int, new_tokens: int = 0) -> int:
+        """How many of each layer's latest queries (prompt and generated) `during_decode` reads,
+        at most, for a prompt of `prompt_length` tokens and `new_tokens` generated."""
         return 0
 
 

@@ -150,13 +150,18 @@ class PyramidInfer(SelectionPolicy):
 @dataclass
 class PyramidInferDecode(EvictionPolicy):
     """The decoding of PyramidInfer: before each step, a layer whose cache grew by `exceed`
-    entries since it last compressed keeps `max(int(exceed * gen_compress * g_l), 1)` of the
-    `exceed` entries before its recent window, `g_l` falling from 1 to `gen_decay` (cosine).
+    entries since it last compressed keeps `max(int(s * gen_compress * g_l), 1)` of the `s`
+    entries (at most `exceed`) before its recent window, `g_l` falling from 1 to `gen_decay`
+    (cosine). The recent window is `int(c * recent_ratio) + 1` entries, `c` the entries layer 0
+    holds as the step starts (the last token included, what layer 0 evicted excluded), so it
+    grows with the text as the original's `recent_length` does (recomputed at every forward
+    from `1 + get_seq_length(0)`).
 
     The entries are ranked by the recent rows weighted `linspace(1, distance_weight)`. As the
     original (`recent2context_attn_weights *= ...` on a view of the stored rows), the weights
     are applied to the stored rows in place, so an entry ranked again at a later compression
-    carries the earlier weights too; `accumulate_weights=False` weights fresh rows each time."""
+    carries the earlier weights too, and the rows the prefill stored carry its weighting of
+    their context columns; `accumulate_weights=False` weights fresh rows each time."""
 
     gen_decay: float = 0.1
     gen_compress: float = 0.9
@@ -184,31 +189,41 @@ class PyramidInferDecode(EvictionPolicy):
         self._from_prefill.wanted = True
         self.rows_reused = 0  # (layer, sequence) pairs whose rows came from the prefill
         self._since: dict[int, list[int]] = {}  # layer -> per sequence, its cache length at the last compression
+        self._count0: list[int] | None = None  # per sequence, layer 0's entries at the start of the step
+        self._windows: list[int] = []  # per sequence, this step's recent window (entries)
 
     def keep(self, layer: int, view: LayerView) -> None:
         return None  # the prefill's pruning is PyramidInfer's selection
 
-    def recent_queries(self, prompt_length: int) -> int:
-        return int(prompt_length * self.recent_ratio) + 1
+    def recent_queries(self, prompt_length: int, new_tokens: int = 0) -> int:
+        return self.window(prompt_length + new_tokens)
+
+    def window(self, tokens: int) -> int:
+        """The recent window over a text of `tokens` tokens: the original's recent_length + 1."""
+        return int(tokens * self.recent_ratio) + 1
 
     def during_decode(self, layer: int, view: DecodeView) -> torch.Tensor | None:
+        if layer == 0:  # the original's recent_length, from layer 0's length as the step starts
+            if self._count0 is None:
+                self._count0 = view.valid[:, 0, : view.length].sum(-1).tolist()
+            elif view.step > 0:
+                self._count0 = [c + 1 for c in self._count0]  # the token the last step wrote
+            self._windows = [self.window(c) for c in self._count0]
         self._update_rows(layer, view)
         if view.step == 0:  # the original first checks after the first generated token
             return None
-        due = [self.lengths[b] + view.step - (self.recent_queries(self.lengths[b]) - 1) - self._since[layer][b]
+        due = [self.lengths[b] + view.step - (self._windows[b] - 1) - self._since[layer][b]
                >= self.exceed for b in range(len(self.lengths))]
         if not any(due):  # decided on the host's counters: no device read on the steps between compressions
             return None
         counts = view.valid[:, 0, : view.length].sum(-1).tolist()
         keep_mask = view.valid[:, 0, : view.length].clone()  # [B, length]: the same for every KV head
         ratio = cosine_schedule(self.gen_decay, layer, self.num_layers)
-        kept = max(int(self.exceed * self.gen_compress * ratio), 1)
         for b in (b for b, d in enumerate(due) if d):
             slots = keep_mask[b].nonzero().flatten()
-            recent = self.recent_queries(self.lengths[b])
+            recent = self._windows[b]
             span = slots[max(len(slots) - recent - self.exceed, 0): max(len(slots) - recent, 0)]
-            if len(span) <= kept:
-                continue
+            kept = max(int(len(span) * self.gen_compress * ratio), 1)  # of the span it has (original: its slice)
             rows = self._ordered_rows(layer)[b, -recent:][:, span]
             scores = weighted_recent_mean(rows, self.distance_weight)
             if self.accumulate_weights:  # the stored rows keep the weights, as the original's do
@@ -217,6 +232,8 @@ class PyramidInferDecode(EvictionPolicy):
             drop[torch.sort(scores, descending=True, stable=True).indices[:kept]] = False
             keep_mask[b, span[drop]] = False
             self._since[layer][b] = counts[b] - int(drop.sum()) - (recent - 1)
+            if layer == 0:
+                self._count0[b] -= int(drop.sum())
         keep = keep_from_mask(keep_mask)  # [B, k]
         self._rows[layer] = self._gather_rows(self._rows[layer], keep)
         return keep[:, None].expand(-1, view.valid.shape[1], -1).contiguous()
@@ -240,6 +257,12 @@ class PyramidInferDecode(EvictionPolicy):
                     self.rows_reused += 1
                 else:
                     rows[i] = self._rows_of(view, i, torch.arange(q, device=rows.device))
+                if self.accumulate_weights:  # the prefill weighted its stored rows' context columns in place
+                    recent = self.window(self.lengths[i])
+                    slots = ok[i, : view.length].nonzero().flatten()
+                    context = slots[: max(len(slots) - recent, 0)]
+                    weights = torch.linspace(1.0, self.distance_weight, recent, device=rows.device)
+                    rows[i, q - recent:, context] *= weights[:, None]
             self._rows[layer], self._head[layer] = rows, 0
             return
         newest = torch.tensor([view.queries.shape[2] - 1], device=view.keys.device)
