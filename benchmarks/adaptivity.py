@@ -1,0 +1,197 @@
+"""When does adaptivity pay? Adaptive rules against the best fixed layer and the oracle, from the
+per-prompt records a calibration file keeps (python -m asl.bench calibrate: every prompt's
+oracle outcome at every layer, ASL's ratios, the other rules' signals), so no model runs here.
+
+    python benchmarks/adaptivity.py FILE.json [FILE.json ...] --out docs/results/adaptivity
+
+For every prompt and layer the records say whether selecting there keeps the full cache's
+answer; a rule's setting picks, per prompt, a layer (the first from l_min where its signal
+passes; none: the full cache), so each setting's agreement and KV share follow exactly. The
+families: FastKV's fixed layer (every layer), ASL's tau, JaccardStop's and EntropyStop's
+thresholds, FittedStop (its logistic fit on the tuning prompts, its confidence swept) and the
+oracle (each prompt's earliest matching layer: the frontier no rule can pass). Each family's
+setting is chosen on the tuning prompts (the cheapest with agreement >= --agreement) and judged
+on the held-out ones: agreement with its Wilson interval, KV share, the share of the oracle's
+savings it captures, and the exact McNemar test against the tuned fixed layer on the same
+held-out prompts (and against the fixed layer of the nearest KV share). Writes
+adaptivity.json, adaptivity.md and frontier_<model>.png.
+
+The cost axis is the KV share of selection alone, `((a + 1) n + (L - 1 - a) k) / (L n)`; the
+prefill time falls in the same order (the layers up to `a` run on the whole prompt).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+
+import torch
+
+from asl.bench.stats import mcnemar_exact, wilson
+from asl.calibration.search import PromptMeasure, kv_share, picked_layer
+from asl.policies.adaptive import SIGNALS, FittedStop
+
+THRESHOLDS = [round(0.05 * i, 2) for i in range(2, 20)]  # 0.10 .. 0.95
+CONFIDENCES = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+
+
+def first_layer(signals: dict[int, dict[str, float]], passes, l_min: int, last: int) -> int:
+    return next((layer for layer in sorted(signals) if l_min <= layer < last and passes(signals[layer])), last)
+
+
+def families(tune: list[PromptMeasure], l_min: int, num_layers: int, taus) -> dict[str, list[tuple[str, object]]]:
+    """Per family, its settings as (label, prompt -> picked layer)."""
+    last = num_layers - 1
+    out = {
+        "fixed layer": [(f"layer {l}", lambda m, l=l: l) for l in range(last)],
+        "ASL (tau)": [(f"tau {t:g}", lambda m, t=t: picked_layer(m.ratios[l_min], t, l_min, last)) for t in taus],
+        "JaccardStop": [(f"jaccard >= {t:g}", lambda m, t=t: first_layer(m.signals, lambda s: s["jaccard"] >= t,
+                                                                         l_min, last)) for t in THRESHOLDS],
+        "EntropyStop": [(f"entropy <= {t:g}", lambda m, t=t: first_layer(m.signals, lambda s: s["entropy"] <= t,
+                                                                         l_min, last)) for t in THRESHOLDS],
+    }
+    try:
+        rule = FittedStop.fit([(m.signals, m.matches) for m in tune], l_min=l_min)
+    except ValueError:  # one outcome only on the tuning prompts: nothing to fit
+        rule = None
+    if rule is not None:
+        w = torch.tensor(rule.weights, dtype=torch.float64)
+
+        def fitted(m, c):
+            def passes(s):
+                z = float(torch.tensor([s[n] for n in SIGNALS], dtype=torch.float64) @ w) + rule.bias
+                return 1 / (1 + math.exp(-z)) >= c
+            return first_layer(m.signals, passes, l_min, last)
+
+        out["FittedStop"] = [(f"confidence {c:g}", lambda m, c=c: fitted(m, c)) for c in CONFIDENCES]
+    out["oracle"] = [("earliest matching layer", lambda m: last if m.earliest is None else m.earliest)]
+    return out
+
+
+def judge(measures: list[PromptMeasure], pick, select_tokens: int, num_layers: int) -> dict:
+    layers = [pick(m) for m in measures]
+    kept = [bool(m.matches.get(a, True)) for m, a in zip(measures, layers)]
+    n = len(measures)
+    low, high = wilson(sum(kept), n)
+    return {"n": n, "agree": sum(kept), "agreement": sum(kept) / n, "interval": [low, high],
+            "kv_share": sum(kv_share(a, m.prompt_tokens, select_tokens, num_layers)
+                            for m, a in zip(measures, layers)) / n,
+            "mean_layer": sum(layers) / n, "kept": kept}
+
+
+def tuned(points: list[dict], target: float) -> dict:
+    """The cheapest setting whose tuning agreement reaches the target, else the most agreeing."""
+    ok = [p for p in points if p["tune"]["agree"] >= math.ceil(target * p["tune"]["n"] - 1e-9)]
+    if ok:
+        return min(ok, key=lambda p: (p["tune"]["kv_share"], -p["tune"]["agree"]))
+    return min(points, key=lambda p: (-p["tune"]["agree"], p["tune"]["kv_share"]))
+
+
+def analyse(path: pathlib.Path, target: float) -> dict:
+    data = json.loads(path.read_text())
+    measures = [PromptMeasure.from_json(m) for m in data["measures"]]
+    tune = [m for m in measures if not m.held_out]
+    held = [m for m in measures if m.held_out]
+    a, layers = data["asl"], data["num_layers"]
+    k, l_min = a["select_tokens"], a["l_min"]
+    out = {"model": data["model"], "file": str(path), "num_layers": layers, "select_tokens": k, "l_min": l_min,
+           "prompts": data["prompts"], "n_tune": len(tune), "n_held_out": len(held), "target": target,
+           "families": {}}
+    for family, settings in families(tune, l_min, layers, data["search"]["taus"]).items():
+        points = [{"setting": label, "tune": judge(tune, pick, k, layers), "held_out": judge(held, pick, k, layers)}
+                  for label, pick in settings]
+        out["families"][family] = {"points": points, "tuned": tuned(points, target)}
+    fixed = out["families"]["fixed layer"]
+    base = fixed["tuned"]["held_out"]
+    oracle = out["families"]["oracle"]["tuned"]["held_out"]
+    for family, f in out["families"].items():
+        h = f["tuned"]["held_out"]
+        b = sum(x and not y for x, y in zip(h["kept"], base["kept"]))
+        c = sum(y and not x for x, y in zip(h["kept"], base["kept"]))
+        nearest = min(fixed["points"], key=lambda p: abs(p["held_out"]["kv_share"] - h["kv_share"]))["held_out"]
+        b2 = sum(x and not y for x, y in zip(h["kept"], nearest["kept"]))
+        c2 = sum(y and not x for x, y in zip(h["kept"], nearest["kept"]))
+        saved = 1 - oracle["kv_share"]
+        f["verdict"] = {
+            "vs_tuned_fixed": {"only_this": b, "only_fixed": c, "p": mcnemar_exact(b, c),
+                               "kv_difference": h["kv_share"] - base["kv_share"]},
+            "vs_fixed_at_same_kv": {"fixed_kv_share": nearest["kv_share"], "only_this": b2, "only_fixed": c2,
+                                    "p": mcnemar_exact(b2, c2), "agreement_difference": h["agreement"] -
+                                    nearest["agreement"]},
+            "oracle_savings_captured": (1 - h["kv_share"]) / saved if saved > 0 else None,
+        }
+    return out
+
+
+def table(result: dict) -> str:
+    r = result
+    lines = [f"### {r['model']}: {r['n_held_out']} held-out prompts (tuned on {r['n_tune']}), select_tokens "
+             f"{r['select_tokens']}, l_min {r['l_min']}, target agreement {100 * r['target']:.0f}%", "",
+             "| family | tuned setting | held-out agreement [95%] | KV share | oracle's savings captured | "
+             "vs tuned fixed layer (only this / only fixed, McNemar p) | vs fixed layer at the same KV (p) |",
+             "|---|---|---|---|---|---|---|"]
+    for family, f in r["families"].items():
+        h, v = f["tuned"]["held_out"], f["verdict"]
+        low, high = h["interval"]
+        cap = v["oracle_savings_captured"]
+        same = v["vs_fixed_at_same_kv"]
+        lines.append(
+            f"| {family} | {f['tuned']['setting']} | {100 * h['agreement']:.0f}% [{100 * low:.0f}, {100 * high:.0f}] | "
+            f"{100 * h['kv_share']:.1f}% | {'' if cap is None else f'{100 * cap:.0f}%'} | "
+            f"{v['vs_tuned_fixed']['only_this']} / {v['vs_tuned_fixed']['only_fixed']}, "
+            f"p = {v['vs_tuned_fixed']['p']:.3g} | {100 * same['fixed_kv_share']:.1f}% KV: "
+            f"{same['only_this']} / {same['only_fixed']}, p = {same['p']:.3g} |")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: pathlib.Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for family, f in result["families"].items():
+        pts = sorted((p["held_out"]["kv_share"], p["held_out"]["agreement"]) for p in f["points"])
+        marker = "*" if family == "oracle" else "o"
+        line = ax.plot([100 * x for x, _ in pts], [100 * y for _, y in pts], marker=marker, ms=4 if marker == "o"
+                       else 14, lw=1, label=family, alpha=0.8)[0]
+        h = f["tuned"]["held_out"]
+        low, high = h["interval"]
+        ax.errorbar([100 * h["kv_share"]], [100 * h["agreement"]],
+                    yerr=[[100 * (h["agreement"] - low)], [100 * (high - h["agreement"])]], fmt="s", ms=8,
+                    mfc="none", color=line.get_color(), capsize=3)
+    ax.axhline(100 * result["target"], color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("KV share of the full cache (selection alone), held-out mean, %")
+    ax.set_ylabel("answers equal to the full cache's, held out, %")
+    ax.set_title(f"{result['model']}: {result['n_held_out']} held-out prompts; squares: each family's tuned "
+                 f"setting (95% Wilson)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("files", nargs="+", type=pathlib.Path, help="calibration files that keep their measures")
+    ap.add_argument("--agreement", type=float, default=0.9, help="the tuning target (as calibrate's)")
+    ap.add_argument("--out", type=pathlib.Path, required=True)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = [analyse(f, args.agreement) for f in args.files]
+    for r in results:
+        plot(r, args.out / f"frontier_{r['model']}.png")
+    strip = lambda r: {**r, "families": {k: {**f, "points": [{**p, "tune": {**p["tune"], "kept": None},  # noqa: E731
+                                                              "held_out": {**p["held_out"], "kept": None}}
+                                                             for p in f["points"]]}
+                                         for k, f in r["families"].items()}}
+    (args.out / "adaptivity.json").write_text(json.dumps([strip(r) for r in results], indent=1) + "\n")
+    text = "\n\n".join(table(r) for r in results)
+    (args.out / "adaptivity.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

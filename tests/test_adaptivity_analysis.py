@@ -1,0 +1,58 @@
+"""benchmarks/adaptivity.py on records whose answers are known: each family's held-out figures
+follow from the records exactly, the oracle keeps every answer at the least KV, the tuned
+setting is the cheapest that reaches the target on the tuning prompts."""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import pytest
+
+from asl.calibration.search import PromptMeasure, kv_share
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent.parent / "benchmarks"))
+import adaptivity  # noqa: E402
+
+LAYERS, K, N = 8, 100, 1000
+
+
+def record(first_match: int, held_out: bool, stable_from: int) -> dict:
+    """Answers kept from `first_match` on; the top-k set settles (Jaccard 0.9) from `stable_from`."""
+    signals = {l: {"depth": l / 7, "jaccard": 0.9 if l >= stable_from else 0.2, "entropy": 0.5} for l in range(LAYERS)}
+    ratios = {l: (0.1 if l >= stable_from else 0.9) for l in range(2, LAYERS)}
+    return PromptMeasure({l: l >= first_match for l in range(LAYERS - 1)}, {2: ratios}, N, held_out, signals).as_json()
+
+
+@pytest.fixture
+def result(tmp_path):
+    # the answer is kept exactly where the ranking settled: an adaptive rule can find it, a fixed layer cannot
+    firsts = [2, 5, 3, 6, 2, 5, 3, 6]
+    measures = [record(f, i % 2 == 1, f) for i, f in enumerate(firsts)]
+    data = {"model": "toy", "num_layers": LAYERS, "asl": {"select_tokens": K, "l_min": 2},
+            "search": {"taus": [0.05, 0.5, 1.0]}, "prompts": {}, "measures": measures}
+    path = tmp_path / "toy.json"
+    path.write_text(json.dumps(data))
+    return adaptivity.analyse(path, 1.0)
+
+
+def test_each_family_is_judged_exactly_from_the_records(result):
+    fams = result["families"]
+    held_firsts = [5, 6, 5, 6]
+    for point in fams["fixed layer"]["points"]:
+        layer = int(point["setting"].split()[-1])
+        assert point["held_out"]["agree"] == sum(layer >= f for f in held_firsts)
+        assert point["held_out"]["kv_share"] == pytest.approx(kv_share(layer, N, K, LAYERS))
+    oracle = fams["oracle"]["tuned"]["held_out"]
+    assert oracle["agreement"] == 1.0
+    assert oracle["kv_share"] == pytest.approx(sum(kv_share(f, N, K, LAYERS) for f in held_firsts) / 4)
+    assert fams["fixed layer"]["tuned"]["setting"] == "layer 6"  # the cheapest keeping every tuning answer
+    for family in ("ASL (tau)", "JaccardStop"):  # they find each prompt's own layer: the oracle's savings
+        assert fams[family]["tuned"]["held_out"]["agreement"] == 1.0
+        assert fams[family]["verdict"]["oracle_savings_captured"] == pytest.approx(1.0)
+        assert fams[family]["verdict"]["vs_tuned_fixed"]["kv_difference"] < 0  # cheaper than the fixed layer
+
+
+def test_the_table_reads(result):
+    text = adaptivity.table(result)
+    assert "| JaccardStop | jaccard >= " in text and "| oracle | earliest matching layer | 100% [" in text
