@@ -13,8 +13,10 @@ oracle (each prompt's earliest matching layer: the frontier no rule can pass). E
 setting is chosen on the tuning prompts (the cheapest with agreement >= --agreement) and judged
 on the held-out ones: agreement with its Wilson interval, KV share, the share of the oracle's
 savings it captures, and the exact McNemar test against the tuned fixed layer on the same
-held-out prompts (and against the fixed layer of the nearest KV share). Writes
-adaptivity.json, adaptivity.md and frontier_<model>.png.
+held-out prompts (and against the fixed layer of the nearest KV share). Transfer: each
+family's setting tuned on one task's tuning prompts, judged on every other task's held-out
+prompts (which transfers better, the fixed layer or the rule?). Writes adaptivity.json,
+adaptivity.md and frontier_<model>.png.
 
 The cost axis is the KV share of selection alone, `((a + 1) n + (L - 1 - a) k) / (L n)`; the
 prefill time falls in the same order (the layers up to `a` run on the whole prompt).
@@ -102,6 +104,7 @@ def analyse(path: pathlib.Path, target: float) -> dict:
         points = [{"setting": label, "tune": judge(tune, pick, k, layers), "held_out": judge(held, pick, k, layers)}
                   for label, pick in settings]
         out["families"][family] = {"points": points, "tuned": tuned(points, target)}
+    out["transfer"] = transfer(tune, held, l_min, layers, data["search"]["taus"], k, target)
     fixed = out["families"]["fixed layer"]
     base = fixed["tuned"]["held_out"]
     oracle = out["families"]["oracle"]["tuned"]["held_out"]
@@ -122,6 +125,58 @@ def analyse(path: pathlib.Path, target: float) -> dict:
             "oracle_savings_captured": (1 - h["kv_share"]) / saved if saved > 0 else None,
         }
     return out
+
+
+def task_of(m: PromptMeasure) -> str:
+    return m.label.split("/")[0] if m.label else "all"
+
+
+def transfer(tune, held, l_min: int, layers: int, taus, k: int, target: float) -> list[dict]:
+    """Per family and source task: the setting tuned on that task's tuning prompts, judged on
+    each other task's held-out prompts."""
+    tasks = sorted({task_of(m) for m in tune} & {task_of(m) for m in held})
+    rows = []
+    for source in tasks:
+        src = [m for m in tune if task_of(m) == source]
+        for family, settings in families(src, l_min, layers, taus).items():
+            if family == "oracle":
+                continue
+            points = [{"setting": label, "pick": pick, "tune": judge(src, pick, k, layers)} for label, pick in settings]
+            chosen = tuned(points, target)
+            for dest in tasks:
+                if dest == source:
+                    continue
+                h = judge([m for m in held if task_of(m) == dest], chosen["pick"], k, layers)
+                rows.append({"family": family, "tuned_on": source, "judged_on": dest, "setting": chosen["setting"],
+                             "n": h["n"], "agreement": h["agreement"], "interval": h["interval"],
+                             "kv_share": h["kv_share"]})
+    return rows
+
+
+def transfer_table(result: dict) -> str:
+    rows = result["transfer"]
+    if not rows:
+        return ""
+    lines = [f"Transfer ({result['model']}): tuned on one task's tuning prompts, judged on another's held-out ones "
+             "(agreement [95%], KV share)", "",
+             "| family | tuned on -> judged on | setting | agreement | KV share |", "|---|---|---|---|---|"]
+    for r in rows:
+        low, high = r["interval"]
+        lines.append(f"| {r['family']} | {r['tuned_on']} -> {r['judged_on']} | {r['setting']} | "
+                     f"{100 * r['agreement']:.0f}% [{100 * low:.0f}, {100 * high:.0f}] of {r['n']} | "
+                     f"{100 * r['kv_share']:.1f}% |")
+    summary = {}
+    for r in rows:
+        s = summary.setdefault(r["family"], [0, 0, 0.0])
+        s[0] += round(r["agreement"] * r["n"])
+        s[1] += r["n"]
+        s[2] += r["kv_share"] * r["n"]
+    lines += ["", "| family | all transfers: agreement [95%] | mean KV share |", "|---|---|---|"]
+    for family, (agree, n, kv) in summary.items():
+        low, high = wilson(agree, n)
+        lines.append(f"| {family} | {100 * agree / n:.0f}% [{100 * low:.0f}, {100 * high:.0f}] of {n} | "
+                     f"{100 * kv / n:.1f}% |")
+    return "\n".join(lines)
 
 
 def table(result: dict) -> str:
@@ -187,7 +242,7 @@ def main() -> int:
                                                              for p in f["points"]]}
                                          for k, f in r["families"].items()}}
     (args.out / "adaptivity.json").write_text(json.dumps([strip(r) for r in results], indent=1) + "\n")
-    text = "\n\n".join(table(r) for r in results)
+    text = "\n\n".join(table(r) + "\n\n" + transfer_table(r) for r in results)
     (args.out / "adaptivity.md").write_text(text + "\n")
     print(text)
     return 0

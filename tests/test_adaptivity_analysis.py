@@ -56,3 +56,22 @@ def test_each_family_is_judged_exactly_from_the_records(result):
 def test_the_table_reads(result):
     text = adaptivity.table(result)
     assert "| JaccardStop | jaccard >= " in text and "| oracle | earliest matching layer | 100% [" in text
+
+
+def test_transfer_tunes_on_one_task_and_judges_on_another(tmp_path):
+    # task "easy" keeps its answers from layer 2, task "hard" from layer 6: a fixed layer tuned on
+    # "easy" (layer 2) loses every "hard" answer; ASL, whose ratio settles where the answer does, transfers
+    measures = []
+    for task, first in (("easy", 2), ("hard", 6)):
+        for i in range(4):
+            m = record(first, i % 2 == 1, first)
+            m["label"] = f"{task}/4096/{i}"
+            measures.append(m)
+    data = {"model": "toy", "num_layers": LAYERS, "asl": {"select_tokens": K, "l_min": 2},
+            "search": {"taus": [0.05, 0.5, 1.0]}, "prompts": {}, "measures": measures}
+    (tmp_path / "t.json").write_text(json.dumps(data))
+    rows = {(r["family"], r["tuned_on"]): r for r in adaptivity.analyse(tmp_path / "t.json", 1.0)["transfer"]}
+    assert rows[("fixed layer", "easy")]["setting"] == "layer 2" and rows[("fixed layer", "easy")]["agreement"] == 0
+    assert rows[("ASL (tau)", "easy")]["agreement"] == 1.0 and rows[("ASL (tau)", "hard")]["agreement"] == 1.0
+    assert "| fixed layer | easy -> hard | layer 2 | 0% [" in adaptivity.transfer_table(
+        adaptivity.analyse(tmp_path / "t.json", 1.0))
