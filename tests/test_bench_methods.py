@@ -87,9 +87,12 @@ def test_a_selection_given_a_budget_says_what_to_compose():
 def test_layers_scale_from_the_32_layer_settings():
     assert scaled_layer(15, 32) == 15 and scaled_layer(15, 24) == 11 and scaled_layer(13, 30) == 12
     assert scaled_layer(15, 4) == 2 and scaled_layer(40, 24) == 23
+    from asl.calibration import bundled_file, read
+
     (spec,) = parse_methods("asl+snapkv")
+    tau = read(bundled_file("qwen2.5-0.5b"))["asl"]["tau"]
     assert default_params(spec, "qwen2.5-0.5b", 24, 1024, 512) == [  # asl/calibration/qwen2.5-0.5b.json
-        {"select_tokens": 512, "tau": 0.6, "l_min": 8, "l_obs": 8, "window": 32, "kernel": 7, "pooling": "avg"},
+        {"select_tokens": 512, "tau": tau, "l_min": 8, "l_obs": 8, "window": 32, "kernel": 7, "pooling": "avg"},
         {"budget": 1024, "window": 32, "kernel": 7, "pooling": "avg"}]
     (spec,) = parse_methods("asl(tau=0.3,l_min=4)")
     (p,) = default_params(spec, "other", 24, 1024, 512)
