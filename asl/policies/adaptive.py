@@ -101,32 +101,34 @@ class _Stopping(ScorerSelection):
 
 
 @dataclass
-class JaccardStop(_Stopping):
-    """Select once the top-k prefix set is stable: its Jaccard similarity with the previous
-    layer's set is at least `threshold` (the set stopped changing)."""
+class _Threshold(_Stopping):
+    """A rule that compares one signal with `threshold`, a share in [0, 1]."""
 
-    threshold: float = 0.9
+    threshold: float = 0.5
 
     def _check(self) -> None:
         super()._check()
         if not is_number(self.threshold) or not 0 <= self.threshold <= 1:
             raise ValueError(f"threshold must be a number in [0, 1], got {self.threshold!r}")
+
+
+@dataclass
+class JaccardStop(_Threshold):
+    """Select once the top-k prefix set is stable: its Jaccard similarity with the previous
+    layer's set is at least `threshold` (the set stopped changing)."""
+
+    threshold: float = 0.9
 
     def fires(self, signals):
         return signals["jaccard"] >= self.threshold
 
 
 @dataclass
-class EntropyStop(_Stopping):
+class EntropyStop(_Threshold):
     """Select once the window's attention over the prefix is focused: its entropy, normalised
     by log of the prefix length (1 = uniform), is at most `threshold`."""
 
     threshold: float = 0.8
-
-    def _check(self) -> None:
-        super()._check()
-        if not is_number(self.threshold) or not 0 <= self.threshold <= 1:
-            raise ValueError(f"threshold must be a number in [0, 1], got {self.threshold!r}")
 
     def fires(self, signals):
         return signals["entropy"] <= self.threshold
