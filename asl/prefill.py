@@ -60,13 +60,17 @@ class Trunk:
     values: list = field(default_factory=list)
     output: torch.Tensor | None = None  # the last layer's output (its last token's row)
     logits: torch.Tensor | None = None
+    layer_s: list = field(default_factory=list)  # [L] seconds from the pass's start to the end of each layer
 
 
 def full_trunk(model: Decoder, tokens: AliveTokens) -> Trunk:
     """The whole prompt through every layer, recording each (no cache, no policy)."""
     trunk = Trunk(tokens)
+    trunk.layer_s.append(time.perf_counter())  # made relative below
     h, rope = model.embed(tokens.ids, tokens.positions)
     trunk.logits = run_layers(model, h, tokens, 0, 0, record=trunk, rope=rope).logits
+    start = trunk.layer_s.pop(0)
+    trunk.layer_s = [t - start for t in trunk.layer_s]
     return trunk
 
 
@@ -206,6 +210,10 @@ def run_layers(model, h: torch.Tensor, tokens: AliveTokens, start: int, extra_sl
             if record is not None:
                 record.hidden.append(h), record.queries.append(q), record.keys.append(k), record.values.append(v)
             h = layer.prefill(h, q, k, v, mask, tokens.valid, last=i == last)
+            if record is not None:  # when the layer's work is done (a CUDA device waited for)
+                if h.is_cuda:
+                    torch.cuda.synchronize(h.device)
+                record.layer_s.append(time.perf_counter())
         alive.append(tokens.valid.sum(-1))
         view = LayerView(i, q, k, v, tokens.positions, tokens.index, tokens.valid)
         begun = time.perf_counter()

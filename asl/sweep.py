@@ -23,11 +23,20 @@ from .prefill import AliveTokens, full_trunk
 class SweepOutput:
     outputs: list[GenerationOutput]  # one per selection, in their order
     trunk_s: float  # the shared full pass; each output's trace.prefill_s is its own part beyond it
+    trunk_layer_s: list[float]  # [L] seconds from the trunk's start to the end of each of its layers
 
     @property
     def prefill_s(self) -> float:
         """The whole sweep's prefill time: the trunk and every point's own part."""
         return self.trunk_s + sum(o.trace.prefill_s for o in self.outputs)
+
+    def alone_prefill_s(self, i: int) -> float:
+        """What point i's prefill would have taken run alone: the trunk's layers up to its
+        selection (all of them where it never selected) and its own part (its policies at
+        every layer, the copies of the shared layers' KV, the layers after its selection)."""
+        layer = self.outputs[i].trace.selection_layer
+        shared = self.trunk_layer_s[-1] if layer is None else self.trunk_layer_s[layer]
+        return shared + self.outputs[i].trace.prefill_s
 
 
 @torch.inference_mode()
@@ -62,4 +71,4 @@ def sweep(model, tokenizer, prompt: str, selections: list[SelectionPolicy], evic
     trunk_s = time.perf_counter() - start
     outputs = [generate_ids(decoder, tokenizer, ids, settings, selection=s, eviction=eviction, single=True,
                             trunk=trunk) for s in selections]
-    return SweepOutput(outputs, trunk_s)
+    return SweepOutput(outputs, trunk_s, trunk.layer_s)

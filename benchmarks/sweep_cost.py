@@ -7,7 +7,9 @@ One prose prompt; the points are FastKV at six layers spread over the model's de
 alone, select_tokens 1024) and ASL at six thresholds. Each repeat times, interleaved: one full
 prefill, the sweep's prefill (its trunk plus every point's own layers), and the six points'
 separate prefills; it checks that every point of the sweep gives its separate run's answer.
-Prints the medians as ratios to the full prefill and writes sweep_cost.json.
+Prints the medians as ratios to the full prefill and writes sweep_cost.json. Also each point's
+TTFT as the sweep estimates it for a run alone (SweepOutput.alone_prefill_s) against its
+separate run's measured TTFT (the ratio's median over points and repeats).
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ def main() -> None:
     asl.generate(model, tok, text[:2000], max_new_tokens=1)  # warm-up
     rows = {}
     for name, points in sweeps.items():
-        times = {"full": [], "sweep": [], "separate": []}
+        times = {"full": [], "sweep": [], "separate": [], "estimate_over_alone": []}
         for _ in range(args.repeats):
             times["full"].append(full())
             begun = time.perf_counter()
@@ -53,6 +55,7 @@ def main() -> None:
             sweep_wall = time.perf_counter() - begun
             alone = [asl.generate(model, tok, text, max_new_tokens=8, selection=p) for p in points]
             times["separate"].append(sum(o.trace.prefill_s for o in alone))
+            times["estimate_over_alone"] += [shared.alone_prefill_s(i) / o.trace.prefill_s for i, o in enumerate(alone)]
             same = all(a.tokens == b.tokens and a.trace.alive_tokens == b.trace.alive_tokens
                        for a, b in zip(shared.outputs, alone))
             if not same:
@@ -61,11 +64,13 @@ def main() -> None:
         rows[name] = {"points": len(points), "layers": [o.trace.selection_layer for o in shared.outputs],
                       "full_s": med["full"], "sweep_s": med["sweep"], "separate_s": med["separate"],
                       "sweep_over_full": med["sweep"] / med["full"], "separate_over_full": med["separate"] / med["full"],
-                      "identical_answers": True, "sweep_wall_s_last": sweep_wall, "repeats": args.repeats}
+                      "identical_answers": True, "sweep_wall_s_last": sweep_wall, "repeats": args.repeats,
+                      "alone_ttft_estimate_over_measured": med["estimate_over_alone"]}
         r = rows[name]
         print(f"{name}: {r['points']} points at layers {r['layers']}: sweep {r['sweep_over_full']:.2f}x one full "
               f"prefill, separately {r['separate_over_full']:.2f}x (medians of {args.repeats}; "
-              f"full {r['full_s']:.2f} s); every point's answer equals its separate run's")
+              f"full {r['full_s']:.2f} s); every point's answer equals its separate run's; the sweep's TTFT "
+              f"estimate of a point run alone / its measured TTFT: {r['alone_ttft_estimate_over_measured']:.2f}")
     meta = {"model": args.model, "context": args.context, "dtype": str(dtype), "dtype_reason": why,
             "threads": args.threads, "select_tokens": args.select_tokens, "torch": torch.__version__}
     if args.out:

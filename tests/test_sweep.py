@@ -31,6 +31,10 @@ def test_every_point_equals_its_separate_run(model, eviction):  # noqa: F811
         assert_same_run(point, alone)
     layers = [o.trace.selection_layer for o in out.outputs]
     assert layers[:4] == [1, 3, 6, 9] and len(set(layers)) > 2  # points that really differ
+    assert len(out.trunk_layer_s) == LAYERS and out.trunk_layer_s == sorted(out.trunk_layer_s)
+    assert out.trunk_layer_s[-1] <= out.trunk_s
+    assert [out.alone_prefill_s(i) > out.outputs[i].trace.prefill_s for i in range(len(selections))] == \
+        [True] * len(selections)
 
 
 def test_the_layers_before_a_selection_run_once(model, monkeypatch):  # noqa: F811
