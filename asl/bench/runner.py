@@ -73,20 +73,48 @@ def run_job(model, tokenizer, sample: Sample, job: Job, compile: bool = False, r
                                      stop=list(sample.stop) or None, selection=selection, eviction=eviction,
                                      compile=compile))
         peaks.append(mem.bytes)
-    out = outs[0]
+    fields = _measured(outs[0], model.config.num_layers, statistics.median(o.trace.prefill_s for o in outs),
+                       statistics.median(o.trace.decode_s_per_token for o in outs), peaks[0])
+    if repeats > 1:
+        fields.update(ttft_runs=[o.trace.prefill_s for o in outs], tpot_runs=[o.trace.decode_s_per_token for o in outs])
+    return _record(sample, job, outs[0].text, fields)
+
+
+def _measured(out, layers: int, ttft_s: float, tpot_s: float, peak: int | None) -> dict:
     seq = out.trace.sequences[0]
-    layers = model.config.num_layers
-    return _record(sample, job, out.text, {
-        "ttft_s": statistics.median(o.trace.prefill_s for o in outs),
-        "tpot_s": statistics.median(o.trace.decode_s_per_token for o in outs) if seq.new_tokens > 1 else None,
+    return {
+        "ttft_s": ttft_s, "tpot_s": tpot_s if seq.new_tokens > 1 else None,
         "new_tokens": seq.new_tokens, "kv_tokens": seq.kv_tokens, "kv_bytes": seq.kv_bytes,
-        "peak_mem_bytes": peaks[0], "selection_layer": seq.selection_layer,
+        "peak_mem_bytes": peak, "selection_layer": seq.selection_layer,
         "ratios": [seq.ratios.get(layer) for layer in range(layers)] if seq.ratios else [],
         "alive_tokens": seq.alive_tokens, "policy_s": out.trace.policy_s,
         "compile_s": out.trace.compile_s, "compiles": out.trace.compiles,
-        **({"ttft_runs": [o.trace.prefill_s for o in outs], "tpot_runs": [o.trace.decode_s_per_token for o in outs]}
-           if repeats > 1 else {}),
-    })
+    }
+
+
+def shares_prefix(job: Job, sample: Sample) -> bool:
+    """Whether the job can run in a sweep that shares its prefix: a one-shot selection alone,
+    answering the task's whole length (not the oracle, no eviction, no second pass)."""
+    if job.method.is_oracle:
+        return False
+    selection, eviction = build(job.method, job.params)
+    return (selection is not None and eviction is None and not selection.restarts
+            and answer_limit(sample, selection) == sample.max_new_tokens)
+
+
+def run_sweep(model, tokenizer, sample: Sample, jobs: list[Job]) -> list[dict]:
+    """Jobs of one sample that share their prefix (`shares_prefix`), as one asl.sweep: the
+    layers before each selection run once. Each answer is the one its job alone gives (a
+    test); its `ttft_s` is the time it would take alone (SweepOutput.alone_prefill_s: the
+    trunk's layers to its selection plus its own part), `ttft_shared` says so, and its peak
+    memory is not known alone (None: the sweep holds every layer's states)."""
+    selections = [build(job.method, job.params)[0] for job in jobs]
+    out = asl.sweep(model, tokenizer, sample.prompt, selections, max_new_tokens=sample.max_new_tokens,
+                    stop=list(sample.stop) or None)
+    layers = model.config.num_layers
+    return [_record(sample, job, o.text, {**_measured(o, layers, out.alone_prefill_s(i), o.trace.decode_s_per_token,
+                                                      None), "ttft_shared": True})
+            for i, (job, o) in enumerate(zip(jobs, out.outputs))]
 
 
 def answer_limit(sample: Sample, selection) -> int:
@@ -120,25 +148,38 @@ def warm_up(model, tokenizer, jobs: list[Job], length: int) -> None:
 
 
 def run(model, tokenizer, jobs: list[Job], seed: int, done: set, write, rank_label: str = "",
-        show: bool = True, compile: bool = False, repeats: int = 1) -> list[dict]:
-    """Runs the jobs not in `done`, calling `write(record)` after each; returns the new records."""
+        show: bool = True, compile: bool = False, repeats: int = 1, share_prefix: bool = False) -> list[dict]:
+    """Runs the jobs not in `done`, calling `write(record)` after each; returns the new records.
+    `share_prefix`: a sample's jobs that can (`shares_prefix`) run as one sweep (`run_sweep`)."""
     todo = [j for j in jobs if j.key not in done]
     records, sample, running = [], None, {}
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"bench{rank_label}", unit="run",
                file=sys.stdout, disable=not show, dynamic_ncols=True,
                mininterval=0.5 if sys.stdout.isatty() else 60)
+    same = lambda a, b: (a.task, a.length, a.index) == (b.task, b.length, b.index)  # noqa: E731
+    sweeping = share_prefix and repeats == 1 and not compile
     try:
-        for job in todo:
+        i = 0
+        while i < len(todo):
+            job = todo[i]
             if sample is None or (sample.task, sample.length, sample.index) != (job.task, job.length, job.index):
                 sample = make_sample(job.task, tokenizer, job.length, job.index, seed)
-            record = run_job(model, tokenizer, sample, job, compile, repeats)
-            write(record)
-            records.append(record)
-            s = running.setdefault(job.method.label, [0.0, 0])
-            s[0] += record["score"]
-            s[1] += 1
+            group = [job]
+            if sweeping and shares_prefix(job, sample):
+                while i + len(group) < len(todo) and same(todo[i + len(group)], job) and \
+                        shares_prefix(todo[i + len(group)], sample):
+                    group.append(todo[i + len(group)])
+            i += len(group)
+            done_now = run_sweep(model, tokenizer, sample, group) if len(group) > 1 else \
+                [run_job(model, tokenizer, sample, job, compile, repeats)]
+            for job, record in zip(group, done_now):
+                write(record)
+                records.append(record)
+                s = running.setdefault(job.method.label, [0.0, 0])
+                s[0] += record["score"]
+                s[1] += 1
+                bar.update()
             bar.set_postfix_str(" ".join(f"{k}={100 * v[0] / v[1]:.0f}%" for k, v in running.items())[:90])
-            bar.update()
     finally:
         bar.close()
     return records

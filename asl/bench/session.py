@@ -216,7 +216,7 @@ class Session:
                 warm_up(model, tokenizer, jobs, min(min(args.lengths), max(512, 2 * max(args.budget) + 64)))
             records = run(model, tokenizer, mine, args.seed, done, appender.write,
                           rank_label="" if ranks.world == 1 else f"[{ranks.rank}]", show=True, compile=args.compile,
-                          repeats=args.repeats)
+                          repeats=args.repeats, share_prefix=args.share_prefix)
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -271,6 +271,7 @@ def run_settings(args, params, model_config, threads: int, world: int, folder: p
         "format": 2,
         "run": {"model": args.model, "dtype": args.dtype, "seed": args.seed, "device": args.device,
                 "threads": threads, "processes": world, "compile": args.compile, "repeats": args.repeats,
+                "share_prefix": args.share_prefix,
                 "torch": torch.__version__,
                 "transformers": transformers.__version__, "code": code_hash(), "model_files": model_hash(folder),
                 "calibration": (hashlib.sha256(pathlib.Path(args.calibration).read_bytes()).hexdigest()[:16]

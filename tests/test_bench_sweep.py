@@ -1,0 +1,68 @@
+"""--share-prefix: a sample's one-shot selections alone run as one asl.sweep, each record what
+its job alone records (the answer, its score, the cache, the layer) with its TTFT estimated
+for a run alone; what cannot share (the full cache, an eviction, a second pass, the oracle)
+runs alone."""
+import random
+
+import pytest
+
+from asl.bench import runner
+from asl.bench.methods import default_params, parse_methods
+from asl.bench.runner import Job, run, run_job, run_sweep, shares_prefix
+from asl.bench.tasks import Sample
+from tiny import CharTokenizer, random_text, tiny_pair
+
+TOK = CharTokenizer()
+LAYERS = 8
+SELECT = 48
+SAME = ("prediction", "score", "partial", "kv_tokens", "kv_bytes", "selection_layer", "alive_tokens", "ratios",
+        "method", "budget", "new_tokens")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_pair("qwen2", num_hidden_layers=LAYERS, max_position_embeddings=512, eos_token_id=None)[1]
+
+
+def sample(task: str, index: int) -> Sample:
+    text = random_text(random.Random(f"{task}{index}"), 150)
+    return Sample(task, 150, index, text, ("abc",), "ruler_all", 6, (), None, len(text))
+
+
+def job(method: str, s: Sample) -> Job:
+    (spec,) = parse_methods(method)
+    budget = None if spec.is_full else SELECT
+    return Job(s.task, s.length, s.index, 0, spec, budget, budget, tuple(default_params(spec, "tiny", LAYERS, budget,
+                                                                                        budget)))
+
+
+def test_a_sweep_records_what_each_job_alone_records(model):
+    s = sample("t1", 0)
+    jobs = [job(m, s) for m in ("fastkv(layer=2)", "fastkv(layer=5)", "asl(tau=0.9,l_min=2)", "jaccard-stop(l_min=2)")]
+    assert all(shares_prefix(j, s) for j in jobs)
+    for j, shared in zip(jobs, run_sweep(model, TOK, s, jobs)):
+        alone = run_job(model, TOK, s, j)
+        assert {k: shared[k] for k in SAME} == {k: alone[k] for k in SAME}
+        assert shared["ttft_shared"] and shared["ttft_s"] > 0 and shared["peak_mem_bytes"] is None
+
+
+def test_what_cannot_share_runs_alone(model):
+    s = sample("t1", 0)
+    for method in ("full", "asl+snapkv", "gemfilter(layer=2)", "oracle", "fastkv(layer=2)+streaming"):
+        assert not shares_prefix(job(method, s), s), method
+
+
+def test_run_groups_each_samples_jobs_that_share(model, monkeypatch):
+    samples = {(s.task, s.index): s for s in (sample("t1", 0), sample("t1", 1))}
+    monkeypatch.setattr(runner, "make_sample", lambda task, tok, length, index, seed: samples[(task, index)])
+    jobs = [job(m, s) for s in samples.values() for m in ("full", "fastkv(layer=2)", "fastkv(layer=5)", "asl+snapkv")]
+    calls = {"sweep": 0, "alone": 0}
+    real_sweep, real_job = runner.run_sweep, runner.run_job
+    monkeypatch.setattr(runner, "run_sweep", lambda *a: (calls.__setitem__("sweep", calls["sweep"] + 1),
+                                                         real_sweep(*a))[1])
+    monkeypatch.setattr(runner, "run_job", lambda *a: (calls.__setitem__("alone", calls["alone"] + 1),
+                                                       real_job(*a))[1])
+    shared = run(model, TOK, jobs, 0, set(), lambda r: None, show=False, share_prefix=True)
+    assert calls == {"sweep": 2, "alone": 4}  # per sample: the two FastKV layers in one sweep; full and asl+snapkv alone
+    alone = run(model, TOK, jobs, 0, set(), lambda r: None, show=False)
+    assert [{k: r[k] for k in SAME} for r in shared] == [{k: r[k] for k in SAME} for r in alone]
