@@ -16,4 +16,6 @@ def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float | No
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if successes <= 0 else max(0.0, centre - half)  # exactly 0 and 1 at the ends (float rounding
+    high = 1.0 if successes >= n else min(1.0, centre + half)  # would leave them a hair inside)
+    return low, high

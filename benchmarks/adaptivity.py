@@ -30,7 +30,7 @@ import pathlib
 
 import torch
 
-from asl.bench.stats import mcnemar_exact, wilson
+from asl.bench.stats import mcnemar_exact, wilcoxon_p, wilson
 from asl.calibration.search import PromptMeasure, kv_share, picked_layer
 from asl.policies.adaptive import SIGNALS, FittedStop
 
@@ -74,12 +74,11 @@ def families(tune: list[PromptMeasure], l_min: int, num_layers: int, taus) -> di
 def judge(measures: list[PromptMeasure], pick, select_tokens: int, num_layers: int) -> dict:
     layers = [pick(m) for m in measures]
     kept = [bool(m.matches.get(a, True)) for m, a in zip(measures, layers)]
+    kv = [kv_share(a, m.prompt_tokens, select_tokens, num_layers) for m, a in zip(measures, layers)]
     n = len(measures)
     low, high = wilson(sum(kept), n)
     return {"n": n, "agree": sum(kept), "agreement": sum(kept) / n, "interval": [low, high],
-            "kv_share": sum(kv_share(a, m.prompt_tokens, select_tokens, num_layers)
-                            for m, a in zip(measures, layers)) / n,
-            "mean_layer": sum(layers) / n, "kept": kept}
+            "kv_share": sum(kv) / n, "mean_layer": sum(layers) / n, "kept": kept, "kv": kv}
 
 
 def tuned(points: list[dict], target: float) -> dict:
@@ -118,7 +117,8 @@ def analyse(path: pathlib.Path, target: float) -> dict:
         saved = 1 - oracle["kv_share"]
         f["verdict"] = {
             "vs_tuned_fixed": {"only_this": b, "only_fixed": c, "p": mcnemar_exact(b, c),
-                               "kv_difference": h["kv_share"] - base["kv_share"]},
+                               "kv_difference": h["kv_share"] - base["kv_share"],
+                               "kv_p": wilcoxon_p(h["kv"], base["kv"])},  # the paired KV shares
             "vs_fixed_at_same_kv": {"fixed_kv_share": nearest["kv_share"], "only_this": b2, "only_fixed": c2,
                                     "p": mcnemar_exact(b2, c2), "agreement_difference": h["agreement"] -
                                     nearest["agreement"]},
@@ -184,7 +184,8 @@ def table(result: dict) -> str:
     lines = [f"### {r['model']}: {r['n_held_out']} held-out prompts (tuned on {r['n_tune']}), select_tokens "
              f"{r['select_tokens']}, l_min {r['l_min']}, target agreement {100 * r['target']:.0f}%", "",
              "| family | tuned setting | held-out agreement [95%] | KV share | oracle's savings captured | "
-             "vs tuned fixed layer (only this / only fixed, McNemar p) | vs fixed layer at the same KV (p) |",
+             "vs tuned fixed layer: answers only this / only fixed (McNemar p); KV (Wilcoxon p) | "
+             "vs fixed layer at the same KV (p) |",
              "|---|---|---|---|---|---|---|"]
     for family, f in r["families"].items():
         h, v = f["tuned"]["held_out"], f["verdict"]
@@ -194,8 +195,9 @@ def table(result: dict) -> str:
         lines.append(
             f"| {family} | {f['tuned']['setting']} | {100 * h['agreement']:.0f}% [{100 * low:.0f}, {100 * high:.0f}] | "
             f"{100 * h['kv_share']:.1f}% | {'' if cap is None else f'{100 * cap:.0f}%'} | "
-            f"{v['vs_tuned_fixed']['only_this']} / {v['vs_tuned_fixed']['only_fixed']}, "
-            f"p = {v['vs_tuned_fixed']['p']:.3g} | {100 * same['fixed_kv_share']:.1f}% KV: "
+            f"{v['vs_tuned_fixed']['only_this']} / {v['vs_tuned_fixed']['only_fixed']} (p = "
+            f"{v['vs_tuned_fixed']['p']:.3g}); KV {100 * v['vs_tuned_fixed']['kv_difference']:+.1f} points (p = "
+            f"{v['vs_tuned_fixed']['kv_p']:.3g}) | {100 * same['fixed_kv_share']:.1f}% KV: "
             f"{same['only_this']} / {same['only_fixed']}, p = {same['p']:.3g} |")
     return "\n".join(lines)
 
@@ -214,7 +216,7 @@ def plot(result: dict, path: pathlib.Path) -> None:
         h = f["tuned"]["held_out"]
         low, high = h["interval"]
         ax.errorbar([100 * h["kv_share"]], [100 * h["agreement"]],
-                    yerr=[[100 * (h["agreement"] - low)], [100 * (high - h["agreement"])]], fmt="s", ms=8,
+                    yerr=[[100 * max(0.0, h["agreement"] - low)], [100 * max(0.0, high - h["agreement"])]], fmt="s", ms=8,
                     mfc="none", color=line.get_color(), capsize=3)
     ax.axhline(100 * result["target"], color="grey", lw=0.8, ls=":")
     ax.set_xlabel("KV share of the full cache (selection alone), held-out mean, %")
@@ -237,9 +239,11 @@ def main() -> int:
     results = [analyse(f, args.agreement) for f in args.files]
     for r in results:
         plot(r, args.out / f"frontier_{r['model']}.png")
-    strip = lambda r: {**r, "families": {k: {**f, "points": [{**p, "tune": {**p["tune"], "kept": None},  # noqa: E731
-                                                              "held_out": {**p["held_out"], "kept": None}}
-                                                             for p in f["points"]]}
+    bare = lambda j: {k: v for k, v in j.items() if k not in ("kept", "kv")}  # noqa: E731 (per-prompt lists)
+    strip = lambda r: {**r, "families": {k: {**f, "tuned": {**f["tuned"], "tune": bare(f["tuned"]["tune"]),  # noqa: E731
+                                                           "held_out": bare(f["tuned"]["held_out"])},
+                                             "points": [{**p, "tune": bare(p["tune"]), "held_out": bare(p["held_out"])}
+                                                        for p in f["points"]]}
                                          for k, f in r["families"].items()}}
     (args.out / "adaptivity.json").write_text(json.dumps([strip(r) for r in results], indent=1) + "\n")
     text = "\n\n".join(table(r) + "\n\n" + transfer_table(r) for r in results)
