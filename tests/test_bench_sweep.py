@@ -2,31 +2,14 @@
 its job alone records (the answer, its score, the cache, the layer) with its TTFT estimated
 for a run alone; what cannot share (the full cache, an eviction, a second pass, the oracle)
 runs alone."""
-import random
-
-import pytest
-
 from asl.bench import runner
 from asl.bench.methods import default_params, parse_methods
 from asl.bench.runner import Job, run, run_job, run_sweep, shares_prefix
 from asl.bench.tasks import Sample
-from tiny import CharTokenizer, random_text, tiny_pair
+from test_bench_oracle import LAYERS, SELECT, TOK, model, sample  # noqa: F401 (the fixture)
 
-TOK = CharTokenizer()
-LAYERS = 8
-SELECT = 48
 SAME = ("prediction", "score", "partial", "kv_tokens", "kv_bytes", "selection_layer", "alive_tokens", "ratios",
         "method", "budget", "new_tokens")
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_pair("qwen2", num_hidden_layers=LAYERS, max_position_embeddings=512, eos_token_id=None)[1]
-
-
-def sample(task: str, index: int) -> Sample:
-    text = random_text(random.Random(f"{task}{index}"), 150)
-    return Sample(task, 150, index, text, ("abc",), "ruler_all", 6, (), None, len(text))
 
 
 def job(method: str, s: Sample) -> Job:
@@ -36,7 +19,7 @@ def job(method: str, s: Sample) -> Job:
                                                                                         budget)))
 
 
-def test_a_sweep_records_what_each_job_alone_records(model):
+def test_a_sweep_records_what_each_job_alone_records(model):  # noqa: F811
     s = sample("t1", 0)
     jobs = [job(m, s) for m in ("fastkv(layer=2)", "fastkv(layer=5)", "asl(tau=0.9,l_min=2)", "jaccard-stop(l_min=2)")]
     assert all(shares_prefix(j, s) for j in jobs)
@@ -46,13 +29,13 @@ def test_a_sweep_records_what_each_job_alone_records(model):
         assert shared["ttft_shared"] and shared["ttft_s"] > 0 and shared["peak_mem_bytes"] is None
 
 
-def test_what_cannot_share_runs_alone(model):
+def test_what_cannot_share_runs_alone(model):  # noqa: F811
     s = sample("t1", 0)
     for method in ("full", "asl+snapkv", "gemfilter(layer=2)", "oracle", "fastkv(layer=2)+streaming"):
         assert not shares_prefix(job(method, s), s), method
 
 
-def test_run_groups_each_samples_jobs_that_share(model, monkeypatch):
+def test_run_groups_each_samples_jobs_that_share(model, monkeypatch):  # noqa: F811
     samples = {(s.task, s.index): s for s in (sample("t1", 0), sample("t1", 1))}
     monkeypatch.setattr(runner, "make_sample", lambda task, tok, length, index, seed: samples[(task, index)])
     jobs = [job(m, s) for s in samples.values() for m in ("full", "fastkv(layer=2)", "fastkv(layer=5)", "asl+snapkv")]
