@@ -16,7 +16,7 @@ savings it captures, and the exact McNemar test against the tuned fixed layer on
 held-out prompts (and against the fixed layer of the nearest KV share). Transfer: each
 family's setting tuned on one task's tuning prompts, judged on every other task's held-out
 prompts (which transfers better, the fixed layer or the rule?). Writes adaptivity.json,
-adaptivity.md and frontier_<model>.png.
+adaptivity.md and frontier_<model>@<length>.png.
 
 The cost axis is the KV share of selection alone, `((a + 1) n + (L - 1 - a) k) / (L n)`; the
 prefill time falls in the same order (the layers up to `a` run on the whole prompt).
@@ -96,7 +96,10 @@ def analyse(path: pathlib.Path, target: float) -> dict:
     held = [m for m in measures if m.held_out]
     a, layers = data["asl"], data["num_layers"]
     k, l_min = a["select_tokens"], a["l_min"]
-    out = {"model": data["model"], "file": str(path), "num_layers": layers, "select_tokens": k, "l_min": l_min,
+    lengths = data["prompts"].get("lengths")
+    name = data["model"] + (f"@{'+'.join(str(n) for n in lengths)}" if lengths else "")  # one file per length
+    out = {"model": data["model"], "name": name, "file": str(path), "num_layers": layers, "select_tokens": k,
+           "l_min": l_min,
            "prompts": data["prompts"], "n_tune": len(tune), "n_held_out": len(held), "target": target,
            "families": {}}
     for family, settings in families(tune, l_min, layers, data["search"]["taus"]).items():
@@ -157,7 +160,7 @@ def transfer_table(result: dict) -> str:
     rows = result["transfer"]
     if not rows:
         return ""
-    lines = [f"Transfer ({result['model']}): tuned on one task's tuning prompts, judged on another's held-out ones "
+    lines = [f"Transfer ({result['name']}): tuned on one task's tuning prompts, judged on another's held-out ones "
              "(agreement [95%], KV share)", "",
              "| family | tuned on -> judged on | setting | agreement | KV share |", "|---|---|---|---|---|"]
     for r in rows:
@@ -181,7 +184,7 @@ def transfer_table(result: dict) -> str:
 
 def table(result: dict) -> str:
     r = result
-    lines = [f"### {r['model']}: {r['n_held_out']} held-out prompts (tuned on {r['n_tune']}), select_tokens "
+    lines = [f"### {r['name']}: {r['n_held_out']} held-out prompts (tuned on {r['n_tune']}), select_tokens "
              f"{r['select_tokens']}, l_min {r['l_min']}, target agreement {100 * r['target']:.0f}%", "",
              "| family | tuned setting | held-out agreement [95%] | KV share | oracle's savings captured | "
              "vs tuned fixed layer: answers only this / only fixed (McNemar p); KV (Wilcoxon p) | "
@@ -221,7 +224,7 @@ def plot(result: dict, path: pathlib.Path) -> None:
     ax.axhline(100 * result["target"], color="grey", lw=0.8, ls=":")
     ax.set_xlabel("KV share of the full cache (selection alone), held-out mean, %")
     ax.set_ylabel("answers equal to the full cache's, held out, %")
-    ax.set_title(f"{result['model']}: {result['n_held_out']} held-out prompts; squares: each family's tuned "
+    ax.set_title(f"{result['name']}: {result['n_held_out']} held-out prompts; squares: each family's tuned "
                  f"setting (95% Wilson)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -238,7 +241,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = [analyse(f, args.agreement) for f in args.files]
     for r in results:
-        plot(r, args.out / f"frontier_{r['model']}.png")
+        plot(r, args.out / f"frontier_{r['name']}.png")
     bare = lambda j: {k: v for k, v in j.items() if k not in ("kept", "kv")}  # noqa: E731 (per-prompt lists)
     strip = lambda r: {**r, "families": {k: {**f, "tuned": {**f["tuned"], "tune": bare(f["tuned"]["tune"]),  # noqa: E731
                                                            "held_out": bare(f["tuned"]["held_out"])},
