@@ -282,14 +282,9 @@ def generate(
                         eviction=eviction, cache=cache, streamer=streamer, single=single)
 
 
-@torch.inference_mode()
-def generate_ids(model: Decoder, tokenizer, ids: list[list[int]], settings: DecodeSettings, *, compile=False, seed=0,
-                 selection=None, eviction=None, cache=None, streamer=None, single=False, trunk=None) -> GenerationOutput:
-    """generate() from token ids, its settings resolved (asl.apply's transformers-style
-    generate calls it too). `tokenizer` may be None: then there is no text and no stop string.
-    `trunk`: these ids' full pass (asl.sweep), forked from instead of run again."""
-    selection, eviction = per_call(selection), per_call(eviction)  # one shared policy serves many threads
-    max_new_tokens = settings.max_new_tokens
+def check_fits(model: Decoder, ids: list[list[int]], max_new_tokens: int, cache=None) -> None:
+    """Each prompt has tokens, and with its answer (after a compressed context's positions)
+    fits the model's positions; else ValueError naming the prompt."""
     limit = model.config.max_position_embeddings
     offset = 0 if cache is None else cache.next_position
     for i, x in enumerate(ids):
@@ -301,6 +296,17 @@ def generate_ids(model: Decoder, tokenizer, ids: list[list[int]], settings: Deco
                 f"prompt {i} has {len(x)} tokens{before}; with max_new_tokens={max_new_tokens} that exceeds the "
                 f"model's maximum of {limit} positions"
             )
+
+
+@torch.inference_mode()
+def generate_ids(model: Decoder, tokenizer, ids: list[list[int]], settings: DecodeSettings, *, compile=False, seed=0,
+                 selection=None, eviction=None, cache=None, streamer=None, single=False, trunk=None) -> GenerationOutput:
+    """generate() from token ids, its settings resolved (asl.apply's transformers-style
+    generate calls it too). `tokenizer` may be None: then there is no text and no stop string.
+    `trunk`: these ids' full pass (asl.sweep), forked from instead of run again."""
+    selection, eviction = per_call(selection), per_call(eviction)  # one shared policy serves many threads
+    max_new_tokens = settings.max_new_tokens
+    check_fits(model, ids, max_new_tokens, cache)
     if settings.stop and tokenizer is None:
         raise ValueError("stop strings need the tokenizer (to read the text generated so far)")
     device = model.lm_head.weight.device

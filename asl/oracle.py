@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .answers import partial
+from .calibration.search import earliest_match, stable_match
 from .generation import decode_loop, encode, eos_ids, left_pad
 from .models.interop import as_decoder
 from .policies.fixed import FastKV
@@ -46,17 +47,12 @@ class OracleResult:
     @property
     def oracle_layer(self) -> int | None:
         """The earliest candidate layer whose answer equals the full cache's (None: none does)."""
-        return next((o.layer for o in self.layers if o.matches), None)
+        return earliest_match({o.layer: o.matches for o in self.layers})
 
     @property
     def stable_layer(self) -> int | None:
         """The earliest candidate layer from which every later candidate matches too."""
-        stable = None
-        for outcome in reversed(self.layers):
-            if not outcome.matches:
-                break
-            stable = outcome.layer
-        return stable
+        return stable_match({o.layer: o.matches for o in self.layers})
 
     @property
     def cost(self) -> float:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .generation import GenerationOutput, sync, encode, generate_ids, left_pad
+from .generation import GenerationOutput, check_fits, encode, generate_ids, left_pad, sync
 from .generation_settings import resolve
 from .models.interop import as_decoder
 from .policies.base import SelectionPolicy, check_policies
@@ -60,9 +60,7 @@ def sweep(model, tokenizer, prompt: str, selections: list[SelectionPolicy], evic
     settings = resolve(generation_config, max_new_tokens=max_new_tokens, stop=stop)
     decoder = as_decoder(model, tokenizer)
     ids = encode(tokenizer, [prompt], chat)
-    if len(ids[0]) + settings.max_new_tokens > decoder.config.max_position_embeddings:
-        raise ValueError(f"prompt has {len(ids[0])} tokens; with max_new_tokens={settings.max_new_tokens} that "
-                         f"exceeds the model's maximum of {decoder.config.max_position_embeddings} positions")
+    check_fits(decoder, ids, settings.max_new_tokens)  # before the trunk's work
     input_ids, valid = left_pad(ids, decoder.lm_head.weight.device)
     sync(input_ids.device)
     start = time.perf_counter()

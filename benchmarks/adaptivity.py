@@ -25,21 +25,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import dataclasses
 import math
 import pathlib
 
 import torch
 
 from asl.bench.stats import mcnemar_exact, wilcoxon_p, wilson
-from asl.calibration.search import PromptMeasure, kv_share, picked_layer
-from asl.policies.adaptive import SIGNALS, FittedStop
+from asl.calibration.search import PromptMeasure, first_layer, kv_share, picked_layer
+from asl.policies.adaptive import SIGNALS, EntropyStop, FittedStop, JaccardStop
 
 THRESHOLDS = [round(0.05 * i, 2) for i in range(2, 20)]  # 0.10 .. 0.95
 CONFIDENCES = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
 
 
-def first_layer(signals: dict[int, dict[str, float]], passes, l_min: int, last: int) -> int:
-    return next((layer for layer in sorted(signals) if l_min <= layer < last and passes(signals[layer])), last)
+def rule_picks(policy, l_min: int, last: int):
+    """prompt -> the layer `policy` picks, replayed on the prompt's recorded signals with the
+    policy's own decision (`fires`), so the analysis applies exactly the rule that runs."""
+    def passes(row: dict[str, float]) -> bool:
+        return bool(policy.fires({name: torch.tensor([row[name]], dtype=torch.float64) for name in SIGNALS})[0])
+    return lambda m: first_layer(m.signals, passes, l_min, last)
 
 
 def families(tune: list[PromptMeasure], l_min: int, num_layers: int, taus) -> dict[str, list[tuple[str, object]]]:
@@ -48,25 +53,16 @@ def families(tune: list[PromptMeasure], l_min: int, num_layers: int, taus) -> di
     out = {
         "fixed layer": [(f"layer {l}", lambda m, l=l: l) for l in range(last)],
         "ASL (tau)": [(f"tau {t:g}", lambda m, t=t: picked_layer(m.ratios[l_min], t, l_min, last)) for t in taus],
-        "JaccardStop": [(f"jaccard >= {t:g}", lambda m, t=t: first_layer(m.signals, lambda s: s["jaccard"] >= t,
-                                                                         l_min, last)) for t in THRESHOLDS],
-        "EntropyStop": [(f"entropy <= {t:g}", lambda m, t=t: first_layer(m.signals, lambda s: s["entropy"] <= t,
-                                                                         l_min, last)) for t in THRESHOLDS],
+        "JaccardStop": [(f"jaccard >= {t:g}", rule_picks(JaccardStop(threshold=t), l_min, last)) for t in THRESHOLDS],
+        "EntropyStop": [(f"entropy <= {t:g}", rule_picks(EntropyStop(threshold=t), l_min, last)) for t in THRESHOLDS],
     }
     try:
         rule = FittedStop.fit([(m.signals, m.matches) for m in tune], l_min=l_min)
     except ValueError:  # one outcome only on the tuning prompts: nothing to fit
         rule = None
     if rule is not None:
-        w = torch.tensor(rule.weights, dtype=torch.float64)
-
-        def fitted(m, c):
-            def passes(s):
-                z = float(torch.tensor([s[n] for n in SIGNALS], dtype=torch.float64) @ w) + rule.bias
-                return 1 / (1 + math.exp(-z)) >= c
-            return first_layer(m.signals, passes, l_min, last)
-
-        out["FittedStop"] = [(f"confidence {c:g}", lambda m, c=c: fitted(m, c)) for c in CONFIDENCES]
+        out["FittedStop"] = [(f"confidence {c:g}", rule_picks(dataclasses.replace(rule, confidence=c), l_min, last))
+                             for c in CONFIDENCES]
     out["oracle"] = [("earliest matching layer", lambda m: last if m.earliest is None else m.earliest)]
     return out
 

@@ -47,7 +47,10 @@ def test_the_rule_selects_where_its_signal_first_passes_and_keeps_fastkvs_tokens
     out = asl.generate(model, TOK, prompt(seed, n), max_new_tokens=1, selection=policy, eviction=rec)
     signals = out.trace.sequences[0].signals
     layer = out.trace.selection_layer
-    expected = reference_signals(rec.seen[: len(signals)], LAYERS)
+    start = max(l_min - 1, 0)  # the layer before l_min, for Jaccard; none computed before it
+    assert sorted(signals) == list(range(start, start + len(signals)))
+    assert layer is None or max(signals) == layer  # none computed after the selection
+    expected = reference_signals(rec.seen[start: start + len(signals)], LAYERS)
     for at, row in signals.items():
         for name, value in row.items():
             assert value == pytest.approx(expected[at][name], abs=1e-5), (at, name)

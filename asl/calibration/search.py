@@ -48,18 +48,26 @@ class PromptMeasure:
 
     @property
     def earliest(self) -> int | None:
-        """The earliest candidate layer that keeps the answer (the oracle layer; None: none)."""
-        return next((layer for layer in sorted(self.matches) if self.matches[layer]), None)
+        return earliest_match(self.matches)
 
     @property
     def stable(self) -> int | None:
-        """The earliest candidate layer from which every later candidate keeps it too."""
-        found = None
-        for layer in sorted(self.matches, reverse=True):
-            if not self.matches[layer]:
-                break
-            found = layer
-        return found
+        return stable_match(self.matches)
+
+
+def earliest_match(matches: dict[int, bool]) -> int | None:
+    """The earliest candidate layer whose selection keeps the full cache's answer (None: none)."""
+    return next((layer for layer in sorted(matches) if matches[layer]), None)
+
+
+def stable_match(matches: dict[int, bool]) -> int | None:
+    """The earliest candidate layer from which every later candidate keeps the answer too."""
+    found = None
+    for layer in sorted(matches, reverse=True):
+        if not matches[layer]:
+            break
+        found = layer
+    return found
 
 
 @dataclass(frozen=True)
@@ -81,10 +89,15 @@ class Outcome:
         return self.agree / self.n if self.n else float("nan")
 
 
+def first_layer(values: dict, passes, l_min: int, last: int) -> int:
+    """The first layer from l_min whose recorded value passes; `last` (no selection, the full
+    cache) when none does. What a rule that decides layer by layer picks, replayed."""
+    return next((layer for layer in sorted(values) if layer >= l_min and passes(values[layer])), last)
+
+
 def picked_layer(ratios: dict[int, float], tau: float, l_min: int, last: int) -> int:
-    """The layer ASL selects at: the first from l_min whose ratio is below tau; `last` (no
-    selection, the full cache) when none is."""
-    return next((layer for layer in sorted(ratios) if layer >= l_min and ratios[layer] < tau), last)
+    """The layer ASL selects at: the first from l_min whose ratio is below tau."""
+    return first_layer(ratios, lambda ratio: ratio < tau, l_min, last)
 
 
 def kv_share(layer: int, prompt_tokens: int, select_tokens: int, num_layers: int) -> float:

@@ -27,7 +27,8 @@ SIGNALS = ("depth", "jaccard", "entropy")
 class _Stopping(ScorerSelection):
     """What the rules share: per layer and sequence the signals (recorded in the trace as
     `signals`), a decision from `l_min` on, and `l_max` (select there at the latest; None:
-    a sequence the rule never fires on keeps every token)."""
+    a sequence the rule never fires on keeps every token). The signals are computed from layer
+    `l_min - 1` on (Jaccard needs the layer before), and read to the host only for the trace."""
 
     select_tokens: int = 2048
     window: int = 32
@@ -54,7 +55,7 @@ class _Stopping(ScorerSelection):
         self._num_layers = prefill.num_layers
         self._width = max(prefill.prompt_lengths) + 1  # membership by prompt index (+1: a pad slot)
         self._previous: torch.Tensor | None = None  # [B, width] the last layer's top-k, by prompt index
-        self._signals: list[dict[int, dict[str, float]]] = [{} for _ in range(prefill.batch_size)]
+        self._signals: dict[int, torch.Tensor] = {}  # layer -> [B, len(SIGNALS)], on the device
 
     def score(self, view: LayerView) -> torch.Tensor:
         return view.window_scores(self.window, self.kernel, self.pooling)
@@ -87,17 +88,20 @@ class _Stopping(ScorerSelection):
     def fires(self, signals: dict[str, torch.Tensor]) -> torch.Tensor:
         """[B] bool: whether the rule would select now, from the layer's signals."""
 
-    def selects_at(self, layer: int, view: LayerView) -> torch.Tensor:
+    def selects_at(self, layer: int, view: LayerView) -> torch.Tensor | bool:
+        if layer < self.l_min - 1 or all(at is not None for at in self._layers):  # not yet, or all selected
+            return False
         signals = self.signals(layer, view)
-        for b, row in enumerate(zip(*(signals[name].tolist() for name in SIGNALS))):
-            self._signals[b][layer] = dict(zip(SIGNALS, row))
+        self._signals[layer] = torch.stack([signals[name] for name in SIGNALS], -1)
         fire = self.fires(signals) & (layer >= self.l_min)
         if self.l_max is not None and layer >= self.l_max:
             fire = torch.ones_like(fire)
         return fire
 
     def report(self) -> list[dict]:
-        return [{**r, "signals": s} for r, s in zip(super().report(), self._signals)]
+        rows = {layer: values.tolist() for layer, values in self._signals.items()}  # one read per layer, at the end
+        return [{**r, "signals": {layer: dict(zip(SIGNALS, values[b])) for layer, values in rows.items()}}
+                for b, r in enumerate(super().report())]
 
 
 @dataclass
