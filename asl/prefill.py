@@ -65,12 +65,10 @@ class Trunk:
 
 def full_trunk(model: Decoder, tokens: AliveTokens) -> Trunk:
     """The whole prompt through every layer, recording each (no cache, no policy)."""
-    trunk = Trunk(tokens)
-    trunk.layer_s.append(time.perf_counter())  # made relative below
+    trunk, start = Trunk(tokens), time.perf_counter()
     h, rope = model.embed(tokens.ids, tokens.positions)
     trunk.logits = run_layers(model, h, tokens, 0, 0, record=trunk, rope=rope).logits
-    start = trunk.layer_s.pop(0)
-    trunk.layer_s = [t - start for t in trunk.layer_s]
+    trunk.layer_s = [t - start for t in trunk.layer_s]  # recorded as clock readings
     return trunk
 
 
