@@ -6,8 +6,16 @@ from bench_custom_policy import HalfwayTopK
 
 import asl
 from asl.bench.memory import cpu_peak_supported
-from asl.bench.methods import build, default_params, effective_fields, parse_methods, scaled_layer
+from asl.bench.methods import Method, build, default_params, effective_fields, model_defaults, parse_methods, scaled_layer
 from asl.answers import cut_at_stop
+
+
+def defaults(model: str, layers: int) -> dict:
+    return model_defaults(model, layers)[0]
+
+
+def resolved(spec, params) -> Method:
+    return Method(spec, None, *build(spec, params))
 
 
 def test_parse_methods_with_arguments_and_custom_classes():
@@ -44,7 +52,7 @@ def test_bad_method_specs(text, message):
 ])
 def test_every_composition_builds_its_policies_at_the_budget_and_selection_size(text, selection, eviction):
     (spec,) = parse_methods(text)
-    sel, ev = build(spec, default_params(spec, "smollm2-135m", 30, 256, 128))
+    sel, ev = build(spec, default_params(spec, defaults("smollm2-135m", 30), 256, 128))
     assert type(sel) is selection if selection else sel is None
     assert type(ev) is eviction if eviction else ev is None
     if sel is not None:
@@ -61,27 +69,27 @@ def test_lists_expand_into_one_method_per_value_and_their_product():
         "fastkv(layer=4)+snapkv(budget=64)", "fastkv(layer=4)+snapkv(budget=128)",
         "fastkv(layer=8)+snapkv(budget=64)", "fastkv(layer=8)+snapkv(budget=128)", "full"]
     assert {s.family for s in specs[:3]} == {"asl"} and {s.family for s in specs[3:7]} == {"fastkv+snapkv"}
-    sel, ev = build(specs[4], default_params(specs[4], "smollm2-135m", 30, 512, 256))
+    sel, ev = build(specs[4], default_params(specs[4], defaults("smollm2-135m", 30), 512, 256))
     assert sel.layer == 4 and ev.budget == 128  # the user's budget beats the run's
 
 
 def test_baselines_score_like_asl_and_the_papers_settings_stay_one_argument_away():
     (fastkv,) = parse_methods("fastkv+snapkv")
-    sel, ev = build(fastkv, default_params(fastkv, "qwen2.5-0.5b", 24, 1024, 512))
+    sel, ev = build(fastkv, default_params(fastkv, defaults("qwen2.5-0.5b", 24), 1024, 512))
     assert (sel.layer, sel.window, sel.kernel, sel.pooling) == (11, 32, 7, "avg")  # the ASL paper's comparison
     assert (ev.window, ev.kernel, ev.pooling) == (32, 7, "avg")
     (own,) = parse_methods('fastkv(window=8,pooling="max")+snapkv')
-    sel, ev = build(own, default_params(own, "qwen2.5-0.5b", 24, 1024, 512))
+    sel, ev = build(own, default_params(own, defaults("qwen2.5-0.5b", 24), 1024, 512))
     assert (sel.window, sel.pooling) == (8, "max") and (ev.window, ev.pooling) == (8, "max")  # TSP and its eviction agree
     (gem,) = parse_methods("gemfilter")
-    sel, _ = build(gem, default_params(gem, "qwen2.5-0.5b", 24, 1024, 512))
+    sel, _ = build(gem, default_params(gem, defaults("qwen2.5-0.5b", 24), 1024, 512))
     assert (sel.layer, sel.select_tokens, sel.kernel) == (10, 512, 5)
 
 
 def test_a_selection_given_a_budget_says_what_to_compose():
     (spec,) = parse_methods("asl(budget=256)")
     with pytest.raises(ValueError, match=re.escape("asl selects tokens only: give the budget to an eviction, e.g. asl+snapkv")):
-        build(spec, default_params(spec, "smollm2-135m", 30, 512, 512))
+        build(spec, default_params(spec, defaults("smollm2-135m", 30), 512, 512))
 
 
 def test_layers_scale_from_the_32_layer_settings():
@@ -91,22 +99,22 @@ def test_layers_scale_from_the_32_layer_settings():
 
     (spec,) = parse_methods("asl+snapkv")
     tau = read(bundled_file("qwen2.5-0.5b"))["asl"]["tau"]
-    assert default_params(spec, "qwen2.5-0.5b", 24, 1024, 512) == [  # asl/calibration/qwen2.5-0.5b.json
+    assert default_params(spec, defaults("qwen2.5-0.5b", 24), 1024, 512) == [  # asl/calibration/qwen2.5-0.5b.json
         {"select_tokens": 512, "tau": tau, "l_min": 8, "l_obs": 8, "window": 32, "kernel": 7, "pooling": "avg"},
         {"budget": 1024, "window": 32, "kernel": 7, "pooling": "avg"}]
     (spec,) = parse_methods("asl(tau=0.3,l_min=4)")
-    (p,) = default_params(spec, "other", 24, 1024, 512)
+    (p,) = default_params(spec, defaults("other", 24), 1024, 512)
     assert p["tau"] == 0.3 and p["l_min"] == 4 and p["l_obs"] == 5  # l_obs clipped to l_min + 1
 
 
 def test_effective_fields_record_defaults_and_custom_sources():
     (spec,) = parse_methods("asl+snapkv")
-    fields = effective_fields(spec, default_params(spec, "smollm2-135m", 30, 256, 128))
+    fields = effective_fields(resolved(spec, default_params(spec, defaults("smollm2-135m", 30), 256, 128)))
     assert [f["class"] for f in fields] == ["asl.policies.asl.ASL", "asl.policies.snapkv.SnapKV"]
     assert fields[0]["fields"]["window"] == 32 and fields[0]["fields"]["l_max"] is None  # defaults included
     assert "source" not in fields[0]
     (custom,) = parse_methods("bench_custom_policy:HalfwayTopK")
-    (entry,) = effective_fields(custom, default_params(custom, "smollm2-135m", 30, 256, 128))
+    (entry,) = effective_fields(resolved(custom, default_params(custom, defaults("smollm2-135m", 30), 256, 128)))
     assert entry["fields"] == {"select_tokens": 128, "window": 32, "fraction": 0.5} and len(entry["source"]) == 16
 
 
@@ -145,10 +153,10 @@ def test_a_method_with_its_own_budget_is_recorded_at_it_and_run_once(capsys):
 
     args = parse(["--model", "smollm2-135m", "--lengths", "1024", "--budget", "256,384",
                   "--methods", "full,fastkv(layer=8)+snapkv(budget=512),snapkv"])
-    _, _, params = resolve(args)
-    assert sorted(params, key=str) == sorted([("full", None), ("fastkv(layer=8)+snapkv(budget=512)", 512),
-                                              ("snapkv", 256), ("snapkv", 384)], key=str)
-    assert params[("fastkv(layer=8)+snapkv(budget=512)", 512)][1]["budget"] == 512
+    _, _, methods = resolve(args)
+    assert sorted((m.label, m.budget) for m in methods) == sorted([("full", None), ("fastkv(layer=8)+snapkv(budget=512)", 512),
+                                                                  ("snapkv", 256), ("snapkv", 384)], key=str)
+    assert next(m for m in methods if m.budget == 512).eviction.budget == 512
     assert "runs at its own budget 512, whatever --budget" in capsys.readouterr().err
 
 
@@ -157,20 +165,20 @@ def test_allocators_wrap_a_scorer_as_values():
     assert [s.label for s in specs] == ["adakv(snapkv(window=16),alpha_safeguard=0.3)",
                                         "adakv(snapkv(window=32),alpha_safeguard=0.3)", "fastkv+pyramidkv(snapkv)"]
     assert [s.family for s in specs] == ["adakv(snapkv)", "adakv(snapkv)", "fastkv+pyramidkv(snapkv)"]
-    (params,) = default_params(specs[0], "smollm2-135m", 30, 256, 256)
+    (params,) = default_params(specs[0], defaults("smollm2-135m", 30), 256, 256)
     assert params == {"alpha_safeguard": 0.3, "scorer": {"budget": 256, "window": 16, "kernel": 7, "pooling": "avg"}}
     _, ev = build(specs[0], [params])
     assert ev == asl.AdaKV(asl.SnapKV(budget=256, window=16), alpha_safeguard=0.3)
-    sel, ev = build(specs[2], default_params(specs[2], "smollm2-135m", 30, 256, 256))
+    sel, ev = build(specs[2], default_params(specs[2], defaults("smollm2-135m", 30), 256, 256))
     assert isinstance(sel, asl.FastKV) and ev == asl.PyramidKV(asl.SnapKV(budget=256, window=32))
-    (entry,) = effective_fields(specs[0], [params])
+    (entry,) = effective_fields(resolved(specs[0], [params]))
     assert entry["fields"]["scorer"]["window"] == 16  # config.json records the scorer's fields too
-    from asl.bench.cli import kept_budget
+    from asl.bench.methods import kept_budget
 
     assert kept_budget([params], 512) == 256  # the allocator's budget is its scorer's
     with pytest.raises(ValueError, match="AdaKV wraps a scorer eviction"):
         build(parse_methods("adakv(streaming)")[0], default_params(parse_methods("adakv(streaming)")[0],
-                                                                   "smollm2-135m", 30, 256, 256))
+                                                                   defaults("smollm2-135m", 30), 256, 256))
 
 
 def test_the_bench_says_when_asl_selects_another_size_than_it_was_calibrated_at(capsys):
@@ -190,7 +198,7 @@ def test_gemfilter_can_cap_its_answers_as_the_authors_harness():
     sample = Sample(task="qa", length=2048, index=0, prompt="p", answers=("a",), metric="string_match_all",
                     max_new_tokens=128, stop=(), depth=None, prompt_tokens=10)
     (spec,) = parse_methods("gemfilter(answer_tokens=51)")
-    selection, _ = build(spec, default_params(spec, "qwen2.5-0.5b", 24, 1024, 1024))
+    selection, _ = build(spec, default_params(spec, defaults("qwen2.5-0.5b", 24), 1024, 1024))
     assert answer_limit(sample, selection) == 51
     assert answer_limit(sample, asl.GemFilter()) == 128 and answer_limit(sample, None) == 128
     with pytest.raises(ValueError, match="answer_tokens must be an integer >= 1"):

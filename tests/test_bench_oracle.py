@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from asl.bench.methods import default_params, parse_methods
+from asl.bench.methods import Method, model_defaults, parse_methods
 from asl.bench.plots import make_plots
 from asl.bench.report import format_table, summarize
 from asl.bench.runner import Job, run_job
@@ -30,8 +30,8 @@ def sample(task: str, index: int) -> Sample:
 def record(model, s: Sample, method: str) -> dict:
     (spec,) = parse_methods(method)
     budget = None if spec.is_full else SELECT
-    params = default_params(spec, "tiny", LAYERS, budget, budget)
-    return run_job(model, TOK, s, Job(s.task, s.length, s.index, 0, spec, budget, budget, tuple(params)))
+    method = Method.resolve(spec, model_defaults("tiny", LAYERS)[0], budget, budget)
+    return run_job(model, TOK, s, Job(s.task, s.length, s.index, 0, method))
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ its job alone records (the answer, its score, the cache, the layer) with its TTF
 for a run alone; what cannot share (the full cache, an eviction, a second pass, the oracle)
 runs alone."""
 from asl.bench import runner
-from asl.bench.methods import default_params, parse_methods
+from asl.bench.methods import Method, model_defaults, parse_methods
 from asl.bench.runner import Job, run, run_job, run_sweep, shares_prefix
 from asl.bench.tasks import Sample
 from test_bench_oracle import LAYERS, SELECT, TOK, model, sample  # noqa: F401 (the fixture)
@@ -15,8 +15,7 @@ SAME = ("prediction", "score", "partial", "kv_tokens", "kv_bytes", "selection_la
 def job(method: str, s: Sample) -> Job:
     (spec,) = parse_methods(method)
     budget = None if spec.is_full else SELECT
-    return Job(s.task, s.length, s.index, 0, spec, budget, budget, tuple(default_params(spec, "tiny", LAYERS, budget,
-                                                                                        budget)))
+    return Job(s.task, s.length, s.index, 0, Method.resolve(spec, model_defaults("tiny", LAYERS)[0], budget, budget))
 
 
 def test_a_sweep_records_what_each_job_alone_records(model):  # noqa: F811

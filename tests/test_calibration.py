@@ -202,10 +202,10 @@ def test_the_command_writes_a_file_for_model_reads(model, monkeypatch, tmp_path,
     assert "chosen: tau" in capsys.readouterr().out
     assert asl.ASL.for_model("tiny-qwen2", calibration=out).tau == data["asl"]["tau"]
     # the bench takes it with --calibration: ASL's defaults come from the file
-    from asl.bench.methods import default_params, parse_methods
+    from asl.bench.methods import default_params, model_defaults, parse_methods
 
     (spec,) = parse_methods("asl")
-    (fields,) = default_params(spec, "tiny-qwen2", LAYERS, 40, 40, calibration=out)
+    (fields,) = default_params(spec, model_defaults("tiny-qwen2", LAYERS, calibration=out)[0], 40, 40)
     assert (fields["tau"], fields["l_min"]) == (data["asl"]["tau"], data["asl"]["l_min"])
 
 

@@ -110,70 +110,66 @@ def parse(argv=None):
 
 
 def resolve(args):
-    """Model-dependent checks and each method's parameters, before any generation.
-    Returns (folder, model config, {(label, budget): [kwargs per policy]})."""
-    from asl.bench.methods import build, default_params, gemfilter_layer
-    from asl.calibration import asl_settings
+    """Model-dependent checks and every method resolved to its policies, before any generation:
+    the calibration file read once, each policy built (and so checked) once.
+    Returns (folder, model config, [Method per method and budget it keeps])."""
+    from asl.bench.methods import Method, gemfilter_layer, model_defaults
 
     folder, config = model_config(args.model, args.lengths)
-    params = {}
+    defaults, why, calibrated_at = model_defaults(args.model, config.num_layers, config, args.calibration, args.preset)
     if any(p.name == "gemfilter" and "layer" not in p.kwargs for spec in args.methods for p in spec.parts):
-        layer, why = gemfilter_layer(config.model_type, config.num_layers)
-        print(f"asl.bench: gemfilter at layer {layer}: {why}", file=sys.stderr)
+        layer, reason = gemfilter_layer(config.model_type, config.num_layers)
+        print(f"asl.bench: gemfilter at layer {layer}: {reason}", file=sys.stderr)
     if args.preset == "paper":
         print(f"asl.bench: --preset paper: every method as the ASL authors' scripts set it (run_ruler.sh), layers "
               f"{'as they are' if args.model in PAPER_MODELS else f'scaled to {config.num_layers} layers'}",
               file=sys.stderr)
     elif any(p.name in ("asl", "asl-2pass") for spec in args.methods for p in spec.parts):
-        settings, why = asl_settings(args.model, config.num_layers, args.calibration, config)
         print(f"asl.bench: asl's tau, l_min, l_obs: {why}", file=sys.stderr)
-        calibrated, run = settings.get("select_tokens"), sorted({args.select_tokens or b for b in args.budget})
-        if calibrated is not None and run != [calibrated]:
-            print(f"asl.bench: warning: asl's tau was calibrated selecting {calibrated} tokens, this run selects "
-                  f"{', '.join(map(str, run))}: the rank variance is taken over the selected tokens, so tau may not "
-                  f"transfer (--select-tokens {calibrated}, or calibrate at this size)", file=sys.stderr)
+        _warn_select_tokens(calibrated_at, args)
+    methods, kept = [], set()
     for spec in args.methods:
         for budget in [None] if spec.is_full else args.budget:
             select = None if budget is None else args.select_tokens or budget
-            p = default_params(spec, args.model, config.num_layers, budget, select, config,
-                               args.calibration, args.preset)
             try:
-                build(spec, p)
+                method = Method.resolve(spec, defaults, budget, select)
             except (ValueError, TypeError) as e:
                 raise ValueError(f"--budget {budget} / --select-tokens {select} / --methods {spec.label}: {e}") from None
-            for key, value in ((k, v) for fields in p for k, v in fields.items()):
-                if key in ("layer", "l_min", "l_max") and isinstance(value, int) and not 0 <= value < config.num_layers:
-                    raise ValueError(f"--methods {spec.label}: {key}={value} is not a layer of {args.model} "
-                                     f"(0..{config.num_layers - 1})")
-            kept = kept_budget(p, budget)
-            if kept != budget and (spec.label, kept) not in params:
-                print(f"asl.bench: {spec.label} runs at its own budget {kept}, whatever --budget", file=sys.stderr)
-            params.setdefault((spec.label, kept), p)  # one run per budget the method really keeps
+            for policy in method.policies():
+                for key in ("layer", "l_min", "l_max"):
+                    value = getattr(policy, key, None)
+                    if isinstance(value, int) and not 0 <= value < config.num_layers:
+                        raise ValueError(f"--methods {spec.label}: {key}={value} is not a layer of {args.model} "
+                                         f"(0..{config.num_layers - 1})")
+            if (spec.label, method.budget) in kept:
+                continue  # one run per budget the method really keeps
+            if method.budget != budget:
+                print(f"asl.bench: {spec.label} runs at its own budget {method.budget}, whatever --budget",
+                      file=sys.stderr)
+            kept.add((spec.label, method.budget))
+            methods.append(method)
     short = [n for n in args.lengths if n <= min(args.budget)]
     if short:
         print(f"python -m asl.bench: warning: --lengths {short} are not above the budget {min(args.budget)}: there "
               "every method keeps every token, like the full cache", file=sys.stderr)
-    return folder, config, params
+    return folder, config, methods
 
 
-def _dry_run(args, params: dict) -> int:
+def _warn_select_tokens(calibrated: int | None, args) -> None:
+    run = sorted({args.select_tokens or b for b in args.budget})
+    if calibrated is not None and run != [calibrated]:
+        print(f"asl.bench: warning: asl's tau was calibrated selecting {calibrated} tokens, this run selects "
+              f"{', '.join(map(str, run))}: the rank variance is taken over the selected tokens, so tau may not "
+              f"transfer (--select-tokens {calibrated}, or calibrate at this size)", file=sys.stderr)
+
+
+def _dry_run(args, methods) -> int:
     """--dry-run: what each method would run with, nothing loaded or written."""
     print(f"asl.bench --dry-run: {args.model}, preset {args.preset or 'none'}, tasks {','.join(args.tasks)}, "
           f"lengths {','.join(map(str, args.lengths))}, {args.samples} samples")
-    for (label, budget), fields in params.items():
-        print(f"  {label} @ {budget}: " + " + ".join(
-            ", ".join(f"{k}={v!r}" for k, v in f.items()) or "-" for f in fields))
+    for m in methods:
+        print(f"  {m.label} @ {m.budget}: {m.describe()}")
     return 0
-
-
-def kept_budget(params: list[dict], budget: int | None) -> int | None:
-    """The budget a method really runs at, from its resolved policies: its eviction's (a
-    `budget=` in --methods wins over --budget); a selection alone is recorded at --budget
-    (what it selects is recorded beside it, as select_tokens)."""
-    found = [fields.get("scorer", fields).get("budget") for fields in params  # an allocator's is its scorer's
-             if "rate" not in fields or "scorer" not in fields]  # a proportional one has none
-    found = [b for b in found if isinstance(b, int)]
-    return found[-1] if found else budget
 
 
 def main(argv=None) -> int:
@@ -193,28 +189,29 @@ def _main(argv) -> int:
         from asl.bench.session import report_folder
 
         return report_folder(pathlib.Path(args.out), plots=not args.no_plots, reference=args.reference)
-    folder, config, params = resolve(args)
+    folder, config, methods = resolve(args)
     if args.dry_run:
-        return _dry_run(args, params)
+        return _dry_run(args, methods)
     from asl.bench.session import Session
 
-    return Session(args, folder, config, params).run()
+    return Session(args, folder, config, methods).run()
 
 
 def _list(model: str | None = None) -> int:
-    from asl.bench.methods import BUILTIN, DESCRIPTIONS, WRAPPERS, default_params, parse_methods
+    from asl.bench.methods import BUILTIN, DESCRIPTIONS, WRAPPERS, default_params, model_defaults, parse_methods
     from asl.bench.tasks import TASKS
 
     print("tasks (after; shortest --lengths):")
     for name, task in TASKS.items():
         print(f"  {name:<16} {task.source:<14} >= {task.min_length} tokens")
     layers = _layers_of(model) if model else None
+    defaults = model_defaults(model, layers)[0] if layers else None
     print("methods" + (f" (their parameters on {model}, at budget = select_tokens = 512):" if layers else ":"))
     for name in BUILTIN:
         print(f"  {name:<21} {DESCRIPTIONS[name]}")
         if layers:
             (spec,) = parse_methods(f"{name}(snapkv)" if name in WRAPPERS else name)
-            fields = default_params(spec, model, layers, None if spec.is_full else 512, None if spec.is_full else 512)
+            fields = default_params(spec, defaults, None if spec.is_full else 512, None if spec.is_full else 512)
             print(f"  {'':<21}   {', '.join(f'{k}={v!r}' for f in fields for k, v in f.items()) or '-'}")
     print("  module:Class     your SelectionPolicy or EvictionPolicy subclass")
     print("compose a selection with an eviction: asl+snapkv, fastkv(layer=8)+streaming(sink=8);"

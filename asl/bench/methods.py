@@ -27,6 +27,7 @@ their product. `select_tokens` and `budget` default to the run's (--select-token
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import importlib
 import itertools
@@ -276,28 +277,32 @@ def gemfilter_layer(model_type: str | None, num_layers: int) -> tuple[int, str]:
     return scaled_layer(13, num_layers), f"GemFilter's 13 of 32 layers (Llama-3.1-8B) scaled to {num_layers} layers"
 
 
-def _builtin_defaults(name: str, model_name: str, num_layers: int, config=None, calibration=None,
-                      preset: str | None = None) -> dict:
+def model_defaults(model_name: str, num_layers: int, config=None, calibration=None,
+                   preset: str | None = None) -> tuple[dict[str, dict], str, int | None]:
+    """Every built-in policy's keyword arguments on this model, where ASL's come from, and the
+    selection size ASL's tau was calibrated at (None: not calibrated). ASL's
+    come from the `calibration` file when one is given, else the bundled one of this name or,
+    from the model's `config` (a ModelConfig), of this architecture, else the hand-set values:
+    the file is read here, once per run."""
     model_type = getattr(config, "model_type", None)
-    if preset == "paper" and name in PAPER:  # the run's budget and selection size stay the run's
-        fields = paper_settings(name, num_layers, model_type, model_name)
-        return {k: v for k, v in fields.items() if k not in ("budget", "select_tokens")}
-    if name in ("asl", "asl-2pass"):
-        settings, _ = asl_settings(model_name, num_layers, calibration, config)
-        return {k: settings[k] for k in ("tau", "l_min", "l_obs", *SCORING)}
-    return {
-        "full": {},
-        "oracle": dict(SCORING),
-        "snapkv": dict(SCORING),
-        "streaming": {},
+    settings, why = asl_settings(model_name, num_layers, calibration, config)
+    asl = {k: settings[k] for k in ("tau", "l_min", "l_obs", *SCORING)}
+    table = {
+        "full": {}, "oracle": dict(SCORING), "snapkv": dict(SCORING), "streaming": {},
         "topp": {"window": SCORING["window"]},
+        "asl": asl, "asl-2pass": asl,
         "fastkv": {"layer": scaled_layer(15, num_layers), **SCORING},
         "gemfilter": {"layer": gemfilter_layer(model_type, num_layers)[0]},
         "jaccard-stop": {"l_min": scaled_layer(10, num_layers), **SCORING},
         "entropy-stop": {"l_min": scaled_layer(10, num_layers), **SCORING},
-        "pyramidinfer-prefill": {},
-        "pyramidinfer-decode": {},
-    }[name]
+        "pyramidinfer-prefill": {}, "pyramidinfer-decode": {},
+    }
+    if preset == "paper":  # the run's budget and selection size stay the run's
+        for name in PAPER:
+            fields = paper_settings(name, num_layers, model_type, model_name)
+            table[name] = {k: v for k, v in fields.items() if k not in ("budget", "select_tokens")}
+        why = "the ASL authors' scripts (--preset paper)"
+    return table, why, settings.get("select_tokens")
 
 
 def _fill(policy: PolicySpec, defaults: dict, budget: int | None, select_tokens: int | None) -> dict:
@@ -317,25 +322,23 @@ def _fill(policy: PolicySpec, defaults: dict, budget: int | None, select_tokens:
     return kwargs
 
 
-def default_params(spec: MethodSpec, model_name: str, num_layers: int, budget: int | None,
-                   select_tokens: int | None, config=None, calibration=None, preset: str | None = None) -> list[dict]:
-    """Per policy of the method, the keyword arguments it runs with on this model (ASL's from
-    the `calibration` file when one is given, else the bundled one of this name or, from the
-    model's `config` (a ModelConfig), of this architecture, else the hand-set values)."""
+def default_params(spec: MethodSpec, defaults: dict[str, dict], budget: int | None,
+                   select_tokens: int | None) -> list[dict]:
+    """Per policy of the method, the keyword arguments it runs with: the run's budget and
+    selection size, the model's `defaults` (model_defaults), the user's arguments."""
     out, previous = [], {}
     for policy in spec.parts:
         scorer = policy.inner or policy  # an allocator's defaults are its scorer's
-        defaults = {} if scorer.custom else dict(_builtin_defaults(scorer.name, model_name, num_layers, config,
-                                                                   calibration, preset))
+        own = {} if scorer.custom else dict(defaults[scorer.name])
         if role(policy) == "eviction":  # an eviction scores tokens like the selection before it
-            defaults.update({k: previous[k] for k in SCORING if k in previous})
-        previous = _fill(scorer, defaults, budget, select_tokens)
+            own.update({k: previous[k] for k in SCORING if k in previous})
+        previous = _fill(scorer, own, budget, select_tokens)
         out.append(previous if policy.inner is None else {**_fill(policy, {}, None, None), "scorer": previous})
     return out
 
 
 def build(spec: MethodSpec, params: list[dict]) -> tuple[SelectionPolicy | None, EvictionPolicy | None]:
-    """Fresh policy objects for one run (policies hold per-prompt state)."""
+    """The method's policy objects from their keyword arguments (their checks run here)."""
     selection = eviction = None
     for policy, kwargs in zip(spec.parts, params):
         if policy.name == "full":
@@ -357,16 +360,67 @@ def build(spec: MethodSpec, params: list[dict]) -> tuple[SelectionPolicy | None,
     return selection, eviction
 
 
-def effective_fields(spec: MethodSpec, params: list[dict]) -> list[dict]:
+def kept_budget(params: list[dict], budget: int | None) -> int | None:
+    """The budget a method really runs at, from its resolved policies: its eviction's (a
+    `budget=` in --methods wins over --budget); a selection alone is recorded at --budget
+    (what it selects is recorded beside it, as select_tokens)."""
+    found = [fields.get("scorer", fields).get("budget") for fields in params  # an allocator's is its scorer's
+             if "rate" not in fields or "scorer" not in fields]  # a proportional one has none
+    found = [b for b in found if isinstance(b, int)]
+    return found[-1] if found else budget
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method resolved on one model at one budget: its policies built, and so checked, once.
+    Policies hold per-prompt state, so every run takes `fresh()` copies of them."""
+
+    spec: MethodSpec
+    budget: int | None  # the budget it keeps (an eviction's own `budget=` wins over --budget)
+    selection: SelectionPolicy | Oracle | None
+    eviction: EvictionPolicy | None
+
+    @classmethod
+    def resolve(cls, spec: MethodSpec, defaults: dict[str, dict], budget: int | None,
+                select_tokens: int | None) -> Method:
+        params = default_params(spec, defaults, budget, select_tokens)
+        return cls(spec, kept_budget(params, budget), *build(spec, params))
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+    @property
+    def select_tokens(self) -> int | None:
+        """What the selection keeps (recorded beside the budget), if it has a size."""
+        return getattr(self.selection, "select_tokens", None)
+
+    def fresh(self) -> tuple[SelectionPolicy | Oracle | None, EvictionPolicy | None]:
+        return copy.deepcopy((self.selection, self.eviction))
+
+    def policies(self) -> list:
+        return [p for p in (self.selection, self.eviction) if p is not None]
+
+    def describe(self, skip: tuple[str, ...] = ()) -> str:
+        """Its policies' fields, as `key=value`, one group per policy ("-": none)."""
+        return " + ".join(", ".join(f"{k}={v!r}" for k, v in _fields(p).items() if k not in skip) or "-"
+                          for p in self.policies()) or "-"
+
+
+def _fields(obj) -> dict:
+    fields = ({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.repr}
+              if dataclasses.is_dataclass(obj) else dict(vars(obj)))
+    return {k: (_fields(v) if isinstance(v, EvictionPolicy) else v) for k, v in fields.items() if not k.startswith("_")}
+
+
+def effective_fields(method: Method) -> list[dict]:
     """Every field of every policy the method builds, defaults included: what config.json
     records so that a rerun with other effective settings is refused; a class from outside
     the library also records a hash of its source."""
     from asl.bench.fingerprint import class_source_hash
 
     out = []
-    for obj in build(spec, params):
-        if obj is None:
-            continue
+    for obj in method.policies():
         fields = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(vars(obj))
         entry = {"class": f"{type(obj).__module__}.{type(obj).__qualname__}",
                  "fields": {k: v for k, v in fields.items() if not k.startswith("_")}}

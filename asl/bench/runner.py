@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
@@ -12,62 +12,49 @@ from tqdm import tqdm
 import asl
 from asl.bench import metrics, oracle_method
 from asl.bench.memory import PeakMemory
-from asl.bench.methods import MethodSpec, build
+from asl.bench.methods import Method
 from asl.bench.tasks import Sample, make_sample
 
 
 @dataclass(frozen=True)
 class Job:
-    """One generate call: a sample (by its coordinates), a method and its budget."""
+    """One generate call: a sample (by its coordinates) and a resolved method."""
 
     task: str
     length: int
     index: int
     group: int  # which sample this is in the run's order (what ranks shard on)
-    method: MethodSpec
-    budget: int | None  # None for the full cache
-    select_tokens: int | None
-    params: tuple = field(default=(), compare=False, repr=False)  # per policy, its keyword arguments (the budget's one home)
+    method: Method
 
     @property
     def key(self) -> tuple:
-        return (f"{self.task}/{self.length}/{self.index}", self.method.label, self.budget)
+        return (f"{self.task}/{self.length}/{self.index}", self.method.label, self.method.budget)
 
 
-def plan(tasks, lengths, samples, methods, params: dict[tuple, list[dict]]) -> list[Job]:
-    """Sample index outermost, so a partial run covers every cell evenly. `params` maps
-    (method label, budget) to the method's resolved keyword arguments (cli.resolve): the
-    budgets are its keys, and each job carries its own."""
+def plan(tasks, lengths, samples, methods: list[Method]) -> list[Job]:
+    """Sample index outermost, so a partial run covers every cell evenly."""
     jobs, group = [], 0
     for index in range(samples):
         for length in lengths:
             for task in tasks:
-                for m in methods:
-                    for (label, b), kwargs in params.items():
-                        if label == m.label:
-                            jobs.append(Job(task, length, index, group, m, b, _select_tokens(kwargs), tuple(kwargs)))
+                jobs += [Job(task, length, index, group, m) for m in methods]
                 group += 1
     return jobs
 
 
-def _select_tokens(kwargs: list[dict]) -> int | None:
-    """What the method's selection keeps (recorded beside the budget), if it has one."""
-    return next((p["select_tokens"] for p in kwargs if "select_tokens" in p), None)
-
-
 def run_job(model, tokenizer, sample: Sample, job: Job, compile: bool = False, repeats: int = 1) -> dict:
-    """One generate call, scored, with the job's policies (built afresh from job.params).
+    """One generate call, scored, with fresh copies of the job's policies.
     With `repeats` > 1 the call runs again (fresh policies) for timing: TTFT and TPOT are the
     medians, every run's figures are kept."""
     device = model.lm_head.weight.device
-    if job.method.is_oracle:  # one search, whatever `repeats`: its cost is recorded, not a TTFT to time
-        oracle, _ = build(job.method, job.params)
+    if job.method.spec.is_oracle:  # one search, whatever `repeats`: its cost is recorded, not a TTFT to time
+        oracle, _ = job.method.fresh()
         with PeakMemory(device) as mem:
             fields = oracle_method.measure(model, tokenizer, sample, oracle)
         return _record(sample, job, fields.pop("prediction"), {**fields, "peak_mem_bytes": mem.bytes})
     outs, peaks = [], []
     for _ in range(repeats):
-        selection, eviction = build(job.method, job.params)
+        selection, eviction = job.method.fresh()
         with PeakMemory(device) as mem:
             outs.append(asl.generate(model, tokenizer, sample.prompt, max_new_tokens=answer_limit(sample, selection),
                                      stop=list(sample.stop) or None, selection=selection, eviction=eviction,
@@ -95,10 +82,8 @@ def _measured(out, layers: int, ttft_s: float, tpot_s: float, peak: int | None) 
 def shares_prefix(job: Job, sample: Sample) -> bool:
     """Whether the job can run in a sweep that shares its prefix: a one-shot selection alone,
     answering the task's whole length (not the oracle, no eviction, no second pass)."""
-    if job.method.is_oracle:
-        return False
-    selection, eviction = build(job.method, job.params)
-    return (selection is not None and eviction is None and not selection.restarts
+    selection, eviction = job.method.selection, job.method.eviction
+    return (not job.method.spec.is_oracle and selection is not None and eviction is None and not selection.restarts
             and answer_limit(sample, selection) == sample.max_new_tokens)
 
 
@@ -108,7 +93,7 @@ def run_sweep(model, tokenizer, sample: Sample, jobs: list[Job]) -> list[dict]:
     test); its `ttft_s` is the time it would take alone (SweepOutput.alone_prefill_s: the
     trunk's layers to its selection plus its own part), `ttft_shared` says so, and its peak
     memory is not known alone (None: the sweep holds every layer's states)."""
-    selections = [build(job.method, job.params)[0] for job in jobs]
+    selections = [job.method.fresh()[0] for job in jobs]
     out = asl.sweep(model, tokenizer, sample.prompt, selections, max_new_tokens=sample.max_new_tokens,
                     stop=list(sample.stop) or None)
     layers = model.config.num_layers
@@ -128,7 +113,8 @@ def _record(sample: Sample, job: Job, text: str, measured: dict) -> dict:
     """A samples.jsonl line: the sample and method, the answer scored, then what was measured."""
     return {
         "id": sample.id, "task": sample.task, "length": sample.length, "index": sample.index, "depth": sample.depth,
-        "method": job.method.label, "family": job.method.family, "budget": job.budget, "select_tokens": job.select_tokens,
+        "method": job.method.label, "family": job.method.spec.family, "budget": job.method.budget,
+        "select_tokens": job.method.select_tokens,
         "prompt_tokens": sample.prompt_tokens, "answers": list(sample.answers), "prediction": text,
         "score": metrics.score(sample.metric, text, sample.answers),
         "partial": metrics.partial(text, sample.answers), **measured,
@@ -143,8 +129,7 @@ def warm_up(model, tokenizer, jobs: list[Job], length: int) -> None:
     for job in jobs:
         first.setdefault(job.method.label, job)
     for job in first.values():
-        run_job(model, tokenizer, sample, Job("passkey", sample.length, 0, 0, job.method, job.budget,
-                                              job.select_tokens, job.params))
+        run_job(model, tokenizer, sample, Job("passkey", sample.length, 0, 0, job.method))
 
 
 def run(model, tokenizer, jobs: list[Job], seed: int, done: set, write, rank_label: str = "",

@@ -163,8 +163,8 @@ def _busy(when: str) -> float | None:
 
 
 class Session:
-    def __init__(self, args, folder, model_config, params):
-        self.args, self.folder, self.model_config, self.params = args, folder, model_config, params
+    def __init__(self, args, folder, model_config, methods):
+        self.args, self.folder, self.model_config, self.methods = args, folder, model_config, methods
         self.out = pathlib.Path(args.out)
 
     def run(self) -> int:
@@ -189,7 +189,7 @@ class Session:
             dist.finish(ranks)
 
     def _prepare(self, threads, ranks) -> dict:
-        settings = check_resume(self.out, run_settings(self.args, self.params, self.model_config, threads, ranks.world,
+        settings = check_resume(self.out, run_settings(self.args, self.methods, self.model_config, threads, ranks.world,
                                                        self.folder), self.args.force)
         settings["load_average_at_start"] = _busy("at the start")
         settings["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")  # PASSIVE unless set: see asl/__init__.py
@@ -202,7 +202,7 @@ class Session:
         args = self.args
         device = dist.device_for(ranks, args.device)
         model, tokenizer = asl.load(self.folder, dtype=getattr(torch, args.dtype), device=device)
-        jobs = plan(args.tasks, args.lengths, args.samples, args.methods, self.params)
+        jobs = plan(args.tasks, args.lengths, args.samples, self.methods)
         order = {j.key: i for i, j in enumerate(jobs)}
         done = set(store.load_done(self.out))
         mine = [j for j in jobs if ranks.mine(j.group)]
@@ -245,16 +245,13 @@ class Session:
         print(f"asl.bench: {a.model} ({self.model_config.num_layers} layers, {a.dtype}, {a.device}, {threads} threads"
               f" x {ranks.world} process{'es' if ranks.world > 1 else ''}); budgets {a.budget}, "
               f"select_tokens {a.select_tokens or '= budget'}; {total} runs, {done} already done")
-        width = min(40, max(len(s.label) for s in a.methods))
-        for spec in a.methods:
-            fields = next(p for (label, _), p in self.params.items() if label == spec.label)
-            shown = " + ".join(", ".join(f"{k}={v}" for k, v in f.items() if k not in ("budget", "select_tokens"))
-                               or "-" for f in fields)
-            print(f"  {spec.label:<{width}} {shown or '-'}")
+        width = min(40, max(len(m.label) for m in self.methods))
+        for m in {m.label: m for m in self.methods}.values():
+            print(f"  {m.label:<{width}} {m.describe(skip=('budget', 'select_tokens'))}")
         sys.stdout.flush()
 
 
-def run_settings(args, params, model_config, threads: int, world: int, folder: pathlib.Path) -> dict:
+def run_settings(args, methods, model_config, threads: int, world: int, folder: pathlib.Path) -> dict:
     """What config.json records. `run` and `policies` identify the run (a resume must match
     them): by content where a path could hide a change (the model's files, the calibration
     file, a custom policy's sources); the rest describes it."""
@@ -265,8 +262,7 @@ def run_settings(args, params, model_config, threads: int, world: int, folder: p
     from asl.bench.fingerprint import code_hash, git_commit, model_hash
     from asl.bench.methods import effective_fields
 
-    specs = {s.label: s for s in args.methods}
-    policies = {f"{label} @ {budget}": effective_fields(specs[label], p) for (label, budget), p in params.items()}
+    policies = {f"{m.label} @ {m.budget}": effective_fields(m) for m in methods}
     return {
         "format": 2,
         "run": {"model": args.model, "dtype": args.dtype, "seed": args.seed, "device": args.device,
