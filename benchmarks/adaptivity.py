@@ -31,7 +31,7 @@ import pathlib
 
 import torch
 
-from asl.bench.stats import mcnemar_exact, wilcoxon_p, wilson
+from asl.bench.report.stats import mcnemar_exact, wilcoxon_p, wilson
 from asl.calibration.search import PromptMeasure, first_layer, kv_share, picked_layer
 from asl.policies.adaptive import SIGNALS, EntropyStop, FittedStop, JaccardStop
 

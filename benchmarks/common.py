@@ -59,7 +59,7 @@ def interleaved_medians(fns: dict, repeats: int = 5, warmup: int = 1) -> dict:
 
 def prose_ids(tokenizer, n_tokens: int) -> torch.Tensor:
     """[1, n_tokens] ids of Python's own documentation prose (ships with Python)."""
-    from asl.bench.haystack import prose_tokens
+    from asl.bench.tasks.haystack import prose_tokens
 
     return torch.tensor([prose_tokens(tokenizer, n_tokens)])
 

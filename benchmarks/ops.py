@@ -41,7 +41,7 @@ import time
 import torch
 
 from asl import ops, ops_fallback, reference
-from asl.bench.memory import status_kib
+from asl.bench.run.memory import status_kib
 from common import sync
 
 RANKS = dict(T=8, m=32768, k=2048)

@@ -8,7 +8,7 @@ import argparse
 
 
 import asl
-from asl.bench.haystack import passkey_prompt
+from asl.bench.tasks.haystack import passkey_prompt
 from common import setup_threads
 
 

@@ -32,11 +32,11 @@ import transformers
 from common import setup_threads
 
 import asl
-from asl.bench import metrics
+from asl.bench.tasks import scoring
 from asl.bench.args import add_dtype, resolve_dtype_flag
-from asl.bench.memory import MMAP_THRESHOLD, exact_cpu_peaks
-from asl.bench.methods import default_params, parse_method
-from asl.bench.runner import Job, run_job
+from asl.bench.run.memory import MMAP_THRESHOLD, exact_cpu_peaks
+from asl.bench.methods import Method, model_defaults, parse_method
+from asl.bench.run.runner import Job, run_job
 from asl.bench.tasks import make_sample
 from asl.models.loading import resolve_checkpoint
 
@@ -48,10 +48,9 @@ KVPRESS = ("snapkv", "streaming")
 
 
 def ours_run(model, tokenizer, sample, name: str, budget: int, num_layers: int, model_name: str) -> dict:
-    spec = parse_method(name)
+    (spec,) = parse_method(name)
     b = None if name == "full" else budget
-    params = default_params(spec, model_name, num_layers, budget, budget)
-    job = Job(sample.task, sample.length, sample.index, 0, spec, b, b, tuple(params))
+    job = Job(sample.task, sample.length, sample.index, 0, Method.resolve(spec, model_defaults(model_name, num_layers)[0], b, b))
     r = run_job(model, tokenizer, sample, job, compile=True)
     return {k: r[k] for k in ("prediction", "ttft_s", "tpot_s", "peak_mem_bytes", "kv_bytes", "new_tokens",
                               "selection_layer")}
@@ -220,7 +219,7 @@ class RunLog:
         for (model, sid, method), rs in runs.items():
             rs = [rs[k] for k in sorted(rs)]
             first = rs[0]
-            score = None if setting["random_weights"] else metrics.score(first["metric"], first["prediction"],
+            score = None if setting["random_weights"] else scoring.score(first["metric"], first["prediction"],
                                                                          first["answers"])
             rows.append({"model": model, "task": first["task"], "length": first["length"], "id": sid,
                          "method": method, "prompt_tokens": first["prompt_tokens"], "answers": first["answers"],

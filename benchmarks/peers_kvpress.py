@@ -60,10 +60,10 @@ def cut_at_stop(text: str, stop) -> str:
 
 # ---------------------------------------------------------------------------- peak memory
 def _load_memory_module():
-    """asl/bench/memory.py by path: it needs only torch, and asl itself is not installed here."""
+    """asl/bench/run/memory.py by path: it needs only torch, and asl itself is not installed here."""
     import importlib.util
 
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "asl", "bench", "memory.py")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "asl", "bench", "run", "memory.py")
     spec = importlib.util.spec_from_file_location("asl_bench_memory", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

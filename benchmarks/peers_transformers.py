@@ -21,7 +21,7 @@ import transformers
 from common import StepClock, setup_threads
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
 
-from asl.bench.memory import PeakMemory
+from asl.bench.run.memory import PeakMemory
 from asl.answers import cut_at_stop
 
 

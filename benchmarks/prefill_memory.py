@@ -4,7 +4,7 @@
 
 Peak = resident-set high-water mark above the process's level just before the prefill
 (weights loaded, prompt built), with glibc's mmap threshold fixed so freed tensors return to
-the OS (asl.bench.memory). transformers runs its forward with use_cache=True twice: as
+the OS (asl.bench.run.memory). transformers runs its forward with use_cache=True twice: as
 generate's prefill does (logits_to_keep=1) and as a plain forward (logits for every token).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ def child(impl: str, model_name: str, tokens: int, dtype: str) -> dict:
     from common import prose_ids, setup_threads
 
     import asl
-    from asl.bench.memory import PeakMemory, exact_cpu_peaks
+    from asl.bench.run.memory import PeakMemory, exact_cpu_peaks
     from asl.models.loading import resolve_checkpoint
     from asl.prefill import prefill
 

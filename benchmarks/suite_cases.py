@@ -2,7 +2,7 @@
 
 Ours goes through `asl.generate` (its own synchronised TTFT, TPOT, compile time and policy
 time); transformers' sdpa prefill and its static-cache decode are timed here, synchronised
-around the host timer. Peak memory: `asl.bench.memory.PeakMemory`, above what was allocated
+around the host timer. Peak memory: `asl.bench.run.memory.PeakMemory`, above what was allocated
 before the run (on CUDA, max_memory_allocated after reset_peak_memory_stats).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 import torch
 
 import asl
-from asl.bench.memory import PeakMemory
+from asl.bench.run.memory import PeakMemory
 from common import StepClock, sync
 
 

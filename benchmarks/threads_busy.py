@@ -24,7 +24,7 @@ CHILD = r"""
 import json, sys, time
 import asl  # first, as the bench does: its OMP_WAIT_POLICY default applies
 import torch
-from asl.bench.haystack import prose_tokens
+from asl.bench.tasks.haystack import prose_tokens
 threads, context, repeats, new = map(int, sys.argv[1:5])
 model_name, dtype = sys.argv[5], sys.argv[6]
 if threads:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from asl.bench import runner
+from asl.bench.run import runner
 from asl.bench.cli import main
 
 pytestmark = pytest.mark.slow  # python -m asl.bench end to end (make test-fast leaves them out)

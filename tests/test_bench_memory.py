@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from asl.bench.memory import cpu_peak_supported
+from asl.bench.run.memory import cpu_peak_supported
 
 pytestmark = pytest.mark.skipif(not cpu_peak_supported(), reason="needs glibc's malloc and /proc/self/clear_refs")
 
@@ -23,7 +23,7 @@ def run_child(code: str) -> dict:
 
 REUSED_TENSOR = """
 import json, torch
-from asl.bench.memory import PeakMemory
+from asl.bench.run.memory import PeakMemory
 MiB = 2**20
 x = torch.ones(16 * MiB // 4); del x  # mmapped; freeing it raises glibc's mmap threshold to ~16 MiB
 a = torch.ones(8 * MiB // 4); b = torch.ones(8 * MiB // 4); del a, b  # so these come from the heap, and stay resident
@@ -42,8 +42,8 @@ def test_a_tensor_in_reused_heap_memory_counts():
 FULL_CACHE = """
 import json, torch
 import asl
-from asl.bench.haystack import prose_tokens
-from asl.bench.memory import PeakMemory
+from asl.bench.tasks.haystack import prose_tokens
+from asl.bench.run.memory import PeakMemory
 torch.set_num_threads(2)
 model, tok = asl.load("smollm2-135m")  # auto: bfloat16 only where it is native (fast)
 prompt = tok.decode(prose_tokens(tok, 1500)) + "\\n\\nSummarise the text above in one sentence:"
@@ -69,7 +69,7 @@ def test_no_figure_where_the_heap_cannot_be_trimmed(monkeypatch):
     # Another malloc interposed (jemalloc, tcmalloc), or no glibc: None, never a figure that may be far too low.
     import torch
 
-    from asl.bench import memory
+    from asl.bench.run import memory
 
     monkeypatch.setattr(memory, "_glibc_malloc", lambda: None)
     with memory.PeakMemory("cpu") as m:

@@ -5,7 +5,7 @@ import pytest
 from bench_custom_policy import HalfwayTopK
 
 import asl
-from asl.bench.memory import cpu_peak_supported
+from asl.bench.run.memory import cpu_peak_supported
 from asl.bench.methods import Method, build, default_params, effective_fields, model_defaults, parse_methods, scaled_layer
 from asl.answers import cut_at_stop
 
@@ -130,7 +130,7 @@ def test_a_stop_counts_after_the_first_word(text, cut):
 
 PROBE = """
 import torch
-from asl.bench.memory import PeakMemory
+from asl.bench.run.memory import PeakMemory
 with PeakMemory("cpu") as m:
     x = torch.ones(96 * 2**20 // 4)
     del x
@@ -192,7 +192,7 @@ def test_the_bench_says_when_asl_selects_another_size_than_it_was_calibrated_at(
 
 
 def test_gemfilter_can_cap_its_answers_as_the_authors_harness():
-    from asl.bench.runner import answer_limit
+    from asl.bench.run.runner import answer_limit
     from asl.bench.tasks import Sample
 
     sample = Sample(task="qa", length=2048, index=0, prompt="p", answers=("a",), metric="string_match_all",

@@ -1,7 +1,7 @@
-"""asl.bench.metrics.partial: the graded score on known strings."""
+"""asl.bench.tasks.scoring.partial: the graded score on known strings."""
 import pytest
 
-from asl.bench.metrics import METRICS, partial, score
+from asl.bench.tasks.scoring import METRICS, partial, score
 
 
 def test_partial_examples_from_the_docstring():

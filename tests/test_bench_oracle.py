@@ -6,9 +6,9 @@ import random
 import pytest
 
 from asl.bench.methods import Method, model_defaults, parse_methods
-from asl.bench.plots import make_plots
+from asl.bench.report.plots import make_plots
 from asl.bench.report import format_table, summarize
-from asl.bench.runner import Job, run_job
+from asl.bench.run.runner import Job, run_job
 from asl.bench.tasks import Sample
 from tiny import CharTokenizer, random_text, tiny_pair
 

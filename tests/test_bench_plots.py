@@ -1,11 +1,12 @@
-"""asl.bench.plots: the accuracy / cost trade-off plots and pareto_front, on synthetic summary rows (no model)."""
+"""asl.bench.report.plots: the accuracy / cost trade-off plots and pareto_front, on synthetic summary rows (no model)."""
 import math
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asl.bench.plots import _plot_tradeoff, family_of, make_plots, pareto_front
+from asl.bench.report.plots import _plot_tradeoff, make_plots, pareto_front
+from asl.bench.report.summary import method_family
 
 TASKS = ["niah", "qa"]
 MIB = 2 ** 20
@@ -19,7 +20,7 @@ def _row(task, length, method, budget, acc, rel, kv_mib, partial=None, ci=True, 
         if partial is not None:
             r.update(partial_lo=max(0.0, partial - 5), partial_hi=min(100.0, partial + 5))
     if family:
-        r["family"] = family_of(method)
+        r["family"] = method_family(method)
     return r
 
 
@@ -56,7 +57,7 @@ def _is_png(p):
 
 
 # --------------------------------------------------------------------------------------------
-# family_of
+# method_family
 
 
 @pytest.mark.parametrize("label,family", [
@@ -65,7 +66,7 @@ def _is_png(p):
     ("mypkg:Cls(x=1)", "mypkg:Cls"), ("f(a=(1,2))", "f"),
 ])
 def test_family_of(label, family):
-    assert family_of(label) == family
+    assert method_family(label) == family
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,7 +146,7 @@ def test_tradeoff_missing_fields_and_many_points(tmp_path, kw):
 
 
 def test_tradeoff_partial_row_only_when_present(tmp_path):
-    from asl.bench.plots import _pyplot
+    from asl.bench.report.plots import _pyplot
 
     plt = _pyplot()
     seen = []
@@ -180,7 +181,7 @@ def test_tradeoff_degenerate_rows(tmp_path):
 
 
 def test_labels_are_placed_where_they_overlap_nothing():
-    from asl.bench.plots import _overlap, _pyplot, place_labels
+    from asl.bench.report.plots import _overlap, _pyplot, place_labels
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -195,7 +196,7 @@ def test_labels_are_placed_where_they_overlap_nothing():
 
 
 def test_a_sweep_is_joined_in_parameter_order():
-    from asl.bench.plots import parameter_order
+    from asl.bench.report.plots import parameter_order
 
     rows = [{"method": "asl(tau=1.1)", "budget": 512}, {"method": "asl(tau=0.3)", "budget": 512},
             {"method": "asl(tau=0.45)", "budget": 512}, {"method": "asl", "budget": 256}]

@@ -1,4 +1,4 @@
-"""asl.bench.report / asl.bench.plots on synthetic per-sample records (no model)."""
+"""asl.bench.report.summary / asl.bench.report.plots on synthetic per-sample records (no model)."""
 import csv
 import json
 import re
@@ -7,19 +7,9 @@ import sys
 
 import pytest
 
-from asl.bench.report import (
-    LEGEND,
-    LEGEND_MARK,
-    SUMMARY_FIELDS,
-    TABLE_W,
-    format_table,
-    method_family,
-    chosen_reference, reference_method,
-    summarize,
-    write_comparisons,
-    write_summary,
-)
-from asl.bench.stats import COMPARISON_FIELDS, bootstrap_mean_ci, compare, wilson
+from asl.bench.report.summary import SUMMARY_FIELDS, method_family, summarize, write_comparisons, write_summary
+from asl.bench.report.table import LEGEND, LEGEND_MARK, TABLE_W, chosen_reference, format_table, reference_method
+from asl.bench.report.stats import COMPARISON_FIELDS, bootstrap_mean_ci, compare, wilson
 
 TASKS = ["niah", "qa_long_task_name", "sum"]
 LENGTHS = [1024, 4096]
@@ -366,7 +356,7 @@ def _is_png(p):
 
 
 def test_make_plots(tmp_path):
-    from asl.bench.plots import make_plots
+    from asl.bench.report.plots import make_plots
 
     recs = make_records()
     recs += [dict(r, method="mymod:MyPolicy(x=1)") for r in recs if r["method"] == "fastkv"]
@@ -399,6 +389,6 @@ def test_make_plots(tmp_path):
 def test_import_does_not_load_matplotlib():
     import subprocess
 
-    code = ("import sys, asl.bench, asl.bench.report, asl.bench.plots; "
+    code = ("import sys, asl.bench, asl.bench.report.summary, asl.bench.report.plots; "
             "assert 'matplotlib' not in sys.modules, 'matplotlib imported eagerly'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from asl.bench import fingerprint, store
+from asl.bench.run import fingerprint, store
 from asl.bench.cli import main
 
 pytestmark = pytest.mark.slow  # bench runs on the real model (make test-fast leaves them out)
@@ -289,3 +289,14 @@ def test_lengths_not_above_the_budget_warn_and_help_shows_defaults(tmp_path, cap
     help_text = " ".join(parser().format_help().split())
     assert "(default: 10)" in help_text  # --samples; the budget says its two defaults itself:
     assert "comma-separated for several (default 512; 2048 with --preset paper)" in help_text
+
+
+def test_the_code_hash_leaves_out_exactly_the_read_only_bench_files():
+    """Reporting code never changes a result, so it is not in the code hash; everything that
+    runs a method is (a moved or renamed file must not slip out, or stay out)."""
+    bench = fingerprint.PACKAGE / "bench"
+    assert all((bench / name).exists() for name in fingerprint.READ_ONLY)
+    hashed = {p.relative_to(bench).as_posix() for p in fingerprint.result_files() if p.is_relative_to(bench)}
+    assert {"methods.py", "run/runner.py", "run/oracle.py", "run/memory.py", "tasks/__init__.py",
+            "tasks/scoring.py", "tasks/ruler.py"} <= hashed
+    assert not any(h.startswith("report/") or h in ("cli.py", "run/session.py") for h in hashed)

@@ -1,10 +1,10 @@
-"""asl.bench.stats on hand-made inputs, against values computed independently of scipy."""
+"""asl.bench.report.stats on hand-made inputs, against values computed independently of scipy."""
 import math
 import statistics
 
 import pytest
 
-from asl.bench.stats import (
+from asl.bench.report.stats import (
     COMPARISON_FIELDS,
     bootstrap_mean_ci,
     compare,

@@ -2,9 +2,9 @@
 its job alone records (the answer, its score, the cache, the layer) with its TTFT estimated
 for a run alone; what cannot share (the full cache, an eviction, a second pass, the oracle)
 runs alone."""
-from asl.bench import runner
+from asl.bench.run import runner
 from asl.bench.methods import Method, model_defaults, parse_methods
-from asl.bench.runner import Job, run, run_job, run_sweep, shares_prefix
+from asl.bench.run.runner import Job, run, run_job, run_sweep, shares_prefix
 from asl.bench.tasks import Sample
 from test_bench_oracle import LAYERS, SELECT, TOK, model, sample  # noqa: F401 (the fixture)
 

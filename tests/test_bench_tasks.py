@@ -1,11 +1,11 @@
-"""asl.bench.tasks / asl.bench.metrics on the real SmolLM2 tokenizer (no model weights)."""
+"""asl.bench.tasks / asl.bench.tasks.scoring on the real SmolLM2 tokenizer (no model weights)."""
 import collections
 import re
 
 import pytest
 
-from asl.bench.haystack import tokens_for
-from asl.bench.metrics import METRICS, score
+from asl.bench.tasks.haystack import tokens_for
+from asl.bench.tasks.scoring import METRICS, score
 from asl.bench.tasks import NIAH_DEPTHS, TASKS, Sample, make_sample, task_rng
 from asl.models.loading import load_tokenizer, resolve_checkpoint
 
@@ -508,7 +508,7 @@ def test_infinitebench_noise_tasks(tok, plain_tok, cache, task, length):
 def test_number_string_digits():
     import random
 
-    from asl.bench.tasks_infinite import digit_string
+    from asl.bench.tasks.infinite import digit_string
     for seed in range(50):
         assert digit_string(random.Random(seed)) == infinite_number_string_key(random.Random(seed))
 

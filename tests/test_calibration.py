@@ -265,7 +265,7 @@ def test_an_interrupted_calibration_resumes_where_it_stopped(model, monkeypatch,
 
 
 def test_calibration_refuses_a_second_run_an_existing_file_and_changed_settings(model, monkeypatch, tmp_path, capsys):
-    from asl.bench.store import FolderLock
+    from asl.bench.run.store import FolderLock
 
     argv = _command(model, monkeypatch, tmp_path)
     with FolderLock(tmp_path, ".c.json.lock", tmp_path / "c.json", "asl.bench calibrate"):  # a run in progress

@@ -4,7 +4,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import asl
-from asl.bench.haystack import passkey_prompt, prose_tokens
+from asl.bench.tasks.haystack import passkey_prompt, prose_tokens
 from asl.models.loading import resolve_checkpoint
 
 pytestmark = pytest.mark.slow  # the real smollm2-135m, a compiled decode among them (make test-fast leaves them out)

@@ -239,7 +239,7 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
-    from asl.bench.store import FolderLock
+    from asl.bench.run.store import FolderLock
     from asl.calibration.defaults import scaled_layer
 
     args = parse(argv)
@@ -252,8 +252,8 @@ def _main(argv) -> int:
 
 def _locked_run(args, folder, config) -> int:
     import asl
-    from asl.bench.fingerprint import code_hash, git_commit, model_hash
-    from asl.bench.runner import set_threads
+    from asl.bench.run.fingerprint import code_hash, git_commit, model_hash
+    from asl.bench.run.runner import set_threads
     from asl.calibration import fingerprint, write
     from asl.models.dtype import describe_cpu
 
@@ -302,7 +302,7 @@ class Progress:
 
     @classmethod
     def open(cls, out: pathlib.Path, identity: dict, force: bool) -> "Progress":
-        from asl.bench.fingerprint import differences
+        from asl.bench.run.fingerprint import differences
 
         path = out.with_name(f".{out.name}.partial.jsonl")
         identity = json.loads(json.dumps(identity))  # as it reads back (tuples become lists)

@@ -186,13 +186,13 @@ def _main(argv) -> int:
     if args.list:
         return _list(args.model)
     if args.report_only:
-        from asl.bench.session import report_folder
+        from asl.bench.run.session import report_folder
 
         return report_folder(pathlib.Path(args.out), plots=not args.no_plots, reference=args.reference)
     folder, config, methods = resolve(args)
     if args.dry_run:
         return _dry_run(args, methods)
-    from asl.bench.session import Session
+    from asl.bench.run.session import Session
 
     return Session(args, folder, config, methods).run()
 

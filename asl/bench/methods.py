@@ -33,7 +33,7 @@ import importlib
 import itertools
 from dataclasses import dataclass, field
 
-from asl.bench.oracle_method import Oracle
+from asl.bench.run.oracle import Oracle
 from asl.calibration import SCORING, asl_settings, scaled_layer
 from asl.presets import PAPER, paper_settings
 from asl.policies import (ASL, AdaKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
@@ -417,7 +417,7 @@ def effective_fields(method: Method) -> list[dict]:
     """Every field of every policy the method builds, defaults included: what config.json
     records so that a rerun with other effective settings is refused; a class from outside
     the library also records a hash of its source."""
-    from asl.bench.fingerprint import class_source_hash
+    from asl.bench.run.fingerprint import class_source_hash
 
     out = []
     for obj in method.policies():

@@ -28,7 +28,7 @@ __all__ = ["COMPARISON_FIELDS", "CORRECT_EPS", "bootstrap_mean_ci", "compare", "
            "paired_bootstrap_diff", "wilcoxon_p", "wilson"]
 
 CORRECT_EPS = 1e-9  # a score counts as "fully correct" when score >= 1 - CORRECT_EPS
-ALL_TASKS = "all"  # the task of pooled rows (asl.bench.report uses the same)
+ALL_TASKS = "all"  # the task of pooled rows (asl.bench.report.summary uses the same)
 _CHUNK = 2**22  # bootstrap elements drawn at once (bounds memory for large pooled n)
 _CACHE_MAX = 2**21  # resample-count matrices up to this many entries are kept for reuse
 
@@ -38,7 +38,7 @@ COMPARISON_FIELDS = ["task", "length", "method_a", "budget_a", "method_b", "budg
 
 
 def _st():
-    """scipy.stats, imported on first use: it takes seconds, and importing asl.bench.report should not."""
+    """scipy.stats, imported on first use: it takes seconds, and importing asl.bench.report.summary should not."""
     from scipy import stats
 
     return stats

@@ -23,7 +23,8 @@ from pathlib import Path
 from asl.atomic import replacing
 
 from . import vs_oracle
-from .report import ALL_TASKS, FULL_METHOD, NO_LAYER, as_number, first_appearance, layer_key, selects, summarize
+from .summary import (ALL_TASKS, FULL_METHOD, NO_LAYER, as_number, first_appearance, layer_key, method_family, selects,
+                      summarize)
 
 DPI = 120
 
@@ -286,15 +287,6 @@ def _plot_vs_oracle(plt, records, out: Path, names) -> list[Path]:
 # accuracy / cost trade-off
 
 
-def family_of(label) -> str:
-    """A method label without its "(...)" argument parts ("asl(tau=0.5)+snapkv" -> "asl+snapkv"), so that the
-    settings of one sweep share a colour and a line."""
-    s, prev = str(label), None
-    while s != prev:
-        prev, s = s, re.sub(r"\([^()]*\)", "", s)
-    return s.strip() or str(label)
-
-
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the points that no other point dominates (x is a cost to minimise, y a value to maximise).
 
@@ -457,7 +449,7 @@ _YLABELS = {"accuracy": "accuracy (%)", "partial": "partial score (%)"}
 def _plot_tradeoff(plt, summary, out: Path) -> list[Path]:
     """Accuracy (and partial score) against prefill time and KV memory: a method is only better than another
     if it wins on the trade-off, so every setting is a point and the Pareto front is drawn."""
-    rows = [dict(r, _family=r.get("family") or family_of(r.get("method"))) for r in summary
+    rows = [dict(r, _family=r.get("family") or method_family(r.get("method"))) for r in summary
             if r.get("method") is not None and any(as_number(r.get(m)) is not None for m in ("accuracy", "partial"))]
     if not rows:
         return []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from asl.bench.haystack import TaskPlan, Tokens, UnitPool, slot, noise_lines, random_uuid
+from asl.bench.tasks.haystack import TaskPlan, Tokens, UnitPool, slot, noise_lines, random_uuid
 
 # src/prompt.py, yarn_mistral_templates (the text before {context})
 _PASSKEY_INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and "

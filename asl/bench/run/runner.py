@@ -10,8 +10,9 @@ import torch
 from tqdm import tqdm
 
 import asl
-from asl.bench import metrics, oracle_method
-from asl.bench.memory import PeakMemory
+from asl.bench.run.oracle import measure as measure_oracle
+from asl.bench.tasks import scoring
+from asl.bench.run.memory import PeakMemory
 from asl.bench.methods import Method
 from asl.bench.tasks import Sample, make_sample
 
@@ -50,7 +51,7 @@ def run_job(model, tokenizer, sample: Sample, job: Job, compile: bool = False, r
     if job.method.spec.is_oracle:  # one search, whatever `repeats`: its cost is recorded, not a TTFT to time
         oracle, _ = job.method.fresh()
         with PeakMemory(device) as mem:
-            fields = oracle_method.measure(model, tokenizer, sample, oracle)
+            fields = measure_oracle(model, tokenizer, sample, oracle)
         return _record(sample, job, fields.pop("prediction"), {**fields, "peak_mem_bytes": mem.bytes})
     outs, peaks = [], []
     for _ in range(repeats):
@@ -116,8 +117,8 @@ def _record(sample: Sample, job: Job, text: str, measured: dict) -> dict:
         "method": job.method.label, "family": job.method.spec.family, "budget": job.method.budget,
         "select_tokens": job.method.select_tokens,
         "prompt_tokens": sample.prompt_tokens, "answers": list(sample.answers), "prediction": text,
-        "score": metrics.score(sample.metric, text, sample.answers),
-        "partial": metrics.partial(text, sample.answers), **measured,
+        "score": scoring.score(sample.metric, text, sample.answers),
+        "partial": scoring.partial(text, sample.answers), **measured,
     }
 
 

@@ -3,7 +3,7 @@ model's own tokens.
 
     sample = make_sample("niah", tokenizer, length=8192, index=3, seed=0)
     sample.prompt          # chat template applied, answer prefix appended (docs/bench_tasks.md)
-    score(sample.metric, prediction, sample.answers)   # asl.bench.metrics
+    score(sample.metric, prediction, sample.answers)   # asl.bench.tasks.scoring
 
 A sample depends only on (task, length, index, seed) and the tokenizer.  The prompt
 measures `length - max(8, length // 100) <= prompt_tokens <= length` tokens.
@@ -15,9 +15,9 @@ import hashlib
 import random
 from collections.abc import Callable
 
-from asl.bench.haystack import TaskPlan, Tokens, tokens_for
-from asl.bench.tasks_infinite import INFINITE_TASKS
-from asl.bench.tasks_ruler import NIAH_DEPTHS, RULER_TASKS
+from asl.bench.tasks.haystack import TaskPlan, Tokens, tokens_for
+from asl.bench.tasks.infinite import INFINITE_TASKS
+from asl.bench.tasks.ruler import NIAH_DEPTHS, RULER_TASKS
 
 __all__ = ["NIAH_DEPTHS", "TASKS", "Sample", "Task", "make_sample", "task_rng"]
 
@@ -29,7 +29,7 @@ class Sample:
     index: int
     prompt: str  # chat-templated, answer prefix appended; tokenizer(prompt) is the input
     answers: tuple[str, ...]
-    metric: str  # a key of asl.bench.metrics.METRICS
+    metric: str  # a key of asl.bench.tasks.scoring.METRICS
     max_new_tokens: int
     stop: tuple[str, ...]
     depth: float | None  # fraction of the haystack tokens before the (first) needle

@@ -21,8 +21,8 @@ from asl.atomic import write_atomic
 
 PACKAGE = pathlib.Path(asl.__file__).resolve().parent
 # Files of asl/bench that only read records (their changes never change a result).
-READ_ONLY = {"report.py", "plots.py", "stats.py", "cli.py", "session.py", "store.py", "dist.py", "__main__.py", "fingerprint.py",
-             "vs_oracle.py", "calibrate.py", "args.py"}
+READ_ONLY = {"report", "cli.py", "run/session.py", "run/store.py", "run/dist.py", "__main__.py", "run/fingerprint.py",
+             "calibrate.py", "args.py"}
 
 
 def _hash_files(paths) -> str:
@@ -62,8 +62,10 @@ def _code_of(path: pathlib.Path) -> bytes:
 def result_files() -> list[pathlib.Path]:
     """The sources a record depends on: asl/ less the read-only bench files, and csrc/ when
     the package runs from a checkout (an editable install)."""
+    bench = PACKAGE / "bench"
+    read_only = [bench / name for name in READ_ONLY]
     files = [p for p in PACKAGE.rglob("*.py")
-             if not (p.parent.name == "bench" and p.name in READ_ONLY) and "__pycache__" not in p.parts]
+             if not any(p == r or p.is_relative_to(r) for r in read_only) and "__pycache__" not in p.parts]
     csrc = PACKAGE.parent / "csrc"
     if csrc.is_dir():
         files += [p for p in csrc.rglob("*") if p.suffix in {".cpp", ".cu", ".h"}]

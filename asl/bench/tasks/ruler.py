@@ -13,7 +13,7 @@ import heapq
 import random
 import string
 
-from asl.bench.haystack import TaskPlan, Tokens, UnitPool, slot, noise_lines, prose_context, random_uuid, wordlist
+from asl.bench.tasks.haystack import TaskPlan, Tokens, UnitPool, slot, noise_lines, prose_context, random_uuid, wordlist
 
 NIAH_DEPTHS: tuple[float, ...] = tuple(round(i / 10, 1) for i in range(11))
 _RULER_DEPTHS = tuple(sorted({round(i * 100 / 39) / 100 for i in range(40)}))  # RULER's 40-point grid

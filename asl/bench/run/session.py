@@ -12,10 +12,11 @@ import time
 
 import torch
 
-from asl.bench import dist, store
-from asl.bench.fingerprint import differences
+from asl.bench.run import dist, store
+from asl.bench.report import method_params, report
+from asl.bench.run.fingerprint import differences
 from asl.models.dtype import describe_cpu
-from asl.bench.runner import plan, run, set_threads, warm_up
+from asl.bench.run.runner import plan, run, set_threads, warm_up
 
 # What a resume must match exactly in config.json: a run of other settings or code would mix.
 IDENTITY = ("format", "run")
@@ -92,15 +93,6 @@ def discard(out: pathlib.Path) -> list[str]:
     return names
 
 
-def method_params(settings: dict) -> dict[str, dict]:
-    """label -> the fields of its policies, merged (what the plots annotate: tau, l_min)."""
-    out = {}
-    for key, policies in settings.get("policies", {}).items():
-        label = key.rsplit(" @ ", 1)[0]
-        out.setdefault(label, {}).update({k: v for p in policies for k, v in p.get("fields", {}).items()})
-    return out
-
-
 def report_folder(out: pathlib.Path, plots: bool = True, reference: str | None = None) -> int:
     """--report-only: the summaries and plots of every record in `out`, from its own
     config.json; reads the records, never writes them or the configuration."""
@@ -128,24 +120,6 @@ def ordered(records, settings: dict) -> list[dict]:
     return sorted(records, key=lambda r: (r.get("index", 0), rank(lengths, r.get("length")), rank(tasks, r.get("task")),
                                           rank(methods, r.get("method")), str(r.get("method")),
                                           -1 if r.get("budget") is None else r["budget"]))
-
-
-def report(records: list[dict], out: pathlib.Path, params: dict, plots: bool, reference: str | None = None) -> None:
-    from asl.bench.report import format_table, summarize, write_comparisons, write_summary
-    from asl.bench.stats import compare
-
-    summary = summarize(records)
-    comparisons = compare(records)
-    write_summary(summary, out)
-    write_comparisons(comparisons, out)
-    print()
-    print(format_table(summary, comparisons, reference))
-    if plots:
-        from asl.bench.plots import make_plots
-
-        paths = make_plots(records, summary, out, params)
-        print(f"\nplots: {', '.join(p.name for p in paths)}")
-    print(f"results: {out}/ (samples.jsonl, summary.csv, summary.json, comparisons.csv, config.json)")
 
 
 def _busy(when: str) -> float | None:
@@ -259,7 +233,7 @@ def run_settings(args, methods, model_config, threads: int, world: int, folder: 
 
     import transformers
 
-    from asl.bench.fingerprint import code_hash, git_commit, model_hash
+    from asl.bench.run.fingerprint import code_hash, git_commit, model_hash
     from asl.bench.methods import effective_fields
 
     policies = {f"{m.label} @ {m.budget}": effective_fields(m) for m in methods}

@@ -1,0 +1,34 @@
+"""What a run's records say: the summary rows (summary), the paired tests (stats), the text
+table (table), the plots (plots) and a selecting method against the oracle (vs_oracle)."""
+from __future__ import annotations
+
+import pathlib
+
+from .stats import compare
+from .summary import summarize, write_comparisons, write_summary
+from .table import format_table
+
+
+def method_params(settings: dict) -> dict[str, dict]:
+    """label -> the fields of its policies, merged (what the plots annotate: tau, l_min)."""
+    out = {}
+    for key, policies in settings.get("policies", {}).items():
+        label = key.rsplit(" @ ", 1)[0]
+        out.setdefault(label, {}).update({k: v for p in policies for k, v in p.get("fields", {}).items()})
+    return out
+
+
+def report(records: list[dict], out: pathlib.Path, params: dict, plots: bool, reference: str | None = None) -> None:
+    """The summary and comparison files, the table printed, the plots."""
+    summary = summarize(records)
+    comparisons = compare(records)
+    write_summary(summary, out)
+    write_comparisons(comparisons, out)
+    print()
+    print(format_table(summary, comparisons, reference))
+    if plots:
+        from .plots import make_plots
+
+        paths = make_plots(records, summary, out, params)
+        print(f"\nplots: {', '.join(p.name for p in paths)}")
+    print(f"results: {out}/ (samples.jsonl, summary.csv, summary.json, comparisons.csv, config.json)")
