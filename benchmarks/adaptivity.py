@@ -31,6 +31,7 @@ import pathlib
 
 import torch
 
+from asl.bench.report.rows import markdown, share
 from asl.bench.report.stats import mcnemar_exact, wilcoxon_p, wilson
 from asl.calibration.search import PromptMeasure, first_layer, kv_share, picked_layer
 from asl.policies.adaptive import SIGNALS, EntropyStop, FittedStop, JaccardStop
@@ -156,49 +157,40 @@ def transfer_table(result: dict) -> str:
     rows = result["transfer"]
     if not rows:
         return ""
-    lines = [f"Transfer ({result['name']}): tuned on one task's tuning prompts, judged on another's held-out ones "
-             "(agreement [95%], KV share)", "",
-             "| family | tuned on -> judged on | setting | agreement | KV share |", "|---|---|---|---|---|"]
+    per_pair = [[r["family"], f"{r['tuned_on']} -> {r['judged_on']}", r["setting"],
+                 share(round(r["agreement"] * r["n"]), r["n"], *r["interval"]), f"{100 * r['kv_share']:.1f}%"]
+                for r in rows]
+    pooled = {}
     for r in rows:
-        low, high = r["interval"]
-        lines.append(f"| {r['family']} | {r['tuned_on']} -> {r['judged_on']} | {r['setting']} | "
-                     f"{100 * r['agreement']:.0f}% [{100 * low:.0f}, {100 * high:.0f}] of {r['n']} | "
-                     f"{100 * r['kv_share']:.1f}% |")
-    summary = {}
-    for r in rows:
-        s = summary.setdefault(r["family"], [0, 0, 0.0])
+        s = pooled.setdefault(r["family"], [0, 0, 0.0])
         s[0] += round(r["agreement"] * r["n"])
         s[1] += r["n"]
         s[2] += r["kv_share"] * r["n"]
-    lines += ["", "| family | all transfers: agreement [95%] | mean KV share |", "|---|---|---|"]
-    for family, (agree, n, kv) in summary.items():
-        low, high = wilson(agree, n)
-        lines.append(f"| {family} | {100 * agree / n:.0f}% [{100 * low:.0f}, {100 * high:.0f}] of {n} | "
-                     f"{100 * kv / n:.1f}% |")
-    return "\n".join(lines)
+    return "\n".join([
+        f"Transfer ({result['name']}): tuned on one task's tuning prompts, judged on another's held-out ones "
+        "(agreement [95%], KV share)", "",
+        markdown(["family", "tuned on -> judged on", "setting", "agreement", "KV share"], per_pair), "",
+        markdown(["family", "all transfers: agreement [95%]", "mean KV share"],
+                 [[family, share(agree, n, *wilson(agree, n)), f"{100 * kv / n:.1f}%"]
+                  for family, (agree, n, kv) in pooled.items()])])
 
 
 def table(result: dict) -> str:
-    r = result
-    lines = [f"### {r['name']}: {r['n_held_out']} held-out prompts (tuned on {r['n_tune']}), select_tokens "
-             f"{r['select_tokens']}, l_min {r['l_min']}, target agreement {100 * r['target']:.0f}%", "",
-             "| family | tuned setting | held-out agreement [95%] | KV share | oracle's savings captured | "
-             "vs tuned fixed layer: answers only this / only fixed (McNemar p); KV (Wilcoxon p) | "
-             "vs fixed layer at the same KV (p) |",
-             "|---|---|---|---|---|---|---|"]
+    r, rows = result, []
     for family, f in r["families"].items():
         h, v = f["tuned"]["held_out"], f["verdict"]
-        low, high = h["interval"]
-        cap = v["oracle_savings_captured"]
-        same = v["vs_fixed_at_same_kv"]
-        lines.append(
-            f"| {family} | {f['tuned']['setting']} | {100 * h['agreement']:.0f}% [{100 * low:.0f}, {100 * high:.0f}] | "
-            f"{100 * h['kv_share']:.1f}% | {'' if cap is None else f'{100 * cap:.0f}%'} | "
-            f"{v['vs_tuned_fixed']['only_this']} / {v['vs_tuned_fixed']['only_fixed']} (p = "
-            f"{v['vs_tuned_fixed']['p']:.3g}); KV {100 * v['vs_tuned_fixed']['kv_difference']:+.1f} points (p = "
-            f"{v['vs_tuned_fixed']['kv_p']:.3g}) | {100 * same['fixed_kv_share']:.1f}% KV: "
-            f"{same['only_this']} / {same['only_fixed']}, p = {same['p']:.3g} |")
-    return "\n".join(lines)
+        cap, fixed, same = v["oracle_savings_captured"], v["vs_tuned_fixed"], v["vs_fixed_at_same_kv"]
+        rows.append([family, f["tuned"]["setting"], share(h["agree"], h["n"], *h["interval"]),
+                     f"{100 * h['kv_share']:.1f}%", "" if cap is None else f"{100 * cap:.0f}%",
+                     f"{fixed['only_this']} / {fixed['only_fixed']} (p = {fixed['p']:.3g}); KV "
+                     f"{100 * fixed['kv_difference']:+.1f} points (p = {fixed['kv_p']:.3g})",
+                     f"{100 * same['fixed_kv_share']:.1f}% KV: {same['only_this']} / {same['only_fixed']}, "
+                     f"p = {same['p']:.3g}"])
+    return (f"### {r['name']}: {r['n_held_out']} held-out prompts (tuned on {r['n_tune']}), select_tokens "
+            f"{r['select_tokens']}, l_min {r['l_min']}, target agreement {100 * r['target']:.0f}%\n\n" + markdown(
+                ["family", "tuned setting", "held-out agreement [95%]", "KV share", "oracle's savings captured",
+                 "vs tuned fixed layer: answers only this / only fixed (McNemar p); KV (Wilcoxon p)",
+                 "vs fixed layer at the same KV (p)"], rows))
 
 
 def plot(result: dict, path: pathlib.Path) -> None:

@@ -29,6 +29,8 @@ import sys
 import tempfile
 import time
 
+from asl.bench.report import rows as tabulate
+
 HERE = pathlib.Path(__file__).resolve().parent
 CAPABILITIES = {
     "default": {},
@@ -74,17 +76,18 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "token, ours compiled against transformers' `generate`, median of 3. Ratios are ours / transformers "
         f"in the same process. Targets: prefill ratio <= {PREFILL_TARGET}, TPOT ratio <= {TPOT_TARGET}.",
         "",
-        "| capability | torch sees | dtype | tokens | prefill ours (s) | prefill transformers (s) | ratio | "
-        "TPOT ours (ms) | TPOT transformers (ms) | ratio | targets |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    cells = []
     for r in rows:
         p, t = r["prefill_s"], r["tpot_s"]
         met = [f"prefill {'met' if p['ratio'] <= PREFILL_TARGET else 'MISSED'}",
                f"TPOT {'met' if t['ratio'] <= TPOT_TARGET else 'MISSED'}"]
-        lines.append(f"| {r['capability']} | {r['capability_seen']} | {r['dtype']} | {r['context']} | "
-                     f"{p['asl']:.2f} | {p['transformers']:.2f} | {p['ratio']:.2f} | {1e3 * t['asl_compiled']:.1f} | "
-                     f"{1e3 * t['transformers_generate']:.1f} | {t['ratio']:.2f} | {', '.join(met)} |")
+        cells.append([r["capability"], r["capability_seen"], r["dtype"], r["context"], f"{p['asl']:.2f}",
+                      f"{p['transformers']:.2f}", f"{p['ratio']:.2f}", f"{1e3 * t['asl_compiled']:.1f}",
+                      f"{1e3 * t['transformers_generate']:.1f}", f"{t['ratio']:.2f}", ", ".join(met)])
+    lines.append(tabulate.markdown(["capability", "torch sees", "dtype", "tokens", "prefill ours (s)",
+                                    "prefill transformers (s)", "ratio", "TPOT ours (ms)", "TPOT transformers (ms)",
+                                    "ratio", "targets"], cells))
     lines += ["", "Why each dtype:", ""]
     for cap in dict.fromkeys(r["capability"] for r in rows):
         r = next(x for x in rows if x["capability"] == cap)

@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, LogitsProcessorList
 
 import asl
 from asl.models.loading import resolve_checkpoint
+from asl.bench.report import rows as tabulate
 from asl.prefill import prefill
 
 
@@ -71,9 +72,10 @@ def main() -> None:
         "prefill_s": {"asl": t_ours, "transformers": t_hf, "ratio": t_ours / t_hf},
         "tpot_s": {"asl_compiled": tpot_ours, "transformers_generate": tpot_hf, "ratio": tpot_ours / tpot_hf},
     }
-    print(f"{'':22}{'asl':>10}{'transformers':>14}{'ratio':>8}")
-    print(f"{'prefill (s)':22}{t_ours:10.3f}{t_hf:14.3f}{t_ours / t_hf:8.2f}")
-    print(f"{'decode per token (ms)':22}{tpot_ours * 1e3:10.2f}{tpot_hf * 1e3:14.2f}{tpot_ours / tpot_hf:8.2f}")
+    print(tabulate.text(["", "asl", "transformers", "ratio"],
+                        [["prefill (s)", f"{t_ours:.3f}", f"{t_hf:.3f}", f"{t_ours / t_hf:.2f}"],
+                         ["decode per token (ms)", f"{tpot_ours * 1e3:.2f}", f"{tpot_hf * 1e3:.2f}",
+                          f"{tpot_ours / tpot_hf:.2f}"]]))
     print(json.dumps(result))
 
 

@@ -41,6 +41,7 @@ import time
 import torch
 
 from asl import ops, ops_fallback, reference
+from asl.bench.report import rows as tabulate
 from asl.bench.run.memory import status_kib
 from common import sync
 
@@ -181,10 +182,9 @@ def main() -> None:
 
     where = f"cpu, {args.threads} threads" if args.device == "cpu" else torch.cuda.get_device_name()
     print(f"asl ops on {where}, median of {args.repeats}; ref/impl = reference time over this time")
-    print(f"{'case':<15}{'impl':<11}{'time ms':>10}{'ref/impl':>10}{'peak MiB':>11}")
-    for case, name, ms, ratio, mib in rows:
-        ratio_s = "n/a" if ratio is None else f"{ratio:.2f}x"
-        print(f"{case:<15}{name:<11}{ms:>10.2f}{ratio_s:>10}{'' if mib is None else f'{mib:>11.1f}':>11}")
+    print(tabulate.text(["case", "impl", "time ms", "ref/impl", "peak MiB"],
+                        [[case, name, f"{ms:.2f}", "-" if ratio is None else f"{ratio:.2f}x",
+                          "-" if mib is None else f"{mib:.1f}"] for case, name, ms, ratio, mib in rows]))
     for case, target in TARGETS.items():
         e = result[case]
         if args.device != "cpu":

@@ -34,6 +34,7 @@ from common import setup_threads
 import asl
 from asl.bench.tasks import scoring
 from asl.bench.args import add_dtype, resolve_dtype_flag
+from asl.bench.report import rows as tabulate
 from asl.bench.run.memory import MMAP_THRESHOLD, exact_cpu_peaks
 from asl.bench.methods import Method, model_defaults, parse_method
 from asl.bench.run.runner import Job, run_job
@@ -90,10 +91,6 @@ def _median(rows: list[dict], key: str) -> float:
     return statistics.median([x for r in rows for x in r[key] if x is not None] or [float("nan")])
 
 
-def _ratio(s: dict, key: str) -> str:
-    return f"{s[key]:6.2f}" if s[key] is not None else "     -"
-
-
 def summarize(rows: list[dict]) -> list[dict]:
     """Per model, length and method: accuracy, medians, and ratios to transformers' full cache."""
     cells: dict[tuple, list[dict]] = {}
@@ -114,36 +111,26 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
-def table(summary: list[dict]) -> str:
-    lines = []
-    for model, length in dict.fromkeys((s["model"], s["length"]) for s in summary):
-        lines.append(f"\n== {model}, {length} tokens " + "=" * 40)
-        lines.append(f"{'method':<18}{'n':>3}{'acc %':>7}{'TTFT s':>9}{'x hf':>6}{'TPOT ms':>9}{'x hf':>6}"
-                     f"{'peak MiB':>10}{'x hf':>6}{'KV MiB':>8}{'x hf':>6}")
-        for s in (s for s in summary if (s["model"], s["length"]) == (model, length)):
-            acc = "      -" if s["accuracy"] is None else f"{s['accuracy']:7.1f}"
-            lines.append(f"{s['method']:<18}{s['n']:>3}{acc}{s['ttft_s']:9.3f}{_ratio(s, 'ttft_s_vs_hf')}"
-                         f"{s['tpot_s'] * 1e3:9.1f}{_ratio(s, 'tpot_s_vs_hf')}{s['peak_mem_bytes'] / 2**20:10.0f}"
-                         f"{_ratio(s, 'peak_mem_bytes_vs_hf')}{s['kv_bytes'] / 2**20:8.1f}{_ratio(s, 'kv_bytes_vs_hf')}")
-    return "\n".join(lines)
+HEADERS = ["method", "n", "acc %", "TTFT s", "x hf", "TPOT ms", "x hf", "peak MiB", "x hf", "KV MiB", "x hf"]
 
 
-def markdown(summary: list[dict]) -> str:
-    """The same tables in Markdown, for benchmarks/README.md."""
+def _cells(s: dict) -> list[str]:
     def num(v, fmt):
         return "-" if v is None else format(v, fmt)
 
-    lines = []
+    return [s["method"], str(s["n"]), num(s["accuracy"], ".1f"), f"{s['ttft_s']:.3f}", num(s["ttft_s_vs_hf"], ".2f"),
+            f"{s['tpot_s'] * 1e3:.1f}", num(s["tpot_s_vs_hf"], ".2f"), f"{s['peak_mem_bytes'] / 2**20:.0f}",
+            num(s["peak_mem_bytes_vs_hf"], ".2f"), f"{s['kv_bytes'] / 2**20:.1f}", num(s["kv_bytes_vs_hf"], ".2f")]
+
+
+def tables(summary: list[dict], markdown: bool = False) -> str:
+    """Per model and length, one table (Markdown for benchmarks/README.md, else aligned text)."""
+    parts = []
     for model, length in dict.fromkeys((s["model"], s["length"]) for s in summary):
-        lines += [f"\n**{model}, {length} tokens**\n",
-                  "| method | n | acc % | TTFT s | x hf | TPOT ms | x hf | peak MiB | x hf | KV MiB | x hf |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for s in (s for s in summary if (s["model"], s["length"]) == (model, length)):
-            lines.append(f"| {s['method']} | {s['n']} | {num(s['accuracy'], '.0f')} | {s['ttft_s']:.3f} | "
-                         f"{num(s['ttft_s_vs_hf'], '.2f')} | {s['tpot_s'] * 1e3:.1f} | {num(s['tpot_s_vs_hf'], '.2f')} | "
-                         f"{s['peak_mem_bytes'] / 2**20:.0f} | {num(s['peak_mem_bytes_vs_hf'], '.2f')} | "
-                         f"{s['kv_bytes'] / 2**20:.1f} | {num(s['kv_bytes_vs_hf'], '.2f')} |")
-    return "\n".join(lines) + "\n"
+        cells = [_cells(s) for s in summary if (s["model"], s["length"]) == (model, length)]
+        parts.append(f"\n**{model}, {length} tokens**\n\n{tabulate.markdown(HEADERS, cells)}" if markdown else
+                     f"\n== {model}, {length} tokens\n{tabulate.text(HEADERS, cells)}")
+    return "\n".join(parts) + "\n"
 
 
 def plot(summary: list[dict], path: pathlib.Path) -> None:
@@ -325,10 +312,10 @@ def main() -> None:
         subprocess.run([sys.executable, __file__, *sys.argv[1:], "--memory-pass"], check=True)
     rows = with_exact_peaks(log.rows(), out, setting)
     summary = summarize(rows)
-    print(table(summary))
+    print(tables(summary))
     meta = {"date": time.strftime("%Y-%m-%d"), **setting, "repeats": args.repeats, "versions": versions}
     (out / "peers.json").write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
-    (out / "peers.md").write_text(markdown(summary))
+    (out / "peers.md").write_text(tables(summary, markdown=True))
     plot(summary, out / "ttft_vs_length.png")
     print(f"\nwrote {out}/peers.json, peers.md and ttft_vs_length.png")
 

@@ -16,6 +16,7 @@ import torch
 from common import interleaved_medians, prose_ids, setup_threads, speed_parser
 
 import asl
+from asl.bench.report import rows as tabulate
 from asl.prefill import prefill
 
 
@@ -44,11 +45,12 @@ def main() -> None:
     rows = {name: {"prefill_s": times[name], "policy_s": statistics.median(shares[name])} for name in methods}
     full = rows["full"]["prefill_s"]
     print(f"{args.model}, {ids.shape[1]} tokens, {args.threads} threads, select_tokens={k}, median of {args.repeats}")
-    print(f"{'method':36}{'prefill s':>10}{'vs full':>9}{'scoring share':>15}")
-    for name, r in rows.items():
+    for r in rows.values():
         r["ratio_to_full"] = r["prefill_s"] / full
         r["scoring_share"] = r["policy_s"] / r["prefill_s"]
-        print(f"{name:36}{r['prefill_s']:10.2f}{r['ratio_to_full']:9.2f}{r['scoring_share']:15.1%}")
+    print(tabulate.text(["method", "prefill s", "vs full", "scoring share"],
+                        [[name, f"{r['prefill_s']:.2f}", f"{r['ratio_to_full']:.2f}", f"{r['scoring_share']:.1%}"]
+                         for name, r in rows.items()]))
     print(json.dumps({"model": args.model, "context": ids.shape[1], "rows": rows}))
 
 

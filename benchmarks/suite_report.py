@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import operator
 
+from asl.bench.report import rows as tabulate
+
 SHORT, LONG = 32768, 131072  # the lengths the targets name
 HF_PREFILL, HF_DECODE = "transformers-sdpa", "transformers-static"
 FASTKV, ASL = "fastkv+snapkv", "asl+snapkv"
@@ -130,22 +132,21 @@ def markdown(result: dict) -> str:
               f"{d['shapes']} shapes; {result['elapsed_s']:.0f} s of a {m['budget_s']:.0f} s budget.", "",
               f"Random weights; {m['layers_note']}; TTFT and TPOT medians over the timed runs after a warm-up, "
               "x full against the full cache at the same length in this run.", "",
-              "| step | status | detail |", "| --- | --- | --- |"]
-    for name, s in result["steps"].items():
-        lines.append(f"| {name} | {s['status']} | {s.get('detail') or s.get('reason') or ''} |")
-    lines += ["", "| tokens | method | status | runs | TTFT ms | x full | TPOT ms | x full | compile s | policy % "
-              "| peak MiB | x full | KV MiB | x full |", "|" + " --- |" * 14]
+              tabulate.markdown(["step", "status", "detail"],
+                                [[name, st["status"], st.get("detail") or st.get("reason") or ""]
+                                 for name, st in result["steps"].items()]), ""]
+    cases = []
     for c in result["cases"]:
         share = c["policy_s"] / c["ttft_s"] if c.get("policy_s") is not None and c.get("ttft_s") else None
-        lines.append("| " + " | ".join([
-            f"{c['tokens']:,}", c["method"], _status(c), str(c.get("repeats", "")),
-            _num(c.get("ttft_s"), 1e3), _num(c.get("ttft_x_full"), fmt="{:.2f}"),
-            _num(c.get("tpot_s"), 1e3, "{:,.2f}"), _num(c.get("tpot_x_full"), fmt="{:.2f}"),
-            _num(c.get("compile_s")), _num(share, 100), _num(c.get("peak_bytes"), 2**-20),
-            _num(c.get("peak_x_full"), fmt="{:.2f}"), _num(c.get("kv_bytes"), 2**-20),
-            _num(c.get("kv_x_full"), fmt="{:.2f}")]) + " |")
-    lines += ["", "| target | tokens | what | value | threshold | status | note |", "|" + " --- |" * 7]
-    for t in result["targets"]:
-        lines.append(f"| {t['target']} | {t['tokens']:,} | {t['what']} | {_num(t['value'], fmt='{:.3f}')} | "
-                     f"{t['threshold']} | {t['status']} | {t['note']} |")
+        cases.append([f"{c['tokens']:,}", c["method"], _status(c), str(c.get("repeats", "")),
+                      _num(c.get("ttft_s"), 1e3), _num(c.get("ttft_x_full"), fmt="{:.2f}"),
+                      _num(c.get("tpot_s"), 1e3, "{:,.2f}"), _num(c.get("tpot_x_full"), fmt="{:.2f}"),
+                      _num(c.get("compile_s")), _num(share, 100), _num(c.get("peak_bytes"), 2**-20),
+                      _num(c.get("peak_x_full"), fmt="{:.2f}"), _num(c.get("kv_bytes"), 2**-20),
+                      _num(c.get("kv_x_full"), fmt="{:.2f}")])
+    lines += [tabulate.markdown(["tokens", "method", "status", "runs", "TTFT ms", "x full", "TPOT ms", "x full",
+                                 "compile s", "policy %", "peak MiB", "x full", "KV MiB", "x full"], cases), "",
+              tabulate.markdown(["target", "tokens", "what", "value", "threshold", "status", "note"],
+                                [[t["target"], f"{t['tokens']:,}", t["what"], _num(t["value"], fmt="{:.3f}"),
+                                  str(t["threshold"]), t["status"], t["note"]] for t in result["targets"]])]
     return "\n".join(lines) + "\n"

@@ -18,6 +18,7 @@ import sys
 import torch
 
 import asl
+from asl.bench.report import rows as tabulate
 from asl.bench.tasks import make_sample
 from asl.policies import EvictionPolicy
 
@@ -82,20 +83,17 @@ def main() -> int:
 
 
 def summary(rows: list[dict], meta: dict) -> str:
-    lines = [f"# Ties in the window scores ({meta['length']} tokens, k = {meta['select']})", "",
-             f"`{meta['command']}`", "",
-             "| model | task | pooling | tied scores, per head | top-k cut in a tie: KV heads | tied per-token sums "
-             "| cut in a tie: per-token (layers) |",
-             "|---|---|---|---:|---:|---:|---:|"]
-    keys = sorted({(r["model"], r["task"], r["pooling"]) for r in rows})
-    for model, task, pooling in keys:
+    cells = []
+    for model, task, pooling in sorted({(r["model"], r["task"], r["pooling"]) for r in rows}):
         rs = [r for r in rows if (r["model"], r["task"], r["pooling"]) == (model, task, pooling)]
-        heads = sum(r["heads"] for r in rs)
-        lines.append(f"| {model} | {task} | {pooling} | {100 * sum(r['tied_share_per_head'] for r in rs) / len(rs):.1f}% "
-                     f"| {sum(r['cut_in_tie_heads'] for r in rs)} of {heads} "
-                     f"| {100 * sum(r['tied_share_token'] for r in rs) / len(rs):.1f}% "
-                     f"| {sum(r['cut_in_tie_token'] for r in rs)} of {len(rs)} |")
-    return "\n".join(lines) + "\n"
+        cells.append([model, task, pooling, f"{100 * sum(r['tied_share_per_head'] for r in rs) / len(rs):.1f}%",
+                      f"{sum(r['cut_in_tie_heads'] for r in rs)} of {sum(r['heads'] for r in rs)}",
+                      f"{100 * sum(r['tied_share_token'] for r in rs) / len(rs):.1f}%",
+                      f"{sum(r['cut_in_tie_token'] for r in rs)} of {len(rs)}"])
+    return "\n".join([f"# Ties in the window scores ({meta['length']} tokens, k = {meta['select']})", "",
+                      f"`{meta['command']}`", "", tabulate.markdown(
+                          ["model", "task", "pooling", "tied scores, per head", "top-k cut in a tie: KV heads",
+                           "tied per-token sums", "cut in a tie: per-token (layers)"], cells)]) + "\n"
 
 
 if __name__ == "__main__":

@@ -392,3 +392,17 @@ def test_import_does_not_load_matplotlib():
     code = ("import sys, asl.bench, asl.bench.report.summary, asl.bench.report.plots; "
             "assert 'matplotlib' not in sys.modules, 'matplotlib imported eagerly'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_rows_align_numbers_right_and_refuse_a_ragged_row():
+    from asl.bench.report import rows
+
+    text = rows.text(["method", "acc %", "KV"], [["asl", "87.5", "1,024"], ["fastkv(layer=8)", "100.0", "-"]])
+    assert text.splitlines() == ["method           acc %     KV",
+                                 "asl               87.5  1,024",
+                                 "fastkv(layer=8)  100.0      -"]
+    md = rows.markdown(["method", "acc %"], [["asl", "87.5"]]).splitlines()
+    assert md == ["| method | acc % |", "|---|---:|", "| asl | 87.5 |"]
+    assert rows.share(13, 15, 0.62, 0.96) == "87% [62, 96] of 15"
+    with pytest.raises(ValueError, match="2 cells for 3 columns"):
+        rows.text(["a", "b", "c"], [["1", "2"]])

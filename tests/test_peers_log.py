@@ -36,7 +36,7 @@ def test_log_resumes_and_the_last_try_of_a_repeat_counts(tmp_path):
     summary = {x["method"]: x for x in peers.summarize(again.rows())}
     assert summary["asl-full"]["ttft_s_vs_hf"] == pytest.approx(0.5)
     assert summary["transformers"]["accuracy"] == 100.0
-    assert "| asl-full | 1 | 100 | 1.000 | 0.50 |" in peers.markdown(list(summary.values()))
+    assert "| asl-full | 1 | 100.0 | 1.000 | 0.50 |" in peers.tables(list(summary.values()), markdown=True)
 
 
 def test_log_refuses_a_folder_made_with_other_settings(tmp_path):
