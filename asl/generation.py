@@ -115,19 +115,25 @@ def decode_step(model: Decoder, tokens, positions, slots, caches: list[LayerCach
 
 
 COMPILE_MODES = (False, True, "reduce-overhead")
-_compiled_steps: dict[str, object] = {}
+_compiled_steps: dict[tuple, object] = {}
 
 
-def _step_fn(compile: bool | str):
+def _step_fn(compile: bool | str, weight: torch.Tensor):
     """The decode step: eager, compiled (`True`), or compiled and replayed as a CUDA graph
     (`"reduce-overhead"`: the static per-layer buffers are marked as fixed addresses, so
-    the graph writes into them in place; on the CPU torch.compile runs it without graphs)."""
+    the graph writes into them in place; on the CPU torch.compile runs it without graphs).
+    float64 on the CPU compiles with 256-bit vectors: inductor's 512-bit float64 kernels for
+    the evicting step corrupt the heap in torch 2.13 (tests/test_decode_eviction.py)."""
     if not compile:
         return decode_step
     mode = "default" if compile is True else compile
-    if mode not in _compiled_steps:
-        _compiled_steps[mode] = torch.compile(decode_step, fullgraph=True, mode=None if mode == "default" else mode)
-    return _compiled_steps[mode]
+    narrow = weight.device.type == "cpu" and weight.dtype == torch.float64
+    if (mode, narrow) not in _compiled_steps:
+        options = {"cpp.simdlen": 256, **({"triton.cudagraphs": True} if mode == "reduce-overhead" else {})}
+        _compiled_steps[mode, narrow] = (
+            torch.compile(decode_step, fullgraph=True, options=options) if narrow else
+            torch.compile(decode_step, fullgraph=True, mode=None if mode == "default" else mode))
+    return _compiled_steps[mode, narrow]
 
 
 def _mark_static(buffers) -> None:
@@ -379,7 +385,7 @@ def decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compil
     With `follow`, a sequence also stops at its first token that differs from `follow` (the
     oracle's exact-match check)."""
     cache: KVCache = pre.cache
-    step_fn = _step_fn(compile)
+    step_fn = _step_fn(compile, model.lm_head.weight)
     evicting = DecodeEviction(eviction, cache, pre, model.rope) if eviction is not None and eviction.every > 0 else None
     if compile == "reduce-overhead":
         _mark_static(t for c in cache.layers for t in (c.k, c.v, c.valid, c.queries) if t is not None)
