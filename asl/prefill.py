@@ -232,7 +232,7 @@ def run_layers(model, h: torch.Tensor, tokens: AliveTokens, start: int, extra_sl
         if chosen is None:
             continue
         check_selection(chosen, tokens.valid, selection)
-        if chosen.restart:
+        if restarts:
             return chosen, policy_s
         if not bool(chosen.active.any()):
             continue
@@ -248,7 +248,7 @@ def run_layers(model, h: torch.Tensor, tokens: AliveTokens, start: int, extra_sl
     _check_evictions(problems, eviction)
     if restarts:  # it never asked to restart: rerun storing KV, all tokens kept
         nothing = torch.zeros(tokens.valid.shape[0], dtype=torch.bool, device=h.device)
-        return Selection(keep=tokens.index[:, :0], active=nothing, restart=True), policy_s
+        return Selection(keep=tokens.index[:, :0], active=nothing), policy_s
     return PrefillResult(
         logits=model.logits(h[:, -1]),
         cache=KVCache(layers) if record is None else None,  # recording a trunk: no cache was stored

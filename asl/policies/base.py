@@ -57,16 +57,15 @@ class SelectedShares:
 class Selection:
     """Tokens to propagate, per sequence: sorted columns of the current layer (`-1` pads).
 
-    `active[b]` says whether sequence b selects now (others keep all their tokens).
-    `restart`: two-pass methods rerun the model from layer 0 on the kept tokens.
+    `active[b]` says whether sequence b selects now (others keep all their tokens). From a
+    policy that `restarts`, any Selection reruns the model from layer 0 on the kept tokens.
     """
 
     keep: torch.Tensor  # [B, k] int64
     active: torch.Tensor  # [B] bool
-    restart: bool = False
 
     @classmethod
-    def from_own_columns(cls, view: LayerView, chosen: dict[int, torch.Tensor], restart: bool = False) -> Selection:
+    def from_own_columns(cls, view: LayerView, chosen: dict[int, torch.Tensor]) -> Selection:
         """From per-sequence choices in each sequence's own columns (0 .. alive-1), for the
         sequences in `chosen` (the others keep all their tokens), to the view's padded columns."""
         batch, width = view.valid.shape[0], view.width
@@ -77,7 +76,7 @@ class Selection:
         for b, cols in chosen.items():
             keep[b, : len(cols)] = cols + (width - alive[b])
             active[b] = True
-        return cls(sort_keep(keep), active, restart)
+        return cls(sort_keep(keep), active)
 
 
 class LayerView:
@@ -182,7 +181,8 @@ class SelectionPolicy(_Validated, ABC):
     """Decides which tokens propagate to deeper layers during prefill.
 
     `restarts`: a two-pass method (GemFilter, ASL two-pass) whose first pass only chooses;
-    the prefill stores no KV in it and reruns the model on the chosen tokens.
+    the prefill stores no KV in it and, at the first Selection it returns, reruns the model
+    on the chosen tokens (all of them if none is `active`).
     """
 
     restarts: ClassVar[bool] = False
@@ -209,15 +209,23 @@ class EvictionPolicy(_Validated, ABC):
     """Decides which KV entries each layer stores for decoding, and may evict while decoding.
 
     `keep` acts once, at the end of each layer's prefill. A policy that also evicts during
-    generation sets `every` (a field: every how many new tokens `during_decode` is called,
-    before the step that writes the next token; 0, the default, never) and overrides
-    `during_decode`; `recent_queries` says how many of each layer's latest queries it reads.
-    `cache_positions` True renumbers the kept entries by their place in the cache during
-    decoding (StreamingLLM's `positions="cache"`), the new tokens going on from there.
+    generation overrides `every` and `during_decode`; `recent_queries` says how many of each
+    layer's latest queries it reads. `every` and `cache_positions` are properties, so that
+    they may follow the policy's fields (StreamingLLM's `rolling` and `positions`); a class
+    attribute (`every = 1`) overrides them as well.
     """
 
-    every: ClassVar[int] = 0
-    cache_positions: ClassVar[bool] = False
+    @property
+    def every(self) -> int:
+        """Every how many new tokens `during_decode` is called, before the step that writes
+        the next token (0: never)."""
+        return 0
+
+    @property
+    def cache_positions(self) -> bool:
+        """Whether decoding renumbers the kept entries by their place in the cache (StreamingLLM's
+        `positions="cache"`), the new tokens going on from there; else they keep the text's."""
+        return False
 
     def begin(self, prefill: PrefillInfo) -> None:
         """Called once before any compute: check parameters against the model, reset state."""

@@ -61,7 +61,7 @@ class GemFilter(SelectionPolicy):
                 scores[-1] = float("inf")
             chosen[b] = torch.sort(scores, descending=True, stable=True).indices[: self.select_tokens].sort().values
             self._layers[b] = layer
-        return Selection.from_own_columns(view, chosen, restart=True) if chosen else _keep_all(view)
+        return Selection.from_own_columns(view, chosen) if chosen else _keep_all(view)
 
     def report(self) -> list[dict]:
         return [{"selection_layer": layer} for layer in self._layers]
@@ -83,7 +83,7 @@ def _keep_all(view: LayerView) -> Selection:
     """A restart that keeps every token (no sequence had anything to filter)."""
     batch = view.valid.shape[0]
     nothing = torch.zeros(batch, dtype=torch.bool, device=view.valid.device)
-    return Selection(torch.full((batch, 1), -1, device=view.valid.device), nothing, restart=True)
+    return Selection(torch.full((batch, 1), -1, device=view.valid.device), nothing)
 
 
 @dataclass
@@ -108,4 +108,4 @@ class ASLTwoPass(ASL):
         if not all(s.done for s in self._states):
             return None
         chosen = {b: s.keep for b, s in enumerate(self._states) if s.keep is not None}
-        return Selection.from_own_columns(view, chosen, restart=True) if chosen else _keep_all(view)
+        return Selection.from_own_columns(view, chosen) if chosen else _keep_all(view)
