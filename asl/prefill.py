@@ -116,6 +116,10 @@ def _say_if_over_budget(eviction: EvictionPolicy, view: LayerView) -> None:
     """Once per policy object: an eviction with a `budget` kept everything of a prompt longer
     than it (a broken custom keep() looks like a working one that costs the full cache)."""
     budget, origin = getattr(eviction, "budget", None), getattr(eviction, "origin", eviction)
+    if getattr(eviction, "ratio", None) is not None:  # sized from each layer's own tokens: no count to exceed
+        return
+    if hasattr(eviction, "layer_budget"):  # PyramidKV: the budget is a mean, each layer has its own
+        budget = eviction.layer_budget(view.layer, view.width)
     if not isinstance(budget, int) or view.width <= budget or getattr(origin, "_said_over_budget", False):
         return
     object.__setattr__(origin, "_said_over_budget", True)  # also on a frozen dataclass

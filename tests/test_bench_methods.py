@@ -203,3 +203,15 @@ def test_gemfilter_can_cap_its_answers_as_the_authors_harness():
     assert answer_limit(sample, asl.GemFilter()) == 128 and answer_limit(sample, None) == 128
     with pytest.raises(ValueError, match="answer_tokens must be an integer >= 1"):
         asl.GemFilter(answer_tokens=0)
+
+
+def test_a_method_sized_by_a_ratio_runs_once_with_no_budget(capsys):
+    from asl.bench.cli import parse, resolve
+
+    args = parse(["--model", "smollm2-135m", "--lengths", "1024", "--budget", "256,384",
+                  "--methods", "knorm(ratio=0.75,window=0),tova"])
+    _, _, methods = resolve(args)
+    assert sorted((m.label, m.budget) for m in methods if m.label != "tova") == [("knorm(ratio=0.75,window=0)", None)]
+    assert [m.budget for m in methods if m.label == "tova"] == [256, 384]
+    assert isinstance(methods[0].eviction, asl.KNorm) and methods[0].eviction.ratio == 0.75
+    assert "runs at a share of each layer's tokens, whatever --budget" in capsys.readouterr().err

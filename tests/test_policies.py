@@ -262,7 +262,33 @@ POLICIES = {
     "streaming": lambda: (None, asl.StreamingLLM(budget=40, sink=4)),  # rolling while decoding
     "pyramidinfer": lambda: (asl.PyramidInfer(r=0.5, min_context=8), asl.PyramidInferDecode(exceed=4)),
     "full": lambda: (None, asl.Full()),
+    "knorm": lambda: (None, asl.KNorm(budget=40, window=8)),
+    "keydiff-ratio": lambda: (None, asl.KeyDiff(window=0, ratio=0.6)),  # kvpress's form: a share per layer
+    "tova": lambda: (asl.FastKV(layer=3, select_tokens=48, window=4), asl.TOVA(budget=30, window=4)),
+    "observed-attention": lambda: (None, asl.ObservedAttention(budget=36, window=4, chunk=32)),
+    "random": lambda: (None, asl.RandomScores(budget=30, window=4, seed=1)),
+    "adakv(knorm)": lambda: (None, asl.AdaKV(asl.KNorm(budget=30, window=4))),
+    "jaccard-stop+pyramidkv": lambda: (asl.JaccardStop(threshold=0.5, l_min=3, select_tokens=48, window=4),
+                                       asl.PyramidKV(asl.SnapKV(budget=36, window=4))),
+    "entropy-stop+proportional": lambda: (asl.EntropyStop(threshold=0.9, l_min=3, l_max=7, select_tokens=48, window=4),
+                                          asl.Proportional(asl.TOVA(window=4), rate=0.5)),
+    "fitted-stop+topp": lambda: (asl.FittedStop(weights=(4.0, 0.0, 0.0), bias=-2.0, confidence=0.5, l_min=2,
+                                                select_tokens=48, window=4), asl.TopP(p=0.8, window=4)),
 }
+
+
+def test_every_policy_the_library_exports_is_in_the_batch_test():
+    """A new policy gets the batch test (and the tests driven by POLICIES) by being listed here."""
+    import inspect
+
+    covered = set()
+    for make in POLICIES.values():
+        for policy in filter(None, make()):
+            covered |= {type(policy), type(getattr(policy, "scorer", None))}
+    exported = (getattr(asl.policies, name) for name in asl.policies.__all__)
+    concrete = {c for c in exported if isinstance(c, type) and issubclass(c, (asl.EvictionPolicy, asl.SelectionPolicy))
+                and not inspect.isabstract(c)}
+    assert not concrete - covered, sorted(c.__name__ for c in concrete - covered)
 
 
 @pytest.mark.parametrize("name", list(POLICIES))

@@ -144,8 +144,8 @@ def resolve(args):
             if (spec.label, method.budget) in kept:
                 continue  # one run per budget the method really keeps
             if method.budget != budget:
-                print(f"asl.bench: {spec.label} runs at its own budget {method.budget}, whatever --budget",
-                      file=sys.stderr)
+                own = "a share of each layer's tokens" if method.budget is None else f"its own budget {method.budget}"
+                print(f"asl.bench: {spec.label} runs at {own}, whatever --budget", file=sys.stderr)
             kept.add((spec.label, method.budget))
             methods.append(method)
     short = [n for n in args.lengths if n <= min(args.budget)]

@@ -36,19 +36,21 @@ from dataclasses import dataclass, field
 from asl.bench.run.oracle import Oracle
 from asl.calibration import SCORING, asl_settings, scaled_layer
 from asl.presets import PAPER, paper_settings
-from asl.policies import (ASL, AdaKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
-                          Proportional, PyramidInfer, PyramidInferDecode, PyramidKV, SelectionPolicy, SnapKV,
-                          StreamingLLM, TopP)
+from asl.policies import (ASL, TOVA, AdaKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
+                          KeyDiff, KNorm, ObservedAttention, Proportional, PyramidInfer, PyramidInferDecode, PyramidKV,
+                          RandomScores, SelectionPolicy, SnapKV, StreamingLLM, TopP)
 
 SELECTIONS = {"fastkv": FastKV, "asl": ASL, "gemfilter": GemFilter, "asl-2pass": ASLTwoPass,
               "pyramidinfer-prefill": PyramidInfer, "jaccard-stop": JaccardStop, "entropy-stop": EntropyStop}
-EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM, "topp": TopP, "pyramidinfer-decode": PyramidInferDecode}
+EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM, "topp": TopP, "pyramidinfer-decode": PyramidInferDecode,
+             "knorm": KNorm, "keydiff": KeyDiff, "random": RandomScores, "tova": TOVA,
+             "observed-attention": ObservedAttention}
 # Allocators: an eviction that wraps a scorer eviction, written name(scorer, key=value...)
 WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional}
 # A method that is a selection and an eviction in one paper: its name stands for both (its
 # arguments go to the first).
 ALIASES = {"pyramidinfer": ("pyramidinfer-prefill", "pyramidinfer-decode")}
-BUILTIN = ("full", "snapkv", "streaming", "topp", "adakv", "pyramidkv", "proportional", "fastkv", "asl", "gemfilter", "asl-2pass",
+BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "adakv", "pyramidkv", "proportional", "fastkv", "asl", "gemfilter", "asl-2pass",
            "jaccard-stop", "entropy-stop", "pyramidinfer", "pyramidinfer-prefill", "pyramidinfer-decode", "oracle")
 DESCRIPTIONS = {
     "full": "the full cache (no selection, no eviction)",
@@ -56,6 +58,11 @@ DESCRIPTIONS = {
     "snapkv": "eviction: per layer and KV head, the most attended prefix entries plus the window",
     "streaming": "eviction: the first `sink` tokens plus the most recent (rolling while decoding)",
     "topp": "eviction: per KV head the fewest tokens holding p of the window's attention (the ASL authors' top-p KV)",
+    "knorm": "eviction: per KV head the keys of lowest L2 norm (Devoto et al. 2024; kvpress's KnormPress)",
+    "keydiff": "eviction: per KV head the keys least like their mean direction (KeyDiff, Park et al. 2025)",
+    "random": "eviction: random entries, seeded (the baseline; kvpress's RandomPress)",
+    "tova": "eviction: the entries the last query attends to most, over all heads (TOVA, Oren et al. 2024)",
+    "observed-attention": "eviction: attention received from every later query, averaged (H2O, Zhang et al. 2023)",
     "adakv": "allocator around a scorer eviction, adakv(snapkv): the layer's budget shared among its heads by score",
     "pyramidkv": "allocator around a scorer eviction, pyramidkv(snapkv): the budget falling linearly over the layers",
     "proportional": "allocator around a scorer eviction, proportional(snapkv,rate=0.1): each layer keeps a share of "
@@ -289,6 +296,7 @@ def model_defaults(model_name: str, num_layers: int, config=None, calibration=No
     asl = {k: settings[k] for k in ("tau", "l_min", "l_obs", *SCORING)}
     table = {
         "full": {}, "oracle": dict(SCORING), "snapkv": dict(SCORING), "streaming": {},
+        **{name: {"window": SCORING["window"]} for name in ("knorm", "keydiff", "random", "tova", "observed-attention")},
         "topp": {"window": SCORING["window"]},
         "asl": asl, "asl-2pass": asl,
         "fastkv": {"layer": scaled_layer(15, num_layers), **SCORING},
@@ -362,12 +370,16 @@ def build(spec: MethodSpec, params: list[dict]) -> tuple[SelectionPolicy | None,
 
 def kept_budget(params: list[dict], budget: int | None) -> int | None:
     """The budget a method really runs at, from its resolved policies: its eviction's (a
-    `budget=` in --methods wins over --budget); a selection alone is recorded at --budget
+    `budget=` in --methods wins over --budget); None for an eviction sized by a share of each
+    layer's tokens (`ratio=`, proportional(...)); a selection alone is recorded at --budget
     (what it selects is recorded beside it, as select_tokens)."""
-    found = [fields.get("scorer", fields).get("budget") for fields in params  # an allocator's is its scorer's
-             if "rate" not in fields or "scorer" not in fields]  # a proportional one has none
-    found = [b for b in found if isinstance(b, int)]
-    return found[-1] if found else budget
+    for fields in reversed(params):
+        inner = fields.get("scorer", fields)  # an allocator's budget is its scorer's
+        if ("rate" in fields and "scorer" in fields) or inner.get("ratio") is not None:
+            return None
+        if isinstance(inner.get("budget"), int):
+            return inner["budget"]
+    return budget
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,18 @@ index lists with (stable top-k, -1 pads last, short sequences kept whole).
 from .adaptive import EntropyStop, FittedStop, JaccardStop
 from .allocate import AdaKV, Proportional, PyramidKV
 from .asl import ASL
+from .attention_scores import TOVA, ObservedAttention
 from .base import (DecodeView, EvictionPolicy, LayerView, PrefillInfo, Selection, SelectionPolicy, fill_unevicted, sort_keep,
                    top_prefix)
 from .fixed import FastKV
 from .full import Full
 from .gemfilter import ASLTwoPass, GemFilter
+from .key_scores import KeyDiff, KNorm, RandomScores
 from .pyramidinfer import PyramidInfer, PyramidInferDecode
 from .scorer import ScorerEviction, ScorerSelection
 from .snapkv import SnapKV
 from .streaming import StreamingLLM
 from .topp import TopP
 
-__all__ = ["ASL", "AdaKV", "EntropyStop", "FittedStop", "JaccardStop", "Proportional", "PyramidKV", "ASLTwoPass", "DecodeView", "EvictionPolicy", "FastKV", "Full", "GemFilter", "LayerView", "PrefillInfo",
+__all__ = ["ASL", "KNorm", "KeyDiff", "ObservedAttention", "RandomScores", "TOVA", "AdaKV", "EntropyStop", "FittedStop", "JaccardStop", "Proportional", "PyramidKV", "ASLTwoPass", "DecodeView", "EvictionPolicy", "FastKV", "Full", "GemFilter", "LayerView", "PrefillInfo",
            "PyramidInfer", "PyramidInferDecode", "ScorerEviction", "ScorerSelection", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "TopP", "fill_unevicted", "sort_keep", "top_prefix"]

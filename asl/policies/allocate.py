@@ -24,6 +24,9 @@ class _Wraps:
             raise ValueError(f"{type(self).__name__} wraps a scorer eviction (a ScorerEviction such as "
                              f"SnapKV(budget=...)), got {type(self.scorer).__name__}")
         self.scorer._check()
+        if self.scorer.ratio is not None:
+            raise ValueError(f"{type(self).__name__} sizes each layer itself: give its scorer a budget, not "
+                             f"ratio={self.scorer.ratio!r}")
 
     @property
     def budget(self) -> int:
@@ -80,7 +83,8 @@ class PyramidKV(_Wraps, EvictionPolicy):
     formula, which kvpress's PyramidKVPress cites). With P = budget - window, layer 0 keeps
     `window + 2P - P/beta` entries per head and the last `window + P/beta`; where layer 0's
     share would exceed the prompt it is cut to the prompt and the last layer's raised to keep
-    the mean (kvpress's clamp); where no such line exists every layer keeps the budget."""
+    the mean (kvpress's clamp); where no such line exists every layer keeps the budget. The
+    line is drawn from each sequence's own prompt, so a batch keeps what each prompt alone does."""
 
     scorer: ScorerEviction
     beta: int = 20
@@ -107,7 +111,8 @@ class PyramidKV(_Wraps, EvictionPolicy):
         return window + round(most - layer * (most - least) / (self.num_layers - 1))
 
     def keep(self, layer: int, view: LayerView) -> torch.Tensor | None:
-        return self.scorer.keep_within(view, self.layer_budget(layer, view.width))
+        budgets = [self.layer_budget(layer, n) for n in view.alive.tolist()]
+        return self.scorer.keep_within(view, budgets[0] if len(set(budgets)) == 1 else budgets)
 
 
 

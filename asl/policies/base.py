@@ -133,8 +133,9 @@ def top_prefix(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Per row, the columns of the `counts[b]` best scores ([..., m] -> [..., max(counts)], -1 pads).
 
     Ties go to the lower column (stable), so the choice is the same on every run and device.
+    A count above m keeps all m (a row that fits its budget, which its caller keeps whole).
     """
-    k = int(counts.max()) if counts.numel() else 0
+    k = min(int(counts.max()), scores.shape[-1]) if counts.numel() else 0
     order = ops.stable_descending_order(scores)[..., :k]
     slot = torch.arange(k, device=scores.device)
     counts = counts.view(*counts.shape, *([1] * (order.dim() - counts.dim())))

@@ -16,7 +16,7 @@ import torch
 
 from .. import ops
 from .base import (EvictionPolicy, LayerView, Selection, SelectionPolicy, check_positive_int, check_window_below,
-                   fill_unevicted, top_prefix)
+                   fill_unevicted, is_number, top_prefix)
 
 
 def prefix_scores(policy, scores: torch.Tensor, view: LayerView, heads: int) -> torch.Tensor:
@@ -42,15 +42,23 @@ class ScorerEviction(EvictionPolicy):
     """Per layer and cached head, the `budget - window` best-scored prefix entries plus the window.
 
     Subclass it and implement `score`; a sequence whose prompt fits `budget` keeps everything.
+    `ratio` (kvpress's `compression_ratio`) instead sizes each layer from the n entries it
+    holds: it keeps `max(1, int(n * (1 - ratio)))` of them, window included (kvpress's
+    `compute_n_kept`), and `budget` is not used. `window=0` scores every entry, as kvpress
+    does; a window keeps the prompt's last tokens (the question, in a one-prompt setting).
     """
 
     budget: int = 2048  # entries per cached head per layer, window included
     window: int = 32
+    ratio: float | None = None  # the share of each layer's entries to evict (kvpress's compression_ratio)
 
     def _check(self) -> None:
         check_positive_int("budget", self.budget)
-        check_positive_int("window", self.window)
+        check_positive_int("window", self.window, 0)
         check_window_below(self.window, "budget", self.budget)
+        if self.ratio is not None and not (is_number(self.ratio) and 0 <= self.ratio < 1):
+            raise ValueError(f"ratio must be None or a number in [0, 1) (the share of entries evicted), "
+                             f"got {self.ratio!r}")
 
     @abstractmethod
     def score(self, view: LayerView) -> torch.Tensor:
@@ -61,7 +69,9 @@ class ScorerEviction(EvictionPolicy):
         return view.keys.shape[1]
 
     def keep(self, layer: int, view: LayerView) -> torch.Tensor | None:
-        return self.keep_within(view, self.budget)
+        if self.ratio is None:
+            return self.keep_within(view, self.budget)
+        return self.keep_within(view, [max(1, int(n * (1 - self.ratio))) for n in view.alive.tolist()])
 
     def keep_within(self, view: LayerView, budget: int | list[int]) -> torch.Tensor | None:
         """keep() at another budget (what an allocation such as PyramidKV asks of it): one for

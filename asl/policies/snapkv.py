@@ -34,6 +34,7 @@ class SnapKV(ScorerEviction):
 
     def _check(self) -> None:
         super()._check()
+        check_positive_int("window", self.window)  # its scores are the window's attention
         check_kernel(self.kernel)
         check_pooling(self.pooling)
         if self.per not in PER:

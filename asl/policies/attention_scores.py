@@ -1,0 +1,60 @@
+"""Scorers that read attention weights besides the window's (kvpress's TOVAPress and
+ObservedAttentionPress; docs/algorithms.md section 19): the last query's attention (TOVA),
+and every query's attention averaged over the queries that see the entry (H2O's observed
+attention). Softmax over the causal, real keys in float32, scaled by 1/sqrt(d)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .base import LayerView, check_positive_int
+from .scorer import ScorerEviction
+
+
+def attention_rows(view: LayerView, rows: slice) -> torch.Tensor:
+    """Causal attention probabilities of the queries in columns `rows` over every column:
+    [B, H, r, n] float32, zero on padding and on the future."""
+    q = view.queries[:, :, rows].float()
+    h, g = q.shape[1], view.keys.shape[1]
+    keys = view.keys.float().repeat_interleave(h // g, dim=1)
+    logits = q @ keys.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    n = view.width
+    cols = torch.arange(n, device=q.device)
+    seen = (cols[None, :] <= torch.arange(n, device=q.device)[rows, None])[None, None] & view.valid[:, None, None, :]
+    return torch.softmax(logits.masked_fill(~seen, float("-inf")), dim=-1).nan_to_num(0.0)
+
+
+@dataclass
+class TOVA(ScorerEviction):
+    """TOVA (Oren et al., arXiv 2401.06104): the entries the last query attends to most,
+    its attention averaged over the query heads (one score shared by every KV head, as
+    kvpress and TOVA's own cache do). kvpress's TOVAPress is `window=1` (it keeps the last
+    token) with `ratio`."""
+
+    def score(self, view: LayerView) -> torch.Tensor:
+        last = attention_rows(view, slice(view.width - 1, view.width))[:, :, 0]  # [B, H, n]
+        return last.mean(1)[:, : view.width - self.window]
+
+
+@dataclass
+class ObservedAttention(ScorerEviction):
+    """Observed attention (H2O, Zhang et al., NeurIPS 2023, arXiv 2306.14048; kvpress's
+    ObservedAttentionPress): each entry's attention summed over every query that sees it,
+    divided by how many do (kvpress's normalisation), per query head, summed per KV group.
+    Costs n^2 per head: computed `chunk` queries at a time. kvpress's is `window=0`, `ratio`."""
+
+    chunk: int = 256
+
+    def _check(self) -> None:
+        super()._check()
+        check_positive_int("chunk", self.chunk)
+
+    def score(self, view: LayerView) -> torch.Tensor:
+        n = view.width
+        total = torch.zeros(*view.queries.shape[:2], n, device=view.queries.device)
+        for start in range(0, n, self.chunk):
+            total += attention_rows(view, slice(start, min(n, start + self.chunk))).sum(2)
+        seen_by = (view.valid.flip(-1).cumsum(-1).flip(-1)).clamp(min=1)  # real queries at or after each column
+        return (total / seen_by[:, None])[:, :, : n - self.window]

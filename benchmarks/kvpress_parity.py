@@ -1,0 +1,162 @@
+"""Parity with kvpress's own code: each of our scorers and the kvpress press it follows, on the
+same model, the same token ids and the same compression ratio, in float32. Per layer and KV
+head the Jaccard overlap of the kept entries, and the greedy answers to a question asked on
+the compressed context, compared token for token (issue 37, item 5).
+
+    bash benchmarks/peers_env.sh          # once: .venv-kvpress
+    .venv/bin/python benchmarks/kvpress_parity.py --out docs/results/kvpress-parity
+
+kvpress scores the whole context (no window of its own) and keeps `int(n * (1 - ratio))`
+entries per layer and KV head; ours run with `ratio` and the window kvpress implies (0; TOVA
+1, which kvpress keeps by giving it the top score; SnapKV 64 with kernel 5, its defaults).
+The contexts are prose with a needle ("The special magic number for <city> is <n>.") at a
+seeded depth; the question follows the compressed context, as kvpress's pipeline asks it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+import asl
+from asl.bench.report import rows as tabulate
+from asl.bench.tasks.haystack import prose_context, tokens_for
+from asl.models.loading import resolve_checkpoint
+from asl.prefill import prefill
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+KVPRESS_PY = ROOT / ".venv-kvpress" / "bin" / "python"
+# ours -> (kvpress's class, its arguments, our policy at a ratio)
+METHODS = {
+    "knorm": ("KnormPress", {}, lambda r: asl.KNorm(window=0, ratio=r)),
+    "keydiff": ("KeyDiffPress", {}, lambda r: asl.KeyDiff(window=0, ratio=r)),
+    "random": ("RandomPress", {"seed": 7}, lambda r: asl.RandomScores(window=0, ratio=r, seed=7)),
+    "tova": ("TOVAPress", {}, lambda r: asl.TOVA(window=1, ratio=r)),
+    "observed-attention": ("ObservedAttentionPress", {}, lambda r: asl.ObservedAttention(window=0, ratio=r)),
+    "snapkv": ("SnapKVPress", {"window_size": 64, "kernel_size": 5},
+               lambda r: asl.SnapKV(window=64, kernel=5, ratio=r)),
+}
+CITIES = ["Lisbon", "Osaka", "Quito", "Nairobi", "Oslo", "Lima", "Hanoi", "Perth", "Accra", "Riga"]
+
+
+def prompts(tokenizer, n: int, tokens: int, seed: int) -> list[dict]:
+    """Contexts of about `tokens` tokens with one needle each, and its question."""
+    tk, rng, out = tokens_for(tokenizer), random.Random(seed), []
+    for i in range(n):
+        city, number = CITIES[i % len(CITIES)], str(rng.randrange(1000, 10000))
+        text, _ = prose_context(tk, tokens, [(rng.random(), f"The special magic number for {city} is {number}.")])
+        question = f"\nQuestion: What is the special magic number for {city}? Answer: The special magic number is"
+        out.append({"id": f"{i}-{city}", "context": text,
+                    "context_ids": tokenizer(text, add_special_tokens=True)["input_ids"],
+                    "question": question, "question_ids": tokenizer(question, add_special_tokens=False)["input_ids"]})
+    return out
+
+
+def ours_kept(model, policy, context_ids: list[int]) -> list[list[list[int]]]:
+    """Per layer and KV head, the entries our policy keeps of the context (one prefill)."""
+    kept = {}
+    keep = policy.keep
+
+    def recording(layer, view):
+        out = keep(layer, view)
+        kept[layer] = [list(range(view.width))] * view.keys.shape[1] if out is None else \
+            [[c for c in row if c >= 0] for row in out[0].tolist()]
+        return out
+
+    policy.keep = recording
+    ids = torch.tensor([context_ids])
+    with torch.inference_mode():
+        prefill(model, ids, torch.ones_like(ids, dtype=torch.bool), 0, eviction=policy)
+    return [kept[i] for i in range(len(kept))]
+
+
+def jaccard(a: list[int], b: list[int]) -> float:
+    a, b = set(a), set(b)
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def compare(ours: list, theirs: list) -> dict:
+    """Per method: Jaccard over (prompt, layer, head), and answers equal token for token."""
+    scores = [jaccard(a, b) for o, t in zip(ours, theirs) for lo, lt in zip(o["kept"], t["kept"])
+              for a, b in zip(lo, lt)]
+    layers = [min(jaccard(a, b) for a, b in zip(lo, lt)) for o, t in zip(ours, theirs)
+              for lo, lt in zip(o["kept"], t["kept"])]
+    return {"prompts": len(ours), "jaccard_mean": statistics.mean(scores), "jaccard_min": min(scores),
+            "layers_identical": sum(j == 1.0 for j in layers), "layers": len(layers),
+            "layers_at_0.99": sum(j >= 0.99 for j in layers),
+            "answers_equal": sum(o["answer"] == t["answer"] for o, t in zip(ours, theirs))}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="qwen2.5-0.5b")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--prompts", type=int, default=20)
+    ap.add_argument("--tokens", type=int, default=1024, help="context length (tokens)")
+    ap.add_argument("--ratio", type=float, default=0.75, help="the share of entries evicted (kvpress's)")
+    ap.add_argument("--new-tokens", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=pathlib.Path, required=True)
+    args = ap.parse_args()
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not KVPRESS_PY.exists():
+        raise SystemExit(f"--methods: unknown {unknown}; allowed {', '.join(METHODS)}" if unknown else
+                         f"{KVPRESS_PY} missing: run bash benchmarks/peers_env.sh")
+    torch.set_num_threads(args.threads)
+    model, tokenizer = asl.load(args.model, dtype="float32")
+    cases = prompts(tokenizer, args.prompts, args.tokens, args.seed)
+    ours = {}
+    for name in methods:
+        for case in cases:
+            policy = METHODS[name][2](args.ratio)
+            compressed = asl.compress(model, tokenizer, case["context"], eviction=METHODS[name][2](args.ratio))
+            answer = asl.generate(model, tokenizer, case["question"], cache=compressed,
+                                  max_new_tokens=args.new_tokens)
+            ours.setdefault(name, []).append({"id": case["id"], "kept": ours_kept(model, policy, case["context_ids"]),
+                                              "answer": answer.tokens})
+        print(f"asl {name}: {len(cases)} prompts", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = pathlib.Path(tmp) / "cases.json"
+        spec.write_text(json.dumps({"ratio": args.ratio, "new_tokens": args.new_tokens,
+                                    "presses": {m: METHODS[m][:2] for m in methods},
+                                    "prompts": [{k: c[k] for k in ("id", "context_ids", "question_ids")}
+                                                for c in cases]}))
+        out = pathlib.Path(tmp) / "kvpress.json"
+        subprocess.run([str(KVPRESS_PY), str(ROOT / "benchmarks" / "kvpress_parity_worker.py"), "--model-dir",
+                        str(resolve_checkpoint(args.model)), "--cases", str(spec), "--out", str(out),
+                        "--threads", str(args.threads)], check=True)
+        theirs = json.loads(out.read_text())
+    figures = {m: compare(ours[m], theirs["results"][m]) for m in methods}
+    result = {"command": " ".join(sys.argv), "model": args.model, "tokens": args.tokens, "ratio": args.ratio,
+              "versions": theirs["versions"], "methods": figures,
+              "per_prompt": {m: [{"id": o["id"], "answer_equal": o["answer"] == t["answer"],
+                                  "ours": tokenizer.decode(o["answer"]), "kvpress": tokenizer.decode(t["answer"]),
+                                  "layer_jaccard": [min(jaccard(a, b) for a, b in zip(lo, lt))
+                                                    for lo, lt in zip(o["kept"], t["kept"])]}
+                                 for o, t in zip(ours[m], theirs["results"][m])] for m in methods}}
+    (args.out / "kvpress-parity.json").write_text(json.dumps(result, indent=1) + "\n")
+    table = tabulate.markdown(
+        ["ours", "kvpress", "Jaccard mean", "Jaccard min", "layers identical", "layers >= 0.99", "answers equal"],
+        [[m, f"{METHODS[m][0]}({', '.join(f'{k}={v}' for k, v in METHODS[m][1].items())})",
+          f"{f['jaccard_mean']:.4f}", f"{f['jaccard_min']:.3f}", f"{f['layers_identical']} of {f['layers']}",
+          f"{f['layers_at_0.99']} of {f['layers']}", f"{f['answers_equal']} of {f['prompts']}"]
+         for m, f in figures.items()])
+    (args.out / "kvpress-parity.md").write_text(
+        f"{args.model}, {args.prompts} contexts of {args.tokens} tokens, ratio {args.ratio}, float32, kvpress "
+        f"{theirs['versions']['kvpress']} (transformers {theirs['versions']['transformers']})\n\n{table}\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,96 @@
+"""kvpress side of benchmarks/kvpress_parity.py: each press on each context, as kvpress runs
+it, recording per layer and KV head the entries it keeps, then a greedy answer to the
+question on the compressed cache. Runs with .venv-kvpress/bin/python (benchmarks/peers_env.sh);
+it does not import `asl`.
+
+    .venv-kvpress/bin/python benchmarks/kvpress_parity_worker.py --model-dir DIR --cases cases.json --out out.json
+
+cases.json: {"ratio", "new_tokens", "presses": {name: [Press class, {kwargs}]},
+"prompts": [{"id", "context_ids", "question_ids"}]}. The context is compressed in one forward
+under `with press(model)` (kvpress's hook at the end of each layer's prefill), the question is
+fed after it at positions context_length + i, and greedy decoding goes on from there, as
+kvpress's KVPressTextGenerationPipeline does. The kept entries are the press's own
+`scores.topk(n_kept)` (ScorerPress.compress), read by wrapping its `score`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import json
+
+import torch
+
+
+def kept_by_layer(press, model, context_ids: list[int]):
+    """Prefill under the press; per layer, the kept indices per KV head (sorted)."""
+    from transformers import DynamicCache
+
+    from kvpress.utils import compute_n_kept
+
+    kept, score = {}, press.score
+
+    def recording(module, hidden_states, keys, values, attentions, kwargs):
+        scores = score(module, hidden_states, keys, values, attentions, kwargs)
+        n_kept = compute_n_kept(keys.shape[2], press.compression_ratio)
+        kept[module.layer_idx] = scores.topk(n_kept, dim=-1).indices[0].sort(-1).values.tolist()
+        return scores
+
+    press.score = recording
+    cache = DynamicCache()
+    ids = torch.tensor([context_ids])
+    with torch.inference_mode(), press(model):
+        model(input_ids=ids, past_key_values=cache, use_cache=True)
+    return [kept[i] for i in range(len(kept))], cache
+
+
+def answer(model, cache, context_length: int, question_ids: list[int], new_tokens: int) -> list[int]:
+    """Greedy tokens after the question, at the positions after the uncompressed context, up
+    to and with the first end-of-sequence token (as asl.generate stops)."""
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    out, ids = [], torch.tensor([question_ids])
+    position = context_length
+    with torch.inference_mode():
+        for _ in range(new_tokens):
+            positions = torch.arange(position, position + ids.shape[1])[None]
+            logits = model(input_ids=ids, past_key_values=cache, position_ids=positions, use_cache=True).logits
+            token = int(logits[0, -1].argmax())
+            out.append(token)
+            if token in eos:
+                break
+            position += ids.shape[1]
+            ids = torch.tensor([[token]])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model-dir", required=True)
+    ap.add_argument("--cases", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    import kvpress
+    from transformers import AutoModelForCausalLM
+
+    cases = json.load(open(args.cases))
+    # eager attention: ObservedAttentionPress reads the attention weights; float32 for parity
+    model = AutoModelForCausalLM.from_pretrained(args.model_dir, torch_dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+    results = {}
+    for name, (cls, kwargs) in cases["presses"].items():
+        for prompt in cases["prompts"]:
+            press = getattr(kvpress, cls)(compression_ratio=cases["ratio"], **kwargs)
+            kept, cache = kept_by_layer(press, model, prompt["context_ids"])
+            tokens = answer(model, cache, len(prompt["context_ids"]), prompt["question_ids"], cases["new_tokens"])
+            results.setdefault(name, []).append({"id": prompt["id"], "kept": kept, "answer": tokens})
+            print(f"kvpress {name} {prompt['id']}: layer 0 keeps {len(kept[0][0])} of {len(prompt['context_ids'])}",
+                  flush=True)
+    versions = {p: md.version(p) for p in ("kvpress", "transformers", "torch")}
+    with open(args.out, "w") as f:
+        json.dump({"versions": versions, "results": results}, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""The scorers from kvpress's list (KNorm, KeyDiff, random, TOVA, observed attention) on
+small hand-made layers: each kept set is computed here from the paper's formula, written out
+with plain loops in float64, and compared allowing only ties at the cut. And the ratio form
+of a budget: kvpress's count per layer, the window always kept."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import asl
+from asl.policies import LayerView
+
+H, G, D = 4, 2, 8
+
+
+def layer(n: int, seed: int, pad: int = 0) -> LayerView:
+    """One sequence of n real tokens after `pad` columns of left padding."""
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, heads, pad + n, D, generator=gen) for heads in (H, G, G))
+    valid = torch.arange(pad + n)[None] >= pad
+    index = (torch.arange(pad + n) - pad).clamp(min=0)[None]
+    return LayerView(0, q, k, v, index.clone(), index, valid)
+
+
+def kept(policy, view) -> list[list[int]]:
+    """Per KV head, the kept real columns, as token indices (None: every one)."""
+    pad = view.width - int(view.alive[0])
+    keep = policy.keep(0, view)
+    if keep is None:
+        return [list(range(view.width - pad))] * view.keys.shape[1]
+    keep = keep[0]
+    return [[c - pad for c in row.tolist() if c >= 0] for row in keep]
+
+
+def assert_top(ours: list[int], scores: list[float], count: int, window: int) -> None:
+    """`ours` is the window plus the `count` best prefix scores, up to ties at the cut."""
+    n = len(scores) + window
+    assert set(range(n - window, n)) <= set(ours)
+    chosen = sorted(c for c in ours if c < n - window)
+    assert len(chosen) == count
+    cut = sorted(scores, reverse=True)[count - 1]
+    best = {j for j, s in enumerate(scores) if s > cut + 1e-6 * abs(cut)}
+    near = {j for j, s in enumerate(scores) if abs(s - cut) <= 1e-6 * abs(cut) + 1e-9}
+    assert best <= set(chosen) <= best | near, (chosen, cut)
+
+
+def causal_attention(view: LayerView) -> list[list[list[float]]]:
+    """p[h][i][j] in float64 over one unpadded sequence, by the definition."""
+    q, k = view.queries[0].double(), view.keys[0].double()
+    n = q.shape[1]
+    out = []
+    for h in range(H):
+        kh = k[h // (H // G)]
+        rows = []
+        for i in range(n):
+            logits = [float(q[h, i] @ kh[j]) / math.sqrt(D) for j in range(i + 1)]
+            top = max(logits)
+            e = [math.exp(x - top) for x in logits]
+            rows.append([x / sum(e) for x in e] + [0.0] * (n - i - 1))
+        out.append(rows)
+    return out
+
+
+@pytest.mark.parametrize("window", [0, 4])
+def test_knorm_keeps_the_lowest_norm_keys(window):
+    view = layer(30, 1)
+    policy = asl.KNorm(budget=12, window=window)
+    for g, ours in enumerate(kept(policy, view)):
+        norms = [-math.sqrt(sum(float(x) ** 2 for x in view.keys[0, g, j])) for j in range(30 - window)]
+        assert_top(ours, norms, 12 - window, window)
+
+
+def test_keydiff_keeps_the_keys_least_like_the_mean_direction():
+    view = layer(30, 2, pad=5)  # the anchor is the mean over the real entries only
+    policy = asl.KeyDiff(budget=10, window=2)
+    for g, ours in enumerate(kept(policy, view)):
+        keys = [view.keys[0, g, 5 + j].double() for j in range(28)]
+        units = [x / x.norm() for x in keys]
+        anchor = sum(units) / len(units)
+        scores = [-float(x @ anchor / (x.norm() * anchor.norm())) for x in keys]
+        assert_top(ours, scores, 8, 2)
+
+
+def test_tova_keeps_what_the_last_query_attends_to_over_all_heads():
+    view = layer(25, 3)
+    p = causal_attention(view)
+    scores = [sum(p[h][24][j] for h in range(H)) / H for j in range(24)]
+    for ours in kept(asl.TOVA(budget=9, window=1), view):  # one score shared by the KV heads
+        assert_top(ours, scores, 8, 1)
+
+
+def test_observed_attention_averages_over_the_queries_that_see_each_entry():
+    n = 25
+    view = layer(n, 4)
+    p = causal_attention(view)
+    policy = asl.ObservedAttention(budget=10, window=0, chunk=7)  # chunks that do not divide n
+    for g, ours in enumerate(kept(policy, view)):
+        group = range(g * (H // G), (g + 1) * (H // G))
+        scores = [sum(sum(p[h][i][j] for i in range(n)) / (n - j) for h in group) for j in range(n)]
+        assert_top(ours, scores, 10, 0)
+
+
+def test_observed_attention_ignores_padding():
+    alone, padded = layer(20, 5), layer(20, 5, pad=6)
+    padded.queries[:, :, 6:], padded.keys[:, :, 6:] = alone.queries, alone.keys
+    policy = asl.ObservedAttention(budget=8, window=2)
+    assert kept(policy, padded) == kept(policy, alone)
+
+
+def test_random_scores_are_seeded_and_the_same_in_a_batch():
+    view = layer(40, 6)
+    a, b = asl.RandomScores(budget=10, window=0, seed=3), asl.RandomScores(budget=10, window=0, seed=4)
+    assert kept(a, view) == kept(asl.RandomScores(budget=10, window=0, seed=3), view) != kept(b, view)
+    expected = torch.rand(1, G, 40, generator=torch.Generator().manual_seed(3))  # kvpress's draw, batch of one
+    assert kept(a, view)[0] == sorted(expected[0, 0].topk(10).indices.tolist())
+    assert kept(a, layer(40, 6, pad=9)) == kept(a, view)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 60), ratio=st.floats(0, 0.99), window=st.integers(0, 5), pad=st.integers(0, 4),
+       name=st.sampled_from(["KNorm", "KeyDiff", "TOVA", "ObservedAttention", "RandomScores"]))
+def test_a_ratio_keeps_kvpress_count_per_layer_and_the_window(n, ratio, window, pad, name):
+    view = layer(n, n, pad)
+    policy = getattr(asl, name)(budget=window + 1, window=window, ratio=ratio)
+    count = max(1, int(n * (1 - ratio)))  # kvpress's compute_n_kept
+    for ours in kept(policy, view):
+        assert len(ours) == (n if n <= count else max(count, window))
+        assert set(range(max(0, n - window), n)) <= set(ours) and len(set(ours)) == len(ours)
+        assert all(0 <= c < n for c in ours)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: asl.KNorm(ratio=1.0), r"ratio must be None or a number in \[0, 1\)"),
+    (lambda: asl.TOVA(ratio=-0.1), "ratio must be"),
+    (lambda: asl.KNorm(window=-1), "window must be an integer >= 0"),
+    (lambda: asl.SnapKV(window=0), "window must be an integer >= 1"),
+    (lambda: asl.RandomScores(seed=-1), "seed must be an integer >= 0"),
+    (lambda: asl.ObservedAttention(chunk=0), "chunk must be an integer >= 1"),
+    (lambda: asl.AdaKV(asl.KNorm(ratio=0.5)), "AdaKV sizes each layer itself"),
+])
+def test_bad_parameters_are_named(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
