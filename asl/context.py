@@ -82,6 +82,11 @@ def compress(model, tokenizer, context: str, selection=None, eviction=None,
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{name} must be a non-empty string, got {text!r}")
     check_policies(selection, eviction)
+    if eviction is not None and eviction.every > 0:
+        hint = " (StreamingLLM: rolling=False)" if hasattr(eviction, "rolling") else ""
+        raise ValueError(f"eviction {type(eviction).__name__} also evicts while decoding (every={eviction.every}), "
+                         f"which the questions asked on a compressed context do not: give asl.compress an eviction "
+                         f"that acts once, at the end of the prefill{hint}, or generate(...) on the whole prompt")
     selection, eviction = per_call(selection), per_call(eviction)  # one shared policy serves many threads
     if not isinstance(chat, bool):
         raise ValueError(f"chat must be True or False, got {chat!r}")

@@ -154,3 +154,14 @@ def test_a_cache_whose_weights_changed_is_refused():
     with pytest.raises(ValueError, match="cache is stale: the model is now torch.bfloat16 on cpu; the context was "
                                          "compressed in torch.float32"):
         asl.generate(model, TOK, "q", cache=fresh, max_new_tokens=2)
+
+
+def test_an_eviction_that_rolls_while_decoding_is_refused_by_compress(model):
+    """Its questions would be answered without the rolling the policy promises (issue 37)."""
+    with pytest.raises(ValueError, match=r"StreamingLLM also evicts while decoding .* rolling=False"):
+        asl.compress(model, TOK, "some context here", eviction=asl.StreamingLLM(budget=8, sink=2))
+    with pytest.raises(ValueError, match="PyramidInferDecode also evicts while decoding"):
+        asl.compress(model, TOK, "some context here", eviction=asl.PyramidInferDecode())
+    once = asl.compress(model, TOK, "some context here, long enough to roll", eviction=asl.StreamingLLM(
+        budget=8, sink=2, rolling=False))
+    assert max(once.kv_tokens_per_head[0]) == 8
