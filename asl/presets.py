@@ -1,5 +1,6 @@
 """`preset="paper"`: every method configured as the ASL authors' scripts configure it
 (TANIGUCHIREI/ASL at 9e1ec0c), each value with the file and line it comes from.
+`preset="kvpress"`: the methods kvpress 0.5.5 ships, with its defaults (its file and line).
 
 The authors run one script for all their models (`eval/ruler/run_ruler.sh` lists
 Llama-3.1-8B, Llama-3.1-8B-UltraLong, Qwen2.5-7B-1M and Qwen2.5-14B-1M as its choices) with
@@ -41,12 +42,24 @@ PAPER: dict[str, dict[str, tuple]] = {
                             "distance_weight": (1.2, "configs/llama3.1_8b.json distance_weight")},
 }
 PAPER["asl-2pass"] = dict(PAPER["asl"])
+PRESSES = "kvpress 0.5.5 kvpress/presses"
+WHOLE = (0, f"{PRESSES}/scorer_press.py:18 ScorerPress scores every entry (no window)")
+KVPRESS: dict[str, dict[str, tuple]] = {
+    "snapkv": {"window": (64, f"{PRESSES}/snapkv_press.py:38 window_size=64"),
+               "kernel": (5, f"{PRESSES}/snapkv_press.py:39 kernel_size=5"),
+               "pooling": ("avg", f"{PRESSES}/snapkv_press.py:96 F.avg_pool1d")},
+    "streaming": {"sink": (4, f"{PRESSES}/streaming_llm_press.py:36 n_sink=4"),
+                  "rolling": (False, f"{PRESSES}/streaming_llm_press.py: a prefill press, no eviction while decoding")},
+    "knorm": {"window": WHOLE}, "keydiff": {"window": WHOLE}, "random": {"window": WHOLE},
+    "observed-attention": {"window": WHOLE},
+    "tova": {"window": (1, f"{PRESSES}/tova_press.py:59 the last token padded with the top score")},
+}
 LAYER_FIELDS = ("layer", "l_min")
 # The models the authors' script names: they get the values literally.
 PAPER_MODELS = ("meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Meta-Llama-3.1-8B-Instruct",
                 "nvidia/Llama-3.1-8B-UltraLong-1M-Instruct", "Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B-Instruct-1M",
                 "Qwen/Qwen2.5-14B-Instruct", "Qwen/Qwen2.5-14B-Instruct-1M")
-PRESETS = ("paper",)
+PRESETS = ("paper", "kvpress")
 
 
 def paper_settings(method: str, num_layers: int, model_type: str | None = None, model_name: str | None = None) -> dict:
@@ -63,15 +76,29 @@ def paper_settings(method: str, num_layers: int, model_type: str | None = None, 
     return values
 
 
-def preset(name: str, model) -> dict:
+def kvpress_settings(method: str) -> dict:
+    """The keyword arguments of a method under the kvpress preset (its budget, or `ratio`,
+    stays the caller's)."""
+    return {k: v for k, (v, _) in KVPRESS.get(method, {}).items()}
+
+
+def preset(name: str, model=None) -> dict:
     """{"asl": ASL(...), "fastkv": FastKV(...), ...}: the policies of a preset for `model` (a
-    bundled name, a checkpoint path, a ModelConfig or a model with a .config)."""
+    bundled name, a checkpoint path, a ModelConfig or a model with a .config; "kvpress" needs
+    none: {"snapkv": SnapKV(window=64, kernel=5), "knorm": KNorm(window=0), ...})."""
     from . import policies
     from .calibration.defaults import config_of
     from .models.config import ModelConfig
 
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {name!r}")
+    if name == "kvpress":
+        pressed = {"snapkv": policies.SnapKV, "streaming": policies.StreamingLLM, "knorm": policies.KNorm,
+                   "keydiff": policies.KeyDiff, "random": policies.RandomScores, "tova": policies.TOVA,
+                   "observed-attention": policies.ObservedAttention}
+        return {method: cls(**kvpress_settings(method)) for method, cls in pressed.items()}
+    if model is None:
+        raise ValueError("preset(\"paper\", model): the paper preset scales its layers to a model; give one")
     model_name = model if isinstance(model, str) else None
     config = config_of(model) if isinstance(model, str) else getattr(model, "config", model)
     if not isinstance(config, ModelConfig):
@@ -83,7 +110,8 @@ def preset(name: str, model) -> dict:
             for method, cls in classes.items()}
 
 
-def sources() -> list[tuple[str, str, object, str]]:
-    """(method, field, value, where it comes from) for every value of the paper preset."""
-    return [(m, k, v, where) for m, fields in PAPER.items() for k, (v, where) in fields.items()]
+def sources(name: str = "paper") -> list[tuple[str, str, object, str]]:
+    """(method, field, value, where it comes from) for every value of a preset."""
+    table = PAPER if name == "paper" else KVPRESS
+    return [(m, k, v, where) for m, fields in table.items() for k, (v, where) in fields.items()]
 

@@ -53,3 +53,20 @@ def test_calibration_takes_the_paper_preset():
     assert parse(["--model", "smollm2-135m", "--preset", "paper"]).select_tokens == 2048  # the authors' select_k
     assert parse(["--model", "smollm2-135m"]).select_tokens == 512
     assert parse(["--model", "smollm2-135m", "--preset", "paper", "--select-tokens", "1024"]).select_tokens == 1024
+
+
+def test_the_kvpress_preset_has_kvpress_defaults_each_with_its_source(capsys):
+    import asl
+    from asl.presets import sources
+
+    policies = asl.preset("kvpress")
+    assert (policies["snapkv"].window, policies["snapkv"].kernel, policies["snapkv"].pooling) == (64, 5, "avg")
+    assert policies["knorm"].window == policies["observed-attention"].window == 0 and policies["tova"].window == 1
+    assert policies["streaming"].sink == 4 and not policies["streaming"].rolling
+    assert all("kvpress 0.5.5" in where for *_, where in sources("kvpress"))
+    with pytest.raises(ValueError, match="the paper preset scales its layers to a model"):
+        asl.preset("paper")
+    assert bench_main(["--model", "smollm2-135m", "--preset", "kvpress", "--dry-run", "--methods",
+                       "snapkv,knorm(ratio=0.5)"]) == 0
+    printed = capsys.readouterr().out
+    assert "snapkv @ 512: budget=512, window=64" in printed and "knorm(ratio=0.5) @ None: budget=512, window=0" in printed

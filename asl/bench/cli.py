@@ -46,7 +46,9 @@ def parser() -> argparse.ArgumentParser:
                          "--preset paper)")
     ap.add_argument("--preset", choices=PRESETS, default=None,
                     help="paper: every method as the ASL authors' scripts configure it (docs/algorithms.md "
-                         "section 17), layers scaled to the model's depth unless it is one of theirs")
+                         "section 17), layers scaled to the model's depth unless it is one of theirs; kvpress: "
+                         "kvpress 0.5.5's defaults for its methods (snapkv window 64 kernel 5, the scorers with no "
+                         "window, streaming not rolling; section 19)")
     ap.add_argument("--dry-run", action="store_true",
                     help="resolve every method's parameters on the model, print them, run nothing")
     ap.add_argument("--select-tokens", type=int, default=None, help="tokens kept by selection (default: the budget)")

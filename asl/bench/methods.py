@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from asl.bench.run.oracle import Oracle
 from asl.calibration import SCORING, asl_settings, scaled_layer
-from asl.presets import PAPER, paper_settings
+from asl.presets import KVPRESS, PAPER, kvpress_settings, paper_settings
 from asl.policies import (ASL, TOVA, AdaKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
                           KeyDiff, KNorm, ObservedAttention, Proportional, PyramidInfer, PyramidInferDecode, PyramidKV,
                           RandomScores, SelectionPolicy, SnapKV, StreamingLLM, TopP)
@@ -310,6 +310,9 @@ def model_defaults(model_name: str, num_layers: int, config=None, calibration=No
             fields = paper_settings(name, num_layers, model_type, model_name)
             table[name] = {k: v for k, v in fields.items() if k not in ("budget", "select_tokens")}
         why = "the ASL authors' scripts (--preset paper)"
+    if preset == "kvpress":  # kvpress's windows and kernels; ASL and the selections keep the library's
+        for name in KVPRESS:
+            table[name] = {**table[name], **kvpress_settings(name)}
     return table, why, settings.get("select_tokens")
 
 
