@@ -145,3 +145,31 @@ def test_a_ratio_keeps_kvpress_count_per_layer_and_the_window(n, ratio, window, 
 def test_bad_parameters_are_named(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def chunk_layer(norms: list[float], pad: int = 0) -> LayerView:
+    """A layer whose keys have the given L2 norms (every KV head alike)."""
+    view = layer(len(norms), 9, pad)
+    direction = torch.zeros(D)
+    direction[0] = 1.0
+    view.keys[0, :, pad:] = torch.tensor(norms)[:, None] * direction
+    return view
+
+
+@pytest.mark.parametrize("ratio", [None, 0.6])
+def test_chunkkv_keeps_the_best_whole_chunks_for_every_head(ratio):
+    # 5 chunks of 4 plus a last chunk of 2 (22 prefix tokens), then a window of 2; KNorm scores -norm
+    norms = [9, 9, 9, 9, 1, 1, 1, 1, 5, 5, 5, 5, 2, 2, 2, 2, 8, 8, 8, 8, 0.5, 0.5] + [3, 3]
+    policy = asl.ChunkKV(asl.KNorm(budget=14, window=2, ratio=ratio), chunk=4)
+    # chunk means of -norm: -9, -1, -5, -2, -8, -0.5: the best are the last (2 tokens), then chunks 1, 3
+    count = 3 if ratio is None else int(6 * (1 - ratio))  # (14 - 2) // 4 whole chunks, or kvpress's share
+    best = [5, 1, 3, 2][:count]
+    expected = sorted(j for c in best for j in range(4 * c, min(4 * c + 4, 22))) + [22, 23]
+    for pad in (0, 3):
+        assert kept(policy, chunk_layer(norms, pad)) == [expected] * G
+
+
+def test_chunkkv_leaves_a_prefix_shorter_than_a_chunk_to_its_scorer():
+    view = layer(12, 10)
+    scorer = asl.KNorm(budget=6, window=2)
+    assert kept(asl.ChunkKV(scorer, chunk=20), view) == kept(scorer, view)

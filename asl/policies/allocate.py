@@ -15,16 +15,20 @@ from .base import (EvictionPolicy, LayerView, PrefillInfo, SelectedShares, check
 from .scorer import ScorerEviction, prefix_scores
 
 
-class _Wraps:
-    """What every allocator shares: its scorer checked and begun with it, its budget the
-    scorer's, and a per-call copy holding a per-call copy of the scorer (state set in begin)."""
+class ScorerWrapper:
+    """What every wrapper of a scorer shares (the allocators here, asl.ChunkKV): its scorer
+    checked and begun with it, its budget the scorer's, and a per-call copy holding a per-call
+    copy of the scorer (state set in begin). An allocator sizes each layer itself, so its
+    scorer may not carry a `ratio` (`sizes_layers`)."""
+
+    sizes_layers = True
 
     def _check(self) -> None:
         if not isinstance(self.scorer, ScorerEviction):
             raise ValueError(f"{type(self).__name__} wraps a scorer eviction (a ScorerEviction such as "
                              f"SnapKV(budget=...)), got {type(self.scorer).__name__}")
         self.scorer._check()
-        if self.scorer.ratio is not None:
+        if self.sizes_layers and self.scorer.ratio is not None:
             raise ValueError(f"{type(self).__name__} sizes each layer itself: give its scorer a budget, not "
                              f"ratio={self.scorer.ratio!r}")
 
@@ -42,7 +46,7 @@ class _Wraps:
 
 
 @dataclass
-class AdaKV(_Wraps, EvictionPolicy):
+class AdaKV(ScorerWrapper, EvictionPolicy):
     """AdaKV (Feng et al., arXiv 2407.11550): a layer's budget shared among its KV heads by the
     scores. The `(budget - window) * heads` best prefix entries of all heads together are kept
     (a head whose entries matter more keeps more), each head keeping at least `alpha_safeguard`
@@ -77,7 +81,7 @@ class AdaKV(_Wraps, EvictionPolicy):
 
 
 @dataclass
-class PyramidKV(_Wraps, EvictionPolicy):
+class PyramidKV(ScorerWrapper, EvictionPolicy):
     """PyramidKV (Cai et al., arXiv 2406.02069): the scorer's budget per layer falls linearly
     from the first layer to the last, its mean the scorer's (the authors' KVCache-Factory
     formula, which kvpress's PyramidKVPress cites). With P = budget - window, layer 0 keeps
@@ -117,7 +121,7 @@ class PyramidKV(_Wraps, EvictionPolicy):
 
 
 @dataclass
-class Proportional(_Wraps, EvictionPolicy):
+class Proportional(ScorerWrapper, EvictionPolicy):
     """FastKV's proportional KV (`eviction_mode="proportional"`, its published default): each
     layer keeps `int(n * rate)` of the n tokens it holds, so the cache is a share of the prompt,
     not a count. After a one-shot selection the rate is divided by the share it kept (FastKV's
