@@ -42,6 +42,8 @@ METHODS = {
     "observed-attention": ("ObservedAttentionPress", {}, lambda r: asl.ObservedAttention(window=0, ratio=r)),
     "snapkv": ("SnapKVPress", {"window_size": 64, "kernel_size": 5},
                lambda r: asl.SnapKV(window=64, kernel=5, ratio=r)),
+    "chunkkv(knorm)": ("ChunkKVPress", {"press": ["KnormPress", {}], "chunk_length": 20},
+                       lambda r: asl.ChunkKV(asl.KNorm(window=0, ratio=r), chunk=20)),
 }
 CITIES = ["Lisbon", "Osaka", "Quito", "Nairobi", "Oslo", "Lima", "Hanoi", "Perth", "Accra", "Riga"]
 
@@ -88,10 +90,12 @@ def compare(ours: list, theirs: list) -> dict:
               for a, b in zip(lo, lt)]
     layers = [min(jaccard(a, b) for a, b in zip(lo, lt)) for o, t in zip(ours, theirs)
               for lo, lt in zip(o["kept"], t["kept"])]
+    answered = [(o, t) for o, t in zip(ours, theirs) if t["answer"] is not None]
     return {"prompts": len(ours), "jaccard_mean": statistics.mean(scores), "jaccard_min": min(scores),
             "layers_identical": sum(j == 1.0 for j in layers), "layers": len(layers),
-            "layers_at_0.99": sum(j >= 0.99 for j in layers),
-            "answers_equal": sum(o["answer"] == t["answer"] for o, t in zip(ours, theirs))}
+            "layers_at_0.99": sum(j >= 0.99 for j in layers), "answered": len(answered),
+            "answers_equal": sum(o["answer"] == t["answer"] for o, t in answered),
+            "kvpress_errors": sorted({t["answer_error"] for t in theirs if t.get("answer_error")})}
 
 
 def main() -> int:
@@ -137,22 +141,34 @@ def main() -> int:
                         "--threads", str(args.threads)], check=True)
         theirs = json.loads(out.read_text())
     figures = {m: compare(ours[m], theirs["results"][m]) for m in methods}
-    result = {"command": " ".join(sys.argv), "model": args.model, "tokens": args.tokens, "ratio": args.ratio,
-              "versions": theirs["versions"], "methods": figures,
+    result = {"command": "python " + " ".join(sys.argv), "model": args.model, "tokens": args.tokens, "ratio": args.ratio,
+              "prompts": args.prompts, "versions": theirs["versions"], "methods": figures,
               "per_prompt": {m: [{"id": o["id"], "answer_equal": o["answer"] == t["answer"],
-                                  "ours": tokenizer.decode(o["answer"]), "kvpress": tokenizer.decode(t["answer"]),
+                                  "ours": tokenizer.decode(o["answer"]),
+                                  "kvpress": None if t["answer"] is None else tokenizer.decode(t["answer"]),
                                   "layer_jaccard": [min(jaccard(a, b) for a, b in zip(lo, lt))
                                                     for lo, lt in zip(o["kept"], t["kept"])]}
                                  for o, t in zip(ours[m], theirs["results"][m])] for m in methods}}
+    earlier = args.out / "kvpress-parity.json"
+    if earlier.exists():  # another run of other methods at the same settings: both kept
+        old = json.loads(earlier.read_text())
+        same = [len(rows) for rows in old["per_prompt"].values()] == [args.prompts] * len(old["per_prompt"])
+        if same and all(old.get(k) == result[k] for k in ("model", "tokens", "ratio")):
+            result["command"] = "; ".join(dict.fromkeys([*old["command"].split("; "), result["command"]]))
+            for key in ("methods", "per_prompt"):
+                result[key] = {**{m: v for m, v in old[key].items() if m not in result[key]}, **result[key]}
+            figures = result["methods"]
     (args.out / "kvpress-parity.json").write_text(json.dumps(result, indent=1) + "\n")
     table = tabulate.markdown(
         ["ours", "kvpress", "Jaccard mean", "Jaccard min", "layers identical", "layers >= 0.99", "answers equal"],
-        [[m, f"{METHODS[m][0]}({', '.join(f'{k}={v}' for k, v in METHODS[m][1].items())})",
+        [[m, f"{METHODS[m][0]}({', '.join(f'{k}={v}' for k, v in METHODS[m][1].items())})".replace("'", ""),
           f"{f['jaccard_mean']:.4f}", f"{f['jaccard_min']:.3f}", f"{f['layers_identical']} of {f['layers']}",
-          f"{f['layers_at_0.99']} of {f['layers']}", f"{f['answers_equal']} of {f['prompts']}"]
+          f"{f['layers_at_0.99']} of {f['layers']}",
+          f"{f['answers_equal']} of {f['answered']}" + (f" (kvpress failed on {f['prompts'] - f['answered']})"
+                                                         if f["answered"] < f["prompts"] else "")]
          for m, f in figures.items()])
     (args.out / "kvpress-parity.md").write_text(
-        f"{args.model}, {args.prompts} contexts of {args.tokens} tokens, ratio {args.ratio}, float32, kvpress "
+        f"`{result['command']}`\n\n{args.model}, {args.prompts} contexts of {args.tokens} tokens, ratio {args.ratio}, float32, kvpress "
         f"{theirs['versions']['kvpress']} (transformers {theirs['versions']['transformers']})\n\n{table}\n")
     print(table)
     return 0

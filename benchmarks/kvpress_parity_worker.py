@@ -21,6 +21,33 @@ import json
 import torch
 
 
+def layer_keys(cache) -> list:
+    """Per layer, the cache's keys [G, n, d] (transformers' DynamicCache, either layout)."""
+    if hasattr(cache, "layers"):
+        return [layer.keys[0] for layer in cache.layers]
+    return [k[0] for k in cache.key_cache]
+
+
+def kept_by_matching(press, model, context_ids: list[int], full: list):
+    """For a press that is not a ScorerPress (ChunkKVPress): prefill under it, then find each
+    stored key among the uncompressed prefill's keys of the same layer (a prefill press
+    changes what is stored, not the forward, so they are the same numbers)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    with torch.inference_mode(), press(model):
+        model(input_ids=torch.tensor([context_ids]), past_key_values=cache, use_cache=True)
+    kept = []
+    for stored, whole in zip(layer_keys(cache), full):
+        heads = []
+        for g in range(stored.shape[0]):
+            same = (stored[g][:, None, :] == whole[g][None, :, :]).all(-1)  # [k, n]
+            assert bool(same.any(-1).all()), "a stored key matches no key of the prefill"
+            heads.append(sorted(same.float().argmax(-1).tolist()))
+        kept.append(heads)
+    return kept, cache
+
+
 def kept_by_layer(press, model, context_ids: list[int]):
     """Prefill under the press; per layer, the kept indices per KV head (sorted)."""
     from transformers import DynamicCache
@@ -72,19 +99,39 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import kvpress
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, DynamicCache
 
     cases = json.load(open(args.cases))
     # eager attention: ObservedAttentionPress reads the attention weights; float32 for parity
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, torch_dtype=torch.float32,
                                                  attn_implementation="eager").eval()
-    results = {}
+    results, full = {}, {}
     for name, (cls, kwargs) in cases["presses"].items():
         for prompt in cases["prompts"]:
-            press = getattr(kvpress, cls)(compression_ratio=cases["ratio"], **kwargs)
-            kept, cache = kept_by_layer(press, model, prompt["context_ids"])
-            tokens = answer(model, cache, len(prompt["context_ids"]), prompt["question_ids"], cases["new_tokens"])
-            results.setdefault(name, []).append({"id": prompt["id"], "kept": kept, "answer": tokens})
+            # ChunkKVPress refuses attention weights: sdpa for it (and for the keys it is matched against)
+            model.set_attn_implementation("sdpa" if "press" in kwargs else "eager")
+            if "press" in kwargs:  # a wrapper: its press built with the ratio, the wrapper around it
+                inner, inner_kwargs = kwargs["press"]
+                press = getattr(kvpress, cls)(press=getattr(kvpress, inner)(compression_ratio=cases["ratio"],
+                                                                            **inner_kwargs),
+                                              **{k: v for k, v in kwargs.items() if k != "press"})
+                if prompt["id"] not in full:
+                    cache = DynamicCache()
+                    with torch.inference_mode():
+                        model(input_ids=torch.tensor([prompt["context_ids"]]), past_key_values=cache, use_cache=True)
+                    full[prompt["id"]] = layer_keys(cache)
+                kept, cache = kept_by_matching(press, model, prompt["context_ids"], full[prompt["id"]])
+            else:
+                press = getattr(kvpress, cls)(compression_ratio=cases["ratio"], **kwargs)
+                kept, cache = kept_by_layer(press, model, prompt["context_ids"])
+            model.set_attn_implementation("eager")
+            try:
+                tokens, error = answer(model, cache, len(prompt["context_ids"]), prompt["question_ids"],
+                                       cases["new_tokens"]), None
+            except RuntimeError as e:  # ChunkKVPress can leave layers of different lengths, which decoding refuses
+                tokens, error = None, str(e).splitlines()[0]
+            results.setdefault(name, []).append({"id": prompt["id"], "kept": kept, "answer": tokens,
+                                                 "answer_error": error})
             print(f"kvpress {name} {prompt['id']}: layer 0 keeps {len(kept[0][0])} of {len(prompt['context_ids'])}",
                   flush=True)
     versions = {p: md.version(p) for p in ("kvpress", "transformers", "torch")}
