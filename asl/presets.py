@@ -52,6 +52,8 @@ KVPRESS: dict[str, dict[str, tuple]] = {
                   "rolling": (False, f"{PRESSES}/streaming_llm_press.py: a prefill press, no eviction while decoding")},
     "knorm": {"window": WHOLE}, "keydiff": {"window": WHOLE}, "random": {"window": WHOLE},
     "observed-attention": {"window": WHOLE},
+    "lagkv": {"window": WHOLE, "sink": (4, f"{PRESSES}/lagkv_press.py:41 n_sink=4"),
+              "lag": (128, f"{PRESSES}/lagkv_press.py:42 lag_size=128")},
     "tova": {"window": (1, f"{PRESSES}/tova_press.py:59 the last token padded with the top score")},
 }
 LAYER_FIELDS = ("layer", "l_min")
@@ -95,7 +97,7 @@ def preset(name: str, model=None) -> dict:
     if name == "kvpress":
         pressed = {"snapkv": policies.SnapKV, "streaming": policies.StreamingLLM, "knorm": policies.KNorm,
                    "keydiff": policies.KeyDiff, "random": policies.RandomScores, "tova": policies.TOVA,
-                   "observed-attention": policies.ObservedAttention}
+                   "observed-attention": policies.ObservedAttention, "lagkv": policies.LagKV}
         return {method: cls(**kvpress_settings(method)) for method, cls in pressed.items()}
     if model is None:
         raise ValueError("preset(\"paper\", model): the paper preset scales its layers to a model; give one")

@@ -173,3 +173,39 @@ def test_chunkkv_leaves_a_prefix_shorter_than_a_chunk_to_its_scorer():
     view = layer(12, 10)
     scorer = asl.KNorm(budget=6, window=2)
     assert kept(asl.ChunkKV(scorer, chunk=20), view) == kept(scorer, view)
+
+
+def lagkv_by_hand(keys, values, sink: int, lag: int) -> list[float]:
+    """kvpress's LagKVPress.score for one KV head, with loops, in float64: [n]."""
+    n, d = keys.shape
+    end = sink + ((n - sink) // lag) * lag
+    parts = (end - sink) // lag
+
+    def spread(x):
+        out = []
+        for p in range(parts - 1):
+            own, ref = x[sink + p * lag: sink + (p + 1) * lag], x[sink + (p + 1) * lag: sink + (p + 2) * lag]
+            low, high = ref.min(0).values, ref.max(0).values
+            stds = [float(((own[t] - low) / (high - low)).std()) for t in range(lag)]
+            top = max(stds)
+            e = [math.exp(s - top) for s in stds]
+            out += [x / sum(e) for x in e]
+        return out
+
+    both = [(a + b) / 2 for a, b in zip(spread(keys.double()), spread(values.double()))]
+    ranks = []
+    for p in range(parts - 1):
+        block = both[p * lag:(p + 1) * lag]
+        ranks += [sorted(block).index(v) / lag for v in block]
+    return [1.0] * sink + ranks + [1.0] * (n - end + lag)
+
+
+def test_lagkv_ranks_each_partition_by_its_spread_against_the_next():
+    n, sink, lag = 2 + 4 * 5 + 3, 2, 5  # 4 partitions (3 scored), a remainder of 3
+    view = layer(n, 11, pad=2)
+    policy = asl.LagKV(budget=14, window=0, sink=sink, lag=lag)
+    for g, ours in enumerate(kept(policy, view)):
+        scores = lagkv_by_hand(view.keys[0, g, 2:], view.values[0, g, 2:], sink, lag)
+        assert_top(ours, scores, 14, 0)
+    short = asl.LagKV(budget=6, window=0, sink=2, lag=8)  # n < sink + 2 lag: the newest tokens
+    assert kept(short, layer(12, 12)) == [[0, 1, 8, 9, 10, 11]] * G

@@ -267,6 +267,7 @@ POLICIES = {
     "tova": lambda: (asl.FastKV(layer=3, select_tokens=48, window=4), asl.TOVA(budget=30, window=4)),
     "observed-attention": lambda: (None, asl.ObservedAttention(budget=36, window=4, chunk=32)),
     "random": lambda: (None, asl.RandomScores(budget=30, window=4, seed=1)),
+    "lagkv": lambda: (None, asl.LagKV(budget=30, window=4, sink=2, lag=8)),
     "adakv(knorm)": lambda: (None, asl.AdaKV(asl.KNorm(budget=30, window=4))),
     "chunkkv(snapkv)": lambda: (None, asl.ChunkKV(asl.SnapKV(budget=30, window=4), chunk=8)),  # 25 tokens: 2 chunks
     "jaccard-stop+pyramidkv": lambda: (asl.JaccardStop(threshold=0.5, l_min=3, select_tokens=48, window=4),

@@ -37,20 +37,20 @@ from asl.bench.run.oracle import Oracle
 from asl.calibration import SCORING, asl_settings, scaled_layer
 from asl.presets import KVPRESS, PAPER, kvpress_settings, paper_settings
 from asl.policies import (ASL, TOVA, AdaKV, ChunkKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
-                          KeyDiff, KNorm, ObservedAttention, Proportional, PyramidInfer, PyramidInferDecode, PyramidKV,
+                          KeyDiff, KNorm, LagKV, ObservedAttention, Proportional, PyramidInfer, PyramidInferDecode, PyramidKV,
                           RandomScores, SelectionPolicy, SnapKV, StreamingLLM, TopP)
 
 SELECTIONS = {"fastkv": FastKV, "asl": ASL, "gemfilter": GemFilter, "asl-2pass": ASLTwoPass,
               "pyramidinfer-prefill": PyramidInfer, "jaccard-stop": JaccardStop, "entropy-stop": EntropyStop}
 EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM, "topp": TopP, "pyramidinfer-decode": PyramidInferDecode,
              "knorm": KNorm, "keydiff": KeyDiff, "random": RandomScores, "tova": TOVA,
-             "observed-attention": ObservedAttention}
+             "observed-attention": ObservedAttention, "lagkv": LagKV}
 # Allocators: an eviction that wraps a scorer eviction, written name(scorer, key=value...)
 WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional, "chunkkv": ChunkKV}
 # A method that is a selection and an eviction in one paper: its name stands for both (its
 # arguments go to the first).
 ALIASES = {"pyramidinfer": ("pyramidinfer-prefill", "pyramidinfer-decode")}
-BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "adakv", "pyramidkv", "proportional", "chunkkv", "fastkv", "asl", "gemfilter", "asl-2pass",
+BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "adakv", "pyramidkv", "proportional", "chunkkv", "fastkv", "asl", "gemfilter", "asl-2pass",
            "jaccard-stop", "entropy-stop", "pyramidinfer", "pyramidinfer-prefill", "pyramidinfer-decode", "oracle")
 DESCRIPTIONS = {
     "full": "the full cache (no selection, no eviction)",
@@ -63,6 +63,8 @@ DESCRIPTIONS = {
     "random": "eviction: random entries, seeded (the baseline; kvpress's RandomPress)",
     "tova": "eviction: the entries the last query attends to most, over all heads (TOVA, Oren et al. 2024)",
     "observed-attention": "eviction: attention received from every later query, averaged (H2O, Zhang et al. 2023)",
+    "lagkv": "eviction: per partition of `lag` tokens, the keys and values that vary most against the next "
+             "partition (LagKV, Liang et al. 2025)",
     "adakv": "allocator around a scorer eviction, adakv(snapkv): the layer's budget shared among its heads by score",
     "pyramidkv": "allocator around a scorer eviction, pyramidkv(snapkv): the budget falling linearly over the layers",
     "proportional": "allocator around a scorer eviction, proportional(snapkv,rate=0.1): each layer keeps a share of "
@@ -298,7 +300,7 @@ def model_defaults(model_name: str, num_layers: int, config=None, calibration=No
     asl = {k: settings[k] for k in ("tau", "l_min", "l_obs", *SCORING)}
     table = {
         "full": {}, "oracle": dict(SCORING), "snapkv": dict(SCORING), "streaming": {},
-        **{name: {"window": SCORING["window"]} for name in ("knorm", "keydiff", "random", "tova", "observed-attention")},
+        **{name: {"window": SCORING["window"]} for name in ("knorm", "keydiff", "random", "tova", "observed-attention", "lagkv")},
         "topp": {"window": SCORING["window"]},
         "asl": asl, "asl-2pass": asl,
         "fastkv": {"layer": scaled_layer(15, num_layers), **SCORING},

@@ -15,12 +15,12 @@ from .base import (DecodeView, EvictionPolicy, LayerView, PrefillInfo, Selection
 from .fixed import FastKV
 from .full import Full
 from .gemfilter import ASLTwoPass, GemFilter
-from .key_scores import KeyDiff, KNorm, RandomScores
+from .key_scores import KeyDiff, KNorm, LagKV, RandomScores
 from .pyramidinfer import PyramidInfer, PyramidInferDecode
 from .scorer import ScorerEviction, ScorerSelection
 from .snapkv import SnapKV
 from .streaming import StreamingLLM
 from .topp import TopP
 
-__all__ = ["ASL", "ChunkKV", "KNorm", "KeyDiff", "ObservedAttention", "RandomScores", "TOVA", "AdaKV", "EntropyStop", "FittedStop", "JaccardStop", "Proportional", "PyramidKV", "ASLTwoPass", "DecodeView", "EvictionPolicy", "FastKV", "Full", "GemFilter", "LayerView", "PrefillInfo",
+__all__ = ["ASL", "LagKV", "ChunkKV", "KNorm", "KeyDiff", "ObservedAttention", "RandomScores", "TOVA", "AdaKV", "EntropyStop", "FittedStop", "JaccardStop", "Proportional", "PyramidKV", "ASLTwoPass", "DecodeView", "EvictionPolicy", "FastKV", "Full", "GemFilter", "LayerView", "PrefillInfo",
            "PyramidInfer", "PyramidInferDecode", "ScorerEviction", "ScorerSelection", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "TopP", "fill_unevicted", "sort_keep", "top_prefix"]

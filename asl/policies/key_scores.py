@@ -63,3 +63,54 @@ class RandomScores(ScorerEviction):
             real = max(0, alive - self.window)
             scores[i, :, m - real:] = torch.rand(g, real, generator=generator, device=view.keys.device)
         return scores
+
+
+@dataclass
+class LagKV(ScorerEviction):
+    """LagKV (Liang et al., arXiv 2504.04704; kvpress's LagKVPress): the prefix after `sink`
+    tokens is cut into partitions of `lag` tokens; a token's score is the spread (std over the
+    channels) of its key and of its value, min-max scaled by the next partition's range,
+    softmaxed within its partition and averaged over key and value, then (unless
+    `cross_scoring`) turned into its rank within the partition over `lag`. The sinks and the
+    last partition with the remainder score 1, the most; a prefix shorter than `sink + 2 lag`
+    keeps its newest tokens first. Per sequence, over its real entries."""
+
+    sink: int = 4
+    lag: int = 128
+    cross_scoring: bool = False
+
+    def _check(self) -> None:
+        super()._check()
+        check_positive_int("sink", self.sink, 0)
+        check_positive_int("lag", self.lag)
+
+    def score(self, view: LayerView) -> torch.Tensor:
+        g, m = view.keys.shape[1], view.width - self.window
+        scores = torch.zeros(view.keys.shape[0], g, m, device=view.keys.device)
+        for b, alive in enumerate(view.alive.tolist()):
+            real = max(0, alive - self.window)
+            cols = slice(m - real, m)
+            scores[b, :, cols] = self._own(view.keys[b, :, cols].float(), view.values[b, :, cols].float())
+        return scores
+
+    def _own(self, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """One sequence's scores [G, n] from its keys and values [G, n, d] (kvpress's `score`)."""
+        g, n, d = keys.shape
+        if n < self.sink + 2 * self.lag:  # no partition to score: the newest tokens first
+            out = torch.ones(g, n, device=keys.device)
+            if n > self.sink:
+                out[:, self.sink:] = torch.arange(n - self.sink, device=keys.device) / (n - self.sink)
+            return out
+        end = self.sink + ((n - self.sink) // self.lag) * self.lag
+        parts = lambda x: x[:, self.sink:end].reshape(g, -1, self.lag, d)  # noqa: E731
+        score = (self._spread(parts(keys)) + self._spread(parts(values))) / 2  # [G, P - 1, lag]
+        if not self.cross_scoring:
+            score = score.argsort(-1).argsort(-1) / self.lag
+        ones = torch.ones(g, self.sink, device=keys.device), torch.ones(g, self.lag + n - end, device=keys.device)
+        return torch.cat([ones[0], score.reshape(g, -1), ones[1]], dim=-1)
+
+    def _spread(self, x: torch.Tensor) -> torch.Tensor:
+        """Each partition but the last, scaled by the next one's range: [G, P - 1, lag]."""
+        ref, own = x[:, 1:], x[:, :-1]
+        low, high = ref.min(-2, keepdim=True).values, ref.max(-2, keepdim=True).values
+        return ((own - low) / (high - low)).std(-1).softmax(-1)
