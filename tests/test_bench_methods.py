@@ -215,3 +215,22 @@ def test_a_method_sized_by_a_ratio_runs_once_with_no_budget(capsys):
     assert [m.budget for m in methods if m.label == "tova"] == [256, 384]
     assert isinstance(methods[0].eviction, asl.KNorm) and methods[0].eviction.ratio == 0.75
     assert "runs at a share of each layer's tokens, whatever --budget" in capsys.readouterr().err
+
+
+def test_ratio_sizes_every_eviction_and_leaves_the_rest(capsys):
+    from asl.bench.cli import parse, resolve
+
+    args = parse(["--model", "smollm2-135m", "--lengths", "1024", "--ratio", "0.5,0.75",
+                  "--methods", "full,snapkv,chunkkv(knorm),fastkv+tova,asl,snapkv(budget=100)"])
+    labels = [s.label for s in args.methods]
+    assert labels == ["full", "snapkv(ratio=0.5)", "snapkv(ratio=0.75)", "chunkkv(knorm(ratio=0.5))",
+                      "chunkkv(knorm(ratio=0.75))", "fastkv+tova(ratio=0.5)", "fastkv+tova(ratio=0.75)", "asl",
+                      "snapkv(budget=100)"]
+    _, _, methods = resolve(args)
+    assert {m.label: m.budget for m in methods}["snapkv(ratio=0.75)"] is None
+    assert next(m for m in methods if m.label == "fastkv+tova(ratio=0.5)").eviction.ratio == 0.5
+    assert "share of each layer" not in capsys.readouterr().err  # --ratio said so already
+    with pytest.raises(ValueError, match=r"--ratio: adakv\(snapkv\) has no ratio form .* adakv\(snapkv\(budget=512\)\)"):
+        parse(["--ratio", "0.5", "--methods", "adakv(snapkv)"])
+    with pytest.raises(ValueError, match="--ratio: 'x' is not a number in"):
+        parse(["--ratio", "x"])

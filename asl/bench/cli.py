@@ -51,6 +51,10 @@ def parser() -> argparse.ArgumentParser:
                          "window, streaming not rolling; section 19)")
     ap.add_argument("--dry-run", action="store_true",
                     help="resolve every method's parameters on the model, print them, run nothing")
+    ap.add_argument("--ratio", "--ratios", dest="ratio", default=None,
+                    help="instead of a budget, each eviction keeps int(n * (1 - ratio)) of the n entries each layer "
+                         "holds, as kvpress's compression_ratio (comma-separated for several): snapkv runs as "
+                         "snapkv(ratio=R); selections keep --select-tokens")
     ap.add_argument("--select-tokens", type=int, default=None, help="tokens kept by selection (default: the budget)")
     ap.add_argument("--calibration", default=None, metavar="FILE",
                     help="ASL's tau, l_min and l_obs from this file (written by `python -m asl.bench calibrate`) "
@@ -83,7 +87,7 @@ def parser() -> argparse.ArgumentParser:
 
 def parse(argv=None):
     """Checks every argument that needs no model; raises ValueError naming the argument."""
-    from asl.bench.methods import parse_methods
+    from asl.bench.methods import parse_methods, with_ratio
 
     args = parser().parse_args(argv)
     if args.list:
@@ -105,10 +109,26 @@ def parse(argv=None):
     if args.calibration is not None and not pathlib.Path(args.calibration).is_file():
         raise ValueError(f"--calibration {args.calibration}: no such file (write one with python -m asl.bench calibrate)")
     args.methods = parse_methods(args.methods)
+    if args.ratio is not None:
+        args.ratio = [_ratio(r) for r in args.ratio.split(",") if r.strip()]
+        if not args.ratio:
+            raise ValueError("--ratio: give at least one ratio in [0, 1)")
+        args.methods = list({s.label: s for s in (with_ratio(spec, r) for spec in args.methods
+                                                  for r in args.ratio)}.values())
     labels = [spec.label for spec in args.methods]
     if args.reference is not None and not args.report_only and args.reference not in labels:
         raise ValueError(f"--reference {args.reference!r} is not one of --methods: {', '.join(labels)}")
     return args
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value < 1:
+        raise ValueError(f"--ratio: {text.strip()!r} is not a number in [0, 1) (the share of entries evicted)")
+    return value
 
 
 def resolve(args):
@@ -145,7 +165,7 @@ def resolve(args):
                                          f"(0..{config.num_layers - 1})")
             if (spec.label, method.budget) in kept:
                 continue  # one run per budget the method really keeps
-            if method.budget != budget:
+            if method.budget != budget and not (method.budget is None and getattr(args, "ratio", None)):
                 own = "a share of each layer's tokens" if method.budget is None else f"its own budget {method.budget}"
                 print(f"asl.bench: {spec.label} runs at {own}, whatever --budget", file=sys.stderr)
             kept.add((spec.label, method.budget))

@@ -38,7 +38,7 @@ from asl.calibration import SCORING, asl_settings, scaled_layer
 from asl.presets import KVPRESS, PAPER, kvpress_settings, paper_settings
 from asl.policies import (ASL, TOVA, AdaKV, ChunkKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
                           KeyDiff, KNorm, LagKV, ObservedAttention, Proportional, PyramidInfer, PyramidInferDecode, PyramidKV,
-                          RandomScores, SelectionPolicy, SnapKV, StreamingLLM, TopP)
+                          RandomScores, ScorerEviction, SelectionPolicy, SnapKV, StreamingLLM, TopP)
 
 SELECTIONS = {"fastkv": FastKV, "asl": ASL, "gemfilter": GemFilter, "asl-2pass": ASLTwoPass,
               "pyramidinfer-prefill": PyramidInfer, "jaccard-stop": JaccardStop, "entropy-stop": EntropyStop}
@@ -274,6 +274,28 @@ def parse_methods(text: str) -> list[MethodSpec]:
     if twice:
         raise ValueError(f"--methods: a method is listed twice: {', '.join(twice)}")
     return specs
+
+
+def with_ratio(spec: MethodSpec, ratio: float) -> MethodSpec:
+    """The method with its eviction sized by `ratio` (--ratio): `snapkv` -> `snapkv(ratio=0.5)`,
+    `chunkkv(knorm)` -> `chunkkv(knorm(ratio=0.5))`. A method without an eviction, or whose
+    eviction already has a budget or ratio of its own, stays as it is; an eviction with no ratio
+    form (an allocator, StreamingLLM, a decoding-time one) is refused, naming it."""
+    parts = []
+    for policy in spec.parts:
+        target = policy.inner if policy.name == "chunkkv" and policy.inner is not None else policy
+        if role(policy) != "eviction" or {"budget", "ratio"} & set(target.kwargs):
+            parts.append(policy)
+            continue
+        cls = target.policy_class()
+        if policy.name in WRAPPERS and policy.name != "chunkkv" or not (
+                isinstance(cls, type) and issubclass(cls, ScorerEviction)):
+            example = f"{policy.name}({policy.inner.name}(budget=512))" if policy.inner else f"{policy.name}(budget=512)"
+            raise ValueError(f"--ratio: {spec.label} has no ratio form ({policy.name} keeps a count or sizes the "
+                             f"layers itself): give it a budget, e.g. {example}, or leave it out")
+        sized = PolicySpec(target.name, {**target.kwargs, "ratio": ratio}, target.inner)
+        parts.append(sized if target is policy else PolicySpec(policy.name, policy.kwargs, sized))
+    return MethodSpec(tuple(parts))
 
 
 # GemFilter's own filter layers (`select_layer_idx` in its repository), by family and depth.
