@@ -217,7 +217,8 @@ def run_layers(model, h: torch.Tensor, tokens: AliveTokens, start: int, extra_sl
                     torch.cuda.synchronize(h.device)
                 record.layer_s.append(time.perf_counter())
         alive.append(tokens.valid.sum(-1))
-        view = LayerView(i, q, k, v, tokens.positions, tokens.index, tokens.valid)
+        view = LayerView(i, q, k, v, tokens.positions, tokens.index, tokens.valid, rope=model.rope,
+                         out_proj=layer.self_attn.o_proj.weight)
         begun = time.perf_counter()
         keep = eviction.keep(i, view) if eviction is not None and not restarts else None
         if keep is None and eviction is not None and not restarts:

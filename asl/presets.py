@@ -55,6 +55,11 @@ KVPRESS: dict[str, dict[str, tuple]] = {
     "lagkv": {"window": WHOLE, "sink": (4, f"{PRESSES}/lagkv_press.py:41 n_sink=4"),
               "lag": (128, f"{PRESSES}/lagkv_press.py:42 lag_size=128")},
     "tova": {"window": (1, f"{PRESSES}/tova_press.py:59 the last token padded with the top score")},
+    "expected-attention": {"window": WHOLE,
+                           "n_future_positions": (512, f"{PRESSES}/expected_attention_press.py:56 n_future_positions=512"),
+                           "n_sink": (4, f"{PRESSES}/expected_attention_press.py:57 n_sink=4")},
+    "cur": {"window": WHOLE, "num_sinks": (4, f"{PRESSES}/cur_press.py:28 num_sinks=4"),
+            "local_window_size": (16, f"{PRESSES}/cur_press.py:32 local_window_size=16")},
 }
 LAYER_FIELDS = ("layer", "l_min")
 # The models the authors' script names: they get the values literally.

@@ -46,6 +46,11 @@ METHODS = {
     "lagkv": ("LagKVPress", {}, lambda r: asl.LagKV(window=0, ratio=r)),
     "chunkkv(knorm)": ("ChunkKVPress", {"press": ["KnormPress", {}], "chunk_length": 20},
                        lambda r: asl.ChunkKV(asl.KNorm(window=0, ratio=r), chunk=20)),
+    "expected-attention": ("ExpectedAttentionPress", {}, lambda r: asl.ExpectedAttention(window=0, ratio=r)),
+    "cur": ("CURPress", {}, lambda r: asl.CUR(window=0, ratio=r)),
+    "criticalkv(expected-attention)": (
+        "CriticalKVPress", {"press": ["ExpectedAttentionPress", {"use_vnorm": False}]},
+        lambda r: asl.CriticalKV(asl.ExpectedAttention(window=0, ratio=r, use_vnorm=False))),
 }
 CITIES = ["Lisbon", "Osaka", "Quito", "Nairobi", "Oslo", "Lima", "Hanoi", "Perth", "Accra", "Riga"]
 

@@ -181,6 +181,25 @@ def test_allocators_wrap_a_scorer_as_values():
                                                                    defaults("smollm2-135m", 30), 256, 256))
 
 
+def test_a_wrapper_that_is_a_scorer_nests_and_hyphenated_scorers_stay_one_name():
+    from asl.bench.methods import kept_budget, with_ratio
+
+    (spec,) = parse_methods("adakv(criticalkv(observed-attention(chunk=64)),alpha_safeguard=0.1)")
+    params = default_params(spec, defaults("smollm2-135m", 30), 256, 256)
+    _, ev = build(spec, params)
+    assert ev == asl.AdaKV(asl.CriticalKV(asl.ObservedAttention(budget=256, window=32, chunk=64)), alpha_safeguard=0.1)
+    assert kept_budget(params, 512) == 256
+    (spec,) = parse_methods("chunkkv(criticalkv(expected-attention(use_vnorm=False)),chunk=8)")
+    sized = with_ratio(spec, 0.5)
+    assert sized.label == "chunkkv(criticalkv(expected-attention(use_vnorm=False,ratio=0.5)),chunk=8)"
+    params = default_params(sized, defaults("smollm2-135m", 30), None, None)
+    _, ev = build(sized, params)
+    assert ev.scorer.scorer == asl.ExpectedAttention(window=32, ratio=0.5, use_vnorm=False) and ev.scorer.ratio == 0.5
+    assert kept_budget(params, 512) is None
+    with pytest.raises(ValueError, match=r"adakv\(criticalkv\(knorm\(budget=512\)\)\)"):
+        with_ratio(parse_methods("adakv(criticalkv(knorm))")[0], 0.5)
+
+
 def test_the_bench_says_when_asl_selects_another_size_than_it_was_calibrated_at(capsys):
     from asl.bench.cli import parse, resolve
 

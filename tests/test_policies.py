@@ -270,6 +270,11 @@ POLICIES = {
     "lagkv": lambda: (None, asl.LagKV(budget=30, window=4, sink=2, lag=8)),
     "adakv(knorm)": lambda: (None, asl.AdaKV(asl.KNorm(budget=30, window=4))),
     "chunkkv(snapkv)": lambda: (None, asl.ChunkKV(asl.SnapKV(budget=30, window=4), chunk=8)),  # 25 tokens: 2 chunks
+    "expected-attention": lambda: (asl.FastKV(layer=3, select_tokens=48, window=4),
+                                   asl.ExpectedAttention(budget=30, window=4, n_future_positions=16)),
+    "cur": lambda: (None, asl.CUR(budget=30, window=0, local_window_size=8)),
+    "criticalkv(expected-attention)": lambda: (None, asl.CriticalKV(asl.ExpectedAttention(budget=36, window=4,
+                                                                                          use_vnorm=False))),
     "jaccard-stop+pyramidkv": lambda: (asl.JaccardStop(threshold=0.5, l_min=3, select_tokens=48, window=4),
                                        asl.PyramidKV(asl.SnapKV(budget=36, window=4))),
     "entropy-stop+proportional": lambda: (asl.EntropyStop(threshold=0.9, l_min=3, l_max=7, select_tokens=48, window=4),

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from asl.bench.run.oracle import Oracle
 from asl.calibration import SCORING, asl_settings, scaled_layer
 from asl.presets import KVPRESS, PAPER, kvpress_settings, paper_settings
-from asl.policies import (ASL, TOVA, AdaKV, ChunkKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
+from asl.policies import (ASL, CUR, TOVA, AdaKV, ChunkKV, CriticalKV, ExpectedAttention, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
                           KeyDiff, KNorm, LagKV, ObservedAttention, Proportional, PyramidInfer, PyramidInferDecode, PyramidKV,
                           RandomScores, ScorerEviction, SelectionPolicy, SnapKV, StreamingLLM, TopP)
 
@@ -44,13 +44,15 @@ SELECTIONS = {"fastkv": FastKV, "asl": ASL, "gemfilter": GemFilter, "asl-2pass":
               "pyramidinfer-prefill": PyramidInfer, "jaccard-stop": JaccardStop, "entropy-stop": EntropyStop}
 EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM, "topp": TopP, "pyramidinfer-decode": PyramidInferDecode,
              "knorm": KNorm, "keydiff": KeyDiff, "random": RandomScores, "tova": TOVA,
-             "observed-attention": ObservedAttention, "lagkv": LagKV}
+             "observed-attention": ObservedAttention, "lagkv": LagKV, "expected-attention": ExpectedAttention,
+             "cur": CUR}
 # Allocators: an eviction that wraps a scorer eviction, written name(scorer, key=value...)
-WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional, "chunkkv": ChunkKV}
+WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional, "chunkkv": ChunkKV,
+            "criticalkv": CriticalKV}
 # A method that is a selection and an eviction in one paper: its name stands for both (its
 # arguments go to the first).
 ALIASES = {"pyramidinfer": ("pyramidinfer-prefill", "pyramidinfer-decode")}
-BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "adakv", "pyramidkv", "proportional", "chunkkv", "fastkv", "asl", "gemfilter", "asl-2pass",
+BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "adakv", "pyramidkv", "proportional", "chunkkv", "criticalkv", "fastkv", "asl", "gemfilter", "asl-2pass",
            "jaccard-stop", "entropy-stop", "pyramidinfer", "pyramidinfer-prefill", "pyramidinfer-decode", "oracle")
 DESCRIPTIONS = {
     "full": "the full cache (no selection, no eviction)",
@@ -65,6 +67,11 @@ DESCRIPTIONS = {
     "observed-attention": "eviction: attention received from every later query, averaged (H2O, Zhang et al. 2023)",
     "lagkv": "eviction: per partition of `lag` tokens, the keys and values that vary most against the next "
              "partition (LagKV, Liang et al. 2025)",
+    "expected-attention": "eviction: the attention future queries are expected to pay, from the prompt's query "
+                          "statistics and RoPE (Devoto et al. 2025; kvpress's ExpectedAttentionPress)",
+    "cur": "eviction: per KV head the keys and values of highest leverage (CurDKV, Sengupta et al. 2025)",
+    "criticalkv": "wrapper around a scorer eviction, criticalkv(snapkv): half kept by the score, the rest by the score "
+                  "times the value's norm through the output projection (CriticalKV, Feng et al. 2025)",
     "adakv": "allocator around a scorer eviction, adakv(snapkv): the layer's budget shared among its heads by score",
     "pyramidkv": "allocator around a scorer eviction, pyramidkv(snapkv): the budget falling linearly over the layers",
     "proportional": "allocator around a scorer eviction, proportional(snapkv,rate=0.1): each layer keeps a share of "
@@ -177,11 +184,12 @@ def _parse_policy(text: str, whole: str) -> PolicySpec:
         if not rest.endswith(")"):
             raise ValueError(f"--methods: {text!r} must end with ')' (syntax: name(key=value,...))")
         try:
-            call = ast.parse(f"f({rest}", mode="eval").body
+            source = f"f({rest}"
+            call = ast.parse(source, mode="eval").body
         except SyntaxError as e:
             raise ValueError(f"--methods: cannot parse the arguments of {text!r}: {e.msg}") from None
         if name in WRAPPERS:
-            inner = _wrapped(call, text, whole)
+            inner = _wrapped(call, source, text, whole)
         elif call.args:
             raise ValueError(f"--methods: {text!r}: arguments must be given as key=value")
         names = [kw.arg for kw in call.keywords]
@@ -204,15 +212,18 @@ def _parse_policy(text: str, whole: str) -> PolicySpec:
     return PolicySpec(name, kwargs, inner if name in WRAPPERS else None)
 
 
-def _wrapped(call: ast.Call, text: str, whole: str) -> PolicySpec | None:
+def _wrapped(call: ast.Call, source: str, text: str, whole: str) -> PolicySpec | None:
     """An allocator's one positional argument: the scorer it wraps (a name, a call, or a string
-    naming a module:Class), which must be an eviction."""
+    naming a module:Class), which must be an eviction; read as written in `source`, so a
+    hyphenated name (`observed-attention`) stays one name."""
     if len(call.args) != 1:
         return None
     arg = call.args[0]
-    inner_text = arg.value if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else ast.unparse(arg)
+    inner_text = arg.value if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else \
+        ast.get_source_segment(source, arg)
     inner = _parse_policy(inner_text, whole)
-    if role(inner) != "eviction" or inner.inner is not None:
+    wrapper_scorer = inner.inner is not None and issubclass(WRAPPERS[inner.name], ScorerEviction)  # criticalkv(...)
+    if role(inner) != "eviction" or inner.inner is not None and not wrapper_scorer:
         raise ValueError(f"--methods: {text!r}: wraps {inner.name}, which is not a scorer eviction (snapkv, or a "
                          "ScorerEviction of your own)")
     return inner
@@ -276,25 +287,34 @@ def parse_methods(text: str) -> list[MethodSpec]:
     return specs
 
 
+def _budgeted(policy: PolicySpec) -> str:
+    """An example of the policy sized by a budget: `adakv(criticalkv(knorm(budget=512)))`."""
+    return f"{policy.name}({_budgeted(policy.inner)})" if policy.inner else f"{policy.name}(budget=512)"
+
+
 def with_ratio(spec: MethodSpec, ratio: float) -> MethodSpec:
     """The method with its eviction sized by `ratio` (--ratio): `snapkv` -> `snapkv(ratio=0.5)`,
-    `chunkkv(knorm)` -> `chunkkv(knorm(ratio=0.5))`. A method without an eviction, or whose
+    `chunkkv(criticalkv(knorm))` -> `chunkkv(criticalkv(knorm(ratio=0.5)))` (a wrapper that does
+    not size the layers itself passes it to its scorer). A method without an eviction, or whose
     eviction already has a budget or ratio of its own, stays as it is; an eviction with no ratio
     form (an allocator, StreamingLLM, a decoding-time one) is refused, naming it."""
     parts = []
     for policy in spec.parts:
-        target = policy.inner if policy.name == "chunkkv" and policy.inner is not None else policy
+        path = [policy]  # down through the wrappers that pass a ratio on to their scorer
+        while path[-1].name in WRAPPERS and not WRAPPERS[path[-1].name].sizes_layers and path[-1].inner is not None:
+            path.append(path[-1].inner)
+        target = path[-1]
         if role(policy) != "eviction" or {"budget", "ratio"} & set(target.kwargs):
             parts.append(policy)
             continue
         cls = target.policy_class()
-        if policy.name in WRAPPERS and policy.name != "chunkkv" or not (
-                isinstance(cls, type) and issubclass(cls, ScorerEviction)):
-            example = f"{policy.name}({policy.inner.name}(budget=512))" if policy.inner else f"{policy.name}(budget=512)"
-            raise ValueError(f"--ratio: {spec.label} has no ratio form ({policy.name} keeps a count or sizes the "
-                             f"layers itself): give it a budget, e.g. {example}, or leave it out")
+        if target.name in WRAPPERS or not (isinstance(cls, type) and issubclass(cls, ScorerEviction)):
+            raise ValueError(f"--ratio: {spec.label} has no ratio form ({target.name} keeps a count or sizes the "
+                             f"layers itself): give it a budget, e.g. {_budgeted(policy)}, or leave it out")
         sized = PolicySpec(target.name, {**target.kwargs, "ratio": ratio}, target.inner)
-        parts.append(sized if target is policy else PolicySpec(policy.name, policy.kwargs, sized))
+        for outer in reversed(path[:-1]):
+            sized = PolicySpec(outer.name, outer.kwargs, sized)
+        parts.append(sized)
     return MethodSpec(tuple(parts))
 
 
@@ -322,7 +342,8 @@ def model_defaults(model_name: str, num_layers: int, config=None, calibration=No
     asl = {k: settings[k] for k in ("tau", "l_min", "l_obs", *SCORING)}
     table = {
         "full": {}, "oracle": dict(SCORING), "snapkv": dict(SCORING), "streaming": {},
-        **{name: {"window": SCORING["window"]} for name in ("knorm", "keydiff", "random", "tova", "observed-attention", "lagkv")},
+        **{name: {"window": SCORING["window"]} for name in ("knorm", "keydiff", "random", "tova", "observed-attention", "lagkv",
+                                                         "expected-attention", "cur")},
         "topp": {"window": SCORING["window"]},
         "asl": asl, "asl-2pass": asl,
         "fastkv": {"layer": scaled_layer(15, num_layers), **SCORING},
@@ -346,7 +367,7 @@ def _fill(policy: PolicySpec, defaults: dict, budget: int | None, select_tokens:
     """The policy's keyword arguments: the run's budget and selection size where it has those
     fields, then the defaults, then the user's arguments."""
     cls = policy.policy_class()
-    names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    names = {f.name for f in dataclasses.fields(cls) if f.init} if dataclasses.is_dataclass(cls) else set()
     kwargs = {}
     if "select_tokens" in names and select_tokens is not None:
         kwargs["select_tokens"] = select_tokens
@@ -365,13 +386,27 @@ def default_params(spec: MethodSpec, defaults: dict[str, dict], budget: int | No
     selection size, the model's `defaults` (model_defaults), the user's arguments."""
     out, previous = [], {}
     for policy in spec.parts:
-        scorer = policy.inner or policy  # an allocator's defaults are its scorer's
+        scorer = policy
+        while scorer.inner is not None:  # a wrapper's defaults are its (innermost) scorer's
+            scorer = scorer.inner
         own = {} if scorer.custom else dict(defaults[scorer.name])
         if role(policy) == "eviction":  # an eviction scores tokens like the selection before it
             own.update({k: previous[k] for k in SCORING if k in previous})
         previous = _fill(scorer, own, budget, select_tokens)
-        out.append(previous if policy.inner is None else {**_fill(policy, {}, None, None), "scorer": previous})
+        out.append(_wrapping(policy, previous))
     return out
+
+
+def _wrapping(policy: PolicySpec, scorer: dict) -> dict:
+    """A wrapper's keyword arguments around its scorer's: {..., "scorer": {...}}, nested as written."""
+    return scorer if policy.inner is None else {**_fill(policy, {}, None, None), "scorer": _wrapping(policy.inner, scorer)}
+
+
+def _construct(policy: PolicySpec, kwargs: dict):
+    """The policy object, a wrapper's scorer built first."""
+    if policy.inner is not None:
+        kwargs = {**kwargs, "scorer": _construct(policy.inner, kwargs["scorer"])}
+    return policy.policy_class()(**kwargs)
 
 
 def build(spec: MethodSpec, params: list[dict]) -> tuple[SelectionPolicy | None, EvictionPolicy | None]:
@@ -380,11 +415,8 @@ def build(spec: MethodSpec, params: list[dict]) -> tuple[SelectionPolicy | None,
     for policy, kwargs in zip(spec.parts, params):
         if policy.name == "full":
             continue
-        cls = policy.policy_class()
         try:
-            if policy.inner is not None:  # an allocator: its scorer built first
-                kwargs = {**kwargs, "scorer": policy.inner.policy_class()(**kwargs["scorer"])}
-            obj = cls(**kwargs)
+            obj = _construct(policy, kwargs)
         except TypeError as e:
             hint = ""
             if "budget" in kwargs and role(policy) == "selection":
@@ -403,7 +435,9 @@ def kept_budget(params: list[dict], budget: int | None) -> int | None:
     layer's tokens (`ratio=`, proportional(...)); a selection alone is recorded at --budget
     (what it selects is recorded beside it, as select_tokens)."""
     for fields in reversed(params):
-        inner = fields.get("scorer", fields)  # an allocator's budget is its scorer's
+        inner = fields
+        while "scorer" in inner:  # a wrapper's budget is its scorer's
+            inner = inner["scorer"]
         if ("rate" in fields and "scorer" in fields) or inner.get("ratio") is not None:
             return None
         if isinstance(inner.get("budget"), int):

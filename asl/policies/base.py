@@ -83,14 +83,36 @@ class LayerView:
     """Post-RoPE q/k/v of one layer's alive tokens, with the shared window scores.
 
     queries [B, H, n, d], keys / values [B, G, n, d], positions and `index` (the token's
-    index in its own prompt) [B, n], `valid` [B, n] (False on left padding).
+    index in its own prompt) [B, n], `valid` [B, n] (False on left padding). What a scorer may
+    read of the model besides (None where the caller has no model): `rope`, the model's RoPE
+    (`rope(positions, dtype) -> (cos, sin)` [B, n, d]), and `out_proj`, the layer's output
+    projection weight [hidden, H * d].
     """
 
-    def __init__(self, layer: int, queries, keys, values, positions, index, valid):
+    def __init__(self, layer: int, queries, keys, values, positions, index, valid, rope=None, out_proj=None):
         self.layer = layer
         self.queries, self.keys, self.values = queries, keys, values
         self.positions, self.index, self.valid = positions, index, valid
+        self.rope, self.out_proj = rope, out_proj
         self._scores: dict[tuple, torch.Tensor] = {}
+
+    def model_part(self, name: str, who: str):
+        """`rope` or `out_proj`, or a clear error naming the policy that needs it."""
+        part = getattr(self, name)
+        if part is None:
+            raise ValueError(f"{who} reads the model's {name}, which this LayerView was built without "
+                             f"(give LayerView(..., {name}=...); the prefill always gives it)")
+        return part
+
+    def prerope_queries(self, who: str = "this policy") -> torch.Tensor:
+        """The queries before RoPE [B, H, n, d] in float32: the rotation undone (a rotation by
+        minus the angle, divided by cos^2 + sin^2, which is 1 but for YaRN's attention factor)."""
+        cos, sin = self.model_part("rope", who)(self.positions, torch.float32)
+        q = self.queries.float()
+        half = q.shape[-1] // 2
+        turned = torch.cat((-q[..., half:], q[..., :half]), dim=-1)
+        cos, sin = cos[:, None], sin[:, None]
+        return (q * cos - turned * sin) / (cos * cos + sin * sin)
 
     @property
     def alive(self) -> torch.Tensor:

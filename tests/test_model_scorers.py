@@ -1,0 +1,163 @@
+"""The scorers that read the model besides q/k/v (expected attention: RoPE; CriticalKV: the
+output projection) and CUR's leverage, on small hand-made layers: each kept set computed here
+from the paper's formula, in float64 with plain loops and explicit rotation matrices."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import asl
+from asl.models.rope import apply_rope
+from asl.policies import LayerView
+from test_kv_scorers import D, G, H, assert_top, kept
+
+HIDDEN = 12
+INV_FREQ = [1.0 / 10000 ** (2 * i / D) for i in range(D // 2)]
+
+
+def rope(positions: torch.Tensor, dtype: torch.dtype):
+    """cos/sin [B, n, D] of plain RoPE (theta 10000), as the model's `rope` gives them."""
+    freqs = positions.double()[..., None] * torch.tensor(INV_FREQ, dtype=torch.float64)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def model_layer(n: int, seed: int, pad: int = 0):
+    """A layer of n real tokens after `pad` pads: its view (post-RoPE queries, as the prefill
+    gives them) and the pre-RoPE queries [H, n, D] the formula starts from."""
+    gen = torch.Generator().manual_seed(seed)
+    width = pad + n
+    pre = torch.randn(1, H, width, D, generator=gen)
+    k, v = torch.randn(1, G, width, D, generator=gen), torch.randn(1, G, width, D, generator=gen)
+    valid = torch.arange(width)[None] >= pad
+    index = (torch.arange(width) - pad).clamp(min=0)[None]
+    cos, sin = rope(index, torch.float32)
+    out_proj = torch.randn(HIDDEN, H * D, generator=gen)
+    view = LayerView(0, apply_rope(pre, cos, sin), k, v, index.clone(), index, valid, rope=rope, out_proj=out_proj)
+    return view, pre[0, :, pad:].double()
+
+
+def rotation(position: int) -> torch.Tensor:
+    """RoPE's rotation at one position as a D x D matrix: pairs (i, i + D/2) turn by position * freq_i."""
+    r = torch.zeros(D, D, dtype=torch.float64)
+    half = D // 2
+    for i, f in enumerate(INV_FREQ):
+        c, s = math.cos(position * f), math.sin(position * f)
+        r[i, i], r[i, i + half], r[i + half, i], r[i + half, i + half] = c, -s, s, c
+    return r
+
+
+def expected_by_hand(view, pre, g: int, sink: int, future: int, covariance: bool, vnorm: bool) -> list[float]:
+    """One KV head's expected-attention scores over the real entries (the paper's eq., kvpress's code)."""
+    pad = view.width - int(view.alive[0])
+    n = pre.shape[1]
+    keys, values = view.keys[0, g, pad:].double(), view.values[0, g, pad:].double()
+    rot = sum(rotation(n + f) for f in range(future)) / future
+    per_head = []
+    for h in range(g * (H // G), (g + 1) * (H // G)):
+        q = pre[h, sink:]
+        mean = q.mean(0)
+        cov = sum(torch.outer(x - mean, x - mean) for x in q) / q.shape[0]
+        mean, cov = rot @ mean, rot @ cov @ rot.T
+        logits = [float(keys[j] @ mean) / math.sqrt(D) + (float(keys[j] @ cov @ keys[j]) / D / 2 if covariance else 0)
+                  for j in range(sink, n)]
+        top = max(logits)
+        e = [math.exp(x - top) for x in logits]
+        per_head.append([x / sum(e) for x in e])
+    scores = [sum(col) / len(per_head) for col in zip(*per_head)]
+    if vnorm:
+        scores = [s * float(values[sink + j].norm()) for j, s in enumerate(scores)]
+    return [max(scores) + 1] * sink + scores
+
+
+@pytest.mark.parametrize("covariance, vnorm, pad", [(True, True, 0), (False, True, 3), (True, False, 2)])
+def test_expected_attention_follows_the_gaussian_query_formula(covariance, vnorm, pad):
+    view, pre = model_layer(28, 1, pad)
+    policy = asl.ExpectedAttention(budget=12, window=2, n_sink=3, n_future_positions=9,
+                                   use_covariance=covariance, use_vnorm=vnorm)
+    for g, ours in enumerate(kept(policy, view)):
+        scores = expected_by_hand(view, pre, g, 3, 9, covariance, vnorm)
+        assert_top(ours, scores[:26], 10, 2)
+
+
+def test_expected_attention_undoes_rope_to_read_the_queries():
+    view, pre = model_layer(10, 2)
+    assert torch.allclose(view.prerope_queries()[0].double(), pre, atol=1e-5)
+
+
+def test_a_scorer_that_needs_the_model_says_so_on_a_bare_view():
+    view, _ = model_layer(10, 3)
+    bare = LayerView(0, view.queries, view.keys, view.values, view.positions, view.index, view.valid)
+    with pytest.raises(ValueError, match="ExpectedAttention reads the model's rope"):
+        asl.ExpectedAttention(budget=4, window=1).keep(0, bare)
+    with pytest.raises(ValueError, match="CriticalKV reads the model's out_proj"):
+        asl.CriticalKV(asl.KNorm(budget=4, window=1)).keep(0, bare)
+
+
+def cur_by_hand(values: torch.Tensor, keys: torch.Tensor, sink: int, block: int) -> list[float]:
+    """kv_product leverage of one head with local normalisation (kvpress's CURPress.score)."""
+    n = keys.shape[0]
+
+    def local(x):
+        out = []
+        for start in range(0, n, block):
+            part = x[start:start + block]
+            out += [v / sum(part) for v in part]
+        return out
+
+    k2 = local([float(k.double().square().sum()) for k in keys])
+    v2 = local([float(v.double().square().sum()) for v in values])
+    product = [a * b for a, b in zip(k2, v2)]
+    return [1.0] * sink + [p / sum(product) for p in product][sink:]
+
+
+@pytest.mark.parametrize("pad", [0, 4])
+def test_cur_keeps_the_highest_key_and_value_leverage(pad):
+    view, _ = model_layer(37, 4, pad)  # blocks of 8 that do not divide 37
+    policy = asl.CUR(budget=15, window=3, num_sinks=2, local_window_size=8)
+    for g, ours in enumerate(kept(policy, view)):
+        scores = cur_by_hand(view.values[0, g, pad:], view.keys[0, g, pad:], 2, 8)
+        assert_top(ours, scores[:34], 12, 3)
+
+
+@pytest.mark.parametrize("ratio", [None, 0.5])
+def test_criticalkv_keeps_the_scorer_first_then_weights_by_the_projected_value(ratio):
+    n, window, budget, fsr = 30, 2, 14, 0.5
+    view, _ = model_layer(n, 5, pad=1)
+    inner = asl.CUR(budget=budget, window=window, num_sinks=0, leverage_type="key", use_local_approximation=False,
+                    ratio=ratio)
+    policy = asl.CriticalKV(inner, first_stage_ratio=fsr)
+    count = (budget - window) if ratio is None else int(n * (1 - ratio)) - window
+    first = int((budget - window) * fsr) if ratio is None else max(1, int((1 - ratio) * n * fsr))
+    wo = view.out_proj.double().T.reshape(H, D, HIDDEN)
+    for g, ours in enumerate(kept(policy, view)):
+        keys, values = view.keys[0, g, 1:].double(), view.values[0, g, 1:].double()
+        base = [float(k.square().sum()) for k in keys]
+        base = [b / sum(base) for b in base][: n - window]
+        weight = [sum(float((values[j] @ wo[h]).abs().sum()) for h in range(g * (H // G), (g + 1) * (H // G))) / (H // G)
+                  for j in range(n - window)]
+        stage_one = set(sorted(range(n - window), key=lambda j: -base[j])[:first])
+        scores = [1e300 if j in stage_one else (base[j] + 1e-4) * weight[j] for j in range(n - window)]
+        assert_top(ours, scores, count, window)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: asl.ExpectedAttention(n_future_positions=0), "n_future_positions must be an integer >= 1"),
+    (lambda: asl.ExpectedAttention(epsilon=-1), "epsilon must be a number >= 0"),
+    (lambda: asl.CUR(leverage_type="both"), "leverage_type must be one of"),
+    (lambda: asl.CUR(local_window_size=0), "local_window_size must be an integer >= 1"),
+    (lambda: asl.CriticalKV(asl.KNorm(), first_stage_ratio=2), r"first_stage_ratio must be a number in \[0, 1\]"),
+    (lambda: asl.CriticalKV(asl.AdaKV(asl.KNorm())), "CriticalKV wraps a scorer eviction"),
+])
+def test_bad_parameters_are_named(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_criticalkv_takes_its_scorers_budget_and_composes_under_an_allocator():
+    inner = asl.SnapKV(budget=64, window=8)
+    critical = asl.CriticalKV(inner)
+    assert (critical.budget, critical.window, critical.ratio) == (64, 8, None)
+    assert asl.AdaKV(critical).budget == 64
