@@ -105,6 +105,8 @@ def main() -> None:
     # eager attention: ObservedAttentionPress reads the attention weights; float32 for parity
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, torch_dtype=torch.float32,
                                                  attn_implementation="eager").eval()
+    if getattr(model.config, "head_dim", None) is None:  # CriticalKVPress reads config.head_dim, which
+        model.config.head_dim = model.config.hidden_size // model.config.num_attention_heads  # Qwen2Config lacks
     results, full = {}, {}
     for name, (cls, kwargs) in cases["presses"].items():
         for prompt in cases["prompts"]:

@@ -17,14 +17,15 @@ KVPRESS_PY = ROOT / ".venv-kvpress" / "bin" / "python"
 def test_our_scorers_keep_what_kvpress_keeps(tmp_path):
     if not KVPRESS_PY.exists():
         pytest.skip(".venv-kvpress missing (bash benchmarks/peers_env.sh)")
-    methods = "knorm,tova,snapkv,lagkv,chunkkv(knorm)"
+    methods = "knorm,tova,snapkv,lagkv,chunkkv(knorm),expected-attention,cur,criticalkv(expected-attention)"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kvpress_parity.py"), "--model", "smollm2-135m",
                     "--prompts", "2", "--tokens", "300", "--ratio", "0.6", "--new-tokens", "4", "--threads", "2",
                     "--methods", methods, "--out", str(tmp_path)], check=True, capture_output=True, timeout=900)
     result = json.loads((tmp_path / "kvpress-parity.json").read_text())
     for name, f in result["methods"].items():
         assert f["layers_same_up_to_ties"] == f["layers"] == 2 * 30, name  # smollm2-135m: 30 layers; a tie may go either way
-        assert f["layers_identical"] >= f["layers"] - 4, name
+        if name != "lagkv":  # LagKV's scores are ranks in a partition, equal across partitions: most cuts split a
+            assert f["layers_identical"] >= f["layers"] - 4, name  # tie, which torch.topk breaks its own way
     for name, rows in result["per_prompt"].items():  # the same cache gives the same answer
         for row in rows:
             if all(j == 1.0 for j in row["layer_jaccard"]) and row["kvpress"] is not None:
