@@ -51,6 +51,9 @@ METHODS = {
     "criticalkv(expected-attention)": (
         "CriticalKVPress", {"press": ["ExpectedAttentionPress", {"use_vnorm": False}]},
         lambda r: asl.CriticalKV(asl.ExpectedAttention(window=0, ratio=r, use_vnorm=False))),
+    # no ratio: a lazy layer keeps its two ends; Qwen's threshold, and a recent span below the contexts' length
+    "simlayerkv": ("SimLayerKVPress", {"lazy_threshold": 0.85, "n_recent": 256},
+                   lambda r: asl.SimLayerKV(lazy_threshold=0.85, n_recent=256)),
 }
 CITIES = ["Lisbon", "Osaka", "Quito", "Nairobi", "Oslo", "Lima", "Hanoi", "Perth", "Accra", "Riga"]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata as md
+import inspect
 import json
 
 import torch
@@ -117,14 +118,19 @@ def main() -> None:
                 press = getattr(kvpress, cls)(press=getattr(kvpress, inner)(compression_ratio=cases["ratio"],
                                                                             **inner_kwargs),
                                               **{k: v for k, v in kwargs.items() if k != "press"})
-                if prompt["id"] not in full:
+            elif "compression_ratio" not in inspect.signature(getattr(kvpress, cls)).parameters:  # SimLayerKVPress
+                press = getattr(kvpress, cls)(**kwargs)
+            else:
+                press = getattr(kvpress, cls)(compression_ratio=cases["ratio"], **kwargs)
+            if not isinstance(press, kvpress.ScorerPress) or "press" in kwargs:  # read by matching the stored keys
+                key = (prompt["id"], model.config._attn_implementation)  # the same attention, the same numbers
+                if key not in full:
                     cache = DynamicCache()
                     with torch.inference_mode():
                         model(input_ids=torch.tensor([prompt["context_ids"]]), past_key_values=cache, use_cache=True)
-                    full[prompt["id"]] = layer_keys(cache)
-                kept, cache = kept_by_matching(press, model, prompt["context_ids"], full[prompt["id"]])
+                    full[key] = layer_keys(cache)
+                kept, cache = kept_by_matching(press, model, prompt["context_ids"], full[key])
             else:
-                press = getattr(kvpress, cls)(compression_ratio=cases["ratio"], **kwargs)
                 kept, cache = kept_by_layer(press, model, prompt["context_ids"])
             model.set_attn_implementation("eager")
             try:

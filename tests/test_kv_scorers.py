@@ -141,6 +141,8 @@ def test_a_ratio_keeps_kvpress_count_per_layer_and_the_window(n, ratio, window, 
     (lambda: asl.RandomScores(seed=-1), "seed must be an integer >= 0"),
     (lambda: asl.ObservedAttention(chunk=0), "chunk must be an integer >= 1"),
     (lambda: asl.AdaKV(asl.KNorm(ratio=0.5)), "AdaKV sizes each layer itself"),
+    (lambda: asl.SimLayerKV(lazy_threshold=1.5), r"lazy_threshold must be a number in \[0, 1\]"),
+    (lambda: asl.SimLayerKV(n_recent=4, n_last=4), r"n_recent \(4\) must be larger than n_last \(4\)"),
 ])
 def test_bad_parameters_are_named(make, match):
     with pytest.raises(ValueError, match=match):
@@ -209,3 +211,19 @@ def test_lagkv_ranks_each_partition_by_its_spread_against_the_next():
         assert_top(ours, scores, 14, 0)
     short = asl.LagKV(budget=6, window=0, sink=2, lag=8)  # n < sink + 2 lag: the newest tokens
     assert kept(short, layer(12, 12)) == [[0, 1, 8, 9, 10, 11]] * G
+
+
+@pytest.mark.parametrize("n_last", [1, 2])
+def test_simlayerkv_keeps_the_two_ends_of_a_lazy_layer_only(n_last):
+    n, initial, recent = 24, 2, 6
+    alone, view = layer(n, 13), layer(n, 13, pad=3)
+    view.queries[:, :, 3:], view.keys[:, :, 3:] = alone.queries, alone.keys  # the same real tokens, padded
+    p = causal_attention(alone)
+    ends = set(range(initial)) | set(range(n - n_last - recent, n - n_last))
+    share = sum(p[h][i][j] for h in range(H) for i in range(n - n_last, n) for j in ends) / (H * n_last)
+    lazy = asl.SimLayerKV(lazy_threshold=share - 0.05, n_last=n_last, n_recent=recent, n_initial=initial)
+    busy = asl.SimLayerKV(lazy_threshold=min(1.0, share + 0.05), n_last=n_last, n_recent=recent, n_initial=initial)
+    assert kept(lazy, view) == [[0, 1] + list(range(n - recent + n_last, n))] * G
+    assert kept(busy, view) == [list(range(n))] * G
+    short = asl.SimLayerKV(lazy_threshold=0.0, n_last=n_last, n_recent=n - initial - n_last, n_initial=initial)
+    assert kept(short, view) == [list(range(n))] * G  # no more than n_initial + n_recent + n_last tokens
