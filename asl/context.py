@@ -111,10 +111,30 @@ def compress(model, tokenizer, context: str, selection=None, eviction=None,
     # Positions go on from the context's: its own length, or after a restart (positions
     # renumbered over the kept tokens) the number of context tokens kept.
     next_position = len(kept) if pre.restarted else len(ids)
+    if eviction is not None and eviction.cache_positions:  # kvpress's KeyRerotationPress: no gaps left
+        layers, next_position = _renumbered(layers, pre.cache.layers, decoder.rope, eviction)
     report = (selection.report() or [{}])[0] if selection is not None else {}
     return CompressedContext(layers, next_position, len(ids), tuple(pre.alive_tokens[0]), tuple(kept), prefill_s,
                              pre.policy_s, report, decoder.config.model_type, decoder, weights_fingerprint(decoder),
                              tuple(ids), suffix)
+
+
+def _renumbered(layers: tuple, caches: list, rope, eviction) -> tuple[tuple, int]:
+    """The compressed layers with each kept key re-rotated from its position in the text to its
+    rank among the kept (0, 1, ...), and the position the question then takes: the count
+    kept, which every layer and head must share."""
+    counts = torch.stack([layer.valid.sum(-1) for layer in layers])  # [L, G]
+    if bool((counts != counts[0, 0]).any()):
+        raise ValueError(f"{type(eviction).__name__} numbers positions within the cache, which needs every layer and "
+                         f"head to keep as many context entries, but they keep {counts.amax(-1).tolist()} (the most "
+                         f"of each layer's heads): give it a scorer sized by a budget or a ratio, with no selection")
+    out = []
+    for layer, cache in zip(layers, caches):
+        old = cache.positions[0, :, : layer.valid.shape[-1]]
+        new = (layer.valid.cumsum(-1) - 1).masked_fill(~layer.valid, 0)
+        delta = (new - old).masked_fill(~layer.valid, 0)
+        out.append(CompressedLayer(rope.rotate_by(layer.k[None], delta[None])[0], layer.v, layer.valid))
+    return tuple(out), int(counts[0, 0])
 
 
 _MARK = "\u2063ASL-QUESTION\u2063"  # text no template rewrites: where the user's message goes

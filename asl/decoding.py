@@ -39,7 +39,7 @@ class DecodeEviction:
         """Let the policy evict (every `every` steps), then record the positions step t writes.
         Returns the step's write slots [L] and its positions [B] (after the cache's entries,
         when the policy numbers positions within the cache)."""
-        if t % self.policy.every == 0:
+        if self.policy.every and t % self.policy.every == 0:
             self._evict(t)
         if self.policy.cache_positions:  # every layer holds as many entries (the same rule, the same prompt)
             first = self.cache.layers[0]
@@ -112,10 +112,11 @@ def _check_same_count(cache: KVCache, policy: EvictionPolicy) -> None:
     counts = torch.stack([layer.valid.sum(-1) for layer in cache.layers])  # [L, B, G]
     if bool((counts != counts[:1, :, :1]).any()):
         per_layer = counts[:, 0, 0].tolist()
-        raise ValueError(f"{type(policy).__name__} numbers positions within the cache (positions=\"cache\"), which "
-                         f"needs every layer and head to hold as many entries, but after the prefill they hold "
-                         f"{per_layer} (sequence 0, by layer): a selection left some layers below the budget. "
-                         f"Use positions=\"original\" with a selection, or a budget at most its select_tokens")
+        raise ValueError(f"{type(policy).__name__} numbers positions within the cache, which needs every layer and "
+                         f"head to hold as many entries, but after the prefill they hold {per_layer} (sequence 0, by "
+                         f"layer; the most of its heads: {counts[:, 0].amax(-1).tolist()}): a selection left some "
+                         f"layers below the budget, or heads kept different counts. StreamingLLM: positions=\"original\"; "
+                         f"or a budget at most the selection's select_tokens")
 
 
 def _check_keep(keep: torch.Tensor, layer, length: int, policy, index: int) -> None:

@@ -386,7 +386,8 @@ def decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compil
     oracle's exact-match check)."""
     cache: KVCache = pre.cache
     step_fn = _step_fn(compile, model.lm_head.weight)
-    evicting = DecodeEviction(eviction, cache, pre, model.rope) if eviction is not None and eviction.every > 0 else None
+    evicting = DecodeEviction(eviction, cache, pre, model.rope) if eviction is not None and (
+        eviction.every > 0 or eviction.cache_positions) else None
     if compile == "reduce-overhead":
         _mark_static(t for c in cache.layers for t in (c.k, c.v, c.valid, c.queries) if t is not None)
     batch = tokens.shape[0]

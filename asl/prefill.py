@@ -196,8 +196,9 @@ def run_layers(model, h: torch.Tensor, tokens: AliveTokens, start: int, extra_sl
     q, k, v and output are read from it instead of computed. `rope`: the tokens' RoPE tables
     where the caller has them already."""
     restarts = selection is not None and selection.restarts
-    decoding = eviction is not None and eviction.every > 0  # it evicts during decoding too
-    recent = eviction.recent_queries(int(tokens.valid.sum(-1).max()), extra_slots) if decoding else 0
+    evicts_later = eviction is not None and eviction.every > 0  # it evicts during decoding too
+    decoding = evicts_later or (eviction is not None and eviction.cache_positions)  # entries keep their positions
+    recent = eviction.recent_queries(int(tokens.valid.sum(-1).max()), extra_slots) if evicts_later else 0
     mask = attention_mask_for(tokens.valid)
     rope = model.rope(tokens.positions, h.dtype) if rope is None and trunk is None else rope
     layers, alive, policy_s, problems = [], [], 0.0, []

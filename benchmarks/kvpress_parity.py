@@ -51,6 +51,8 @@ METHODS = {
     "criticalkv(expected-attention)": (
         "CriticalKVPress", {"press": ["ExpectedAttentionPress", {"use_vnorm": False}]},
         lambda r: asl.CriticalKV(asl.ExpectedAttention(window=0, ratio=r, use_vnorm=False))),
+    "keyrerotation(knorm)": ("KeyRerotationPress", {"press": ["KnormPress", {}]},
+                             lambda r: asl.KeyRerotation(asl.KNorm(window=0, ratio=r))),
     # no ratio: a lazy layer keeps its two ends; Qwen's threshold, and a recent span below the contexts' length
     "simlayerkv": ("SimLayerKVPress", {"lazy_threshold": 0.85, "n_recent": 256},
                    lambda r: asl.SimLayerKV(lazy_threshold=0.85, n_recent=256)),
@@ -83,8 +85,9 @@ def ours_kept(model, policy, context_ids: list[int]) -> tuple[list, list]:
         kept[layer] = [list(range(view.width))] * view.keys.shape[1] if out is None else \
             [[c for c in row if c >= 0] for row in out[0].tolist()]
         tied[layer] = [[] for _ in kept[layer]]
-        if out is not None and isinstance(policy, asl.ScorerEviction):
-            scores = prefix_scores(policy, policy.score(view), view, policy.cached_heads(view))[0]
+        scorer = policy.scorer if isinstance(policy, asl.KeyRerotation) else policy  # it keeps what its scorer keeps
+        if out is not None and isinstance(scorer, asl.ScorerEviction):
+            scores = prefix_scores(scorer, scorer.score(view), view, scorer.cached_heads(view))[0]
             for g, cols in enumerate(kept[layer]):
                 chosen = [c for c in cols if c < scores.shape[-1]]
                 if chosen:

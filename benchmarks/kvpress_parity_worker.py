@@ -49,21 +49,23 @@ def kept_by_matching(press, model, context_ids: list[int], full: list):
     return kept, cache
 
 
-def kept_by_layer(press, model, context_ids: list[int]):
-    """Prefill under the press; per layer, the kept indices per KV head (sorted)."""
+def kept_by_layer(press, model, context_ids: list[int], scorer=None):
+    """Prefill under the press; per layer, the kept indices per KV head (sorted), read from the
+    topk of its scores (of `scorer`'s, for a wrapper that keeps what its scorer's topk says)."""
     from transformers import DynamicCache
 
     from kvpress.utils import compute_n_kept
 
-    kept, score = {}, press.score
+    scorer = scorer or press
+    kept, score = {}, scorer.score
 
     def recording(module, hidden_states, keys, values, attentions, kwargs):
         scores = score(module, hidden_states, keys, values, attentions, kwargs)
-        n_kept = compute_n_kept(keys.shape[2], press.compression_ratio)
+        n_kept = compute_n_kept(keys.shape[2], scorer.compression_ratio)
         kept[module.layer_idx] = scores.topk(n_kept, dim=-1).indices[0].sort(-1).values.tolist()
         return scores
 
-    press.score = recording
+    scorer.score = recording
     cache = DynamicCache()
     ids = torch.tensor([context_ids])
     with torch.inference_mode(), press(model):
@@ -122,7 +124,10 @@ def main() -> None:
                 press = getattr(kvpress, cls)(**kwargs)
             else:
                 press = getattr(kvpress, cls)(compression_ratio=cases["ratio"], **kwargs)
-            if not isinstance(press, kvpress.ScorerPress) or "press" in kwargs:  # read by matching the stored keys
+            rerotated = cls == "KeyRerotationPress"  # its stored keys are turned: read from its scorer's topk
+            if rerotated:
+                kept, cache = kept_by_layer(press, model, prompt["context_ids"], press.press)
+            elif not isinstance(press, kvpress.ScorerPress) or "press" in kwargs:  # by matching the stored keys
                 key = (prompt["id"], model.config._attn_implementation)  # the same attention, the same numbers
                 if key not in full:
                     cache = DynamicCache()
@@ -134,7 +139,8 @@ def main() -> None:
                 kept, cache = kept_by_layer(press, model, prompt["context_ids"])
             model.set_attn_implementation("eager")
             try:
-                tokens, error = answer(model, cache, len(prompt["context_ids"]), prompt["question_ids"],
+                start = cache.get_seq_length() if rerotated else len(prompt["context_ids"])  # as kvpress's pipeline
+                tokens, error = answer(model, cache, start, prompt["question_ids"],
                                        cases["new_tokens"]), None
             except RuntimeError as e:  # ChunkKVPress can leave layers of different lengths, which decoding refuses
                 tokens, error = None, str(e).splitlines()[0]

@@ -132,6 +132,53 @@ def test_cache_positions_stay_below_the_budget(model, n, new, budget, seed):
         assert out.tokens == asl.generate(model, TOK, prompt(seed, n), max_new_tokens=new).tokens
 
 
+def layer0_keys_at(model, ids: torch.Tensor, kept: list[int], positions: list[int]) -> torch.Tensor:
+    """Layer 0's keys of the tokens `kept` projected at `positions` (they depend on nothing else)."""
+    h = model.model.embed_tokens(ids[:, kept])
+    return model.layers[0].project(h, *model.rope(torch.tensor([positions]), h.dtype))[1]
+
+
+def test_key_rerotation_turns_the_kept_keys_to_their_rank_and_the_question_follows_them(model):
+    context, question = prompt(8, 60), prompt(9, 6)
+    scorer = asl.KNorm(budget=20, window=4)
+    turned = asl.compress(model, TOK, context, eviction=asl.KeyRerotation(scorer))
+    plain = asl.compress(model, TOK, context, eviction=scorer)
+    assert (turned.next_position, plain.next_position) == (20, 60)  # kvpress: the cache's length, the context's
+    ids = torch.tensor([TOK(context)["input_ids"]])
+    for g in range(plain.layers[0].k.shape[0]):  # which tokens each head kept: where its keys match
+        kept = [j for j in range(60) if any(torch.allclose(plain.layers[0].k[g, i], layer0_keys_at(
+            model, ids, [j], [j])[0, g, 0], atol=1e-5) for i in range(20))]
+        assert len(kept) == 20
+        torch.testing.assert_close(turned.layers[0].k[g], layer0_keys_at(model, ids, kept, list(range(20)))[0, g],
+                                   rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(turned.layers[3].v, plain.layers[3].v)  # values are not turned
+    out = asl.generate(model, TOK, question, cache=turned, max_new_tokens=5)
+    assert len(out.tokens) == 5
+    whole = asl.compress(model, TOK, context, eviction=asl.KeyRerotation(asl.KNorm(budget=100, window=4)))
+    same = asl.generate(model, TOK, question, cache=whole, max_new_tokens=5)  # nothing evicted: nothing turned
+    assert whole.next_position == 60 and same.tokens == asl.generate(model, TOK, context + question,
+                                                                    max_new_tokens=5).tokens
+
+
+def test_key_rerotation_while_generating_numbers_new_tokens_after_the_kept(model):
+    from asl.decoding import DecodeEviction
+    from asl.prefill import prefill
+
+    ids = torch.tensor([TOK(prompt(10, 50))["input_ids"]])
+    policy = asl.KeyRerotation(asl.KNorm(budget=16, window=6))
+    with torch.inference_mode():
+        pre = prefill(model, ids, torch.ones_like(ids, dtype=torch.bool), 8, eviction=policy)
+        evicting = DecodeEviction(policy, pre.cache, pre, model.rope)
+        _, positions = evicting.before_step(0, pre.next_positions)
+    assert positions.tolist() == [16] and pre.cache.layers[0].positions[0, 0, :16].tolist() == list(range(16))
+    out = asl.generate(model, TOK, prompt(10, 50), max_new_tokens=6, eviction=policy)
+    assert out.trace.kv_tokens == [16] * LAYERS
+    with pytest.raises(ValueError, match="KeyRerotation numbers positions within the cache"):
+        asl.generate(model, TOK, prompt(10, 90), max_new_tokens=2,
+                     selection=asl.FastKV(layer=2, select_tokens=30, window=4), eviction=asl.KeyRerotation(
+                         asl.KNorm(budget=40, window=4)))
+
+
 def test_cache_positions_need_a_rolling_cache():
     with pytest.raises(ValueError, match='positions must be "original", "cache" or None'):
         asl.StreamingLLM(positions="text")
@@ -154,7 +201,7 @@ def test_the_default_is_the_originals_cache_positions_when_rolling(model):
 def test_cache_positions_after_a_selection_that_leaves_layers_uneven_is_refused(model):
     """One position per new token for every layer: the layers must hold as many entries."""
     text = prompt(7, 90)
-    with pytest.raises(ValueError, match='positions="cache".*hold \\[40, 40, 40, 30, 30'):
+    with pytest.raises(ValueError, match='numbers positions within the cache.*hold \\[40, 40, 40, 30, 30'):
         asl.generate(model, TOK, text, max_new_tokens=4, selection=asl.FastKV(layer=2, select_tokens=30, window=4),
                      eviction=asl.StreamingLLM(budget=40))
     fits = asl.generate(model, TOK, text, max_new_tokens=4, selection=asl.FastKV(layer=2, select_tokens=30, window=4),

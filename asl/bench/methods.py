@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from asl.bench.run.oracle import Oracle
 from asl.calibration import SCORING, asl_settings, scaled_layer
 from asl.presets import KVPRESS, PAPER, kvpress_settings, paper_settings
-from asl.policies import (ASL, CUR, TOVA, AdaKV, ChunkKV, CriticalKV, ExpectedAttention, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
+from asl.policies import (ASL, CUR, TOVA, AdaKV, ChunkKV, CriticalKV, ExpectedAttention, KeyRerotation, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
                           KeyDiff, KNorm, LagKV, ObservedAttention, Proportional, PyramidInfer, PyramidInferDecode, PyramidKV,
                           RandomScores, ScorerEviction, SelectionPolicy, SnapKV, StreamingLLM, TopP)
 
@@ -48,11 +48,11 @@ EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM, "topp": TopP, "pyramid
              "cur": CUR, "simlayerkv": SimLayerKV}
 # Allocators: an eviction that wraps a scorer eviction, written name(scorer, key=value...)
 WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional, "chunkkv": ChunkKV,
-            "criticalkv": CriticalKV}
+            "criticalkv": CriticalKV, "keyrerotation": KeyRerotation}
 # A method that is a selection and an eviction in one paper: its name stands for both (its
 # arguments go to the first).
 ALIASES = {"pyramidinfer": ("pyramidinfer-prefill", "pyramidinfer-decode")}
-BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "criticalkv", "fastkv", "asl", "gemfilter", "asl-2pass",
+BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "criticalkv", "keyrerotation", "fastkv", "asl", "gemfilter", "asl-2pass",
            "jaccard-stop", "entropy-stop", "pyramidinfer", "pyramidinfer-prefill", "pyramidinfer-decode", "oracle")
 DESCRIPTIONS = {
     "full": "the full cache (no selection, no eviction)",
@@ -72,6 +72,8 @@ DESCRIPTIONS = {
     "cur": "eviction: per KV head the keys and values of highest leverage (CurDKV, Sengupta et al. 2025)",
     "simlayerkv": "eviction: a lazy layer (its last query attends to the first and recent tokens) keeps only "
                   "those, the others everything (SimLayerKV, Zhang et al. 2024)",
+    "keyrerotation": "wrapper around a scorer eviction, keyrerotation(knorm): the kept keys re-rotated to positions "
+                     "0, 1, ... and what follows numbered after them (kvpress's KeyRerotationPress)",
     "criticalkv": "wrapper around a scorer eviction, criticalkv(snapkv): half kept by the score, the rest by the score "
                   "times the value's norm through the output projection (CriticalKV, Feng et al. 2025)",
     "adakv": "allocator around a scorer eviction, adakv(snapkv): the layer's budget shared among its heads by score",
