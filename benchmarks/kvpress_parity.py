@@ -30,7 +30,6 @@ from asl.bench.report import rows as tabulate
 from asl.bench.tasks.haystack import prose_context, tokens_for
 from asl.models.loading import resolve_checkpoint
 from asl.policies.scorer import prefix_scores
-from asl.prefill import prefill
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 KVPRESS_PY = ROOT / ".venv-kvpress" / "bin" / "python"
@@ -73,19 +72,20 @@ def prompts(tokenizer, n: int, tokens: int, seed: int) -> list[dict]:
     return out
 
 
-def ours_kept(model, policy, context_ids: list[int]) -> tuple[list, list]:
-    """Per layer and KV head, the entries our policy keeps of the context (one prefill), and the
-    entries whose score ties with the cut (equal within 1e-6 to the last one kept by score:
-    either side of such a tie is the press's choice too; none for a wrapper)."""
+def recording(policy) -> tuple[dict, dict]:
+    """Make `policy` record, per layer and KV head, the entries it keeps of the context it
+    compresses next, and the entries whose score ties with the cut (equal within 1e-6 to the
+    last one kept by score: either side of such a tie is the press's choice too; none for a
+    wrapper but KeyRerotation, which keeps what its scorer keeps). Read after the prefill."""
     kept, tied = {}, {}
     keep = policy.keep
 
-    def recording(layer, view):
+    def keep_and_record(layer, view):
         out = keep(layer, view)
         kept[layer] = [list(range(view.width))] * view.keys.shape[1] if out is None else \
             [[c for c in row if c >= 0] for row in out[0].tolist()]
         tied[layer] = [[] for _ in kept[layer]]
-        scorer = policy.scorer if isinstance(policy, asl.KeyRerotation) else policy  # it keeps what its scorer keeps
+        scorer = policy.scorer if isinstance(policy, asl.KeyRerotation) else policy
         if out is not None and isinstance(scorer, asl.ScorerEviction):
             scores = prefix_scores(scorer, scorer.score(view), view, scorer.cached_heads(view))[0]
             for g, cols in enumerate(kept[layer]):
@@ -96,11 +96,8 @@ def ours_kept(model, policy, context_ids: list[int]) -> tuple[list, list]:
                     tied[layer][g] = near.nonzero().flatten().tolist()
         return out
 
-    policy.keep = recording
-    ids = torch.tensor([context_ids])
-    with torch.inference_mode():
-        prefill(model, ids, torch.ones_like(ids, dtype=torch.bool), 0, eviction=policy)
-    return [kept[i] for i in range(len(kept))], [tied[i] for i in range(len(tied))]
+    policy.keep = keep_and_record  # a per-call copy (asl.compress makes one) records through it too
+    return kept, tied
 
 
 def jaccard(a: list[int], b: list[int]) -> float:
@@ -149,11 +146,13 @@ def main() -> int:
     for name in methods:
         for case in cases:
             policy = METHODS[name][2](args.ratio)
-            compressed = asl.compress(model, tokenizer, case["context"], eviction=METHODS[name][2](args.ratio))
+            kept, tied = recording(policy)  # what the compression keeps, read as it runs
+            compressed = asl.compress(model, tokenizer, case["context"], eviction=policy)
+            assert list(compressed.context_ids) == case["context_ids"]
             answer = asl.generate(model, tokenizer, case["question"], cache=compressed,
                                   max_new_tokens=args.new_tokens)
-            kept, tied = ours_kept(model, policy, case["context_ids"])
-            ours.setdefault(name, []).append({"id": case["id"], "kept": kept, "tied": tied, "answer": answer.tokens})
+            ours.setdefault(name, []).append({"id": case["id"], "kept": [kept[i] for i in range(len(kept))],
+                                              "tied": [tied[i] for i in range(len(tied))], "answer": answer.tokens})
         print(f"asl {name}: {len(cases)} prompts", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
