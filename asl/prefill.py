@@ -120,6 +120,8 @@ def _say_if_over_budget(eviction: EvictionPolicy, view: LayerView) -> None:
         return
     if hasattr(eviction, "layer_budget"):  # PyramidKV: the budget is a mean, each layer has its own
         budget = eviction.layer_budget(view.layer, view.width)
+    if hasattr(eviction, "prefill_budget"):  # DecodingEviction: its budget is while decoding
+        budget = eviction.prefill_budget
     if not isinstance(budget, int) or view.width <= budget or getattr(origin, "_said_over_budget", False):
         return
     object.__setattr__(origin, "_said_over_budget", True)  # also on a frozen dataclass

@@ -431,3 +431,55 @@ def test_pyramidinfer_prunes_only_at_its_downsample_interval(model):
     assert any(a > b for a, b in zip(alive, every.trace.alive_tokens))  # fewer prunings, more tokens alive
     with pytest.raises(ValueError, match="interval must be an integer >= 1"):
         asl.PyramidInfer(interval=0)
+
+
+@dataclass
+class DecodingRecorder(asl.DecodingEviction):
+    """Records, at layer 1, each compaction's cache (slots in use, keys) and the slots it kept."""
+
+    seen: list = field(default_factory=list)
+
+    def during_decode(self, layer, view):
+        keep = super().during_decode(layer, view)
+        if layer == 1 and keep is not None:
+            self.seen.append((view.step, view.valid[0, :, : view.length].clone(), view.keys[0, :, : view.length].clone(),
+                              keep[0].clone()))
+        return keep
+
+
+def test_decoding_eviction_cuts_each_layer_back_to_the_scorers_best_every_few_steps(model):
+    policy = DecodingRecorder(asl.KNorm(window=3), every=4, budget=12)
+    out = asl.generate(model, TOK, prompt(11, 20), max_new_tokens=14, eviction=policy)  # steps 0 .. 12
+    assert out.trace.kv_tokens == [20] * LAYERS  # the prefill keeps everything (kvpress's DecodingPress)
+    assert [step for step, *_ in policy.seen] == [4, 8, 12]  # every 4 generated tokens
+    for step, valid, keys, keep in policy.seen:
+        for g in range(keys.shape[0]):
+            slots = valid[g].nonzero().flatten().tolist()
+            assert len(slots) == (20 + 4 if step == 4 else 12 + 4)  # what the cache held: 12 kept + 4 new
+            prefix, window = slots[:-3], slots[-3:]  # the 3 latest entries always stay
+            norms = {s: float(keys[g, s].double().norm()) for s in prefix}
+            best = sorted(prefix, key=lambda s: norms[s])[:9]  # K-norm: the lowest-norm keys
+            assert sorted(c for c in keep[g].tolist() if c >= 0) == sorted(best + window)
+    assert out.trace.sequences[0].peak_kv_tokens == [20 + 4] * LAYERS  # the prompt and 4 tokens, before the first cut
+
+
+@given(n=st.integers(8, 60), new=st.integers(2, 30), every=st.integers(1, 6), budget=st.integers(5, 30),
+       seed=st.integers(0, 999))
+def test_decoding_eviction_never_holds_more_than_budget_plus_every(model, n, new, every, budget, seed):
+    policy = asl.DecodingEviction(asl.TOVA(budget=budget, window=2), every=every, budget=budget, prefill=True)
+    out = asl.generate(model, TOK, prompt(seed, n), max_new_tokens=new, eviction=policy)
+    trace = out.trace.sequences[0]
+    assert max(trace.kv_tokens) == min(n, budget)  # the prefill at the scorer's own budget
+    assert all(max(sizes) <= budget for sizes in trace.decode_kv_tokens.values())  # each cut: back to budget
+    assert max(trace.peak_kv_tokens) <= min(n, budget) + every  # at most `every` tokens between two cuts
+
+
+def test_decoding_eviction_refuses_what_it_cannot_run():
+    with pytest.raises(ValueError, match="cannot run ObservedAttention over a decoding cache"):
+        asl.DecodingEviction(asl.ObservedAttention())
+    with pytest.raises(ValueError, match="cannot run CriticalKV"):
+        asl.DecodingEviction(asl.CriticalKV(asl.KNorm()))
+    with pytest.raises(ValueError, match=r"budget \(8\) must be larger than the scorer's window \(8\)"):
+        asl.DecodingEviction(asl.KNorm(window=8), budget=8)
+    with pytest.raises(ValueError, match="every must be an integer >= 1"):
+        asl.DecodingEviction(asl.KNorm(), every=0)

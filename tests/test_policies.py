@@ -274,6 +274,7 @@ POLICIES = {
                                    asl.ExpectedAttention(budget=30, window=4, n_future_positions=16)),
     "simlayerkv": lambda: (None, asl.SimLayerKV(lazy_threshold=0.3, n_recent=16, n_initial=2)),
     "keyrerotation(knorm)": lambda: (None, asl.KeyRerotation(asl.KNorm(budget=30, window=4))),
+    "decoding(knorm)": lambda: (None, asl.DecodingEviction(asl.KNorm(window=4), every=3, budget=30)),
     "cur": lambda: (None, asl.CUR(budget=30, window=0, local_window_size=8)),
     "criticalkv(expected-attention)": lambda: (None, asl.CriticalKV(asl.ExpectedAttention(budget=36, window=4,
                                                                                           use_vnorm=False))),

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from asl.bench.run.oracle import Oracle
 from asl.calibration import SCORING, asl_settings, scaled_layer
 from asl.presets import KVPRESS, PAPER, kvpress_settings, paper_settings
-from asl.policies import (ASL, CUR, TOVA, AdaKV, ChunkKV, CriticalKV, ExpectedAttention, KeyRerotation, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
+from asl.policies import (ASL, CUR, TOVA, AdaKV, ChunkKV, CriticalKV, DecodingEviction, ExpectedAttention, KeyRerotation, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
                           KeyDiff, KNorm, LagKV, ObservedAttention, Proportional, PyramidInfer, PyramidInferDecode, PyramidKV,
                           RandomScores, ScorerEviction, SelectionPolicy, SnapKV, StreamingLLM, TopP)
 
@@ -48,11 +48,12 @@ EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM, "topp": TopP, "pyramid
              "cur": CUR, "simlayerkv": SimLayerKV}
 # Allocators: an eviction that wraps a scorer eviction, written name(scorer, key=value...)
 WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional, "chunkkv": ChunkKV,
-            "criticalkv": CriticalKV, "keyrerotation": KeyRerotation}
+            "criticalkv": CriticalKV, "keyrerotation": KeyRerotation,
+            "decoding": DecodingEviction}
 # A method that is a selection and an eviction in one paper: its name stands for both (its
 # arguments go to the first).
 ALIASES = {"pyramidinfer": ("pyramidinfer-prefill", "pyramidinfer-decode")}
-BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "criticalkv", "keyrerotation", "fastkv", "asl", "gemfilter", "asl-2pass",
+BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "criticalkv", "keyrerotation", "decoding", "fastkv", "asl", "gemfilter", "asl-2pass",
            "jaccard-stop", "entropy-stop", "pyramidinfer", "pyramidinfer-prefill", "pyramidinfer-decode", "oracle")
 DESCRIPTIONS = {
     "full": "the full cache (no selection, no eviction)",
@@ -74,6 +75,8 @@ DESCRIPTIONS = {
                   "those, the others everything (SimLayerKV, Zhang et al. 2024)",
     "keyrerotation": "wrapper around a scorer eviction, keyrerotation(knorm): the kept keys re-rotated to positions "
                      "0, 1, ... and what follows numbered after them (kvpress's KeyRerotationPress)",
+    "decoding": "wrapper around a scorer eviction, decoding(knorm,every=64,budget=512): while generating, every "
+                "`every` tokens each layer cut back to `budget` by the scorer (kvpress's DecodingPress)",
     "criticalkv": "wrapper around a scorer eviction, criticalkv(snapkv): half kept by the score, the rest by the score "
                   "times the value's norm through the output projection (CriticalKV, Feng et al. 2025)",
     "adakv": "allocator around a scorer eviction, adakv(snapkv): the layer's budget shared among its heads by score",
@@ -440,7 +443,7 @@ def kept_budget(params: list[dict], budget: int | None) -> int | None:
     (what it selects is recorded beside it, as select_tokens)."""
     for fields in reversed(params):
         inner = fields
-        while "scorer" in inner:  # a wrapper's budget is its scorer's
+        while "scorer" in inner and "budget" not in inner:  # a wrapper's budget is its scorer's, unless its own
             inner = inner["scorer"]
         if ("rate" in fields and "scorer" in fields) or inner.get("ratio") is not None:
             return None

@@ -46,6 +46,7 @@ class ObservedAttention(ScorerEviction):
     Costs n^2 per head: computed `chunk` queries at a time. kvpress's is `window=0`, `ratio`."""
 
     chunk: int = 256
+    decodes = False  # every query's attention: a decoding cache keeps only the latest queries
 
     def _check(self) -> None:
         super()._check()

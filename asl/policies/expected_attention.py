@@ -42,6 +42,7 @@ class ExpectedAttention(ScorerEviction):
     use_covariance: bool = True
     use_vnorm: bool = True
     epsilon: float = 0.0
+    decodes = False  # the statistics of every query and the model's RoPE
 
     def _check(self) -> None:
         super()._check()
@@ -106,6 +107,7 @@ class CriticalKV(ScorerWrapper, ScorerEviction):
     window: int = field(init=False, default=None)
     ratio: float | None = field(init=False, default=None)
     sizes_layers = False  # a ratio on the scorer is kvpress's way of sizing it
+    decodes = False  # the layer's output projection
 
     def __post_init__(self) -> None:
         if isinstance(self.scorer, ScorerEviction):

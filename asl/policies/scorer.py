@@ -51,6 +51,7 @@ class ScorerEviction(EvictionPolicy):
     budget: int = 2048  # entries per cached head per layer, window included
     window: int = 32
     ratio: float | None = None  # the share of each layer's entries to evict (kvpress's compression_ratio)
+    decodes = True  # its score reads only keys, values and the window's queries (asl.DecodingEviction may run it)
 
     def _check(self) -> None:
         check_positive_int("budget", self.budget)
