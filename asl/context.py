@@ -24,7 +24,7 @@ import torch
 from .models.cache import KVCache, LayerCache
 from .models.decoder import Decoder
 from .models.interop import as_decoder, weights_fingerprint
-from .policies.base import check_policies, per_call
+from .policies.base import PrefillInfo, check_policies, per_call
 from .models.decoder import positions_for
 from .prefill import PrefillResult, prefill
 
@@ -34,6 +34,7 @@ class CompressedLayer:
     k: torch.Tensor  # [G, n, d] the entries the layer kept for the context
     v: torch.Tensor
     valid: torch.Tensor  # [G, n] bool (a head that kept fewer entries has masked slots)
+    positions: torch.Tensor | None = None  # [G, n] int64: each entry's position (what a question's RoPE is after)
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,9 @@ def compress(model, tokenizer, context: str, selection=None, eviction=None,
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         prefill_s = time.perf_counter() - start
-        layers = tuple(_context_entries(layer, len(ids)) for layer in pre.cache.layers)
     kept = [i for i in pre.kept_indices[0] if i < len(ids)]
+    with torch.inference_mode():
+        layers = tuple(_context_entries(layer, len(ids), kept if pre.restarted else None) for layer in pre.cache.layers)
     # Positions go on from the context's: its own length, or after a restart (positions
     # renumbered over the kept tokens) the number of context tokens kept.
     next_position = len(kept) if pre.restarted else len(ids)
@@ -130,10 +132,10 @@ def _renumbered(layers: tuple, caches: list, rope, eviction) -> tuple[tuple, int
                          f"of each layer's heads): give it a scorer sized by a budget or a ratio, with no selection")
     out = []
     for layer, cache in zip(layers, caches):
-        old = cache.positions[0, :, : layer.valid.shape[-1]]
+        old = layer.positions
         new = (layer.valid.cumsum(-1) - 1).masked_fill(~layer.valid, 0)
         delta = (new - old).masked_fill(~layer.valid, 0)
-        out.append(CompressedLayer(rope.rotate_by(layer.k[None], delta[None])[0], layer.v, layer.valid))
+        out.append(CompressedLayer(rope.rotate_by(layer.k[None], delta[None])[0], layer.v, layer.valid, new))
     return tuple(out), int(counts[0, 0])
 
 
@@ -153,30 +155,47 @@ def chat_parts(tokenizer) -> tuple[str, str]:
     return before, after
 
 
-def _context_entries(layer: LayerCache, context_tokens: int) -> CompressedLayer:
-    """The layer's stored entries of sequence 0, the hint's dropped (they come last in the prompt)."""
+def _context_entries(layer: LayerCache, context_tokens: int, kept: list[int] | None) -> CompressedLayer:
+    """The layer's stored entries of sequence 0, the hint's dropped (they come last in the prompt),
+    with their positions: the prompt index, or after a restart (`kept`: the tokens the second
+    pass ran on, renumbered from 0) the token's rank among them."""
     valid = layer.valid[0, :, : layer.filled] & (layer.index[0] < context_tokens)
     n = int(valid.sum(-1).max())  # entries are sorted by prompt index: the hint's are at the end
-    return CompressedLayer(layer.k[0, :, :n].clone(), layer.v[0, :, :n].clone(), valid[:, :n].clone())
+    index = layer.index[0, :, :n].long()
+    positions = index if kept is None else torch.searchsorted(torch.tensor(kept, device=index.device), index)
+    return CompressedLayer(layer.k[0, :, :n].clone(), layer.v[0, :, :n].clone(), valid[:, :n].clone(),
+                           positions.masked_fill(~valid[:, :n], 0))
 
 
 def extend(decoder: Decoder, compressed: CompressedContext, input_ids: torch.Tensor, valid: torch.Tensor,
-           extra_slots: int) -> PrefillResult:
-    """Run left-padded questions [B, m] over fresh copies of the compressed cache."""
+           extra_slots: int, eviction=None) -> PrefillResult:
+    """Run left-padded questions [B, m] over fresh copies of the compressed cache; with an
+    `eviction` that evicts while decoding, the entries' positions and its latest queries too."""
     if compressed.decoder is not decoder:
         raise ValueError("cache was compressed with another model: compress the context with this one")
     check_fresh(compressed, decoder)
     b, m = input_ids.shape
     positions = compressed.next_position + positions_for(valid)
     h, rope = decoder.embed(input_ids, positions)
+    recent = 0
+    if eviction is not None:
+        c = decoder.config
+        lengths = tuple(compressed.context_tokens + int(x) for x in valid.sum(-1))
+        eviction.begin(PrefillInfo(c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, lengths))
+        recent = eviction.recent_queries(max(lengths), extra_slots)
     caches = []
     for layer, saved in zip(decoder.layers, compressed.layers):
         batch = (b, *saved.k.shape)
+        where = saved.positions.expand(batch[:3]) if eviction is not None else None
         cache = LayerCache.from_prefill(saved.k.expand(batch), saved.v.expand(batch), saved.valid.expand(batch[:3]),
-                                        m + extra_slots)  # a fresh copy of the context's entries per question
+                                        m + extra_slots, positions=where)  # a fresh copy per question
         n = saved.k.shape[1]
         q, k, v = layer.project(h, *rope)
         cache.write(torch.arange(n, n + m, device=k.device), k, v, valid)
+        if eviction is not None:
+            cache.positions[:, :, n:n + m] = positions.masked_fill(~valid, -1)[:, None]
+        if recent:
+            cache.keep_queries(q, valid, positions, recent)
         h = layer.finish(h, _question_attention(q, cache, n, m, valid))
         cache.filled = n + m
         caches.append(cache)

@@ -18,6 +18,8 @@ from .models.cache import KVCache, LayerCache
 from .models.decoder import Decoder, decode_attention
 from .models.interop import as_decoder
 from .policies.base import EvictionPolicy, SelectionPolicy, check_policies, per_call
+from .policies.decoding import DecodingEviction
+from .policies.streaming import StreamingLLM
 from .prefill import prefill
 from .generation_settings import DecodeSettings, resolve
 from .sampling import Sampler
@@ -176,9 +178,13 @@ def check_run(compile, seed) -> None:
 def _check_cache(cache, selection, eviction, chat) -> None:
     if not isinstance(cache, CompressedContext):
         raise ValueError(f"cache must be what asl.compress returned, got {type(cache).__name__}")
-    if selection is not None or eviction is not None:
+    if selection is not None or (eviction is not None and eviction.every == 0):
         raise ValueError("selection and eviction act when the context is compressed: pass them to asl.compress, "
-                         "not to generate(..., cache=...)")
+                         "not to generate(..., cache=...), which takes only an eviction that acts while the answer "
+                         "is generated (asl.DecodingEviction, a rolling asl.StreamingLLM)")
+    if eviction is not None and not isinstance(eviction, (DecodingEviction, StreamingLLM)):
+        raise ValueError(f"generate(..., cache=...) runs DecodingEviction and StreamingLLM while answering; "
+                         f"{type(eviction).__name__} reads what its own prefill handed it: run it on the whole prompt")
     if chat and cache.chat_suffix is None:
         raise ValueError("chat=True: the context was compressed without its chat template; compress it with "
                          "asl.compress(..., chat=True), then each question is wrapped in the template's rest")
@@ -330,7 +336,7 @@ def generate_ids(model: Decoder, tokenizer, ids: list[list[int]], settings: Deco
         if cache is None:
             pre = prefill(model, input_ids, valid, max_new_tokens, selection, eviction, trunk)
         else:
-            pre = extend(model, cache, input_ids, valid, max_new_tokens)
+            pre = extend(model, cache, input_ids, valid, max_new_tokens, eviction)
         tokens = sampler(pre.logits)
         sync(device)
         prefill_s = time.perf_counter() - start

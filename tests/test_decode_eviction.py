@@ -483,3 +483,26 @@ def test_decoding_eviction_refuses_what_it_cannot_run():
         asl.DecodingEviction(asl.KNorm(window=8), budget=8)
     with pytest.raises(ValueError, match="every must be an integer >= 1"):
         asl.DecodingEviction(asl.KNorm(), every=0)
+
+
+def test_decoding_eviction_runs_while_questions_on_a_compressed_context_are_answered(model):
+    """kvpress's pipeline with a DecodingPress: the context compressed once, each answer's cache
+    cut back while it is generated; the compressed entries stay as they were for the next one."""
+    context = prompt(12, 40)
+    compressed = asl.compress(model, TOK, context, eviction=asl.KeyRerotation(asl.KNorm(budget=24, window=4)))
+    policy = DecodingRecorder(asl.KNorm(window=3), every=5, budget=20)
+    first = asl.generate(model, TOK, prompt(13, 6), cache=compressed, max_new_tokens=17, eviction=policy)
+    assert [step for step, *_ in policy.seen] == [5, 10, 15] and first.trace.decode_compactions == 3 * LAYERS
+    assert first.trace.sequences[0].peak_kv_tokens == [24 + 6 + 5] * LAYERS  # context, question, 5 answer tokens
+    assert all(sizes == [20] * LAYERS for sizes in first.trace.sequences[0].decode_kv_tokens.values())
+    plain = asl.generate(model, TOK, prompt(13, 6), cache=compressed, max_new_tokens=17)
+    assert plain.tokens[:6] == first.tokens[:6]  # the same until the first cut is read
+    assert [layer.valid.sum(-1).tolist() for layer in compressed.layers] == [[24] * 2] * LAYERS  # untouched
+    rolled = asl.generate(model, TOK, prompt(13, 6), cache=compressed, max_new_tokens=12,
+                          eviction=asl.StreamingLLM(budget=26, positions="original"))
+    trace = rolled.trace.sequences[0]  # rolling from the first step: 24 + 6 entries cut to 25, then one written
+    assert trace.peak_kv_tokens == [30] * LAYERS and set(map(tuple, trace.decode_kv_tokens.values())) == {(25,) * LAYERS}
+    with pytest.raises(ValueError, match="takes only an eviction that acts while the answer is generated"):
+        asl.generate(model, TOK, "question", cache=compressed, eviction=asl.KNorm(budget=8, window=2))
+    with pytest.raises(ValueError, match="runs DecodingEviction and StreamingLLM while answering; PyramidInferDecode"):
+        asl.generate(model, TOK, "question", cache=compressed, eviction=asl.PyramidInferDecode())
