@@ -227,3 +227,41 @@ def test_simlayerkv_keeps_the_two_ends_of_a_lazy_layer_only(n_last):
     assert kept(busy, view) == [list(range(n))] * G
     short = asl.SimLayerKV(lazy_threshold=0.0, n_last=n_last, n_recent=n - initial - n_last, n_initial=initial)
     assert kept(short, view) == [list(range(n))] * G  # no more than n_initial + n_recent + n_last tokens
+
+
+def test_per_layer_ratio_keeps_kvpress_count_of_each_layer():
+    from asl.policies import PrefillInfo
+
+    view = layer(30, 14, pad=2)
+    policy = asl.PerLayerRatio(asl.KNorm(window=2), ratios=(0.5, 0.8))
+    policy.begin(PrefillInfo(2, H, G, D, (30,)))
+    for index, ratio in enumerate((0.5, 0.8)):
+        count = max(1, int(30 * (1 - ratio)))  # kvpress's compute_n_kept, window included
+        for g, ours in enumerate(kept_at(policy, view, index)):
+            norms = [-float(view.keys[0, g, 2 + j].double().norm()) for j in range(28)]
+            assert_top(ours, norms, count - 2, 2)
+    with pytest.raises(ValueError, match="ratios has 2 values; the model has 3 layers"):
+        policy.begin(PrefillInfo(3, H, G, D, (30,)))
+    with pytest.raises(ValueError, match=r"ratios must be a non-empty tuple of numbers in \[0, 1\)"):
+        asl.PerLayerRatio(asl.KNorm(), ratios=(0.5, 1.0))
+
+
+def kept_at(policy, view, index: int) -> list[list[int]]:
+    """kept() at layer `index` of a policy that evicts there."""
+    pad = view.width - int(view.alive[0])
+    return [[c - pad for c in row.tolist() if c >= 0] for row in policy.keep(index, view)[0]]
+
+
+@pytest.mark.parametrize("pad", [0, 3])
+def test_threshold_eviction_drops_old_entries_scoring_below_it(pad):
+    n, recent, window = 40, 6, 2
+    view = layer(n, 15, pad)
+    norms = [[float(view.keys[0, g, pad + j].double().norm()) for j in range(n)] for g in range(G)]
+    ordered = sorted(x for row in norms for x in row)
+    middle = ordered[len(ordered) // 3: 2 * len(ordered) // 3]
+    cut = max((b - a, (a + b) / 2) for a, b in zip(middle, middle[1:]))[1]  # in the widest gap: no entry near it
+    policy = asl.ThresholdEviction(asl.KNorm(window=window), threshold=-cut, sliding_window=recent)
+    ours = kept_at(policy, view, 0)
+    for g in range(G):
+        assert ours[g] == [j for j in range(n) if norms[g][j] <= cut or j >= n - max(recent, window)]
+    assert asl.ThresholdEviction(asl.KNorm(window=window), threshold=-1e9).keep(0, view) is None  # nothing below

@@ -16,6 +16,7 @@ import sys
 
 import torch
 
+from asl.policies import PrefillInfo
 from asl.presets import PAPER_MODELS, PRESETS
 from asl.bench.args import (Formatter, add_dtype, check_device, ints, model_config, one_line_errors, parse_tasks,
                             resolve_dtype_flag)
@@ -158,6 +159,12 @@ def resolve(args):
             except (ValueError, TypeError) as e:
                 raise ValueError(f"--budget {budget} / --select-tokens {select} / --methods {spec.label}: {e}") from None
             for policy in method.policies():
+                try:  # what a policy checks against the model when a prefill begins, before any run
+                    if hasattr(policy, "per_call"):  # a policy (the oracle is not one)
+                        policy.per_call().begin(PrefillInfo(config.num_layers, config.num_heads, config.num_kv_heads,
+                                                            config.head_dim, (max(args.lengths),)))
+                except ValueError as e:
+                    raise ValueError(f"--methods {spec.label}: {e}") from None
                 for key in ("layer", "l_min", "l_max"):
                     value = getattr(policy, key, None)
                     if isinstance(value, int) and not 0 <= value < config.num_layers:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from asl.bench.run.oracle import Oracle
 from asl.calibration import SCORING, asl_settings, scaled_layer
 from asl.presets import KVPRESS, PAPER, kvpress_settings, paper_settings
-from asl.policies import (ASL, CUR, TOVA, AdaKV, ChunkKV, CriticalKV, DecodingEviction, ExpectedAttention, KeyRerotation, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
+from asl.policies import (ASL, CUR, TOVA, AdaKV, ChunkKV, CriticalKV, DecodingEviction, ExpectedAttention, KeyRerotation, PerLayerRatio, ThresholdEviction, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
                           KeyDiff, KNorm, LagKV, ObservedAttention, Proportional, PyramidInfer, PyramidInferDecode, PyramidKV,
                           RandomScores, ScorerEviction, SelectionPolicy, SnapKV, StreamingLLM, TopP)
 
@@ -49,11 +49,11 @@ EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM, "topp": TopP, "pyramid
 # Allocators: an eviction that wraps a scorer eviction, written name(scorer, key=value...)
 WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional, "chunkkv": ChunkKV,
             "criticalkv": CriticalKV, "keyrerotation": KeyRerotation,
-            "decoding": DecodingEviction}
+            "decoding": DecodingEviction, "perlayer": PerLayerRatio, "dms": ThresholdEviction}
 # A method that is a selection and an eviction in one paper: its name stands for both (its
 # arguments go to the first).
 ALIASES = {"pyramidinfer": ("pyramidinfer-prefill", "pyramidinfer-decode")}
-BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "criticalkv", "keyrerotation", "decoding", "fastkv", "asl", "gemfilter", "asl-2pass",
+BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "criticalkv", "keyrerotation", "decoding", "perlayer", "dms", "fastkv", "asl", "gemfilter", "asl-2pass",
            "jaccard-stop", "entropy-stop", "pyramidinfer", "pyramidinfer-prefill", "pyramidinfer-decode", "oracle")
 DESCRIPTIONS = {
     "full": "the full cache (no selection, no eviction)",
@@ -77,6 +77,10 @@ DESCRIPTIONS = {
                      "0, 1, ... and what follows numbered after them (kvpress's KeyRerotationPress)",
     "decoding": "wrapper around a scorer eviction, decoding(knorm,every=64,budget=512): while generating, every "
                 "`every` tokens each layer cut back to `budget` by the scorer (kvpress's DecodingPress)",
+    "perlayer": "wrapper around a scorer eviction, perlayer(knorm,ratios=(0.5,0.7,...)): a ratio per layer, a tuple "
+                "of one per layer (kvpress's PerLayerCompressionPress)",
+    "dms": "wrapper around a scorer eviction, dms(knorm,threshold=-5,sliding_window=128): entries scoring below the "
+           "threshold evicted, the recent ones kept (DMS with a dense prefill, no trained evictor; kvpress's DMSPress)",
     "criticalkv": "wrapper around a scorer eviction, criticalkv(snapkv): half kept by the score, the rest by the score "
                   "times the value's norm through the output projection (CriticalKV, Feng et al. 2025)",
     "adakv": "allocator around a scorer eviction, adakv(snapkv): the layer's budget shared among its heads by score",
@@ -400,13 +404,16 @@ def default_params(spec: MethodSpec, defaults: dict[str, dict], budget: int | No
         if role(policy) == "eviction":  # an eviction scores tokens like the selection before it
             own.update({k: previous[k] for k in SCORING if k in previous})
         previous = _fill(scorer, own, budget, select_tokens)
-        out.append(_wrapping(policy, previous))
+        out.append(_wrapping(policy, previous, budget))
     return out
 
 
-def _wrapping(policy: PolicySpec, scorer: dict) -> dict:
-    """A wrapper's keyword arguments around its scorer's: {..., "scorer": {...}}, nested as written."""
-    return scorer if policy.inner is None else {**_fill(policy, {}, None, None), "scorer": _wrapping(policy.inner, scorer)}
+def _wrapping(policy: PolicySpec, scorer: dict, budget: int | None) -> dict:
+    """A wrapper's keyword arguments around its scorer's: {..., "scorer": {...}}, nested as
+    written; a wrapper with a budget of its own (DecodingEviction's, while decoding) takes the run's."""
+    if policy.inner is None:
+        return scorer
+    return {**_fill(policy, {}, budget, None), "scorer": _wrapping(policy.inner, scorer, budget)}
 
 
 def _construct(policy: PolicySpec, kwargs: dict):
@@ -445,7 +452,8 @@ def kept_budget(params: list[dict], budget: int | None) -> int | None:
         inner = fields
         while "scorer" in inner and "budget" not in inner:  # a wrapper's budget is its scorer's, unless its own
             inner = inner["scorer"]
-        if ("rate" in fields and "scorer" in fields) or inner.get("ratio") is not None:
+        sized_by_input = "scorer" in fields and ({"rate", "ratios", "threshold"} & set(fields))  # no count
+        if sized_by_input or inner.get("ratio") is not None:
             return None
         if isinstance(inner.get("budget"), int):
             return inner["budget"]
