@@ -150,17 +150,21 @@ def prefill(
     selection: SelectionPolicy | None = None,
     eviction: EvictionPolicy | None = None,
     trunk: Trunk | None = None,
+    question_tokens: tuple[int, ...] = (),
 ) -> PrefillResult:
     """Run the prompt through the model with the policies; see the module docstring. With a
     `trunk` of these very tokens (`full_trunk`), the layers before the first selection are read
-    from it, not run: the same numbers, at the cost of the policies alone."""
+    from it, not run: the same numbers, at the cost of the policies alone. `question_tokens`: per
+    sequence, how many of the prompt's last tokens are its question (asl.compress's hint), for a
+    policy that scores by it (asl.Finch)."""
     c = model.config
     if trunk is not None and not (torch.equal(trunk.tokens.ids, input_ids) and torch.equal(trunk.tokens.valid, valid)):
         raise ValueError("trunk: it was computed for other tokens than these")
     if trunk is not None and selection is not None and selection.restarts:
         raise ValueError(f"trunk: {type(selection).__name__} reruns the model from layer 0 after its selection; "
                          "only one-shot selections fork from a shared trunk")
-    info = PrefillInfo(c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, tuple(valid.sum(-1).tolist()))
+    info = PrefillInfo(c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, tuple(valid.sum(-1).tolist()),
+                       question_tokens)
     for policy in (selection, eviction):
         if policy is not None:
             policy.begin(info)

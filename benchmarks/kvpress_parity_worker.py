@@ -124,8 +124,13 @@ def main() -> None:
                 press = getattr(kvpress, cls)(**kwargs)
             else:
                 press = getattr(kvpress, cls)(compression_ratio=cases["ratio"], **kwargs)
-            rerotated = cls == "KeyRerotationPress"  # its stored keys are turned: read from its scorer's topk
-            if rerotated:
+            rerotated = cls in ("KeyRerotationPress", "FinchPress")  # stored keys turned: read from the topk
+            if cls == "FinchPress":  # context, delimiter, question: the question is its window (the delimiter an
+                delimiter = model.config.vocab_size - 1  # id no prompt holds; the press drops its embedding)
+                assert delimiter not in prompt["context_ids"] + prompt["question_ids"]
+                press.delimiter_token_id = delimiter
+                kept, cache = kept_by_layer(press, model, prompt["context_ids"] + [delimiter] + prompt["question_ids"])
+            elif rerotated:
                 kept, cache = kept_by_layer(press, model, prompt["context_ids"], press.press)
             elif not isinstance(press, kvpress.ScorerPress) or "press" in kwargs:  # by matching the stored keys
                 key = (prompt["id"], model.config._attn_implementation)  # the same attention, the same numbers
@@ -138,6 +143,11 @@ def main() -> None:
             else:
                 kept, cache = kept_by_layer(press, model, prompt["context_ids"])
             model.set_attn_implementation("eager")
+            if cls == "FinchPress":  # kvpress keeps the question in the cache and asks it again; asl drops the hint
+                results.setdefault(name, []).append({"id": prompt["id"], "kept": kept, "answer": None,
+                                                     "answer_error": "not compared: kvpress keeps the question in "
+                                                                     "the cache, asl.compress drops its hint"})
+                continue
             try:
                 start = cache.get_seq_length() if rerotated else len(prompt["context_ids"])  # as kvpress's pipeline
                 tokens, error = answer(model, cache, start, prompt["question_ids"],

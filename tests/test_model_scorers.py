@@ -161,3 +161,34 @@ def test_criticalkv_takes_its_scorers_budget_and_composes_under_an_allocator():
     critical = asl.CriticalKV(inner)
     assert (critical.budget, critical.window, critical.ratio) == (64, 8, None)
     assert asl.AdaKV(critical).budget == 64
+
+
+def test_finch_scores_by_the_questions_normalised_attention():
+    from asl.policies import PrefillInfo
+    from test_kv_scorers import causal_attention, layer
+
+    n, w = 26, 5
+    view = layer(n, 16)
+    p = causal_attention(view)
+    policy = asl.Finch(budget=12).per_call()
+    policy.begin(PrefillInfo(1, H, G, D, (n,), question_tokens=(w,)))
+    assert policy.window == w and asl.Finch().window is None  # set on the call's copy only
+    for g, ours in enumerate(kept(policy, view)):
+        group = range(g * (H // G), (g + 1) * (H // G))
+        scores = [sum(p[h][n - w + i][j] * (n - w + i) for h in group for i in range(w)) for j in range(n - w)]
+        assert_top(ours, scores, 12 - w, w)
+    with pytest.raises(ValueError, match="Finch\\(window=None\\) scores by the question"):
+        asl.Finch().per_call().begin(PrefillInfo(1, H, G, D, (n,)))
+
+
+def test_finch_takes_the_question_hint_as_its_window_and_rerotates():
+    from tiny import CharTokenizer, tiny_pair
+
+    model, tok = tiny_pair("qwen2", num_hidden_layers=3, eos_token_id=None)[1], CharTokenizer()
+    context, question = "the quick brown fox jumps over the lazy dog " * 4, "what jumps?"
+    compressed = asl.compress(model, tok, context, eviction=asl.Finch(budget=40), question_hint=question)
+    q = len(tok(question, add_special_tokens=False)["input_ids"])
+    assert compressed.next_position == 40 - q  # re-rotated: the context's kept entries, the hint's dropped
+    assert compressed.kv_tokens_per_head == [[40 - q] * model.config.num_kv_heads] * model.config.num_layers
+    with pytest.raises(ValueError, match="question_hint"):
+        asl.compress(model, tok, context, eviction=asl.Finch(budget=40))

@@ -12,6 +12,7 @@ from .attention_scores import TOVA, ObservedAttention
 from .chunkkv import ChunkKV
 from .cur import CUR
 from .decoding import DecodingEviction
+from .finch import Finch
 from .threshold import PerLayerRatio, ThresholdEviction
 from .rerotation import KeyRerotation
 from .simlayerkv import SimLayerKV
@@ -28,5 +29,5 @@ from .snapkv import SnapKV
 from .streaming import StreamingLLM
 from .topp import TopP
 
-__all__ = ["ASL", "LagKV", "ChunkKV", "CUR", "CriticalKV", "ExpectedAttention", "SimLayerKV", "KeyRerotation", "DecodingEviction", "PerLayerRatio", "ThresholdEviction", "KNorm", "KeyDiff", "ObservedAttention", "RandomScores", "TOVA", "AdaKV", "EntropyStop", "FittedStop", "JaccardStop", "Proportional", "PyramidKV", "ASLTwoPass", "DecodeView", "EvictionPolicy", "FastKV", "Full", "GemFilter", "LayerView", "PrefillInfo",
+__all__ = ["ASL", "LagKV", "ChunkKV", "CUR", "CriticalKV", "ExpectedAttention", "SimLayerKV", "KeyRerotation", "DecodingEviction", "Finch", "PerLayerRatio", "ThresholdEviction", "KNorm", "KeyDiff", "ObservedAttention", "RandomScores", "TOVA", "AdaKV", "EntropyStop", "FittedStop", "JaccardStop", "Proportional", "PyramidKV", "ASLTwoPass", "DecodeView", "EvictionPolicy", "FastKV", "Full", "GemFilter", "LayerView", "PrefillInfo",
            "PyramidInfer", "PyramidInferDecode", "ScorerEviction", "ScorerSelection", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "TopP", "fill_unevicted", "sort_keep", "top_prefix"]

@@ -30,6 +30,7 @@ class PrefillInfo:
     num_kv_heads: int
     head_dim: int
     prompt_lengths: tuple[int, ...]
+    question_tokens: tuple[int, ...] = ()  # per sequence, the question's tokens at the prompt's end, where known
     _shared: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property

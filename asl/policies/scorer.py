@@ -37,6 +37,11 @@ def prefix_scores(policy, scores: torch.Tensor, view: LayerView, heads: int) -> 
     return scores.masked_fill(~view.valid[:, None, :m], float("-inf"))
 
 
+def check_ratio(ratio) -> None:
+    if ratio is not None and not (is_number(ratio) and 0 <= ratio < 1):
+        raise ValueError(f"ratio must be None or a number in [0, 1) (the share of entries evicted), got {ratio!r}")
+
+
 @dataclass
 class ScorerEviction(EvictionPolicy):
     """Per layer and cached head, the `budget - window` best-scored prefix entries plus the window.
@@ -57,9 +62,7 @@ class ScorerEviction(EvictionPolicy):
         check_positive_int("budget", self.budget)
         check_positive_int("window", self.window, 0)
         check_window_below(self.window, "budget", self.budget)
-        if self.ratio is not None and not (is_number(self.ratio) and 0 <= self.ratio < 1):
-            raise ValueError(f"ratio must be None or a number in [0, 1) (the share of entries evicted), "
-                             f"got {self.ratio!r}")
+        check_ratio(self.ratio)
 
     @abstractmethod
     def score(self, view: LayerView) -> torch.Tensor:
