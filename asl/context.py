@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .models.cache import KVCache, LayerCache
+from .models.config import check_window
 from .models.decoder import Decoder
 from .models.interop import as_decoder, weights_fingerprint
 from .policies.base import PrefillInfo, check_policies, per_call
@@ -99,6 +100,7 @@ def compress(model, tokenizer, context: str, selection=None, eviction=None,
     limit = decoder.config.max_position_embeddings
     if len(ids) + len(hint) >= limit:
         raise ValueError(f"context and hint have {len(ids) + len(hint)} tokens; the model has {limit} positions")
+    check_window(decoder.config, len(ids) + len(hint), "the context")
     device = decoder.lm_head.weight.device
     input_ids = torch.tensor([ids + hint], device=device)
     with torch.inference_mode():

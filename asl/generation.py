@@ -15,6 +15,7 @@ from .answers import cut_at_stop, hits_stop
 from .context import CompressedContext, extend
 from .decoding import DecodeEviction
 from .models.cache import KVCache, LayerCache
+from .models.config import check_window
 from .models.decoder import Decoder, decode_attention
 from .models.interop import as_decoder
 from .policies.base import EvictionPolicy, SelectionPolicy, check_policies, per_call
@@ -308,6 +309,8 @@ def check_fits(model: Decoder, ids: list[list[int]], max_new_tokens: int, cache=
                 f"prompt {i} has {len(x)} tokens{before}; with max_new_tokens={max_new_tokens} that exceeds the "
                 f"model's maximum of {limit} positions"
             )
+        check_window(model.config, offset + len(x) + max_new_tokens, f"prompt {i} with its answer")
+
 
 
 @torch.inference_mode()

@@ -506,3 +506,20 @@ def test_decoding_eviction_runs_while_questions_on_a_compressed_context_are_answ
         asl.generate(model, TOK, "question", cache=compressed, eviction=asl.KNorm(budget=8, window=2))
     with pytest.raises(ValueError, match="runs DecodingEviction and StreamingLLM while answering; PyramidInferDecode"):
         asl.generate(model, TOK, "question", cache=compressed, eviction=asl.PyramidInferDecode())
+
+
+def test_key_rerotation_turns_only_the_rotary_part_of_a_partial_rotary_head():
+    """Phi-4-mini style: 12 of 16 dims turn; re-rotated keys equal the keys projected at the new
+    positions, their 4 passing dims untouched."""
+    phi = tiny_pair("phi3", "partial", num_hidden_layers=2, eos_token_id=None)[1]
+    assert phi.config.rotary_dim == 12
+    context = prompt(14, 40)
+    turned = asl.compress(phi, TOK, context, eviction=asl.KeyRerotation(asl.KNorm(budget=12, window=3)))
+    plain = asl.compress(phi, TOK, context, eviction=asl.KNorm(budget=12, window=3))
+    ids = torch.tensor([TOK(context)["input_ids"]])
+    for g in range(plain.layers[0].k.shape[0]):
+        kept = [j for j in range(40) if any(torch.allclose(plain.layers[0].k[g, i], layer0_keys_at(
+            phi, ids, [j], [j])[0, g, 0], atol=1e-5) for i in range(12))]
+        torch.testing.assert_close(turned.layers[0].k[g], layer0_keys_at(phi, ids, kept, list(range(12)))[0, g],
+                                   rtol=1e-5, atol=1e-5)
+    assert torch.equal(turned.layers[0].k[..., 12:], plain.layers[0].k[..., 12:])

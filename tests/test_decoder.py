@@ -5,9 +5,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from asl.models.config import ModelConfig
-from tiny import ROPE_VARIANTS, tiny_hf_config, tiny_pair
+from tiny import PHI3_ROPE, ROPE_VARIANTS, tiny_hf_config, tiny_pair
 
-MODEL_TYPES = ["llama", "mistral", "qwen2", "qwen3"]
+MODEL_TYPES = ["llama", "mistral", "qwen2", "qwen3", "phi3"]
 
 
 @pytest.fixture(scope="module", params=MODEL_TYPES)
@@ -33,6 +33,32 @@ def test_rope_variants_match_transformers(model_type, rope):
     with torch.no_grad():
         expected = hf(ids).logits.float()
     assert (ours(ids) - expected).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("rope", list(PHI3_ROPE))
+def test_phi3_longrope_and_partial_rotary_match_transformers(rope):
+    """Phi-3's LongRoPE (short factors within its 64 pretraining positions, long past them, and
+    the attention factor) and Phi-4-mini's partial rotary (12 of 16 dims turn), within and past 64."""
+    hf, ours = tiny_pair("phi3", rope, max_position_embeddings=256)
+    default = tiny_pair("phi3", max_position_embeddings=256)[1]
+    for n in (40, 150):
+        ids = torch.randint(0, 128, (2, n), generator=torch.Generator().manual_seed(n))
+        with torch.no_grad():
+            expected = hf(ids).logits.float()
+        got = ours(ids)
+        assert (got - expected).abs().max().item() < 1e-4
+        assert (got - default(ids)).abs().max().item() > 1e-4  # the variant acts
+
+
+def test_a_sliding_window_model_refuses_a_text_past_its_window():
+    import asl
+    from tiny import CharTokenizer
+
+    _, ours = tiny_pair("phi3", sliding_window=40)
+    assert ours.config.sliding_window == 40
+    asl.generate(ours, CharTokenizer(), "x" * 30, max_new_tokens=5)  # 35 tokens: within the window
+    with pytest.raises(ValueError, match="more than the model's sliding window of 40: sliding-window attention"):
+        asl.generate(ours, CharTokenizer(), "x" * 38, max_new_tokens=5)
 
 
 def test_rope_variants_differ_from_default():
@@ -76,8 +102,8 @@ def test_unsupported_model_type_lists_supported():
 
 def test_unsupported_rope_type_is_named():
     cfg = tiny_hf_config("llama").to_dict()
-    cfg["rope_parameters"] = {"rope_type": "longrope", "rope_theta": 1e4}
-    with pytest.raises(ValueError, match="longrope"):
+    cfg["rope_parameters"] = {"rope_type": "fourier", "rope_theta": 1e4}
+    with pytest.raises(ValueError, match="fourier"):
         ModelConfig.from_hf(cfg)
 
 

@@ -12,7 +12,7 @@ import asl
 from asl.models.interop import SUPPORTED_CLASSES
 
 TOK = CharTokenizer()
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "phi3"]
 
 
 def hf_model(model_type: str, seed: int = 0, **overrides):

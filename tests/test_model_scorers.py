@@ -192,3 +192,27 @@ def test_finch_takes_the_question_hint_as_its_window_and_rerotates():
     assert compressed.kv_tokens_per_head == [[40 - q] * model.config.num_kv_heads] * model.config.num_layers
     with pytest.raises(ValueError, match="question_hint"):
         asl.compress(model, tok, context, eviction=asl.Finch(budget=40))
+
+
+def test_prerope_queries_and_expected_attention_on_a_partial_rotary_model():
+    from tiny import tiny_pair
+
+    _, model = tiny_pair("phi3", "partial", num_hidden_layers=2)
+    rope = model.rope
+    gen = torch.Generator().manual_seed(17)
+    pre = torch.randn(1, 4, 10, 16, generator=gen)
+    positions = torch.arange(10)[None]
+    cos, sin = rope(positions, torch.float32)
+    view = LayerView(0, apply_rope(pre, cos, sin), torch.randn(1, 2, 10, 16, generator=gen),
+                     torch.randn(1, 2, 10, 16, generator=gen), positions, positions,
+                     torch.ones(1, 10, dtype=torch.bool), rope=rope)
+    assert cos.shape[-1] == 12
+    torch.testing.assert_close(view.prerope_queries(), pre, atol=1e-5, rtol=1e-5)
+    from asl.policies.expected_attention import mean_rotation
+
+    rot = mean_rotation(rope, torch.tensor([10]), 3, 16)[0]
+    assert torch.equal(rot[12:, 12:], torch.eye(4)) and torch.equal(rot[:12, 12:], torch.zeros(12, 4))
+    cos3, sin3 = rope(torch.arange(10, 13)[None], torch.float32)
+    x = torch.randn(16, generator=gen)
+    turned = sum(apply_rope(x.view(1, 1, 1, 16), cos3[:, f:f + 1], sin3[:, f:f + 1]).flatten() for f in range(3)) / 3
+    torch.testing.assert_close(rot @ x, turned, atol=1e-5, rtol=1e-5)  # the average of the three rotations

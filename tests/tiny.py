@@ -12,6 +12,7 @@ CONFIG_CLASSES = {
     "mistral": transformers.MistralConfig,
     "qwen2": transformers.Qwen2Config,
     "qwen3": transformers.Qwen3Config,
+    "phi3": transformers.Phi3Config,
 }
 
 ROPE_VARIANTS = {
@@ -21,6 +22,17 @@ ROPE_VARIANTS = {
     "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 64},
     "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
+}
+# Phi-3's own: LongRoPE (short and long factors, one per pair of turned dims), and Phi-4-mini's
+# partial rotary (0.75 of a 16-dim head: 12 dims turn); both with tiny_hf_config("phi3", ...).
+PHI3_ROPE = {
+    "longrope": {"rope_type": "longrope", "original_max_position_embeddings": 64,
+                 "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.1, 3.8],
+                 "long_factor": [1.0, 1.5, 2.2, 3.0, 4.1, 5.5, 7.0, 9.0]},
+    "partial": {"rope_type": "default", "partial_rotary_factor": 0.75},
+    "partial-longrope": {"rope_type": "longrope", "original_max_position_embeddings": 64,
+                         "partial_rotary_factor": 0.75, "short_factor": [1.0, 1.2, 1.5, 1.9, 2.4, 3.0],
+                         "long_factor": [1.0, 1.7, 2.6, 3.7, 5.0, 6.6]},
 }
 
 
@@ -33,11 +45,11 @@ def tiny_hf_config(model_type: str = "llama", rope: str = "default", **overrides
     )
     if model_type == "qwen3":
         kwargs["head_dim"] = 16
-    if model_type == "mistral":
+    if model_type in ("mistral", "phi3"):
         kwargs["sliding_window"] = None
     kwargs.update(overrides)
     cfg = CONFIG_CLASSES[model_type](**kwargs)
-    cfg.rope_parameters = {"rope_theta": 10000.0, **ROPE_VARIANTS[rope]}
+    cfg.rope_parameters = {"rope_theta": 10000.0, **{**ROPE_VARIANTS, **PHI3_ROPE}[rope]}
     cfg._attn_implementation = "sdpa"
     return cfg
 

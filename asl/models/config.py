@@ -8,8 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
+FUSED = ("phi3",)  # one qkv_proj and one gate_up_proj per layer, as their checkpoints store them
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,22 @@ class ModelConfig:
     rope: dict[str, Any] = field(default_factory=dict)  # rope_type, rope_theta and the type's parameters
     eos_token_ids: tuple[int, ...] = ()
     sliding_window: int | None = None
+    partial_rotary_factor: float = 1.0  # the share of each head's dims RoPE turns (Phi-4-mini: 0.75)
     hf: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the config it was read from
 
     @property
     def group_size(self) -> int:
         return self.num_heads // self.num_kv_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        """How many of a head's first dims RoPE turns (all but with a partial rotary factor)."""
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    @property
+    def fused(self) -> bool:
+        """q, k, v in one projection and gate, up in another (Phi-3)."""
+        return self.model_type in FUSED
 
     @classmethod
     def from_hf(cls, hf: Any) -> "ModelConfig":
@@ -65,11 +77,17 @@ class ModelConfig:
             raise ValueError(f"num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})")
         head_dim = d.get("head_dim") or d["hidden_size"] // heads
         attention_bias = bool(d.get("attention_bias", False))
-        qkv_bias = {"qwen2": True, "mistral": False}.get(model_type, attention_bias)
-        o_bias = {"qwen2": False, "mistral": False}.get(model_type, attention_bias)
+        qkv_bias = {"qwen2": True, "mistral": False, "phi3": False}.get(model_type, attention_bias)
+        o_bias = {"qwen2": False, "mistral": False, "phi3": False}.get(model_type, attention_bias)
+        rope = _rope_parameters(d)
+        partial = d.get("partial_rotary_factor") or rope.pop("partial_rotary_factor", None) or 1.0
+        rope.pop("partial_rotary_factor", None)
+        if not 0 < partial <= 1 or int(head_dim * partial) % 2:
+            raise ValueError(f"config partial_rotary_factor must be in (0, 1] and turn an even number of a head's "
+                             f"{head_dim} dims, got {partial!r}")
         eos = d.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (int(eos),))
-        use_window = d.get("use_sliding_window", model_type == "mistral")
+        use_window = d.get("use_sliding_window", model_type in ("mistral", "phi3"))
         return cls(
             model_type=model_type,
             vocab_size=d["vocab_size"],
@@ -86,9 +104,10 @@ class ModelConfig:
             o_bias=o_bias,
             mlp_bias=bool(d.get("mlp_bias", False)),
             qk_norm=model_type == "qwen3",
-            rope=_rope_parameters(d),
+            rope=rope,
             eos_token_ids=eos_ids,
             sliding_window=d.get("sliding_window") if use_window else None,
+            partial_rotary_factor=float(partial),
             hf=dict(d),
         )
 
@@ -105,5 +124,19 @@ def _rope_parameters(d: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(
             f"rope_type {rope_type!r} is not supported; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
         )
-    params.setdefault("original_max_position_embeddings", d.get("max_position_embeddings", 2048))
+    params.setdefault("original_max_position_embeddings",
+                      d.get("original_max_position_embeddings") or d.get("max_position_embeddings", 2048))
+    if rope_type == "longrope":
+        missing = [k for k in ("short_factor", "long_factor") if not params.get(k)]
+        if missing:
+            raise ValueError(f"rope_type 'longrope' needs {' and '.join(missing)} in the config's rope parameters")
     return params
+
+
+def check_window(config: ModelConfig, tokens: int, what: str) -> None:
+    """Our attention is full causal: a model whose config asks for sliding-window attention
+    computes the same only while the text fits the window; past it, refuse rather than differ."""
+    window = config.sliding_window
+    if window is not None and tokens > window:
+        raise ValueError(f"{what} spans {tokens} tokens, more than the model's sliding window of {window}: "
+                         f"sliding-window attention ({config.model_type}) is not implemented; keep it within {window}")

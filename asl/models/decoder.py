@@ -1,4 +1,5 @@
-"""One decoder for the Llama, Mistral, Qwen2 and Qwen3 families.
+"""One decoder for the Llama, Mistral, Qwen2, Qwen3 and Phi-3 families (Phi-3: fused projections,
+partial rotary, LongRoPE).
 
 Module names mirror Hugging Face checkpoints (`model.layers.0.self_attn.q_proj`, ...), so a
 state dict loads as is. A layer is split into `project` (post-RoPE q/k/v, what policies
@@ -51,9 +52,12 @@ class Attention(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
-        self.q_proj = Linear(c.hidden_size, c.num_heads * c.head_dim, bias=c.qkv_bias)
-        self.k_proj = Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=c.qkv_bias)
-        self.v_proj = Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=c.qkv_bias)
+        if c.fused:  # Phi-3's one projection, named as its checkpoints name it
+            self.qkv_proj = Linear(c.hidden_size, (c.num_heads + 2 * c.num_kv_heads) * c.head_dim, bias=c.qkv_bias)
+        else:
+            self.q_proj = Linear(c.hidden_size, c.num_heads * c.head_dim, bias=c.qkv_bias)
+            self.k_proj = Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=c.qkv_bias)
+            self.v_proj = Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=c.qkv_bias)
         self.o_proj = Linear(c.num_heads * c.head_dim, c.hidden_size, bias=c.o_bias)
         if c.qk_norm:
             self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
@@ -62,9 +66,14 @@ class Attention(nn.Module):
     def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """x [B, n, D] -> post-RoPE q [B, H, n, d], k and v [B, G, n, d]."""
         b, n, _ = x.shape
-        q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(b, n, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if hasattr(self, "qkv_proj"):
+            q, k, v = self.qkv_proj(x).split([self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim,
+                                              self.num_kv_heads * self.head_dim], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(b, n, self.num_heads, self.head_dim)
+        k = k.view(b, n, self.num_kv_heads, self.head_dim)
+        v = v.view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rope(q.transpose(1, 2), cos, sin)
@@ -81,11 +90,17 @@ MLP_CHUNK = 2048  # tokens per MLP call in prefill
 class MLP(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
-        self.gate_proj = Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
-        self.up_proj = Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
+        if c.fused:  # Phi-3: gate and up in one projection
+            self.gate_up_proj = Linear(c.hidden_size, 2 * c.intermediate_size, bias=c.mlp_bias)
+        else:
+            self.gate_proj = Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
+            self.up_proj = Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
         self.down_proj = Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "gate_up_proj"):
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
         gate = F.silu(self.gate_proj(x), inplace=True)  # inference: no extra [n, I] temporaries

@@ -16,7 +16,8 @@ from .config import SUPPORTED_MODEL_TYPES, ModelConfig
 from .decoder import Decoder
 from .rope import Rope
 
-SUPPORTED_CLASSES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+SUPPORTED_CLASSES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+                     "Phi3ForCausalLM")
 
 _converted: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # hf model -> (our Decoder, its weights' fingerprint)
 

@@ -58,12 +58,23 @@ def _yarn(theta: float, dim: int, p: dict, max_pos: int) -> tuple[torch.Tensor, 
     return inv_freq, attention_factor
 
 
+def _longrope_attention_factor(p: dict, max_pos: int) -> float:
+    """transformers' `_compute_longrope_parameters`: the given factor, else from the ratio of the
+    model's positions to its pretraining's."""
+    if p.get("attention_factor") is not None:
+        return float(p["attention_factor"])
+    orig = p["original_max_position_embeddings"]
+    factor = p.get("factor") or max_pos / orig
+    return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(orig))
+
+
 class Rope(nn.Module):
-    """cos/sin tables for arbitrary position ids ([B, n] -> [B, n, head_dim])."""
+    """cos/sin tables for arbitrary position ids ([B, n] -> [B, n, rotary_dim]; the head's
+    first rotary_dim dims turn, all of them but with a partial rotary factor)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        p, dim = config.rope, config.head_dim
+        p, dim = config.rope, config.rotary_dim
         self.rope_type = p["rope_type"]
         self.theta, self.dim = float(p["rope_theta"]), dim
         self.max_pos = config.max_position_embeddings
@@ -76,6 +87,13 @@ class Rope(nn.Module):
             inv_freq = _llama3(inv_freq, p)
         elif self.rope_type == "yarn":
             inv_freq, self.attention_factor = _yarn(self.theta, dim, p, self.max_pos)
+        self.long_inv_freq = None
+        if self.rope_type == "longrope":  # short factors within the pretraining length, long past it
+            shape = self.theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)
+            inv_freq = 1.0 / (torch.tensor(p["short_factor"], dtype=torch.float32) * shape)
+            self.long_inv_freq = 1.0 / (torch.tensor(p["long_factor"], dtype=torch.float32) * shape)
+            self.original_max = p["original_max_position_embeddings"]
+            self.attention_factor = _longrope_attention_factor(p, self.max_pos)
         self.inv_freq = inv_freq  # a plain attribute: fp32 whatever dtype the model is cast to
 
     def _apply(self, fn, recurse=True):
@@ -84,6 +102,8 @@ class Rope(nn.Module):
         super()._apply(fn, recurse)
         if not self.inv_freq.is_meta:  # one built on meta is rebuilt by whoever loads the weights
             self.inv_freq = self.inv_freq.to(fn(torch.empty(0)).device)
+            if self.long_inv_freq is not None:
+                self.long_inv_freq = self.long_inv_freq.to(self.inv_freq.device)
         return self
 
     def _dynamic_inv_freq(self, positions: torch.Tensor) -> torch.Tensor:
@@ -95,6 +115,8 @@ class Rope(nn.Module):
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         inv_freq = self._dynamic_inv_freq(positions) if self.rope_type == "dynamic" else self.inv_freq
+        if self.long_inv_freq is not None:  # transformers' rule: the pass's longest position picks the set
+            inv_freq = torch.where(positions.max() + 1 > self.original_max, self.long_inv_freq, inv_freq)
         freqs = positions.float()[..., None] * inv_freq.to(positions.device)
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos() * self.attention_factor, emb.sin() * self.attention_factor
@@ -103,18 +125,24 @@ class Rope(nn.Module):
 
     def rotate_by(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """Keys x [B, G, n, d] already rotated to their positions, moved by `delta` [B, G, n]
-        positions (RoPE rotations add up). Exact for every RoPE type but dynamic NTK past its
-        original length, whose frequencies depend on the longest position."""
+        positions (RoPE rotations add up). Exact for every RoPE type but dynamic NTK and LongRoPE
+        past their original length, whose frequencies depend on the longest position."""
         freqs = delta.float()[..., None] * self.inv_freq.to(x.device)
         emb = torch.cat((freqs, freqs), dim=-1)
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return (x.float() * emb.cos() + rotated.float() * emb.sin()).to(x.dtype)
+        return turn(x.float(), emb.cos(), emb.sin()).to(x.dtype)
+
+
+def turn(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE's rotation of x [..., d] by cos/sin [..., r]: the first r dims turn in rotate-half
+    pairs (i, i + r/2), the rest pass (a partial rotary factor); cos/sin broadcast against x."""
+    r = cos.shape[-1]
+    if r < x.shape[-1]:
+        return torch.cat([turn(x[..., :r], cos, sin), x[..., r:]], dim=-1)
+    half = r // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, heads, n, d]; cos/sin: [B, n, d]."""
-    cos, sin = cos[:, None], sin[:, None]
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    """x: [B, heads, n, d]; cos/sin: [B, n, r] (r = d, or the turned part of a partial rotary)."""
+    return turn(x, cos[:, None], sin[:, None])

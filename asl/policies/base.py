@@ -16,6 +16,7 @@ from typing import ClassVar, TypeVar
 import torch
 
 from .. import ops
+from ..models.rope import turn
 
 POOLINGS = ("avg", "max")
 T = TypeVar("T")
@@ -110,10 +111,9 @@ class LayerView:
         minus the angle, divided by cos^2 + sin^2, which is 1 but for YaRN's attention factor)."""
         cos, sin = self.model_part("rope", who)(self.positions, torch.float32)
         q = self.queries.float()
-        half = q.shape[-1] // 2
-        turned = torch.cat((-q[..., half:], q[..., :half]), dim=-1)
         cos, sin = cos[:, None], sin[:, None]
-        return (q * cos - turned * sin) / (cos * cos + sin * sin)
+        r = cos.shape[-1]  # a partial rotary factor turns only the first r dims
+        return torch.cat([turn(q[..., :r], cos, -sin) / (cos * cos + sin * sin), q[..., r:]], dim=-1)
 
     @property
     def alive(self) -> torch.Tensor:

@@ -17,13 +17,16 @@ from .scorer import ScorerEviction, prefix_scores
 
 def mean_rotation(rope, start: torch.Tensor, count: int, d: int) -> torch.Tensor:
     """RoPE's rotation matrix averaged over the `count` positions from `start` [B]: [B, d, d]
-    (rows i and i + d/2 turn together, as `apply_rope`'s rotate-half pairs them)."""
+    (rows i and i + r/2 turn together, as `apply_rope`'s rotate-half pairs them; past the r dims
+    a partial rotary factor turns, the identity)."""
     positions = start[:, None] + torch.arange(count, device=start.device)
-    cos, sin = (t.float().mean(1) for t in rope(positions, torch.float32))  # [B, d], the average of R
-    half = d // 2
-    turn = torch.zeros(d, d, device=start.device)
-    turn[half:, :half], turn[:half, half:] = torch.eye(half), -torch.eye(half)
-    return torch.diag_embed(cos) + sin[:, :, None] * turn
+    cos, sin = (t.float().mean(1) for t in rope(positions, torch.float32))  # [B, r], the average of R
+    r, half = cos.shape[-1], cos.shape[-1] // 2
+    pairs = torch.zeros(r, r, device=start.device)
+    pairs[half:, :half], pairs[:half, half:] = torch.eye(half), -torch.eye(half)
+    out = torch.eye(d, device=start.device).repeat(len(start), 1, 1)
+    out[:, :r, :r] = torch.diag_embed(cos) + sin[:, :, None] * pairs
+    return out
 
 
 @dataclass
