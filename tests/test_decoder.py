@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from asl.models.config import ModelConfig
 from tiny import PHI3_ROPE, ROPE_VARIANTS, tiny_hf_config, tiny_pair
 
-MODEL_TYPES = ["llama", "mistral", "qwen2", "qwen3", "phi3"]
+MODEL_TYPES = ["llama", "mistral", "qwen2", "qwen3", "phi3", "mixtral", "qwen3_moe"]
 
 
 @pytest.fixture(scope="module", params=MODEL_TYPES)
@@ -48,6 +48,51 @@ def test_phi3_longrope_and_partial_rotary_match_transformers(rope):
         got = ours(ids)
         assert (got - expected).abs().max().item() < 1e-4
         assert (got - default(ids)).abs().max().item() > 1e-4  # the variant acts
+
+
+@pytest.mark.parametrize("model_type", ["mixtral", "qwen3_moe"])
+def test_moe_checkpoints_with_one_tensor_per_expert_load_as_the_3d_layout(model_type):
+    """The hub's Mixtral and Qwen3-MoE files store each expert apart (w1/w3/w2, gate/up/down_proj):
+    stacked on load, they give transformers' logits; a Qwen3-MoE dense layer stays an MLP."""
+    from asl.models.weights import LEGACY_EXPERTS, decoder_from_state_dict
+
+    hf, ours = tiny_pair(model_type)
+    block, gate, up, down = LEGACY_EXPERTS[model_type]
+    legacy = {}
+    for name, t in hf.state_dict().items():
+        if ".mlp.experts.gate_up_proj" in name:
+            prefix = name.replace("mlp.experts.gate_up_proj", f"{block}.experts")
+            for i, w in enumerate(t):
+                g, u = w.chunk(2)
+                legacy[f"{prefix}.{i}.{gate}.weight"], legacy[f"{prefix}.{i}.{up}.weight"] = g, u
+        elif ".mlp.experts.down_proj" in name:
+            prefix = name.replace("mlp.experts.down_proj", f"{block}.experts")
+            legacy.update({f"{prefix}.{i}.{down}.weight": w for i, w in enumerate(t)})
+        elif ".mlp.gate.weight" in name:
+            legacy[name.replace("mlp.gate", f"{block}.gate")] = t
+        else:
+            legacy[name] = t
+    loaded = decoder_from_state_dict(ours.config, legacy, torch.float32, "cpu")
+    ids = torch.randint(0, 128, (1, 30), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = hf(ids).logits.float()
+    assert (loaded(ids) - expected).abs().max().item() < 1e-4
+    assert ours.config.num_experts == 4 and ours.config.experts_per_token == 2
+    if model_type == "qwen3_moe":
+        assert ours.config.dense_layers == (1,) and not hasattr(ours.layers[1].mlp, "experts")
+
+
+@pytest.mark.slow  # torch.compile of a decode step
+@pytest.mark.parametrize("model_type", ["mixtral", "qwen3_moe"])
+def test_a_compiled_moe_decode_step_answers_as_the_eager_one(model_type):
+    import asl
+    from tiny import CharTokenizer
+
+    _, ours = tiny_pair(model_type, eos_token_id=None)
+    text = "the experts route each token " * 3
+    eager = asl.generate(ours, CharTokenizer(), text, max_new_tokens=8)
+    compiled = asl.generate(ours, CharTokenizer(), text, max_new_tokens=8, compile=True)
+    assert compiled.tokens == eager.tokens
 
 
 def test_a_sliding_window_model_refuses_a_text_past_its_window():

@@ -12,7 +12,7 @@ import asl
 from asl.models.interop import SUPPORTED_CLASSES
 
 TOK = CharTokenizer()
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "phi3"]
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "phi3", "mixtral", "qwen3_moe"]
 
 
 def hf_model(model_type: str, seed: int = 0, **overrides):
@@ -35,7 +35,7 @@ def test_from_transformers_shares_every_parameter_and_gives_its_logits(model_typ
         expected = hf(ids).logits.float()
     torch.testing.assert_close(ours(ids), expected, rtol=1e-4, atol=1e-4)
     with torch.no_grad():  # shared, not copied: an in-place change to theirs is seen by ours
-        hf.model.layers[0].mlp.down_proj.weight.mul_(2)
+        next(p for n, p in hf.model.layers[0].mlp.named_parameters() if "down_proj" in n).mul_(2)
     assert not torch.allclose(ours(ids), expected, atol=1e-4)
 
 

@@ -13,6 +13,8 @@ CONFIG_CLASSES = {
     "qwen2": transformers.Qwen2Config,
     "qwen3": transformers.Qwen3Config,
     "phi3": transformers.Phi3Config,
+    "mixtral": transformers.MixtralConfig,
+    "qwen3_moe": transformers.Qwen3MoeConfig,
 }
 
 ROPE_VARIANTS = {
@@ -43,8 +45,13 @@ def tiny_hf_config(model_type: str = "llama", rope: str = "default", **overrides
         tie_word_embeddings=model_type in ("qwen2", "qwen3"), rms_norm_eps=1e-6, eos_token_id=1,
         pad_token_id=0, bos_token_id=None,
     )
-    if model_type == "qwen3":
+    if model_type in ("qwen3", "qwen3_moe"):
         kwargs["head_dim"] = 16
+    if model_type == "mixtral":
+        kwargs.update(num_local_experts=4, num_experts_per_tok=2, sliding_window=None, head_dim=16)
+    if model_type == "qwen3_moe":  # layer 1 dense, as its mlp_only_layers allows
+        kwargs.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True,
+                      mlp_only_layers=[1])
     if model_type in ("mistral", "phi3"):
         kwargs["sliding_window"] = None
     kwargs.update(overrides)

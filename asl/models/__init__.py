@@ -1,4 +1,4 @@
-"""Our decoder for the Llama, Mistral, Qwen2, Qwen3 and Phi-3 families, its cache and its loaders."""
+"""Our decoder for the Llama, Mistral, Qwen2, Qwen3, Phi-3, Mixtral and Qwen3-MoE families, its cache and its loaders."""
 from .config import SUPPORTED_MODEL_TYPES, ModelConfig
 from .decoder import Decoder
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "mixtral", "qwen3_moe")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 FUSED = ("phi3",)  # one qkv_proj and one gate_up_proj per layer, as their checkpoints store them
 
@@ -34,6 +34,11 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()
     sliding_window: int | None = None
     partial_rotary_factor: float = 1.0  # the share of each head's dims RoPE turns (Phi-4-mini: 0.75)
+    num_experts: int = 0  # mixture of experts (Mixtral, Qwen3-MoE): experts per MoE layer, 0 for none
+    experts_per_token: int = 0
+    expert_size: int = 0  # each expert's intermediate size
+    normalize_top_k: bool = True  # the chosen experts' router weights renormalised to sum to 1
+    dense_layers: tuple[int, ...] = ()  # layers of a MoE model with a dense MLP instead (Qwen3-MoE's mlp_only_layers)
     hf: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the config it was read from
 
     @property
@@ -44,6 +49,10 @@ class ModelConfig:
     def rotary_dim(self) -> int:
         """How many of a head's first dims RoPE turns (all but with a partial rotary factor)."""
         return int(self.head_dim * self.partial_rotary_factor)
+
+    def is_moe(self, layer: int) -> bool:
+        """Whether the layer's MLP is a mixture of experts."""
+        return self.num_experts > 0 and layer not in self.dense_layers
 
     @property
     def fused(self) -> bool:
@@ -87,7 +96,13 @@ class ModelConfig:
                              f"{head_dim} dims, got {partial!r}")
         eos = d.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (int(eos),))
-        use_window = d.get("use_sliding_window", model_type in ("mistral", "phi3"))
+        use_window = d.get("use_sliding_window", model_type in ("mistral", "phi3", "mixtral"))
+        experts = d.get("num_local_experts") or d.get("num_experts") or 0
+        dense = ()
+        if model_type == "qwen3_moe":  # its sparse step and its list of dense layers
+            step = d.get("decoder_sparse_step") or 1
+            dense = tuple(i for i in range(d["num_hidden_layers"])
+                          if i in (d.get("mlp_only_layers") or []) or (i + 1) % step)
         return cls(
             model_type=model_type,
             vocab_size=d["vocab_size"],
@@ -103,11 +118,16 @@ class ModelConfig:
             qkv_bias=qkv_bias,
             o_bias=o_bias,
             mlp_bias=bool(d.get("mlp_bias", False)),
-            qk_norm=model_type == "qwen3",
+            qk_norm=model_type in ("qwen3", "qwen3_moe"),
             rope=rope,
             eos_token_ids=eos_ids,
             sliding_window=d.get("sliding_window") if use_window else None,
             partial_rotary_factor=float(partial),
+            num_experts=experts,
+            experts_per_token=d.get("num_experts_per_tok") or 0 if experts else 0,
+            expert_size=(d.get("moe_intermediate_size") or d["intermediate_size"]) if experts else 0,
+            normalize_top_k=bool(d.get("norm_topk_prob", True)),
+            dense_layers=dense,
             hf=dict(d),
         )
 

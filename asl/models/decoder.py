@@ -1,5 +1,5 @@
-"""One decoder for the Llama, Mistral, Qwen2, Qwen3 and Phi-3 families (Phi-3: fused projections,
-partial rotary, LongRoPE).
+"""One decoder for the Llama, Mistral, Qwen2, Qwen3, Phi-3, Mixtral and Qwen3-MoE families (Phi-3:
+fused projections, partial rotary, LongRoPE; the MoE models: routed experts).
 
 Module names mirror Hugging Face checkpoints (`model.layers.0.self_attn.q_proj`, ...), so a
 state dict loads as is. A layer is split into `project` (post-RoPE q/k/v, what policies
@@ -107,11 +107,66 @@ class MLP(nn.Module):
         return self.down_proj(gate.mul_(self.up_proj(x)))
 
 
-class DecoderLayer(nn.Module):
+class Router(nn.Module):
+    """Which experts each token goes to: the router's softmax in float32, its top k, renormalised
+    (Mixtral always; Qwen3-MoE with norm_topk_prob, and back in the model's dtype)."""
+
     def __init__(self, c: ModelConfig):
         super().__init__()
+        self.weight = nn.Parameter(torch.empty(c.num_experts, c.hidden_size))
+        self.top_k, self.normalize = c.experts_per_token, c.normalize_top_k
+        self.cast = c.model_type == "qwen3_moe"
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probs = F.softmax(F.linear(x, self.weight).float(), dim=-1)
+        weights, experts = torch.topk(probs, self.top_k, dim=-1)
+        if self.normalize:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return (weights.to(x.dtype) if self.cast else weights), experts
+
+
+class Experts(nn.Module):
+    """The experts' gated SiLU MLPs as 3-D weights (transformers 5's layout): gate_up_proj
+    [E, 2I, D], down_proj [E, D, I]."""
+
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.gate_up_proj = nn.Parameter(torch.empty(c.num_experts, 2 * c.expert_size, c.hidden_size))
+        self.down_proj = nn.Parameter(torch.empty(c.num_experts, c.hidden_size, c.expert_size))
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """x [N, D], the router's weights and experts [N, k] -> [N, D]."""
+        if torch.compiler.is_compiling():  # a decode step: each token's experts gathered, no data-dependent loop
+            gate, up = torch.einsum("nd,nkod->nko", x, self.gate_up_proj[experts]).chunk(2, dim=-1)
+            out = torch.einsum("nki,nkdi->nkd", F.silu(gate) * up, self.down_proj[experts])
+            return (out * weights[..., None]).sum(1).to(x.dtype)
+        out = torch.zeros_like(x)
+        for e in experts.unique().tolist():  # as transformers: each expert over the tokens routed to it
+            slot, token = torch.where((experts == e).T)
+            gate, up = F.linear(x[token], self.gate_up_proj[e]).chunk(2, dim=-1)
+            y = F.linear(F.silu(gate) * up, self.down_proj[e]) * weights[token, slot, None]
+            out.index_add_(0, token, y.to(out.dtype))
+        return out
+
+
+class MoE(nn.Module):
+    """A mixture-of-experts MLP (Mixtral, Qwen3-MoE), named as transformers 5 names it."""
+
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.gate = Router(c)
+        self.experts = Experts(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        return self.experts(flat, *self.gate(flat)).view_as(x)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, c: ModelConfig, index: int = 0):
+        super().__init__()
         self.self_attn = Attention(c)
-        self.mlp = MLP(c)
+        self.mlp = MoE(c) if c.is_moe(index) else MLP(c)
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
 
@@ -194,7 +249,7 @@ class Body(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(c, i) for i in range(c.num_layers))
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
 
 

@@ -17,7 +17,7 @@ from .decoder import Decoder
 from .rope import Rope
 
 SUPPORTED_CLASSES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-                     "Phi3ForCausalLM")
+                     "Phi3ForCausalLM", "MixtralForCausalLM", "Qwen3MoeForCausalLM")
 
 _converted: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # hf model -> (our Decoder, its weights' fingerprint)
 

@@ -20,7 +20,7 @@ def decoder_from_state_dict(config: ModelConfig, state: dict[str, torch.Tensor],
     model.rope = Rope(config).to(device)  # its tables were made on meta
     if config.tie_word_embeddings:  # to_empty() gives every module its own storage: tie again
         model.lm_head.weight = model.model.embed_tokens.weight
-    state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
+    state = stack_experts(config, {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")})
     if config.tie_word_embeddings:  # a tied checkpoint may store either name (transformers 5 keeps lm_head's)
         head = state.pop("lm_head.weight", None)
         if head is not None:
@@ -32,6 +32,32 @@ def decoder_from_state_dict(config: ModelConfig, state: dict[str, torch.Tensor],
         raise ValueError(f"checkpoint does not match the {config.model_type} decoder: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     return model.to(dtype=dtype).eval()
+
+
+LEGACY_EXPERTS = {  # one tensor per expert, as the hub's checkpoints store them: (block, gate, up, down)
+    "mixtral": ("block_sparse_moe", "w1", "w3", "w2"),
+    "qwen3_moe": ("mlp", "gate_proj", "up_proj", "down_proj"),
+}
+
+
+def stack_experts(config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A MoE checkpoint with one tensor per expert (Mixtral's `block_sparse_moe.experts.{i}.w1`,
+    Qwen3-MoE's `mlp.experts.{i}.gate_proj`) in transformers 5's 3-D layout: `mlp.experts.gate_up_proj`
+    [E, 2I, D] (gate then up), `mlp.experts.down_proj` [E, D, I], `mlp.gate.weight`. A state already
+    in that layout passes as it is."""
+    if config.model_type not in LEGACY_EXPERTS:
+        return state
+    block, gate, up, down = LEGACY_EXPERTS[config.model_type]
+    state = dict(state)
+    for layer in range(config.num_layers):
+        old, new = f"model.layers.{layer}.{block}.", f"model.layers.{layer}.mlp."
+        if f"{old}experts.0.{gate}.weight" not in state:
+            continue
+        take = lambda name: [state.pop(f"{old}experts.{i}.{name}.weight") for i in range(config.num_experts)]  # noqa: E731
+        state[f"{new}experts.gate_up_proj"] = torch.stack([torch.cat(pair) for pair in zip(take(gate), take(up))])
+        state[f"{new}experts.down_proj"] = torch.stack(take(down))
+        state[f"{new}gate.weight"] = state.pop(f"{old}gate.weight")
+    return state
 
 
 def decoder_from_folder(folder: Path, dtype=torch.float32, device="cpu") -> Decoder:
