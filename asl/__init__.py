@@ -10,6 +10,7 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from .apply import Applied, apply
 from .context import CompressedContext, compress
 from .generation import GenerationOutput, SequenceTrace, Trace, generate
+from .hooked import HookedModel
 from .models import Decoder, ModelConfig
 from .models.dtype import resolve_dtype
 from .models.export import export
@@ -23,7 +24,7 @@ from .policies import (ASL, TOVA, AdaKV, ChunkKV, CUR, CriticalKV, ExpectedAtten
                        SnapKV, StreamingLLM, TopP)
 
 __all__ = [
-    "ASL", "LagKV", "ChunkKV", "CUR", "CriticalKV", "ExpectedAttention", "SimLayerKV", "KeyRerotation", "DecodingEviction", "Finch", "PerLayerRatio", "ThresholdEviction", "TOVA", "KeyDiff", "KNorm", "ObservedAttention", "RandomScores", "AdaKV", "EntropyStop", "FittedStop", "JaccardStop", "Proportional", "PyramidKV", "Applied", "LayerOutcome", "SequenceTrace", "apply", "export", "ASLTwoPass", "BUNDLED", "CompressedContext", "DecodeView", "Decoder", "EvictionPolicy", "FastKV", "Full", "GemFilter", "GenerationOutput",
+    "ASL", "LagKV", "ChunkKV", "CUR", "CriticalKV", "ExpectedAttention", "SimLayerKV", "KeyRerotation", "DecodingEviction", "Finch", "PerLayerRatio", "ThresholdEviction", "TOVA", "KeyDiff", "KNorm", "ObservedAttention", "RandomScores", "AdaKV", "EntropyStop", "FittedStop", "JaccardStop", "Proportional", "PyramidKV", "Applied", "LayerOutcome", "SequenceTrace", "apply", "export", "ASLTwoPass", "BUNDLED", "CompressedContext", "DecodeView", "Decoder", "EvictionPolicy", "FastKV", "Full", "GemFilter", "GenerationOutput", "HookedModel",
     "LayerView", "ModelConfig", "PrefillInfo", "PyramidInfer", "PyramidInferDecode", "ScorerEviction", "ScorerSelection", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "Trace", "TopP",
     "OracleResult", "SweepOutput", "compress", "from_transformers", "generate", "load", "oracle_layer", "preset", "resolve_dtype", "sweep",
 ]

@@ -22,11 +22,10 @@ from dataclasses import dataclass
 import torch
 
 from .models.cache import KVCache, LayerCache
-from .models.config import check_window
 from .models.decoder import Decoder
 from .models.interop import as_decoder, weights_fingerprint
 from .policies.base import PrefillInfo, check_policies, per_call
-from .models.decoder import positions_for
+from .models.decoder import attend, positions_for
 from .prefill import PrefillResult, prefill
 
 
@@ -100,7 +99,6 @@ def compress(model, tokenizer, context: str, selection=None, eviction=None,
     limit = decoder.config.max_position_embeddings
     if len(ids) + len(hint) >= limit:
         raise ValueError(f"context and hint have {len(ids) + len(hint)} tokens; the model has {limit} positions")
-    check_window(decoder.config, len(ids) + len(hint), "the context")
     device = decoder.lm_head.weight.device
     input_ids = torch.tensor([ids + hint], device=device)
     with torch.inference_mode():
@@ -189,17 +187,18 @@ def extend(decoder: Decoder, compressed: CompressedContext, input_ids: torch.Ten
     caches = []
     for layer, saved in zip(decoder.layers, compressed.layers):
         batch = (b, *saved.k.shape)
-        where = saved.positions.expand(batch[:3]) if eviction is not None else None
+        track = eviction is not None or layer.window is not None  # entries keep their positions
+        where = saved.positions.expand(batch[:3]) if track else None
         cache = LayerCache.from_prefill(saved.k.expand(batch), saved.v.expand(batch), saved.valid.expand(batch[:3]),
                                         m + extra_slots, positions=where)  # a fresh copy per question
         n = saved.k.shape[1]
         q, k, v = layer.project(h, *rope)
         cache.write(torch.arange(n, n + m, device=k.device), k, v, valid)
-        if eviction is not None:
+        if track:
             cache.positions[:, :, n:n + m] = positions.masked_fill(~valid, -1)[:, None]
         if recent:
             cache.keep_queries(q, valid, positions, recent)
-        h = layer.finish(h, _question_attention(q, cache, n, m, valid))
+        h = layer.finish(h, _question_attention(q, cache, n, m, positions, layer))
         cache.filled = n + m
         caches.append(cache)
     lengths = valid.sum(-1)
@@ -222,11 +221,12 @@ def check_fresh(compressed: CompressedContext, decoder: Decoder) -> None:
     raise ValueError(f"cache is stale: {why}; compress the context again with asl.compress")
 
 
-def _question_attention(q, cache: LayerCache, n: int, m: int, valid: torch.Tensor) -> torch.Tensor:
+def _question_attention(q, cache: LayerCache, n: int, m: int, positions: torch.Tensor, layer) -> torch.Tensor:
     """q [B, H, m, d] over the context's entries and, causally, the question's own: [B, m, H*d].
 
     Per KV head masks (an eviction keeps different entries per head) repeated over the
     query heads of each group; a padding query sees the context, so its softmax is defined.
+    A sliding-window layer's query at position p sees the entries after p - window.
     """
     b, heads, _, d = q.shape
     groups = cache.k.shape[1]
@@ -234,6 +234,9 @@ def _question_attention(q, cache: LayerCache, n: int, m: int, valid: torch.Tenso
     slot = torch.arange(cap, device=q.device)
     causal = (slot[None, :] < n) | ((slot[None, :] >= n) & (slot[None, :] - n <= torch.arange(m, device=q.device)[:, None]))
     mask = cache.valid[:, :, None, :] & causal  # [B, G, m, cap]
+    if layer.window is not None:
+        mask = mask & (cache.positions[:, :, None, :] > positions[:, None, :, None] - layer.window)
+        mask = mask | (slot[None, None, None, :] == n + torch.arange(m, device=q.device)[:, None])  # a query sees itself
     mask = mask.repeat_interleave(heads // groups, dim=1)
-    out = torch.nn.functional.scaled_dot_product_attention(q, cache.k, cache.v, attn_mask=mask, enable_gqa=True)
+    out = attend(q, cache.k, cache.v, mask, layer.self_attn.softcap)
     return out.transpose(1, 2).reshape(b, m, heads * d)

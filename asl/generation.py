@@ -15,7 +15,6 @@ from .answers import cut_at_stop, hits_stop
 from .context import CompressedContext, extend
 from .decoding import DecodeEviction
 from .models.cache import KVCache, LayerCache
-from .models.config import check_window
 from .models.decoder import Decoder, decode_attention
 from .models.interop import as_decoder
 from .policies.base import EvictionPolicy, SelectionPolicy, check_policies, per_call
@@ -23,6 +22,8 @@ from .policies.decoding import DecodingEviction
 from .policies.streaming import StreamingLLM
 from .prefill import prefill
 from .generation_settings import DecodeSettings, resolve
+from .hooked import HookedModel, check_hooked, evicted_prefill
+from .hooked import decode_step as transformers_step
 from .sampling import Sampler
 
 
@@ -113,7 +114,11 @@ def decode_step(model: Decoder, tokens, positions, slots, caches: list[LayerCach
         cache.write(slots[i : i + 1], k, v)
         if qslot is not None:
             cache.write_query(qslot, q)
-        h = layer.finish(h, decode_attention(q, cache.k, cache.v, cache.valid))
+        seen = cache.valid
+        if layer.window is not None:  # a sliding-window layer sees the positions after p - window
+            cache.positions.index_copy_(2, slots[i : i + 1], positions[:, None, None].expand(-1, cache.positions.shape[1], 1))
+            seen = seen & (cache.positions > (positions - layer.window)[:, None, None])
+        h = layer.finish(h, decode_attention(q, cache.k, cache.v, seen, layer.self_attn.softcap))
     return model.logits(h[:, -1])
 
 
@@ -287,12 +292,63 @@ def generate(
     if cache is not None:
         _check_cache(cache, selection, eviction, chat)
     model = as_decoder(model, tokenizer)
+    if isinstance(model, HookedModel):  # a family our decoder lacks: transformers' own forward, eviction only
+        check_hooked(model, selection, eviction, cache, compile, streamer)
+        return generate_hooked(model, tokenizer, encode(tokenizer, prompts, chat), settings, eviction, seed, single)
     if cache is not None and chat:  # the question closes the user turn the context opened
         ids = [tokenizer(p + cache.chat_suffix, add_special_tokens=False)["input_ids"] for p in prompts]
     else:
         ids = encode(tokenizer, prompts, chat, special=cache is None)
     return generate_ids(model, tokenizer, ids, settings, compile=compile, seed=seed, selection=selection,
                         eviction=eviction, cache=cache, streamer=streamer, single=single)
+
+
+def generate_hooked(hooked: HookedModel, tokenizer, ids: list[list[int]], settings: DecodeSettings, eviction,
+                    seed: int, single: bool) -> GenerationOutput:
+    """generate() on a transformers model of a family our decoder lacks (asl/hooked.py): one
+    prompt at a time, its prefill cut by the eviction, then decoded by the model itself."""
+    eviction = per_call(eviction)
+    device = hooked.device
+    eos = set(settings.eos_token_id) if settings.eos_token_id is not None else \
+        {*([] if hooked.config.eos_token_id is None else torch.tensor(hooked.config.eos_token_id).flatten().tolist()),
+         *([tokenizer.eos_token_id] if getattr(tokenizer, "eos_token_id", None) is not None else [])}
+    eos = torch.tensor(sorted(eos), dtype=torch.long, device=device)
+    generated, seqs, prefill_s, decode_s, steps, policy_s = [], [], 0.0, 0.0, 0, 0.0
+    for x in ids:
+        check_fits_positions(hooked.config, x, settings.max_new_tokens)
+        sampler = Sampler(settings, torch.Generator(device=device).manual_seed(seed), [x], eos, hooked.config.vocab_size)
+        start = time.perf_counter()
+        logits, cache, spent = evicted_prefill(hooked, x, eviction)
+        token = sampler(logits)
+        sync(device)
+        prefill_s, policy_s = prefill_s + time.perf_counter() - start, policy_s + spent
+        heads = [[entry.keys.shape[-2]] * entry.keys.shape[1] for entry in cache.layers]
+        entry_bytes = 2 * cache.layers[0].keys.shape[-1] * cache.layers[0].keys.element_size()
+        out, start = [], time.perf_counter()
+        for t in range(settings.max_new_tokens):
+            out.append(int(token))
+            if int(token) in eos.tolist() or (settings.stop and hits_stop(tokenizer, out, settings.stop)):
+                break
+            if t == settings.max_new_tokens - 1:
+                break
+            token = sampler(transformers_step(hooked, token, len(x) + t, cache))
+            steps += 1
+        sync(device)
+        decode_s += time.perf_counter() - start
+        generated.append(out)
+        seqs.append(SequenceTrace(prompt_tokens=len(x), alive_tokens=[len(x)] * len(heads), kv_tokens=[h[0] for h in heads],
+                                  kv_tokens_per_head=heads, kv_bytes=sum(map(sum, heads)) * entry_bytes,
+                                  new_tokens=len(out), kept_indices=list(range(len(x)))))
+    trace = Trace(prefill_s, decode_s / max(steps, 1), sum(s.kv_bytes for s in seqs), policy_s, seqs)
+    texts = [cut_at_stop(tokenizer.decode(g, skip_special_tokens=True), settings.stop) for g in generated]
+    return GenerationOutput(texts[0], generated[0], trace) if single else GenerationOutput(texts, generated, trace)
+
+
+def check_fits_positions(config, ids: list[int], max_new_tokens: int) -> None:
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and len(ids) + max_new_tokens > limit:
+        raise ValueError(f"a prompt has {len(ids)} tokens; with max_new_tokens={max_new_tokens} that exceeds the "
+                         f"model's maximum of {limit} positions")
 
 
 def check_fits(model: Decoder, ids: list[list[int]], max_new_tokens: int, cache=None) -> None:
@@ -309,7 +365,6 @@ def check_fits(model: Decoder, ids: list[list[int]], max_new_tokens: int, cache=
                 f"prompt {i} has {len(x)} tokens{before}; with max_new_tokens={max_new_tokens} that exceeds the "
                 f"model's maximum of {limit} positions"
             )
-        check_window(model.config, offset + len(x) + max_new_tokens, f"prompt {i} with its answer")
 
 
 

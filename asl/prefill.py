@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .models.cache import KVCache, LayerCache
-from .models.decoder import Decoder, attention_mask_for, positions_for
+from .models.decoder import Decoder, Masks, positions_for
 from .policies.base import (EvictionPolicy, LayerView, PrefillInfo, Selection, SelectionPolicy, check_keep,
                             check_selection, keep_problems)
 
@@ -100,6 +100,28 @@ def store_layer(k, v, tokens: AliveTokens, keep: torch.Tensor | None, extra_slot
                                    spread(tokens.positions) if with_positions else None, keep)
 
 
+def window_keep(view: LayerView, eviction: EvictionPolicy | None) -> torch.Tensor | None:
+    """A sliding-window layer's cache (docs/algorithms.md section 20): the entries the next token
+    can see (positions after `next - window`); with an eviction, what it keeps when the layer's
+    tokens are those. Columns of the view, per KV head, -1 pads."""
+    b, g = view.valid.shape[0], view.keys.shape[1]
+    seen = view.valid & (view.positions > view.positions[:, -1:] + 1 - view.window)
+    if eviction is None and bool((seen == view.valid).all()):
+        return None  # the whole prompt is within the window
+    start = view.width - int(seen.sum(-1).max())
+    keep = None
+    if eviction is not None:
+        part = LayerView(view.layer, *(x[:, :, start:] for x in (view.queries, view.keys, view.values)),
+                         *(x[:, start:] for x in (view.positions, view.index)), seen[:, start:], rope=view.rope,
+                         out_proj=view.out_proj, window=view.window)
+        keep = eviction.keep(view.layer, part)
+        if keep is not None:
+            return torch.where(keep >= 0, keep + start, -1)
+    cols = torch.arange(view.width, device=seen.device).expand(b, -1)
+    order = torch.where(seen, cols, view.width).sort(-1).values[:, : view.width - start]
+    return torch.where(order < view.width, order, -1)[:, None].expand(b, g, -1).contiguous()
+
+
 def _check_evictions(problems: list[tuple[int, torch.Tensor]], eviction) -> None:
     """Raise naming the eviction policy, the layer and the sequence whose keep was not sorted
     distinct real columns (one host read per prefill, not one per layer)."""
@@ -163,8 +185,11 @@ def prefill(
     if trunk is not None and selection is not None and selection.restarts:
         raise ValueError(f"trunk: {type(selection).__name__} reruns the model from layer 0 after its selection; "
                          "only one-shot selections fork from a shared trunk")
+    if eviction is not None and eviction.cache_positions and model.local_rope is not None:
+        raise ValueError(f"eviction: {type(eviction).__name__} turns kept keys to new positions, which a model whose "
+                         f"sliding layers have their own RoPE ({c.model_type}) does not support")
     info = PrefillInfo(c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, tuple(valid.sum(-1).tolist()),
-                       question_tokens)
+                       question_tokens, c.layer_windows)
     for policy in (selection, eviction):
         if policy is not None:
             policy.begin(info)
@@ -205,8 +230,8 @@ def run_layers(model, h: torch.Tensor, tokens: AliveTokens, start: int, extra_sl
     evicts_later = eviction is not None and eviction.every > 0  # it evicts during decoding too
     decoding = evicts_later or (eviction is not None and eviction.cache_positions)  # entries keep their positions
     recent = eviction.recent_queries(int(tokens.valid.sum(-1).max()), extra_slots) if evicts_later else 0
-    mask = attention_mask_for(tokens.valid)
-    rope = model.rope(tokens.positions, h.dtype) if rope is None and trunk is None else rope
+    masks = Masks(tokens.positions, tokens.valid)
+    rope = model.tables(tokens.positions, h.dtype) if rope is None and trunk is None else rope
     layers, alive, policy_s, problems = [], [], 0.0, []
     last = len(model.layers) - 1
     for i in range(start, last + 1):
@@ -218,18 +243,21 @@ def run_layers(model, h: torch.Tensor, tokens: AliveTokens, start: int, extra_sl
             q, k, v = layer.project(h, *rope)
             if record is not None:
                 record.hidden.append(h), record.queries.append(q), record.keys.append(k), record.values.append(v)
-            h = layer.prefill(h, q, k, v, mask, tokens.valid, last=i == last)
+            h = layer.prefill(h, q, k, v, masks, last=i == last)
             if record is not None:  # when the layer's work is done (a CUDA device waited for)
                 if h.is_cuda:
                     torch.cuda.synchronize(h.device)
                 record.layer_s.append(time.perf_counter())
         alive.append(tokens.valid.sum(-1))
-        view = LayerView(i, q, k, v, tokens.positions, tokens.index, tokens.valid, rope=model.rope,
-                         out_proj=layer.self_attn.o_proj.weight)
+        view = LayerView(i, q, k, v, tokens.positions, tokens.index, tokens.valid, rope=model.rope_for(i),
+                         out_proj=layer.self_attn.o_proj.weight, window=layer.window)
         begun = time.perf_counter()
-        keep = eviction.keep(i, view) if eviction is not None and not restarts else None
-        if keep is None and eviction is not None and not restarts:
-            _say_if_over_budget(eviction, view)
+        if layer.window is not None and not restarts:  # the eviction chooses among what the layer can still see
+            keep = window_keep(view, eviction)
+        else:
+            keep = eviction.keep(i, view) if eviction is not None and not restarts else None
+            if keep is None and eviction is not None and not restarts:
+                _say_if_over_budget(eviction, view)
         chosen = selection.after_layer(i, view) if selection is not None else None
         policy_s += time.perf_counter() - begun
         if keep is not None:  # its shape here, its columns on the device (read once, after the loop)
@@ -237,7 +265,7 @@ def run_layers(model, h: torch.Tensor, tokens: AliveTokens, start: int, extra_sl
             problems.append((i, keep_problems(keep, tokens.valid).any(-1)))
             keep = keep.clamp(max=tokens.valid.shape[-1] - 1)
         if not restarts and record is None:  # a first pass that restarts keeps no KV
-            layers.append(store_layer(k, v, tokens, keep, extra_slots, decoding))
+            layers.append(store_layer(k, v, tokens, keep, extra_slots, decoding or layer.window is not None))
             if recent:
                 layers[-1].keep_queries(q, tokens.valid, tokens.positions, recent)
         del q, k, v, view
@@ -252,8 +280,8 @@ def run_layers(model, h: torch.Tensor, tokens: AliveTokens, start: int, extra_sl
         if i < last:
             h = _gather_rows(h, cols)
         tokens = AliveTokens(tokens.ids, tokens.positions.gather(1, cols), tokens.index.gather(1, cols), valid)
-        mask = attention_mask_for(valid)
-        rope = model.rope(tokens.positions, h.dtype)
+        masks = Masks(tokens.positions, valid)
+        rope = model.tables(tokens.positions, h.dtype)
         trunk = None  # pruned: from here on the layers run on the kept tokens
     if record is not None:
         record.output = h

@@ -15,6 +15,16 @@ CONFIG_CLASSES = {
     "phi3": transformers.Phi3Config,
     "mixtral": transformers.MixtralConfig,
     "qwen3_moe": transformers.Qwen3MoeConfig,
+    "gemma2": transformers.Gemma2Config,
+    "gemma3_text": transformers.Gemma3TextConfig,
+}
+# Gemma's tiny models: a window of 24 that prompts pass, a softmax scale other than 1/sqrt(head_dim),
+# Gemma 2's soft caps low enough to act on random weights, Gemma 3's last layer a sliding one.
+GEMMA = {
+    "gemma2": dict(head_dim=16, sliding_window=24, query_pre_attn_scalar=12, attn_logit_softcapping=2.0,
+                   final_logit_softcapping=3.0),
+    "gemma3_text": dict(head_dim=16, sliding_window=24, query_pre_attn_scalar=12,
+                        layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]),
 }
 
 ROPE_VARIANTS = {
@@ -54,18 +64,27 @@ def tiny_hf_config(model_type: str = "llama", rope: str = "default", **overrides
                       mlp_only_layers=[1])
     if model_type in ("mistral", "phi3"):
         kwargs["sliding_window"] = None
+    kwargs.update(GEMMA.get(model_type, {}))
     kwargs.update(overrides)
     cfg = CONFIG_CLASSES[model_type](**kwargs)
     cfg.rope_parameters = {"rope_theta": 10000.0, **{**ROPE_VARIANTS, **PHI3_ROPE}[rope]}
-    cfg._attn_implementation = "sdpa"
+    if model_type == "gemma3_text":  # its sliding layers turn by their own base
+        cfg.rope_parameters = {"full_attention": cfg.rope_parameters,
+                               "sliding_attention": {"rope_type": "default", "rope_theta": 1000.0}}
+    cfg._attn_implementation = attn_implementation(model_type)
     return cfg
+
+
+def attn_implementation(model_type: str) -> str:
+    """transformers' sdpa attention drops Gemma 2's soft cap; its eager one applies it."""
+    return "eager" if model_type == "gemma2" else "sdpa"
 
 
 def tiny_pair(model_type: str = "llama", rope: str = "default", seed: int = 0, dtype=torch.float32, **overrides):
     """(transformers model, our Decoder) with identical random weights."""
     torch.manual_seed(seed)
     cfg = tiny_hf_config(model_type, rope, **overrides)
-    hf = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
+    hf = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation(model_type)).eval()
     with torch.no_grad():  # non-trivial norm weights and biases, so a missed one shows up
         for name, p in hf.named_parameters():
             if "norm" in name or name.endswith("bias"):

@@ -373,7 +373,18 @@ def model_defaults(model_name: str, num_layers: int, config=None, calibration=No
     if preset == "kvpress":  # kvpress's windows and kernels; ASL and the selections keep the library's
         for name in KVPRESS:
             table[name] = {**table[name], **kvpress_settings(name)}
+    for name in ("fastkv", "gemfilter"):  # a model with sliding-window layers: its nearest global layer
+        table[name]["layer"] = nearest_global_layer(table[name]["layer"], config)
     return table, why, settings.get("select_tokens")
+
+
+def nearest_global_layer(layer: int, config=None) -> int:
+    """`layer`, or where it is a sliding-window layer of `config` (Gemma), the global layer nearest to
+    it, the later on a tie: a fixed selection layer's scores are taken at a global layer
+    (docs/algorithms.md section 20)."""
+    if config is None or config.window(layer) is None or not config.global_layers:
+        return layer
+    return min(config.global_layers, key=lambda g: (abs(g - layer), -g))
 
 
 def _fill(policy: PolicySpec, defaults: dict, budget: int | None, select_tokens: int | None) -> dict:

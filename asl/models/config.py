@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "mixtral", "qwen3_moe")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "mixtral", "qwen3_moe", "gemma2", "gemma3_text")
+GEMMA = ("gemma2", "gemma3_text")  # (1 + w) norms around attention and MLP, GeGLU, a scaled embedding
+ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 FUSED = ("phi3",)  # one qkv_proj and one gate_up_proj per layer, as their checkpoints store them
 
@@ -39,7 +41,28 @@ class ModelConfig:
     expert_size: int = 0  # each expert's intermediate size
     normalize_top_k: bool = True  # the chosen experts' router weights renormalised to sum to 1
     dense_layers: tuple[int, ...] = ()  # layers of a MoE model with a dense MLP instead (Qwen3-MoE's mlp_only_layers)
+    # Per layer, the sliding window (a query at position p sees keys at positions > p - window), None for a
+    # global layer: every layer of Mistral v0.1 or Phi-3, Gemma 2's every other one, Gemma 3's five of six.
+    layer_windows: tuple[int | None, ...] = ()
+    local_rope: dict[str, Any] | None = None  # Gemma 3: the sliding layers' own RoPE (rope_type, rope_theta)
+    activation: str = "silu"  # of the gated MLP: SiLU, or GeLU's tanh approximation (Gemma)
+    query_scale: float | None = None  # Gemma: softmax scale query_pre_attn_scalar ** -0.5 instead of head_dim's
+    attn_softcap: float | None = None  # Gemma 2: attention logits soft-capped, cap * tanh(s / cap)
+    final_softcap: float | None = None  # Gemma 2: the output logits soft-capped
     hf: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the config it was read from
+
+    @property
+    def gemma(self) -> bool:
+        """Gemma's layer: (1 + w) RMSNorms before and after attention and MLP, embeddings times sqrt(D)."""
+        return self.model_type in GEMMA
+
+    def window(self, layer: int) -> int | None:
+        """The layer's sliding window, None where it attends globally."""
+        return self.layer_windows[layer] if self.layer_windows else None
+
+    @property
+    def global_layers(self) -> tuple[int, ...]:
+        return tuple(i for i in range(self.num_layers) if self.window(i) is None)
 
     @property
     def group_size(self) -> int:
@@ -69,9 +92,9 @@ class ModelConfig:
                 f"model_type {model_type!r} is not supported; supported model types: "
                 f"{', '.join(SUPPORTED_MODEL_TYPES)}"
             )
-        act = d.get("hidden_act", "silu")
-        if act != "silu":
-            raise ValueError(f"hidden_act {act!r} is not supported; only 'silu' (gated SiLU MLP) is")
+        act = d.get("hidden_activation") or d.get("hidden_act") or "silu"
+        if act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act {act!r} is not supported; supported (gated MLP): {', '.join(ACTIVATIONS)}")
         required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
         missing = [k for k in required if k not in d]
         if missing:
@@ -88,7 +111,7 @@ class ModelConfig:
         attention_bias = bool(d.get("attention_bias", False))
         qkv_bias = {"qwen2": True, "mistral": False, "phi3": False}.get(model_type, attention_bias)
         o_bias = {"qwen2": False, "mistral": False, "phi3": False}.get(model_type, attention_bias)
-        rope = _rope_parameters(d)
+        rope, local_rope = _rope_parameters(d)
         partial = d.get("partial_rotary_factor") or rope.pop("partial_rotary_factor", None) or 1.0
         rope.pop("partial_rotary_factor", None)
         if not 0 < partial <= 1 or int(head_dim * partial) % 2:
@@ -96,7 +119,7 @@ class ModelConfig:
                              f"{head_dim} dims, got {partial!r}")
         eos = d.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (int(eos),))
-        use_window = d.get("use_sliding_window", model_type in ("mistral", "phi3", "mixtral"))
+        windows = _layer_windows(d, model_type)
         experts = d.get("num_local_experts") or d.get("num_experts") or 0
         dense = ()
         if model_type == "qwen3_moe":  # its sparse step and its list of dense layers
@@ -118,23 +141,59 @@ class ModelConfig:
             qkv_bias=qkv_bias,
             o_bias=o_bias,
             mlp_bias=bool(d.get("mlp_bias", False)),
-            qk_norm=model_type in ("qwen3", "qwen3_moe"),
+            qk_norm=model_type in ("qwen3", "qwen3_moe", "gemma3_text"),
             rope=rope,
             eos_token_ids=eos_ids,
-            sliding_window=d.get("sliding_window") if use_window else None,
+            sliding_window=max((w for w in windows if w), default=None),
             partial_rotary_factor=float(partial),
             num_experts=experts,
             experts_per_token=d.get("num_experts_per_tok") or 0 if experts else 0,
             expert_size=(d.get("moe_intermediate_size") or d["intermediate_size"]) if experts else 0,
             normalize_top_k=bool(d.get("norm_topk_prob", True)),
             dense_layers=dense,
+            layer_windows=windows if any(windows) else (),
+            local_rope=local_rope,
+            activation=act,
+            query_scale=d.get("query_pre_attn_scalar", 256) ** -0.5 if model_type in GEMMA else None,
+            attn_softcap=d.get("attn_logit_softcapping") if model_type in GEMMA else None,
+            final_softcap=d.get("final_logit_softcapping") if model_type in GEMMA else None,
             hf=dict(d),
         )
 
 
-def _rope_parameters(d: dict[str, Any]) -> dict[str, Any]:
-    """One flat dict with rope_type and rope_theta, whatever the config's era."""
+def _layer_windows(d: dict[str, Any], model_type: str) -> tuple[int | None, ...]:
+    """Each layer's sliding window from the config's `layer_types` (transformers 5), else from
+    `use_sliding_window` (every layer), else Gemma's pattern (Gemma 2: every other layer from the
+    first; Gemma 3: all but every sixth)."""
+    window, layers = d.get("sliding_window"), d["num_hidden_layers"]
+    if not window:
+        return (None,) * layers
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise ValueError(f"config sliding_window must be a positive integer or None, got {window!r}")
+    types = d.get("layer_types")
+    if not types and model_type == "gemma2":
+        types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
+    if not types and model_type == "gemma3_text":
+        pattern = d.get("sliding_window_pattern") or 6
+        types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(layers)]
+    if types:
+        if len(types) != layers:
+            raise ValueError(f"config layer_types has {len(types)} entries for {layers} layers")
+        return tuple(window if t == "sliding_attention" else None for t in types)
+    use = d.get("use_sliding_window", model_type in ("mistral", "phi3", "mixtral"))
+    return (window if use else None,) * layers
+
+
+def _rope_parameters(d: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One flat dict with rope_type and rope_theta, whatever the config's era; and a Gemma 3's
+    sliding layers' own (from `rope_parameters["sliding_attention"]` or `rope_local_base_freq`)."""
     params = dict(d.get("rope_parameters") or {})
+    local = None
+    if "full_attention" in params or "sliding_attention" in params:  # transformers 5: one dict per layer type
+        local = dict(params.get("sliding_attention") or {}) or None
+        params = dict(params.get("full_attention") or {})
+    elif d.get("model_type") == "gemma3_text":
+        local = {"rope_type": "default", "rope_theta": d.get("rope_local_base_freq") or 10000.0}
     legacy = d.get("rope_scaling") or {}
     params = {**legacy, **params}
     params.setdefault("rope_theta", d.get("rope_theta", 10000.0))
@@ -150,13 +209,10 @@ def _rope_parameters(d: dict[str, Any]) -> dict[str, Any]:
         missing = [k for k in ("short_factor", "long_factor") if not params.get(k)]
         if missing:
             raise ValueError(f"rope_type 'longrope' needs {' and '.join(missing)} in the config's rope parameters")
-    return params
-
-
-def check_window(config: ModelConfig, tokens: int, what: str) -> None:
-    """Our attention is full causal: a model whose config asks for sliding-window attention
-    computes the same only while the text fits the window; past it, refuse rather than differ."""
-    window = config.sliding_window
-    if window is not None and tokens > window:
-        raise ValueError(f"{what} spans {tokens} tokens, more than the model's sliding window of {window}: "
-                         f"sliding-window attention ({config.model_type}) is not implemented; keep it within {window}")
+    if local is not None:
+        local.setdefault("rope_type", "default")
+        local.setdefault("original_max_position_embeddings", params["original_max_position_embeddings"])
+        if local["rope_type"] not in SUPPORTED_ROPE_TYPES:
+            raise ValueError(f"the sliding layers' rope_type {local['rope_type']!r} is not supported; "
+                             f"supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
+    return params, local

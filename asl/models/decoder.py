@@ -1,5 +1,6 @@
-"""One decoder for the Llama, Mistral, Qwen2, Qwen3, Phi-3, Mixtral and Qwen3-MoE families (Phi-3:
-fused projections, partial rotary, LongRoPE; the MoE models: routed experts).
+"""One decoder for the Llama, Mistral, Qwen2, Qwen3, Phi-3, Mixtral, Qwen3-MoE, Gemma 2 and Gemma 3
+families (Phi-3: fused projections, partial rotary, LongRoPE; the MoE models: routed experts; Gemma:
+(1 + w) norms before and after attention and MLP, GeGLU, sliding-window layers, Gemma 2's soft caps).
 
 Module names mirror Hugging Face checkpoints (`model.layers.0.self_attn.q_proj`, ...), so a
 state dict loads as is. A layer is split into `project` (post-RoPE q/k/v, what policies
@@ -48,10 +49,27 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
+class GemmaRMSNorm(RMSNorm):
+    """Gemma's: the weight is stored as w - 1, and the product is taken in float32 before the cast."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * (1.0 + self.weight.float())).type_as(x)
+
+
+def norm(c: ModelConfig, dim: int) -> RMSNorm:
+    return GemmaRMSNorm(dim, c.rms_norm_eps) if c.gemma else RMSNorm(dim, c.rms_norm_eps)
+
+
 class Attention(nn.Module):
-    def __init__(self, c: ModelConfig):
+    def __init__(self, c: ModelConfig, index: int = 0):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
+        self.window = c.window(index)  # a sliding-window layer's, None where it attends globally
+        self.softcap = c.attn_softcap
+        # Gemma's softmax scale (query_pre_attn_scalar ** -0.5) folded into the queries, so that the
+        # attention and every policy reading q see the logits the model computes with 1/sqrt(d).
+        self.query_factor = None if c.query_scale is None else c.query_scale * c.head_dim ** 0.5
         if c.fused:  # Phi-3's one projection, named as its checkpoints name it
             self.qkv_proj = Linear(c.hidden_size, (c.num_heads + 2 * c.num_kv_heads) * c.head_dim, bias=c.qkv_bias)
         else:
@@ -60,11 +78,14 @@ class Attention(nn.Module):
             self.v_proj = Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=c.qkv_bias)
         self.o_proj = Linear(c.num_heads * c.head_dim, c.hidden_size, bias=c.o_bias)
         if c.qk_norm:
-            self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
-            self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
+            self.q_norm = norm(c, c.head_dim)
+            self.k_norm = norm(c, c.head_dim)
 
-    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """x [B, n, D] -> post-RoPE q [B, H, n, d], k and v [B, G, n, d]."""
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, local_cos=None, local_sin=None):
+        """x [B, n, D] -> post-RoPE q [B, H, n, d], k and v [B, G, n, d]. A sliding layer of a model
+        whose local layers have their own RoPE (Gemma 3) turns by `local_cos`, `local_sin`."""
+        if self.window is not None and local_cos is not None:
+            cos, sin = local_cos, local_sin
         b, n, _ = x.shape
         if hasattr(self, "qkv_proj"):
             q, k, v = self.qkv_proj(x).split([self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim,
@@ -78,6 +99,8 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rope(q.transpose(1, 2), cos, sin)
         k = apply_rope(k.transpose(1, 2), cos, sin)
+        if self.query_factor is not None and self.query_factor != 1.0:
+            q = q * self.query_factor
         # Head-major copies: the projections leave q/k/v token-major, and the CPU flash-attention
         # kernel reads strided K/V rows ~10% slower (qwen2.5-0.5b shapes, 4,096 tokens); the
         # copies cost a fraction of that. One-token decode steps are contiguous already.
@@ -90,6 +113,7 @@ MLP_CHUNK = 2048  # tokens per MLP call in prefill
 class MLP(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
+        self.act = F.silu if c.activation == "silu" else lambda x, inplace=False: F.gelu(x, approximate="tanh")
         if c.fused:  # Phi-3: gate and up in one projection
             self.gate_up_proj = Linear(c.hidden_size, 2 * c.intermediate_size, bias=c.mlp_bias)
         else:
@@ -100,10 +124,10 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "gate_up_proj"):
             gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-            return self.down_proj(F.silu(gate) * up)
+            return self.down_proj(self.act(gate) * up)
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-        gate = F.silu(self.gate_proj(x), inplace=True)  # inference: no extra [n, I] temporaries
+            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        gate = self.act(self.gate_proj(x), inplace=True)  # inference: no extra [n, I] temporaries
         return self.down_proj(gate.mul_(self.up_proj(x)))
 
 
@@ -165,20 +189,28 @@ class MoE(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, c: ModelConfig, index: int = 0):
         super().__init__()
-        self.self_attn = Attention(c)
+        self.self_attn = Attention(c, index)
         self.mlp = MoE(c) if c.is_moe(index) else MLP(c)
-        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.input_layernorm = norm(c, c.hidden_size)
+        self.post_attention_layernorm = norm(c, c.hidden_size)
+        if c.gemma:  # Gemma: the attention's output normed (post_attention_layernorm), the MLP's in and out
+            self.pre_feedforward_layernorm = norm(c, c.hidden_size)
+            self.post_feedforward_layernorm = norm(c, c.hidden_size)
 
-    def project(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        return self.self_attn.project(self.input_layernorm(h), cos, sin)
+    @property
+    def window(self) -> int | None:
+        return self.self_attn.window
 
-    def prefill(self, h, q, k, v, mask, valid, last: bool) -> torch.Tensor:
+    def project(self, h: torch.Tensor, *rope):
+        return self.self_attn.project(self.input_layernorm(h), *rope)
+
+    def prefill(self, h, q, k, v, masks: "Masks", last: bool) -> torch.Tensor:
         """The layer's output over the prompt from its projections; for the `last` layer only
         the last token's (its logits are all that is read), so the rest is never computed."""
+        cap = self.self_attn.softcap
         if last:
-            return self.finish(h[:, -1:], last_token_attention(q[:, :, -1:], k, v, valid))
-        return self.finish(h, prefill_attention(q, k, v, mask))
+            return self.finish(h[:, -1:], last_token_attention(q[:, :, -1:], k, v, masks.last(self.window), cap))
+        return self.finish(h, prefill_attention(q, k, v, masks.prompt(self.window), cap))
 
     def finish(self, h: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         """attn [B, n, H*d] (heads merged) -> the layer's output hidden states.
@@ -186,13 +218,18 @@ class DecoderLayer(nn.Module):
         In inference, long prompts run the MLP MLP_CHUNK tokens at a time, so its
         [n, intermediate] temporaries stay bounded (the largest tensors of a prefill).
         """
-        h = h + self.self_attn.o_proj(attn)
+        if hasattr(self, "pre_feedforward_layernorm"):  # Gemma's sandwich
+            h = h + self.post_attention_layernorm(self.self_attn.o_proj(attn))
+            feed = lambda x: self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))  # noqa: E731
+        else:
+            h = h + self.self_attn.o_proj(attn)
+            feed = lambda x: self.mlp(self.post_attention_layernorm(x))  # noqa: E731
         n = h.shape[-2]
         if torch.is_grad_enabled() or torch.compiler.is_compiling() or n <= MLP_CHUNK:
-            return h + self.mlp(self.post_attention_layernorm(h))
+            return h + feed(h)
         for start in range(0, n, MLP_CHUNK):
             part = h[:, start : start + MLP_CHUNK]
-            part += self.mlp(self.post_attention_layernorm(part))  # h is this function's own tensor
+            part += feed(part)  # h is this function's own tensor
         return h
 
 
@@ -201,38 +238,76 @@ def positions_for(valid: torch.Tensor) -> torch.Tensor:
     return (valid.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def attention_mask_for(valid: torch.Tensor) -> torch.Tensor | None:
-    """Causal mask that hides padding keys, or None when nothing is padded (fast path).
+class Masks:
+    """A prefill pass's attention masks, each made once per window: the prompt's [B, 1, n, n] and
+    the last token's [B, 1, 1, n], None where plain causal attention is the same (nothing padded,
+    no window reached). A sliding-window layer's query at position p sees keys at positions in
+    (p - window, p]: by position, so the window of pruned tokens is what it was in the prompt.
+    One host read per pass (whether anything is padded, the last position), none per layer."""
 
-    A padding query sees only itself, so its softmax is defined; its output is never used.
-    """
-    if bool(valid.all()):
-        return None
-    n = valid.shape[-1]
-    causal = torch.ones(n, n, dtype=torch.bool, device=valid.device).tril()
-    mask = causal & valid[:, None, None, :]
-    return mask | torch.eye(n, dtype=torch.bool, device=valid.device)
+    def __init__(self, positions: torch.Tensor, valid: torch.Tensor):
+        self.positions, self.valid, self._made = positions, valid, {}
+        padded, self._span = torch.stack([~valid.all(), positions.max()]).tolist()
+        self._padded = bool(padded)
+
+    def _reaches(self, window: int | None) -> bool:
+        return window is not None and self._span >= window
+
+    def prompt(self, window: int | None) -> torch.Tensor | None:
+        window = window if self._reaches(window) else None
+        if ("prompt", window) not in self._made:
+            p, n = self.positions, self.positions.shape[1]
+            eye = torch.eye(n, dtype=torch.bool, device=p.device)
+            if window is not None:
+                near = (p[:, :, None] >= p[:, None, :]) & (p[:, :, None] - p[:, None, :] < window)
+                mask = ((near & self.valid[:, None, :]) | eye)[:, None]
+            elif self._padded:  # a padding query sees only itself, so its softmax is defined; its output is never used
+                causal = torch.ones(n, n, dtype=torch.bool, device=p.device).tril()
+                mask = (causal & self.valid[:, None, None, :]) | eye
+            else:
+                mask = None
+            self._made["prompt", window] = mask
+        return self._made["prompt", window]
+
+    def last(self, window: int | None) -> torch.Tensor | None:
+        """Rows are left-padded, so the last column is real in every row and sees every valid key."""
+        window = window if self._reaches(window) else None
+        if window is None:
+            return self.valid[:, None, None, :] if self._padded else None
+        return (self.valid & (self.positions > self.positions[:, -1:] - window))[:, None, None, :]
 
 
-def prefill_attention(q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
-    """Causal GQA attention over the alive tokens; `mask` [B, 1, n, n] only when padded."""
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+def attend(q, k, v, mask: torch.Tensor | None, softcap: float | None = None, causal: bool = False) -> torch.Tensor:
+    """Scaled dot-product attention (grouped KV heads); with a `softcap` (Gemma 2) the logits pass
+    through cap * tanh(s / cap) first, written out as transformers' eager attention computes it."""
+    if softcap is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
+    if k.shape[1] != q.shape[1]:
+        k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
+    s = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    s = torch.tanh(s / softcap) * softcap
+    if causal:
+        mask = torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril(s.shape[-1] - s.shape[-2])
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    return torch.matmul(F.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype), v)
+
+
+def prefill_attention(q, k, v, mask: torch.Tensor | None, softcap: float | None = None) -> torch.Tensor:
+    """Causal GQA attention over the alive tokens; `mask` [B, 1, n, n] only when padded or windowed."""
+    out = attend(q, k, v, mask, softcap, causal=mask is None)
     b, h, n, d = out.shape
     return out.transpose(1, 2).reshape(b, n, h * d)
 
 
-def last_token_attention(q_last, k, v, valid: torch.Tensor) -> torch.Tensor:
-    """The last alive token's attention over all alive keys: q_last [B, H, 1, d] -> [B, 1, H*d].
-
-    Rows are left-padded, so the last column is real in every row and sees every valid key.
-    """
-    mask = None if bool(valid.all()) else valid[:, None, None, :]
-    out = F.scaled_dot_product_attention(q_last, k, v, attn_mask=mask, enable_gqa=True)
+def last_token_attention(q_last, k, v, mask: torch.Tensor | None, softcap: float | None = None) -> torch.Tensor:
+    """The last alive token's attention over the keys it sees (`Masks.last`): q_last [B, H, 1, d] -> [B, 1, H*d]."""
+    out = attend(q_last, k, v, mask, softcap)
     b, h, _, d = out.shape
     return out.reshape(b, 1, h * d)
 
 
-def decode_attention(q, k_cache, v_cache, valid) -> torch.Tensor:
+def decode_attention(q, k_cache, v_cache, valid, softcap: float | None = None) -> torch.Tensor:
     """One new token against per-KV-head caches.
 
     q [B, H, 1, d]; caches [B, G, cap, d]; valid [B, G, cap] bool. The H/G query heads of a
@@ -241,7 +316,7 @@ def decode_attention(q, k_cache, v_cache, valid) -> torch.Tensor:
     """
     b, h, _, d = q.shape
     g = k_cache.shape[1]
-    out = F.scaled_dot_product_attention(q.view(b, g, h // g, d), k_cache, v_cache, attn_mask=valid[:, :, None, :])
+    out = attend(q.view(b, g, h // g, d), k_cache, v_cache, valid[:, :, None, :], softcap)
     return out.reshape(b, 1, h * d)
 
 
@@ -250,7 +325,7 @@ class Body(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(c, i) for i in range(c.num_layers))
-        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.norm = norm(c, c.hidden_size)
 
 
 class Decoder(nn.Module):
@@ -264,27 +339,49 @@ class Decoder(nn.Module):
         self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        self.rope = Rope(config)
+        self.build_rope()
+
+    def build_rope(self, device=None) -> None:
+        """The RoPE tables' frequencies (float32, not parameters): the model's and, for a model whose
+        sliding layers turn by their own base (Gemma 3), theirs."""
+        self.rope = Rope(self.config).to(device)
+        self.local_rope = None if self.config.local_rope is None else Rope(self.config, self.config.local_rope).to(device)
+
+    def rope_for(self, layer: int) -> Rope:
+        """The Rope that turned the layer's queries and keys."""
+        local = self.local_rope is not None and self.config.window(layer) is not None
+        return self.local_rope if local else self.rope
 
     @property
     def layers(self) -> nn.ModuleList:
         return self.model.layers
 
+    def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple:
+        """The RoPE tables of `positions` every layer's `project` takes: (cos, sin), and the sliding
+        layers' (cos, sin) after them where those have their own."""
+        own = self.rope(positions, dtype)
+        return own if self.local_rope is None else own + self.local_rope(positions, dtype)
+
     def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, tuple]:
-        """Where every pass starts: the tokens' embeddings and their RoPE tables (cos, sin)."""
+        """Where every pass starts: the tokens' embeddings (Gemma: times sqrt(D), rounded to the
+        weights' dtype as Gemma does) and their RoPE tables (`tables`)."""
         h = self.model.embed_tokens(ids)
-        return h, self.rope(positions, h.dtype)
+        if self.config.gemma:
+            h = h * torch.tensor(self.config.hidden_size ** 0.5, dtype=h.dtype)
+        return h, self.tables(positions, h.dtype)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.model.norm(h)).float()
+        logits = self.lm_head(self.model.norm(h)).float()
+        cap = self.config.final_softcap
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, n, V] for every token (left padding marked by attention_mask == 0)."""
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         positions = positions_for(valid)
-        mask = attention_mask_for(valid)
+        masks = Masks(positions, valid)
         h, rope = self.embed(input_ids, positions)
         for layer in self.layers:
-            h = layer.prefill(h, *layer.project(h, *rope), mask, valid, last=False)
+            h = layer.prefill(h, *layer.project(h, *rope), masks, last=False)
         return self.logits(h)

@@ -14,10 +14,10 @@ import torch
 
 from .config import SUPPORTED_MODEL_TYPES, ModelConfig
 from .decoder import Decoder
-from .rope import Rope
 
 SUPPORTED_CLASSES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-                     "Phi3ForCausalLM", "MixtralForCausalLM", "Qwen3MoeForCausalLM")
+                     "Phi3ForCausalLM", "MixtralForCausalLM", "Qwen3MoeForCausalLM", "Gemma2ForCausalLM",
+                     "Gemma3ForCausalLM")
 
 _converted: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # hf model -> (our Decoder, its weights' fingerprint)
 
@@ -28,13 +28,20 @@ def is_transformers_model(model) -> bool:
                for c in type(model).__mro__)
 
 
-def from_transformers(model, tokenizer=None) -> Decoder:
+def from_transformers(model, tokenizer=None):
     """Our Decoder sharing `model`'s parameters (same tensors: same `data_ptr`, no copy), on
-    its device and in its dtype. `model` is a loaded Llama/Mistral/Qwen2/Qwen3 `*ForCausalLM`.
+    its device and in its dtype, for a `*ForCausalLM` of a family it runs (SUPPORTED_CLASSES).
 
     `tokenizer`, when given, only adds its EOS id to the decoder's stop ids. The result is
     cached on the model object, so calling again (or `asl.generate(model, ...)`) converts once.
+    A causal LM of another family (GPT-NeoX, Falcon, OPT, ...) comes back as an `asl.HookedModel`:
+    `asl.generate` runs it through transformers' own forward with eviction policies only, since
+    layer-wise selection (ASL, FastKV, GemFilter) runs only on a family our decoder supports.
     """
+    if _other_family(model):
+        from ..hooked import HookedModel
+
+        return HookedModel(model)
     _check_supported(model)
     cached = _converted.get(model)
     if cached is not None and _still_shares(cached, model):
@@ -57,20 +64,29 @@ def from_transformers(model, tokenizer=None) -> Decoder:
     ours.load_state_dict({k: params[k] for k in wanted if k in params}, strict=False, assign=True)
     if config.tie_word_embeddings:
         ours.lm_head.weight = ours.model.embed_tokens.weight
-    ours.rope = Rope(config).to(ours.lm_head.weight.device)  # its tables were made on meta; fp32, on the model's device
+    ours.build_rope(ours.lm_head.weight.device)  # its tables were made on meta; fp32, on the model's device
     ours.eval()
     _converted[model] = (ours, weights_fingerprint(model))
     return ours
 
 
-def as_decoder(model, tokenizer=None) -> Decoder:
-    """`model` itself if it is our Decoder, its conversion if it is a transformers model."""
-    if isinstance(model, Decoder):
+def as_decoder(model, tokenizer=None):
+    """`model` itself if it is our Decoder, its conversion if it is a transformers model (an
+    `asl.HookedModel` for a family our decoder lacks)."""
+    from ..hooked import HookedModel
+
+    if isinstance(model, (Decoder, HookedModel)):
         return model
     if is_transformers_model(model):
         return from_transformers(model, tokenizer)
     raise ValueError(f"model must be an asl Decoder (from asl.load) or a transformers model "
                      f"({', '.join(SUPPORTED_CLASSES)}), got {type(model).__name__}")
+
+
+def _other_family(model) -> bool:
+    """A transformers causal LM (with its head) of a family our decoder does not run."""
+    return (is_transformers_model(model) and type(model).__name__.endswith("ForCausalLM")
+            and getattr(model.config, "model_type", None) not in SUPPORTED_MODEL_TYPES)
 
 
 def _check_supported(model) -> None:

@@ -72,9 +72,10 @@ class Rope(nn.Module):
     """cos/sin tables for arbitrary position ids ([B, n] -> [B, n, rotary_dim]; the head's
     first rotary_dim dims turn, all of them but with a partial rotary factor)."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, params: dict | None = None):
+        """`params`: other rope parameters than the config's (a Gemma 3's sliding layers')."""
         super().__init__()
-        p, dim = config.rope, config.rotary_dim
+        p, dim = params or config.rope, config.rotary_dim
         self.rope_type = p["rope_type"]
         self.theta, self.dim = float(p["rope_theta"]), dim
         self.max_pos = config.max_position_embeddings

@@ -9,7 +9,6 @@ from safetensors.torch import load_file
 
 from .config import ModelConfig
 from .decoder import Decoder
-from .rope import Rope
 
 
 def decoder_from_state_dict(config: ModelConfig, state: dict[str, torch.Tensor], dtype, device) -> Decoder:
@@ -17,7 +16,7 @@ def decoder_from_state_dict(config: ModelConfig, state: dict[str, torch.Tensor],
     with torch.device("meta"):
         model = Decoder(config)
     model.to_empty(device=device)
-    model.rope = Rope(config).to(device)  # its tables were made on meta
+    model.build_rope(device)  # its tables were made on meta
     if config.tie_word_embeddings:  # to_empty() gives every module its own storage: tie again
         model.lm_head.weight = model.model.embed_tokens.weight
     state = stack_experts(config, {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")})

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .base import LayerView, PrefillInfo, check_kernel, check_layer, check_pooling, check_positive_int, is_number, \
+from .base import LayerView, PrefillInfo, check_global_layer, check_kernel, check_layer, check_pooling, check_positive_int, is_number, \
     top_prefix
 from .scorer import ScorerSelection
 
@@ -36,6 +36,7 @@ class _Stopping(ScorerSelection):
     pooling: str = "avg"
     l_min: int = 8
     l_max: int | None = None
+    local_layers: bool = False  # also look at sliding-window layers (docs/algorithms.md section 20)
 
     def _check(self) -> None:
         super()._check()
@@ -51,6 +52,7 @@ class _Stopping(ScorerSelection):
         check_layer("l_min", self.l_min, prefill.num_layers)
         if self.l_max is not None:
             check_layer("l_max", self.l_max, prefill.num_layers)
+            check_global_layer("l_max", self.l_max, prefill, self.local_layers)
         super().begin(prefill)
         self._num_layers = prefill.num_layers
         self._width = max(prefill.prompt_lengths) + 1  # membership by prompt index (+1: a pad slot)

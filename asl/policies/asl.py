@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import ops
-from .base import (LayerView, PrefillInfo, Selection, SelectionPolicy, check_kernel, check_layer, check_pooling,
+from .base import (LayerView, PrefillInfo, Selection, SelectionPolicy, check_global_layer, check_kernel, check_layer,
+                   check_pooling,
                    check_positive_int, check_window_below, is_number, top_prefix)
 
 
@@ -47,6 +48,7 @@ class ASL(SelectionPolicy):
     kernel: int = 7
     pooling: str = "avg"
     l_max: int | None = None  # our addition: select here at the latest
+    local_layers: bool = False  # also rank at sliding-window layers (docs/algorithms.md section 20)
 
     @classmethod
     def for_model(cls, model, calibration=None, **overrides) -> "ASL":
@@ -82,6 +84,7 @@ class ASL(SelectionPolicy):
         check_layer("l_min", self.l_min, prefill.num_layers)
         if self.l_max is not None:
             check_layer("l_max", self.l_max, prefill.num_layers)
+            check_global_layer("l_max", self.l_max, prefill, self.local_layers)
         self._num_layers = prefill.num_layers
         self._states = [_SequenceState(deque(maxlen=self.l_obs)) for _ in prefill.prompt_lengths]
         self._lengths = list(prefill.prompt_lengths)
@@ -112,8 +115,8 @@ class ASL(SelectionPolicy):
 
         One host read per evaluated layer (the decision the prefill's control flow needs): an
         undecided sequence still has its whole prompt, so its length is known from `begin`."""
-        if layer < self.l_min - self.l_obs + 1:
-            return {}
+        if layer < self.l_min - self.l_obs + 1 or (view.window is not None and not self.local_layers):
+            return {}  # not yet, or a sliding-window layer: its ranks join no history
         width, k_prefix = view.width, self.select_tokens - self.window
         scores = None
         pending = []

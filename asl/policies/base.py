@@ -32,11 +32,20 @@ class PrefillInfo:
     head_dim: int
     prompt_lengths: tuple[int, ...]
     question_tokens: tuple[int, ...] = ()  # per sequence, the question's tokens at the prompt's end, where known
+    layer_windows: tuple[int | None, ...] = ()  # per layer, its sliding window (None: global); () if none has one
     _shared: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def batch_size(self) -> int:
         return len(self.prompt_lengths)
+
+    def window(self, layer: int) -> int | None:
+        """The layer's sliding window (docs/algorithms.md section 20), None where it attends globally."""
+        return self.layer_windows[layer] if self.layer_windows else None
+
+    @property
+    def global_layers(self) -> tuple[int, ...]:
+        return tuple(i for i in range(self.num_layers) if self.window(i) is None)
 
     def shared(self, kind: type[T]) -> T:
         """The one `kind()` object of this prefill, made on the first ask: how the policies of
@@ -88,11 +97,13 @@ class LayerView:
     index in its own prompt) [B, n], `valid` [B, n] (False on left padding). What a scorer may
     read of the model besides (None where the caller has no model): `rope`, the model's RoPE
     (`rope(positions, dtype) -> (cos, sin)` [B, n, d]), and `out_proj`, the layer's output
-    projection weight [hidden, H * d].
+    projection weight [hidden, H * d]. `window`: the layer's sliding window, None where it
+    attends globally (docs/algorithms.md section 20).
     """
 
-    def __init__(self, layer: int, queries, keys, values, positions, index, valid, rope=None, out_proj=None):
-        self.layer = layer
+    def __init__(self, layer: int, queries, keys, values, positions, index, valid, rope=None, out_proj=None,
+                 window: int | None = None):
+        self.layer, self.window = layer, window
         self.queries, self.keys, self.values = queries, keys, values
         self.positions, self.index, self.valid = positions, index, valid
         self.rope, self.out_proj = rope, out_proj
@@ -342,6 +353,16 @@ def check_pooling(pooling) -> None:
 def check_layer(name: str, layer, num_layers: int) -> None:
     if not isinstance(layer, int) or not 0 <= layer < num_layers:
         raise ValueError(f"{name} must be a layer index in [0, {num_layers - 1}] for this model, got {layer!r}")
+
+
+def check_global_layer(name: str, layer: int, prefill: PrefillInfo, local_layers: bool) -> None:
+    """A selection's scores at a sliding-window layer come from queries that see only the window's
+    keys (docs/algorithms.md section 20): such a layer is taken only when the user asks for it."""
+    window = prefill.window(layer)
+    if window is not None and not local_layers:
+        raise ValueError(f"{name}={layer} is a sliding-window layer of this model (window {window}), whose queries "
+                         f"see only the last {window} positions' keys; pick a global layer "
+                         f"({', '.join(map(str, prefill.global_layers))}) or set local_layers=True")
 
 
 def check_window_below(window: int, name: str, value: int) -> None:

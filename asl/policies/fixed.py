@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import LayerView, PrefillInfo, SelectedShares, Selection, check_kernel, check_layer, check_pooling, check_positive_int, is_number
+from .base import LayerView, PrefillInfo, SelectedShares, Selection, check_global_layer, check_kernel, check_layer, check_pooling, check_positive_int, is_number
 from .scorer import ScorerSelection
 
 
@@ -25,6 +25,7 @@ class FastKV(ScorerSelection):
     window: int = 8
     kernel: int = 7
     pooling: str = "max"
+    local_layers: bool = False  # allow a sliding-window layer as `layer` (docs/algorithms.md section 20)
 
     def _check(self) -> None:
         check_positive_int("layer", self.layer, 0)
@@ -41,6 +42,7 @@ class FastKV(ScorerSelection):
 
     def begin(self, prefill: PrefillInfo) -> None:
         check_layer("layer", self.layer, prefill.num_layers)
+        check_global_layer("layer", self.layer, prefill, self.local_layers)
         super().begin(prefill)
         self._shares = prefill.shared(SelectedShares).by_sequence
 

@@ -11,7 +11,8 @@ import torch
 
 from .. import ops
 from .asl import ASL
-from .base import LayerView, PrefillInfo, Selection, SelectionPolicy, check_kernel, check_layer, check_positive_int
+from .base import (LayerView, PrefillInfo, Selection, SelectionPolicy, check_global_layer, check_kernel, check_layer,
+                   check_positive_int)
 
 
 @dataclass
@@ -30,6 +31,7 @@ class GemFilter(SelectionPolicy):
     kernel: int = 5
     keep_last: bool = False  # faithful: the last token is not forced in
     answer_tokens: int | None = None  # the bench's answers at most this long (the authors' harness: 51)
+    local_layers: bool = False  # allow a sliding-window layer as `layer` (docs/algorithms.md section 20)
 
     restarts = True
 
@@ -46,6 +48,7 @@ class GemFilter(SelectionPolicy):
 
     def begin(self, prefill: PrefillInfo) -> None:
         check_layer("layer", self.layer, prefill.num_layers)
+        check_global_layer("layer", self.layer, prefill, self.local_layers)
         self._layers: list[int | None] = [None] * prefill.batch_size
 
     def after_layer(self, layer: int, view: LayerView) -> Selection | None:

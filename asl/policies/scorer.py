@@ -104,6 +104,8 @@ class ScorerSelection(SelectionPolicy):
     tokens (scores summed over heads) plus the window travel on; one-shot, per sequence.
 
     Subclass it and implement `score` and `selects_at`; `prefix_counts` may vary k per sequence.
+    Sliding-window layers are skipped unless the subclass has a true `local_layers` field
+    (docs/algorithms.md section 20).
     """
 
     select_tokens: int = 2048  # k, window included
@@ -132,6 +134,8 @@ class ScorerSelection(SelectionPolicy):
         self._layers: list[int | None] = [None] * prefill.batch_size
 
     def after_layer(self, layer: int, view: LayerView) -> Selection | None:
+        if view.window is not None and not getattr(self, "local_layers", False):  # a sliding-window layer: not looked at
+            return None
         fire = self.selects_at(layer, view)
         if not isinstance(fire, torch.Tensor) and not fire:
             return None
