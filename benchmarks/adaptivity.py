@@ -15,7 +15,12 @@ on the held-out ones: agreement with its Wilson interval, KV share, the share of
 savings it captures, and the exact McNemar test against the tuned fixed layer on the same
 held-out prompts (and against the fixed layer of the nearest KV share). Transfer: each
 family's setting tuned on one task's tuning prompts, judged on every other task's held-out
-prompts (which transfers better, the fixed layer or the rule?). Writes adaptivity.json,
+prompts (which transfers better, the fixed layer or the rule?). Mixed workload: all the files of
+one model (tasks and lengths) as one stream, each family tuned on the stream's tuning prompts
+and judged on its held-out ones, against the fixed layer of the nearest mean KV (tokens, not
+shares: a long prompt weighs more) and of the nearest mean attention work (sum over layers of
+the tokens squared), the two parts of a prefill's time (the linear layers scale with the tokens
+each layer runs on, which is its KV; attention with their square). Writes adaptivity.json,
 adaptivity.md and frontier_<model>@<length>.png.
 
 The cost axis is the KV share of selection alone, `((a + 1) n + (L - 1 - a) k) / (L n)`; the
@@ -72,10 +77,19 @@ def judge(measures: list[PromptMeasure], pick, select_tokens: int, num_layers: i
     layers = [pick(m) for m in measures]
     kept = [bool(m.matches.get(a, True)) for m, a in zip(measures, layers)]
     kv = [kv_share(a, m.prompt_tokens, select_tokens, num_layers) for m, a in zip(measures, layers)]
+    tokens = [s * num_layers * m.prompt_tokens for s, m in zip(kv, measures)]  # KV entries per KV head, all layers
+    work = [attention_work(a, m.prompt_tokens, select_tokens, num_layers) for m, a in zip(measures, layers)]
     n = len(measures)
     low, high = wilson(sum(kept), n)
     return {"n": n, "agree": sum(kept), "agreement": sum(kept) / n, "interval": [low, high],
-            "kv_share": sum(kv) / n, "mean_layer": sum(layers) / n, "kept": kept, "kv": kv}
+            "kv_share": sum(kv) / n, "mean_layer": sum(layers) / n, "kv_tokens": sum(tokens) / n,
+            "attention_work": sum(work) / n, "kept": kept, "kv": kv}
+
+
+def attention_work(layer: int, prompt_tokens: int, select_tokens: int, num_layers: int) -> float:
+    """Sum over layers of the tokens squared, selection alone after `layer` (attention's share of a prefill)."""
+    kept = min(select_tokens, prompt_tokens)
+    return (layer + 1) * prompt_tokens ** 2 + (num_layers - 1 - layer) * kept ** 2
 
 
 def tuned(points: list[dict], target: float) -> dict:
@@ -151,6 +165,69 @@ def transfer(tune, held, l_min: int, layers: int, taus, k: int, target: float) -
                              "n": h["n"], "agreement": h["agreement"], "interval": h["interval"],
                              "kv_share": h["kv_share"]})
     return rows
+
+
+def mixed(paths: list[pathlib.Path], target: float) -> list[dict]:
+    """Per model, its files' prompts (every task and length) as one stream: each family tuned on
+    the stream's tuning prompts, judged on its held-out ones against the fixed layer of the
+    nearest mean KV tokens and of the nearest mean attention work (McNemar on the same prompts)."""
+    by_model: dict[str, list[dict]] = {}
+    for path in paths:
+        data = json.loads(path.read_text())
+        by_model.setdefault(data["model"], []).append(data)
+    out = []
+    for model, datas in by_model.items():
+        shape = {(d["num_layers"], d["asl"]["select_tokens"], d["asl"]["l_min"]) for d in datas}
+        if len(shape) != 1:
+            raise ValueError(f"{model}: the files differ in layers, select_tokens or l_min ({sorted(shape)}); "
+                             "a mixed stream needs one setting")
+        layers, k, l_min = shape.pop()
+        measures = [PromptMeasure.from_json(m) for d in datas for m in d["measures"]]
+        tune, held = [m for m in measures if not m.held_out], [m for m in measures if m.held_out]
+        taus = sorted({t for d in datas for t in d["search"]["taus"]})
+        fams = {}
+        for family, settings in families(tune, l_min, layers, taus).items():
+            points = [{"setting": label, "tune": judge(tune, pick, k, layers), "held_out": judge(held, pick, k, layers)}
+                      for label, pick in settings]
+            fams[family] = tuned(points, target)
+        fixed_points = [{"setting": label, "held_out": judge(held, pick, k, layers)}
+                        for label, pick in families(tune, l_min, layers, taus)["fixed layer"]]
+        rows = []
+        for family, chosen in fams.items():
+            h = chosen["held_out"]
+            row = {"family": family, "setting": chosen["setting"], "n": h["n"], "agree": h["agree"],
+                   "interval": h["interval"], "kv_tokens": h["kv_tokens"], "attention_work": h["attention_work"]}
+            for axis in ("kv_tokens", "attention_work"):
+                near = min(fixed_points, key=lambda p: abs(p["held_out"][axis] - h[axis]))
+                b = sum(x and not y for x, y in zip(h["kept"], near["held_out"]["kept"]))
+                c = sum(y and not x for x, y in zip(h["kept"], near["held_out"]["kept"]))
+                row[f"vs_fixed_at_{axis}"] = {"fixed": near["setting"], "fixed_agree": near["held_out"]["agree"],
+                                              "fixed_value": near["held_out"][axis], "only_this": b, "only_fixed": c,
+                                              "p": mcnemar_exact(b, c)}
+            rows.append(row)
+        lengths = sorted({n for d in datas for n in d["prompts"].get("lengths", [])})
+        tasks = sorted({task_of(m) for m in measures})
+        out.append({"model": model, "lengths": lengths, "tasks": tasks, "n_tune": len(tune), "n_held_out": len(held),
+                    "select_tokens": k, "target": target, "rows": rows})
+    return out
+
+
+def mixed_table(result: dict) -> str:
+    rows = []
+    for r in result["rows"]:
+        kv, att = r["vs_fixed_at_kv_tokens"], r["vs_fixed_at_attention_work"]
+        rows.append([r["family"], r["setting"], share(r["agree"], r["n"], *r["interval"]), f"{r['kv_tokens']:,.0f}",
+                     f"{r['attention_work']:.3g}",
+                     f"{kv['fixed']} ({kv['fixed_agree']}/{r['n']}): {kv['only_this']} / {kv['only_fixed']}, p = {kv['p']:.3g}",
+                     f"{att['fixed']} ({att['fixed_agree']}/{r['n']}): {att['only_this']} / {att['only_fixed']}, "
+                     f"p = {att['p']:.3g}"])
+    return (f"### Mixed workload, {result['model']}: one stream of {', '.join(result['tasks'])} at "
+            f"{', '.join(map(str, result['lengths']))} tokens; {result['n_held_out']} held-out prompts (tuned on "
+            f"{result['n_tune']}), select_tokens {result['select_tokens']}, target {100 * result['target']:.0f}%\n\n"
+            + markdown(["family", "tuned setting", "held-out agreement [95%]", "mean KV tokens (per KV head, all layers)",
+                        "mean attention work (sum of tokens^2)",
+                        "vs the fixed layer of the nearest mean KV: answers only this / only fixed (McNemar)",
+                        "vs the fixed layer of the nearest attention work"], rows))
 
 
 def transfer_table(result: dict) -> str:
@@ -237,7 +314,9 @@ def main() -> int:
                                                         for p in f["points"]]}
                                          for k, f in r["families"].items()}}
     (args.out / "adaptivity.json").write_text(json.dumps([strip(r) for r in results], indent=1) + "\n")
-    text = "\n\n".join(table(r) + "\n\n" + transfer_table(r) for r in results)
+    streams = mixed(args.files, args.agreement)
+    text = "\n\n".join([table(r) + "\n\n" + transfer_table(r) for r in results] + [mixed_table(m) for m in streams])
+    (args.out / "mixed.json").write_text(json.dumps(streams, indent=1) + "\n")
     (args.out / "adaptivity.md").write_text(text + "\n")
     print(text)
     return 0

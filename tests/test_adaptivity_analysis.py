@@ -75,3 +75,42 @@ def test_transfer_tunes_on_one_task_and_judges_on_another(tmp_path):
     assert rows[("ASL (tau)", "easy")]["agreement"] == 1.0 and rows[("ASL (tau)", "hard")]["agreement"] == 1.0
     assert "| fixed layer | easy -> hard | layer 2 | 0% [" in adaptivity.transfer_table(
         adaptivity.analyse(tmp_path / "t.json", 1.0))
+
+
+def toy_file(tmp_path, name: str, tokens: int, firsts: list[int], select_tokens: int = K) -> pathlib.Path:
+    measures = []
+    for i, f in enumerate(firsts):
+        m = record(f, i % 2 == 1, f)
+        m["prompt_tokens"], m["label"] = tokens, f"task{i % 2}/{tokens}/{i}"
+        measures.append(m)
+    data = {"model": "toy", "num_layers": LAYERS, "asl": {"select_tokens": select_tokens, "l_min": 2},
+            "search": {"taus": [0.05, 0.5, 1.0]}, "prompts": {"lengths": [tokens]}, "measures": measures}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_mixed_stream_pools_lengths_and_matches_the_fixed_layer_by_absolute_cost(tmp_path):
+    """Short prompts that settle early and long ones that settle late: one stream, each prompt's
+    KV counted in tokens, so the matched fixed layer is the one of the nearest mean KV."""
+    short = toy_file(tmp_path, "short", 500, [2, 2, 3, 3])
+    long = toy_file(tmp_path, "long", 4000, [6, 6, 5, 5])
+    (stream,) = adaptivity.mixed([short, long], 1.0)
+    assert stream["lengths"] == [500, 4000] and stream["n_held_out"] == 4
+    rows = {r["family"]: r for r in stream["rows"]}
+    held = [(500, 2), (500, 3), (4000, 6), (4000, 5)]  # (tokens, first matching layer) of the held-out prompts
+    oracle = rows["oracle"]
+    assert oracle["agree"] == 4
+    assert oracle["kv_tokens"] == pytest.approx(sum(kv_share(f, n, K, LAYERS) * LAYERS * n for n, f in held) / 4)
+    assert oracle["attention_work"] == pytest.approx(
+        sum((f + 1) * n * n + (LAYERS - 1 - f) * K * K for n, f in held) / 4)
+    matched = oracle["vs_fixed_at_kv_tokens"]
+    fixed_kv = {l: sum(kv_share(l, n, K, LAYERS) * LAYERS * n for n, _ in held) / 4 for l in range(LAYERS - 1)}
+    assert matched["fixed"] == f"layer {min(fixed_kv, key=lambda l: abs(fixed_kv[l] - oracle['kv_tokens']))}"
+    assert matched["fixed_agree"] == sum(int(matched["fixed"].split()[1]) >= f for _, f in held)
+    assert "### Mixed workload, toy" in adaptivity.mixed_table(stream)
+
+
+def test_a_mixed_stream_refuses_files_of_different_settings(tmp_path):
+    with pytest.raises(ValueError, match="differ in layers, select_tokens or l_min"):
+        adaptivity.mixed([toy_file(tmp_path, "a", 500, [2, 3]), toy_file(tmp_path, "b", 800, [2, 3], select_tokens=50)], 1.0)
