@@ -6,19 +6,19 @@ import pytest
 import safetensors.torch
 import torch
 import transformers
-from tiny import CharTokenizer, random_text, tiny_hf_config
+from tiny import CharTokenizer, attn_implementation, random_text, tiny_hf_config
 
 import asl
 from asl.models.interop import SUPPORTED_CLASSES
 
 TOK = CharTokenizer()
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "phi3", "mixtral", "qwen3_moe"]
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "phi3", "mixtral", "qwen3_moe", "gemma2", "gemma3_text"]
 
 
 def hf_model(model_type: str, seed: int = 0, **overrides):
     torch.manual_seed(seed)
     cfg = tiny_hf_config(model_type, eos_token_id=None, **overrides)
-    return transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
+    return transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation(model_type)).eval()
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
