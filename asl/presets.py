@@ -58,6 +58,12 @@ KVPRESS: dict[str, dict[str, tuple]] = {
     "expected-attention": {"window": WHOLE,
                            "n_future_positions": (512, f"{PRESSES}/expected_attention_press.py:56 n_future_positions=512"),
                            "n_sink": (4, f"{PRESSES}/expected_attention_press.py:57 n_sink=4")},
+    "leverage": {"window": WHOLE, "sketch_dimension": (48, f"{PRESSES}/leverage_press.py:44 sketch_dimension=48")},
+    "non-causal-attention": {"window": WHOLE,
+                             "chunk_size": (256, f"{PRESSES}/non_causal_attention_press.py:44 chunk_size=256")},
+    "compactor": {"window": WHOLE, "sink_size_start": (8, f"{PRESSES}/compactor_press.py:55 sink_size_start=8"),
+                  "sink_size_end": (4, f"{PRESSES}/compactor_press.py:56 sink_size_end=4"),
+                  "chunk_size": (256, f"{PRESSES}/compactor_press.py:57 chunk_size=256")},
     "cur": {"window": WHOLE, "num_sinks": (4, f"{PRESSES}/cur_press.py:28 num_sinks=4"),
             "local_window_size": (16, f"{PRESSES}/cur_press.py:32 local_window_size=16")},
 }

@@ -216,3 +216,110 @@ def test_prerope_queries_and_expected_attention_on_a_partial_rotary_model():
     x = torch.randn(16, generator=gen)
     turned = sum(apply_rope(x.view(1, 1, 1, 16), cos3[:, f:f + 1], sin3[:, f:f + 1]).flatten() for f in range(3)) / 3
     torch.testing.assert_close(rot @ x, turned, atol=1e-5, rtol=1e-5)  # the average of the three rotations
+
+
+# -- Compactor's scorers (kvpress's LeverageScorePress, NonCausalAttnPress, CompactorPress) --------------
+
+def assert_top_within(ours: list[int], scores: list[float], count: int, tol: float = 1e-4) -> None:
+    """`ours` holds the `count` best scores, up to scores within `tol` of the cut (z-scores: float32
+    Cholesky and softmax sums differ from float64 by far less)."""
+    assert len(ours) == count
+    cut = sorted(scores, reverse=True)[count - 1]
+    assert {j for j, s in enumerate(scores) if s > cut + tol} <= set(ours) <= {j for j, s in enumerate(scores)
+                                                                               if s >= cut - tol}
+
+
+def zscore(rows: list[list[float]]) -> list[list[float]]:
+    flat = [x for row in rows for x in row]
+    mean = sum(flat) / len(flat)
+    std = math.sqrt(sum((x - mean) ** 2 for x in flat) / (len(flat) - 1))
+    return [[(x - mean) / std for x in row] for row in rows]
+
+
+def leverage_by_hand(view, cols: range, sketch) -> list[list[float]]:
+    """Per KV head, diag(X (X^T X + 0.01 I)^-1 X^T) of the centred pre-RoPE keys (sketched), z-scored."""
+    pad = view.width - int(view.alive[0])
+    out = []
+    for g in range(G):
+        keys = torch.stack([rotation(j).T @ view.keys[0, g, pad + j].double() for j in cols])  # RoPE undone
+        x = keys - keys.mean(0)
+        if sketch is not None:
+            x = x @ sketch[g].double()
+        gram = x.T @ x + 0.01 * torch.eye(x.shape[1], dtype=torch.float64)
+        out.append([float(x[i] @ torch.linalg.solve(gram, x[i])) for i in range(len(cols))])
+    return zscore(out)
+
+
+def non_causal_by_hand(view, cols: range, chunk: int) -> list[list[float]]:
+    """Per KV head: each key's softmax weight from every query of its chunk (padding as kvpress pads
+    it), averaged over the group's query heads, times its value's norm, 3-averaged, z-scored."""
+    pad, n = view.width - int(view.alive[0]), len(cols)
+    total = math.ceil(n / chunk) * chunk
+    out = []
+    for g in range(G):
+        per_head = []
+        for h in range(g * (H // G), (g + 1) * (H // G)):
+            q = [view.queries[0, h, pad + cols.start + j].double() if j < n else None for j in range(total)]
+            got = [0.0] * total
+            for c0 in range(0, total, chunk):
+                for i in range(c0, c0 + chunk):
+                    logits = []
+                    for j in range(c0, c0 + chunk):
+                        if i >= n:
+                            logits.append(0.0)
+                        elif j >= n:
+                            logits.append(-1e-9)
+                        else:
+                            logits.append(float(q[i] @ view.keys[0, g, pad + cols.start + j].double()))
+                    top = max(logits)
+                    e = [math.exp(x - top) for x in logits]
+                    for j, w in zip(range(c0, c0 + chunk), e):
+                        got[j] += w / sum(e)
+            per_head.append(got[:n])
+        mean = [sum(col) / len(per_head) for col in zip(*per_head)]
+        weighted = [m * float(view.values[0, g, pad + cols.start + j].double().norm()) for j, m in enumerate(mean)]
+        padded = [0.0] + weighted + [0.0]
+        out.append([(padded[j] + padded[j + 1] + padded[j + 2]) / 3 for j in range(n)])
+    return zscore(out)
+
+
+@pytest.mark.parametrize("pad", [0, 4])
+@pytest.mark.parametrize("sketched", [False, True])
+def test_leverage_keeps_the_keys_of_highest_leverage(pad, sketched):
+    n, budget = 37, 15
+    view, _ = model_layer(n, 11, pad)
+    policy = asl.Leverage(budget=budget, window=0, sketch_dimension=5 if sketched else None, seed=3)
+    scores = leverage_by_hand(view, range(n), policy.sketch(view) if sketched else None)
+    for g, ours in enumerate(kept(policy, view)):
+        assert_top_within(ours, scores[g], budget)
+
+
+@pytest.mark.parametrize("pad", [0, 4])
+def test_non_causal_attention_sums_each_chunks_attention(pad):
+    n, budget, chunk = 37, 15, 8  # the last chunk: 5 tokens and 3 of padding
+    view, _ = model_layer(n, 12, pad)
+    policy = asl.NonCausalAttention(budget=budget, window=0, chunk_size=chunk)
+    scores = non_causal_by_hand(view, range(n), chunk)
+    for g, ours in enumerate(kept(policy, view)):
+        assert_top_within(ours, scores[g], budget)
+
+
+def test_compactor_blends_the_two_between_its_sinks():
+    n, budget, start, end, blend = 40, 16, 3, 2, 0.5
+    view, _ = model_layer(n, 13)
+    policy = asl.Compactor(budget=budget, window=0, sink_size_start=start, sink_size_end=end, chunk_size=8,
+                           sketch_dimension=None, blending=blend)
+    inner = range(start, n - end)
+    lev, att = leverage_by_hand(view, inner, None), non_causal_by_hand(view, inner, 8)
+    for g, ours in enumerate(kept(policy, view)):
+        mixed = [blend * a + b for a, b in zip(lev[g], att[g])]
+        top = max(mixed)
+        assert set(range(start)) | set(range(n - end, n)) <= set(ours)  # the sinks score the most
+        assert_top_within(ours, [top] * start + mixed + [top] * end, budget)
+    assert asl.Compactor(ratio=0.6).keep(0, view) is not None  # blending from the ratio, as kvpress's
+
+
+def test_the_sketch_repeats_and_differs_by_seed_and_layer():
+    view, _ = model_layer(20, 14)
+    a, b = asl.Leverage(sketch_dimension=4, seed=1), asl.Leverage(sketch_dimension=4, seed=2)
+    assert torch.equal(a.sketch(view), a.sketch(view)) and not torch.equal(a.sketch(view), b.sketch(view))

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from asl.bench.run.oracle import Oracle
 from asl.calibration import SCORING, asl_settings, scaled_layer
 from asl.presets import KVPRESS, PAPER, kvpress_settings, paper_settings
-from asl.policies import (ASL, CUR, TOVA, AdaKV, ChunkKV, CriticalKV, DecodingEviction, ExpectedAttention, Finch, KeyRerotation, PerLayerRatio, ThresholdEviction, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
+from asl.policies import (ASL, CUR, TOVA, Compactor, Leverage, NonCausalAttention, AdaKV, ChunkKV, CriticalKV, DecodingEviction, ExpectedAttention, Finch, KeyRerotation, PerLayerRatio, ThresholdEviction, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
                           KeyDiff, KNorm, LagKV, ObservedAttention, Proportional, PyramidInfer, PyramidInferDecode, PyramidKV,
                           RandomScores, ScorerEviction, SelectionPolicy, SnapKV, StreamingLLM, TopP)
 
@@ -45,7 +45,8 @@ SELECTIONS = {"fastkv": FastKV, "asl": ASL, "gemfilter": GemFilter, "asl-2pass":
 EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM, "topp": TopP, "pyramidinfer-decode": PyramidInferDecode,
              "knorm": KNorm, "keydiff": KeyDiff, "random": RandomScores, "tova": TOVA,
              "observed-attention": ObservedAttention, "lagkv": LagKV, "expected-attention": ExpectedAttention,
-             "cur": CUR, "simlayerkv": SimLayerKV, "finch": Finch}
+             "cur": CUR, "simlayerkv": SimLayerKV, "finch": Finch, "leverage": Leverage,
+             "non-causal-attention": NonCausalAttention, "compactor": Compactor}
 # Allocators: an eviction that wraps a scorer eviction, written name(scorer, key=value...)
 WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional, "chunkkv": ChunkKV,
             "criticalkv": CriticalKV, "keyrerotation": KeyRerotation,
@@ -53,7 +54,7 @@ WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional
 # A method that is a selection and an eviction in one paper: its name stands for both (its
 # arguments go to the first).
 ALIASES = {"pyramidinfer": ("pyramidinfer-prefill", "pyramidinfer-decode")}
-BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "finch", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "criticalkv", "keyrerotation", "decoding", "perlayer", "dms", "fastkv", "asl", "gemfilter", "asl-2pass",
+BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "leverage", "non-causal-attention", "compactor", "finch", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "criticalkv", "keyrerotation", "decoding", "perlayer", "dms", "fastkv", "asl", "gemfilter", "asl-2pass",
            "jaccard-stop", "entropy-stop", "pyramidinfer", "pyramidinfer-prefill", "pyramidinfer-decode", "oracle")
 DESCRIPTIONS = {
     "full": "the full cache (no selection, no eviction)",
@@ -71,6 +72,12 @@ DESCRIPTIONS = {
     "expected-attention": "eviction: the attention future queries are expected to pay, from the prompt's query "
                           "statistics and RoPE (Devoto et al. 2025; kvpress's ExpectedAttentionPress)",
     "cur": "eviction: per KV head the keys and values of highest leverage (CurDKV, Sengupta et al. 2025)",
+    "leverage": "eviction: per KV head the pre-RoPE keys of highest (sketched) statistical leverage (Compactor's "
+                "query-agnostic half, Chari and Van Durme 2025; kvpress's LeverageScorePress)",
+    "non-causal-attention": "eviction: attention from every query of the entry's chunk, no causal mask, times the "
+                            "value's norm (Compactor's attention half; kvpress's NonCausalAttnPress)",
+    "compactor": "eviction: leverage blended with non-causal chunked attention, sinks kept (Compactor, Chari and Van "
+                 "Durme 2025; kvpress's CompactorPress)",
     "finch": "eviction: SnapKV's score with the question as the window, normalised by the keys each question token "
              "sees, the kept keys re-rotated (Finch, Corallo and Papotti 2024; kvpress's FinchPress)",
     "simlayerkv": "eviction: a lazy layer (its last query attends to the first and recent tokens) keeps only "
@@ -356,7 +363,8 @@ def model_defaults(model_name: str, num_layers: int, config=None, calibration=No
     table = {
         "full": {}, "oracle": dict(SCORING), "snapkv": dict(SCORING), "streaming": {},
         **{name: {"window": SCORING["window"]} for name in ("knorm", "keydiff", "random", "tova", "observed-attention", "lagkv",
-                                                         "expected-attention", "cur", "finch")},
+                                                         "expected-attention", "cur", "finch", "leverage",
+                                                         "non-causal-attention", "compactor")},
         "topp": {"window": SCORING["window"]},
         "asl": asl, "asl-2pass": asl,
         "fastkv": {"layer": scaled_layer(15, num_layers), **SCORING},

@@ -120,11 +120,18 @@ class LayerView:
     def prerope_queries(self, who: str = "this policy") -> torch.Tensor:
         """The queries before RoPE [B, H, n, d] in float32: the rotation undone (a rotation by
         minus the angle, divided by cos^2 + sin^2, which is 1 but for YaRN's attention factor)."""
+        return self._unrotated(self.queries, who)
+
+    def prerope_keys(self, who: str = "this policy") -> torch.Tensor:
+        """The keys before RoPE [B, G, n, d] in float32 (as `prerope_queries`)."""
+        return self._unrotated(self.keys, who)
+
+    def _unrotated(self, x: torch.Tensor, who: str) -> torch.Tensor:
         cos, sin = self.model_part("rope", who)(self.positions, torch.float32)
-        q = self.queries.float()
+        x = x.float()
         cos, sin = cos[:, None], sin[:, None]
         r = cos.shape[-1]  # a partial rotary factor turns only the first r dims
-        return torch.cat([turn(q[..., :r], cos, -sin) / (cos * cos + sin * sin), q[..., r:]], dim=-1)
+        return torch.cat([turn(x[..., :r], cos, -sin) / (cos * cos + sin * sin), x[..., r:]], dim=-1)
 
     @property
     def alive(self) -> torch.Tensor:
