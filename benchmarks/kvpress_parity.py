@@ -47,6 +47,12 @@ METHODS = {
                        lambda r: asl.ChunkKV(asl.KNorm(window=0, ratio=r), chunk=20)),
     "expected-attention": ("ExpectedAttentionPress", {}, lambda r: asl.ExpectedAttention(window=0, ratio=r)),
     "cur": ("CURPress", {}, lambda r: asl.CUR(window=0, ratio=r)),
+    "non-causal-attention": ("NonCausalAttnPress", {}, lambda r: asl.NonCausalAttention(window=0, ratio=r)),
+    # a sketch wider than the head spans the keys' space: kvpress's random one then gives the exact leverage
+    "leverage": ("LeverageScorePress", {"sketch_dimension": 128},
+                 lambda r: asl.Leverage(window=0, ratio=r, sketch_dimension=None)),
+    "compactor": ("CompactorPress", {"sketch_dimension": 128},
+                  lambda r: asl.Compactor(window=0, ratio=r, sketch_dimension=None)),
     "criticalkv(expected-attention)": (
         "CriticalKVPress", {"press": ["ExpectedAttentionPress", {"use_vnorm": False}]},
         lambda r: asl.CriticalKV(asl.ExpectedAttention(window=0, ratio=r, use_vnorm=False))),
