@@ -109,9 +109,11 @@ def decode_step(model: Decoder, tokens, positions, slots, caches: list[LayerCach
     its cache's ring at qslot [1]."""
     h, rope = model.embed(tokens[:, None], positions[:, None])
     for i, layer in enumerate(model.layers):
+        cache, device = caches[i], model.layer_device(i)
+        if device != h.device:  # a model placed across devices: the next stage
+            h, rope, positions = h.to(device), tuple(t.to(device) for t in rope), positions.to(device)
         q, k, v = layer.project(h, *rope)
-        cache = caches[i]
-        cache.write(slots[i : i + 1], k, v)
+        cache.write(slots[i : i + 1].to(device), k, v)
         if qslot is not None:
             cache.write_query(qslot, q)
         seen = cache.valid

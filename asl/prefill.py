@@ -31,6 +31,9 @@ class AliveTokens:
     index: torch.Tensor  # [B, n] index in the sequence's own prompt
     valid: torch.Tensor  # [B, n] bool
 
+    def to(self, device: torch.device) -> AliveTokens:
+        return AliveTokens(*(x.to(device) for x in (self.ids, self.positions, self.index, self.valid)))
+
     @classmethod
     def start(cls, ids: torch.Tensor, valid: torch.Tensor) -> AliveTokens:
         pos = positions_for(valid)
@@ -127,7 +130,7 @@ def _check_evictions(problems: list[tuple[int, torch.Tensor]], eviction) -> None
     distinct real columns (one host read per prefill, not one per layer)."""
     if not problems:
         return
-    bad = torch.stack([flags for _, flags in problems])  # [layers that evicted, B]
+    bad = torch.stack([flags.to(problems[0][1].device) for _, flags in problems])  # [layers that evicted, B]
     if bool(bad.any()):
         step, seq = (int(x) for x in bad.nonzero()[0])
         raise ValueError(f"{type(eviction).__name__}: keep() at layer {problems[step][0]} for sequence {seq} is not, "
@@ -236,6 +239,9 @@ def run_layers(model, h: torch.Tensor, tokens: AliveTokens, start: int, extra_sl
     last = len(model.layers) - 1
     for i in range(start, last + 1):
         layer = model.layers[i]
+        if trunk is None and model.layer_device(i) != h.device:  # a model placed across devices: the next stage
+            h, tokens = h.to(model.layer_device(i)), tokens.to(model.layer_device(i))
+            masks, rope = Masks(tokens.positions, tokens.valid), model.tables(tokens.positions, h.dtype)
         if trunk is not None:  # these tokens ran this layer in the trunk's pass
             q, k, v = trunk.queries[i], trunk.keys[i], trunk.values[i]
             h = trunk.hidden[i + 1] if i < last else trunk.output
@@ -292,7 +298,7 @@ def run_layers(model, h: torch.Tensor, tokens: AliveTokens, start: int, extra_sl
     return PrefillResult(
         logits=model.logits(h[:, -1]),
         cache=KVCache(layers) if record is None else None,  # recording a trunk: no cache was stored
-        alive_tokens=torch.stack(alive, 1).tolist(),
+        alive_tokens=torch.stack([a.to(alive[0].device) for a in alive], 1).tolist(),
         kept_indices=[idx[ok].tolist() for idx, ok in zip(tokens.index, tokens.valid)],
         next_positions=tokens.positions[:, -1] + 1,
         policy_s=policy_s,

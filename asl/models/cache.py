@@ -118,7 +118,7 @@ class KVCache:
 
     def kv_tokens(self) -> torch.Tensor:
         """[L, B, G] entries per layer, sequence and KV head after prefill."""
-        return torch.stack([layer.kv_tokens() for layer in self.layers])
+        return torch.stack([layer.kv_tokens().to(self.filled.device) for layer in self.layers])
 
     @property
     def entry_bytes(self) -> int:

@@ -356,6 +356,12 @@ class Decoder(nn.Module):
     def layers(self) -> nn.ModuleList:
         return self.model.layers
 
+    def layer_device(self, layer: int) -> torch.device:
+        """Where the layer's weights are: one device, or each layer's own for a model placed across
+        devices (a transformers `device_map`); the prefill and decode loops move the hidden state,
+        the tokens' records and the RoPE tables at each change (docs/setup.md, "Models past one device")."""
+        return self.layers[layer].input_layernorm.weight.device
+
     def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple:
         """The RoPE tables of `positions` every layer's `project` takes: (cos, sin), and the sliding
         layers' (cos, sin) after them where those have their own."""
@@ -365,13 +371,16 @@ class Decoder(nn.Module):
     def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         """Where every pass starts: the tokens' embeddings (Gemma: times sqrt(D), rounded to the
         weights' dtype as Gemma does) and their RoPE tables (`tables`)."""
+        weight = self.model.embed_tokens.weight
+        ids, positions = ids.to(weight.device), positions.to(weight.device)
         h = self.model.embed_tokens(ids)
         if self.config.gemma:
             h = h * torch.tensor(self.config.hidden_size ** 0.5, dtype=h.dtype)
         return h, self.tables(positions, h.dtype)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        logits = self.lm_head(self.model.norm(h)).float()
+        h = self.model.norm(h.to(self.model.norm.weight.device))
+        logits = self.lm_head(h.to(self.lm_head.weight.device)).float()
         cap = self.config.final_softcap
         return logits if cap is None else torch.tanh(logits / cap) * cap
 

@@ -98,9 +98,9 @@ def _check_supported(model) -> None:
         raise ValueError(f"{type(model).__name__} (model_type {model_type!r}) is not supported; supported: "
                          f"{', '.join(SUPPORTED_CLASSES)} (a causal LM with its lm_head, not the bare model)")
     devices = {p.device for p in model.parameters()}
-    if len(devices) > 1 or torch.device("meta") in devices:
-        raise ValueError(f"the model's parameters must all be loaded on one device, found {sorted(map(str, devices))} "
-                         "(a device_map that splits or offloads the model is not supported)")
+    if any(d.type == "meta" for d in devices):
+        raise ValueError(f"the model's parameters must all be loaded, found some on {sorted(map(str, devices))} (a "
+                         "device_map that offloads to disk leaves them on meta; place every layer on a device)")
 
 
 def weights_fingerprint(module: torch.nn.Module) -> tuple:
