@@ -64,14 +64,15 @@ class OracleResult:
 def oracle_layer(model, tokenizer, prompt: str, select_tokens: int = 1024, layers=None, max_new_tokens: int = 32,
                  window: int = 32, kernel: int = 7, pooling: str = "avg", chat: bool = False,
                  stop: list[str] | None = None, partials: bool = True) -> OracleResult:
-    """Per candidate layer (default: all but the last), the greedy answer when selection
-    happens after it (see the module docstring); `select_tokens` includes the window.
+    """Per candidate layer (default: all but the last; on a model with sliding-window layers its
+    global ones, where a selection is taken: docs/algorithms.md section 20), the greedy answer
+    when selection happens after it (see the module docstring); `select_tokens` includes the window.
     `partials=False` decodes a candidate only until its first token that differs from the
     full cache's (the deepest candidate wholly): `matches` and the oracle layer are the same,
     at a fraction of the decoding, but a differing layer's text is that prefix, its partial None."""
     decoder = as_decoder(model, tokenizer)
     c = decoder.config
-    candidates = list(range(c.num_layers - 1)) if layers is None else list(layers)
+    candidates = [l for l in range(c.num_layers - 1) if c.window(l) is None] if layers is None else list(layers)
     bad = [l for l in candidates if not isinstance(l, int) or not 0 <= l < c.num_layers]
     if bad or not candidates:
         raise ValueError(f"layers must be layers of the model (0..{c.num_layers - 1}), got {layers!r}")

@@ -98,3 +98,11 @@ def test_key_rerotation_is_refused_where_sliding_layers_have_their_own_rope():
     with pytest.raises(ValueError, match="own RoPE"):
         asl.generate(ours, CharTokenizer(), TEXT, max_new_tokens=2,
                      eviction=asl.KeyRerotation(asl.KNorm(budget=16, window=4)))
+
+
+def test_the_oracle_tries_the_global_layers():
+    _, ours = tiny_pair("gemma3_text", eos_token_id=None)
+    result = asl.oracle_layer(ours, CharTokenizer(), TEXT, select_tokens=40, window=4, max_new_tokens=4)
+    assert [o.layer for o in result.layers] == [2]  # layer 3, the last, is never a candidate
+    with pytest.raises(ValueError, match="layer=1 is a sliding-window layer"):
+        asl.oracle_layer(ours, CharTokenizer(), TEXT, select_tokens=40, window=4, max_new_tokens=4, layers=[1])
