@@ -58,6 +58,7 @@ class _Recording:
     positions: torch.Tensor  # [1, n]
     num_layers: int
     keeps: dict = field(default_factory=dict)  # layer -> keep [1, G, k] or None
+    merges: dict = field(default_factory=dict)  # layer -> the kept values an eviction merged into, or None
     calls: int = 0
     policy_s: float = 0.0
 
@@ -83,6 +84,8 @@ class _Recording:
                                  "this model use an eviction with one budget for every KV head (SnapKV, StreamingLLM, "
                                  "a scorer), or a family asl's own decoder supports")
         self.keeps[layer] = keep
+        if keep is not None:
+            self.merges[layer] = self.eviction.merge(layer, view, keep)
 
 
 def _eager_of(module):
@@ -150,6 +153,8 @@ def evicted_prefill(hooked: HookedModel, ids: list[int], eviction: EvictionPolic
             entry = cache.layers[layer]
             idx = keep[..., None].expand(-1, -1, -1, entry.keys.shape[-1])
             entry.keys, entry.values = entry.keys.gather(2, idx), entry.values.gather(2, idx)
+            if recording.merges.get(layer) is not None:
+                entry.values = recording.merges[layer].to(entry.values.dtype)
     return logits, cache, recording.policy_s
 
 

@@ -272,6 +272,11 @@ def run_layers(model, h: torch.Tensor, tokens: AliveTokens, start: int, extra_sl
             keep = keep.clamp(max=tokens.valid.shape[-1] - 1)
         if not restarts and record is None:  # a first pass that restarts keeps no KV
             layers.append(store_layer(k, v, tokens, keep, extra_slots, decoding or layer.window is not None))
+            begun = time.perf_counter()
+            merged = eviction.merge(i, view, keep) if keep is not None and layer.window is None else None
+            policy_s += time.perf_counter() - begun
+            if merged is not None:  # the eviction folded what it dropped into the values it kept
+                layers[-1].v[:, :, : merged.shape[2]] = merged.to(v.dtype)
             if recent:
                 layers[-1].keep_queries(q, tokens.valid, tokens.positions, recent)
         del q, k, v, view

@@ -49,11 +49,12 @@ def test_an_other_family_runs_with_eviction_at_its_budget(hf):
     assert hf.config._attn_implementation == "sdpa"  # the model is left as it was
 
 
-def test_the_cut_cache_is_what_our_decoder_keeps():
-    """The same SnapKV through transformers' forward (a Llama forced down that path) and through
-    our decoder: the same kept entries, so the same answer."""
+@pytest.mark.parametrize("eviction", [asl.SnapKV(budget=40, window=8),
+                                      asl.CAM(asl.SnapKV(budget=40, window=8), merge_budget=4, sampled=False)])
+def test_the_cut_cache_is_what_our_decoder_keeps(eviction):
+    """The same eviction through transformers' forward (a Llama forced down that path) and through
+    our decoder: the same kept entries (and merged values), so the same answer."""
     hf, ours = tiny_pair("llama", eos_token_id=None)
-    eviction = asl.SnapKV(budget=40, window=8)
     hooked = asl.generate(asl.HookedModel(hf), TOK, TEXT, max_new_tokens=12, eviction=eviction)
     own = asl.generate(ours, TOK, TEXT, max_new_tokens=12, eviction=eviction)
     assert hooked.tokens == own.tokens and hooked.trace.kv_tokens == own.trace.kv_tokens == [40] * 4

@@ -5,6 +5,7 @@ of a budget: kvpress's count per layer, the window always kept."""
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 import torch
@@ -265,3 +266,80 @@ def test_threshold_eviction_drops_old_entries_scoring_below_it(pad):
     for g in range(G):
         assert ours[g] == [j for j in range(n) if norms[g][j] <= cut or j >= n - max(recent, window)]
     assert asl.ThresholdEviction(asl.KNorm(window=window), threshold=-1e9).keep(0, view) is None  # nothing below
+
+
+
+def attention_by_hand(view, w: int) -> list[list[float]]:
+    """Per KV head, the attention each entry gets from the last `w` queries (causal softmax, 1/sqrt(D)),
+    summed over them and averaged over the head's query heads; float64, one unpadded sequence."""
+    n = view.width
+    q, k = view.queries[0].double(), view.keys[0].double()
+    out = []
+    for g in range(G):
+        att = [0.0] * n
+        for h in range(g * (H // G), (g + 1) * (H // G)):
+            for i in range(n - w, n):
+                logits = [float(q[h, i] @ k[g, j]) / math.sqrt(D) for j in range(i + 1)]
+                e = [math.exp(x - max(logits)) for x in logits]
+                for j in range(i + 1):
+                    att[j] += e[j] / sum(e) / (H // G)
+        out.append(att)
+    return out
+
+
+def cam_by_hand(view, kept: list[list[int]], m: int, w: int, draws=None):
+    """CaM by hand: per head, each evicted entry's merge probability min(1, A_i / mean A of its `m`
+    next kept entries), and the kept values [G, k, D] with each evicted value times that probability
+    (or its Bernoulli outcome in `draws`) over the count added to those entries."""
+    v = view.values[0].double()
+    probs, out = [], []
+    for g, att in enumerate(attention_by_hand(view, w)):
+        merged = [v[g, c].clone() for c in kept[g]]
+        head = []
+        for e_i, i in enumerate(i for i in range(view.width) if i not in kept[g]):
+            after = [s for s, c in enumerate(kept[g]) if c > i][:m]
+            p = min(1.0, att[i] / (sum(att[kept[g][s]] for s in after) / len(after))) if after else 0.0
+            head.append(p)
+            for s in after:
+                merged[s] = merged[s] + v[g, i] * (p if draws is None else draws[g][e_i]) / len(after)
+        probs.append(head)
+        out.append(torch.stack(merged))
+    return probs, torch.stack(out)
+
+
+def test_cam_folds_each_evicted_value_into_the_kept_ones_after_it():
+    view = layer(40, 21)
+    policy = asl.CAM(asl.KNorm(budget=16, window=3), merge_budget=4, attention_window=6, sampled=False)
+    keep = policy.keep(0, view)
+    ours = policy.merge(0, view, keep)[0]
+    _, expected = cam_by_hand(view, [row.tolist() for row in keep[0]], 4, 6)
+    assert (ours.double() - expected).abs().max() < 1e-5
+    assert (ours - view.values[0].gather(1, keep[0, :, :, None].expand(-1, -1, D))).abs().max() > 0.1  # it merged
+
+
+def test_cam_draws_its_merges_from_its_seed():
+    view = layer(40, 22)
+    make = lambda seed: asl.CAM(asl.KNorm(budget=16, window=3), merge_budget=4, attention_window=6, seed=seed)  # noqa: E731
+    keep = make(5).keep(0, view)
+    ours = make(5).merge(0, view, keep)[0]
+    assert torch.equal(ours, make(5).merge(0, view, keep)[0]) and not torch.equal(ours, make(6).merge(0, view, keep)[0])
+    kept = [row.tolist() for row in keep[0]]
+    probs, _ = cam_by_hand(view, kept, 4, 6)
+    gen = torch.Generator().manual_seed(5 * 1_000_003)  # its draws replayed: per head, in the evicted entries' order
+    draws = [torch.bernoulli(torch.tensor(p, dtype=torch.float32), generator=gen).tolist() for p in probs]
+    assert (ours.double() - cam_by_hand(view, kept, 4, 6, draws)[1]).abs().max() < 1e-5
+
+
+def test_cam_runs_in_a_prefill_and_changes_only_the_kept_values():
+    from asl.generation import left_pad
+    from asl.prefill import prefill
+    from tiny import CharTokenizer, random_text, tiny_pair
+
+    _, model = tiny_pair("llama", eos_token_id=None)
+    ids, valid = left_pad([CharTokenizer()(random_text(random.Random(3), 120))["input_ids"]], "cpu")
+    plain = prefill(model, ids, valid, 4, eviction=asl.KNorm(budget=40, window=8)).cache
+    merged = prefill(model, ids, valid, 4, eviction=asl.CAM(asl.KNorm(budget=40, window=8), merge_budget=8)).cache
+    for a, b in zip(plain.layers, merged.layers):
+        assert torch.equal(a.k, b.k) and torch.equal(a.valid, b.valid)  # the same entries kept
+        assert (a.v - b.v).abs().max() > 1e-3  # their values carry what was evicted
+    assert merged.kv_tokens().flatten().tolist() == [40] * 8

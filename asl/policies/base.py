@@ -276,6 +276,12 @@ class EvictionPolicy(_Validated, ABC):
     def keep(self, layer: int, view: LayerView) -> torch.Tensor | None:
         """[B, G, k] columns to store per KV head (-1 pads), or None to store all."""
 
+    def merge(self, layer: int, view: LayerView, keep: torch.Tensor) -> torch.Tensor | None:
+        """The values to store for the kept columns `keep` [B, G, k] (its own `keep()`'s), [B, G, k, d],
+        or None to store them as they are: a policy that folds what it evicts into what it keeps
+        (asl.CAM) says so here. Not consulted on a sliding-window layer."""
+        return None
+
     def during_decode(self, layer: int, view: DecodeView) -> torch.Tensor | None:
         """[B, G, k] slots of the layer's cache to keep (sorted, -1 pads), or None to keep all."""
         return None
