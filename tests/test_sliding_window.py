@@ -88,7 +88,8 @@ def test_selection_is_taken_at_global_layers_unless_asked():
     local = asl.FastKV(layer=1, select_tokens=40, local_layers=True)
     assert asl.generate(ours, CharTokenizer(), TEXT, max_new_tokens=2, selection=local).trace.alive_tokens == [N, N, 40, 40]
     ranked = asl.ASL(tau=0.0, l_min=2, l_obs=2, select_tokens=40, window=4)
-    assert list(asl.generate(ours, CharTokenizer(), TEXT, max_new_tokens=2, selection=ranked).trace.ratios) == [2]
+    # one global layer before the last: no history of two to compare, so no ratio at all
+    assert list(asl.generate(ours, CharTokenizer(), TEXT, max_new_tokens=2, selection=ranked).trace.ratios) == []
     everywhere = asl.ASL(tau=0.0, l_min=2, l_obs=2, select_tokens=40, window=4, local_layers=True)
     assert list(asl.generate(ours, CharTokenizer(), TEXT, max_new_tokens=2, selection=everywhere).trace.ratios) == [2, 3]
 
@@ -106,3 +107,13 @@ def test_the_oracle_tries_the_global_layers():
     assert [o.layer for o in result.layers] == [2]  # layer 3, the last, is never a candidate
     with pytest.raises(ValueError, match="layer=1 is a sliding-window layer"):
         asl.oracle_layer(ours, CharTokenizer(), TEXT, select_tokens=40, window=4, max_new_tokens=4, layers=[1])
+
+
+def test_asl_ranks_two_global_layers_before_its_first_ratio():
+    """l_min at the first global layer: its history holds one rank vector there, whose variance
+    says nothing; the first ratio is taken at the next global layer, with two."""
+    _, ours = tiny_pair("gemma3_text", eos_token_id=None, num_hidden_layers=6,
+                        layer_types=["sliding_attention", "full_attention"] * 3)
+    ranked = asl.ASL(tau=0.5, l_min=1, l_obs=2, select_tokens=40, window=4)
+    out = asl.generate(ours, CharTokenizer(), TEXT, max_new_tokens=2, selection=ranked)
+    assert list(out.trace.ratios) == [3, 5] and out.trace.ratios[3] == 1.0

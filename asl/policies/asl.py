@@ -130,7 +130,7 @@ class ASL(SelectionPolicy):
                 scores = view.token_scores(self.window, self.kernel, self.pooling)
             own = scores[b, width - alive: width - self.window]  # the sequence's real prefix
             state.history.append(ops.token_ranks(own))
-            if layer >= self.l_min:
+            if layer >= self.l_min and len(state.history) >= 2:  # (fewer only where sliding layers were skipped)
                 pending.append((b, state, own, ops.rank_variance(torch.stack(tuple(state.history))[:, None], k_prefix)))
         if not pending:
             return {}
