@@ -60,6 +60,7 @@ METHODS = {
                              lambda r: asl.KeyRerotation(asl.KNorm(window=0, ratio=r))),
     # the question as the window (asl.compress's question_hint; kvpress's delimiter), the kept keys re-rotated
     "finch": ("FinchPress", {}, lambda r: asl.Finch(ratio=r)),
+    "finch(chunk_length=128)": ("FinchPress", {"chunk_length": 128}, lambda r: asl.Finch(ratio=r, chunk_length=128)),
     # no ratio: a lazy layer keeps its two ends; Qwen's threshold, and a recent span below the contexts' length
     "simlayerkv": ("SimLayerKVPress", {"lazy_threshold": 0.85, "n_recent": 256},
                    lambda r: asl.SimLayerKV(lazy_threshold=0.85, n_recent=256)),

@@ -61,8 +61,10 @@ def kept_by_layer(press, model, context_ids: list[int], scorer=None):
 
     def recording(module, hidden_states, keys, values, attentions, kwargs):
         scores = score(module, hidden_states, keys, values, attentions, kwargs)
-        n_kept = compute_n_kept(keys.shape[2], scorer.compression_ratio)
-        kept[module.layer_idx] = scores.topk(n_kept, dim=-1).indices[0].sort(-1).values.tolist()
+        chunk = getattr(scorer, "chunk_length", None) or keys.shape[2]  # FinchPress's chunks, as its compress cuts them
+        picks = [start + part.topk(compute_n_kept(part.shape[2], scorer.compression_ratio), dim=-1).indices
+                 for start in range(0, keys.shape[2], chunk) for part in [scores[:, :, start:start + chunk]]]
+        kept[module.layer_idx] = torch.cat(picks, dim=-1)[0].sort(-1).values.tolist()
         return scores
 
     scorer.score = recording

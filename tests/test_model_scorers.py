@@ -181,6 +181,31 @@ def test_finch_scores_by_the_questions_normalised_attention():
         asl.Finch().per_call().begin(PrefillInfo(1, H, G, D, (n,)))
 
 
+@pytest.mark.parametrize("pad", [0, 3])
+def test_finch_by_chunks_keeps_each_chunks_share_and_the_question(pad):
+    from test_kv_scorers import causal_attention, layer
+
+    n, w, chunk, ratio = 47, 5, 12, 0.5  # chunks of 12, 12, 12 and 11, the last holding the question
+    view = layer(n, 17, pad)
+    real = LayerView(0, *(x[:, :, pad:] for x in (view.queries, view.keys, view.values)),
+                     *(x[:, pad:] for x in (view.positions, view.index, view.valid)))
+    p = causal_attention(real)  # by the definition, over the real tokens
+    policy = asl.Finch(ratio=ratio, window=w, chunk_length=chunk)
+    for g, ours in enumerate(kept(policy, view)):
+        group = range(g * (H // G), (g + 1) * (H // G))
+        scores = [sum(p[h][n - w + i][j] * (n - w + i) for h in group for i in range(w)) for j in range(n - w)]
+        scores += [max(scores) * 2 + 1] * w  # the question above every entry
+        for start in range(0, n, chunk):
+            part = scores[start:start + chunk]
+            count = max(1, int(len(part) * (1 - ratio)))
+            inside = [c - start for c in ours if start <= c < start + chunk]
+            cut = sorted(part, reverse=True)[count - 1]
+            assert len(inside) == count
+            assert {j for j, x in enumerate(part) if x > cut * (1 + 1e-6)} <= set(inside) <= \
+                {j for j, x in enumerate(part) if x >= cut * (1 - 1e-6)}
+        assert set(range(n - w, n)) <= set(ours)
+
+
 def test_finch_takes_the_question_hint_as_its_window_and_rerotates():
     from tiny import CharTokenizer, tiny_pair
 
