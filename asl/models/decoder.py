@@ -375,7 +375,7 @@ class Decoder(nn.Module):
         ids, positions = ids.to(weight.device), positions.to(weight.device)
         h = self.model.embed_tokens(ids)
         if self.config.gemma:
-            h = h * torch.tensor(self.config.hidden_size ** 0.5, dtype=h.dtype)
+            h = h * torch.tensor(self.config.hidden_size ** 0.5, dtype=h.dtype, device=h.device)
         return h, self.tables(positions, h.dtype)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
