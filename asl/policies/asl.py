@@ -54,8 +54,8 @@ class ASL(SelectionPolicy):
     def for_model(cls, model, calibration=None, **overrides) -> "ASL":
         """ASL with the settings calibrated for `model` (a name, a ModelConfig, or a model with a
         `.config`): `calibration` (a file from `python -m asl.bench calibrate`) or the package's
-        file for that model, read strictly (bundled: qwen2.5-0.5b, tau 0.6, and smollm2-135m,
-        tau 0.45, calibrated at 4,096 tokens with select_tokens 1,024). Without one, tau is the
+        file for that model, read strictly (bundled: qwen2.5-0.5b, smollm2-135m and gemma3-270m,
+        calibrated at 4,096 tokens with select_tokens 1,024; docs/calibration.md). Without one, tau is the
         paper's 0.3 (0.7, hand-set, on those two if their file is missing), not a calibrated
         value; l_min is 10 of 32 layers scaled to the model. `overrides` win (e.g. select_tokens). docs/algorithms.md section 14."""
         from ..calibration import settings_for
