@@ -316,8 +316,8 @@ def generate_hooked(hooked: HookedModel, tokenizer, ids: list[list[int]], settin
          *([tokenizer.eos_token_id] if getattr(tokenizer, "eos_token_id", None) is not None else [])}
     eos = torch.tensor(sorted(eos), dtype=torch.long, device=device)
     generated, seqs, prefill_s, decode_s, steps, policy_s = [], [], 0.0, 0.0, 0, 0.0
+    check_fits(hooked, ids, settings.max_new_tokens)
     for x in ids:
-        check_fits_positions(hooked.config, x, settings.max_new_tokens)
         sampler = Sampler(settings, torch.Generator(device=device).manual_seed(seed), [x], eos, hooked.config.vocab_size)
         start = time.perf_counter()
         logits, cache, spent = evicted_prefill(hooked, x, eviction)
@@ -346,17 +346,11 @@ def generate_hooked(hooked: HookedModel, tokenizer, ids: list[list[int]], settin
     return GenerationOutput(texts[0], generated[0], trace) if single else GenerationOutput(texts, generated, trace)
 
 
-def check_fits_positions(config, ids: list[int], max_new_tokens: int) -> None:
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit is not None and len(ids) + max_new_tokens > limit:
-        raise ValueError(f"a prompt has {len(ids)} tokens; with max_new_tokens={max_new_tokens} that exceeds the "
-                         f"model's maximum of {limit} positions")
-
-
-def check_fits(model: Decoder, ids: list[list[int]], max_new_tokens: int, cache=None) -> None:
+def check_fits(model, ids: list[list[int]], max_new_tokens: int, cache=None) -> None:
     """Each prompt has tokens, and with its answer (after a compressed context's positions)
-    fits the model's positions; else ValueError naming the prompt."""
-    limit = model.config.max_position_embeddings
+    fits the model's positions (our Decoder's, or a HookedModel's transformers config); else
+    ValueError naming the prompt."""
+    limit = getattr(model.config, "max_position_embeddings", None) or float("inf")
     offset = 0 if cache is None else cache.next_position
     for i, x in enumerate(ids):
         if not x:

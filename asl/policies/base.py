@@ -123,8 +123,10 @@ class LayerView:
         return self._unrotated(self.queries, who)
 
     def prerope_keys(self, who: str = "this policy") -> torch.Tensor:
-        """The keys before RoPE [B, G, n, d] in float32 (as `prerope_queries`)."""
-        return self._unrotated(self.keys, who)
+        """The keys before RoPE [B, G, n, d] in float32 (as `prerope_queries`), computed once per view."""
+        if "prerope_keys" not in self._scores:
+            self._scores["prerope_keys"] = self._unrotated(self.keys, who)
+        return self._scores["prerope_keys"]
 
     def _unrotated(self, x: torch.Tensor, who: str) -> torch.Tensor:
         cos, sin = self.model_part("rope", who)(self.positions, torch.float32)
