@@ -1,6 +1,6 @@
 """Sweeps that share their prefix: one prompt under several one-shot selections (FastKV at
-layers l1 < l2 < ..., ASL at several thresholds), the layers before each selection run once
-for all. A run that has not pruned yet computes exactly the full pass's numbers, so every
+layers l1 < l2 < ..., ASL at several thresholds) or several evictions (SnapKV, TOVA, ... on
+the full prefill), the layers before each selection run once for all. A run that has not pruned yet computes exactly the full pass's numbers, so every
 point forks from one recorded full pass (`prefill.Trunk`) and runs only the layers after its
 selection, on its kept tokens: each answer and trace is what `generate` gives that point alone
 (tests/test_sweep.py), at the cost of one full prefill plus the points' deeper layers.
@@ -40,23 +40,30 @@ class SweepOutput:
 
 
 @torch.inference_mode()
-def sweep(model, tokenizer, prompt: str, selections: list[SelectionPolicy], eviction=None,
+def sweep(model, tokenizer, prompt: str, selections: list[SelectionPolicy | None], eviction=None,
           max_new_tokens: int | None = None, stop: list[str] | None = None, chat: bool = False,
           generation_config=None) -> SweepOutput:
-    """`generate(model, tokenizer, prompt, selection=s, eviction=eviction, ...)` for every `s` of
-    `selections` (greedy), the full pass shared. Two-pass selections (GemFilter, ASL two-pass)
-    rerun the model from layer 0 and cannot share it: they are refused."""
+    """`generate(model, tokenizer, prompt, selection=s, eviction=e, ...)` for every point (greedy),
+    the full pass shared. A point's selection may be None (the full prefill: an eviction-only
+    method, or the full cache itself). `eviction`: one policy (or None) for every point, or a
+    list with one per point, so one full pass serves several evictions (kvpress's presses
+    side by side). Two-pass selections (GemFilter, ASL two-pass) rerun the model from layer 0
+    and cannot share it: they are refused."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
     if not isinstance(selections, (list, tuple)) or not selections:
-        raise ValueError(f"selections must be a non-empty list of selection policies, got {selections!r}")
-    for s in selections:
-        if not isinstance(s, SelectionPolicy):
-            raise ValueError(f"selections must hold selection policies, got {type(s).__name__}")
-        if s.restarts:
+        raise ValueError(f"selections must be a non-empty list of selection policies (or None), got {selections!r}")
+    evictions = list(eviction) if isinstance(eviction, (list, tuple)) else [eviction] * len(selections)
+    if len(evictions) != len(selections):
+        raise ValueError(f"eviction: a list needs one policy (or None) per point, {len(selections)}, "
+                         f"got {len(evictions)}")
+    for s, e in zip(selections, evictions):
+        if s is not None and not isinstance(s, SelectionPolicy):
+            raise ValueError(f"selections must hold selection policies (or None), got {type(s).__name__}")
+        if s is not None and s.restarts:
             raise ValueError(f"selections: {type(s).__name__} reruns the model from layer 0 after its selection; "
                              "a sweep shares the layers before a one-shot selection only")
-        check_policies(s, eviction)
+        check_policies(s, e)
     settings = resolve(generation_config, max_new_tokens=max_new_tokens, stop=stop)
     decoder = as_decoder(model, tokenizer)
     ids = encode(tokenizer, [prompt], chat)
@@ -67,6 +74,6 @@ def sweep(model, tokenizer, prompt: str, selections: list[SelectionPolicy], evic
     trunk = full_trunk(decoder, AliveTokens.start(input_ids, valid))
     sync(input_ids.device)
     trunk_s = time.perf_counter() - start
-    outputs = [generate_ids(decoder, tokenizer, ids, settings, selection=s, eviction=eviction, single=True,
-                            trunk=trunk) for s in selections]
+    outputs = [generate_ids(decoder, tokenizer, ids, settings, selection=s, eviction=e, single=True, trunk=trunk)
+               for s, e in zip(selections, evictions)]
     return SweepOutput(outputs, trunk_s, trunk.layer_s)

@@ -4,7 +4,8 @@ points run one by one (issue 36: a 6-point layer sweep at most 2x one full prefi
     python benchmarks/sweep_cost.py [--model qwen2.5-0.5b] [--context 4096] [--repeats 3] [--out DIR]
 
 One prose prompt; the points are FastKV at six layers spread over the model's depth (selection
-alone, select_tokens 1024) and ASL at six thresholds. Each repeat times, interleaved: one full
+alone, select_tokens 1024), ASL at six thresholds, and six evictions on the full prefill (budget
+select_tokens: kvpress's presses side by side). Each repeat times, interleaved: one full
 prefill, the sweep's prefill (its trunk plus every point's own layers), and the six points'
 separate prefills; it checks that every point of the sweep gives its separate run's answer.
 Prints the medians as ratios to the full prefill and writes sweep_cost.json. Also each point's
@@ -36,11 +37,15 @@ def main() -> None:
     model, tok = asl.load(resolve_checkpoint(args.model), dtype=dtype)
     depth = model.config.num_layers
     text = tok.decode(prose_ids(tok, args.context)[0])
-    sweeps = {
-        "fastkv layers": [asl.FastKV(layer=scaled_layer(l, depth), select_tokens=args.select_tokens, window=32,
-                                     pooling="avg") for l in (6, 9, 12, 15, 18, 21)],
-        "asl taus": [asl.ASL(tau=t, l_min=scaled_layer(10, depth), select_tokens=args.select_tokens)
+    budget = args.select_tokens
+    sweeps = {  # name: [(selection, eviction)]
+        "fastkv layers": [(asl.FastKV(layer=scaled_layer(l, depth), select_tokens=budget, window=32, pooling="avg"),
+                           None) for l in (6, 9, 12, 15, 18, 21)],
+        "asl taus": [(asl.ASL(tau=t, l_min=scaled_layer(10, depth), select_tokens=budget), None)
                      for t in (0.2, 0.4, 0.6, 0.8, 1.0, 1.2)],
+        "evictions": [(None, e) for e in (asl.SnapKV(budget=budget), asl.TOVA(budget=budget),
+                                          asl.KNorm(budget=budget), asl.ExpectedAttention(budget=budget),
+                                          asl.KeyDiff(budget=budget), asl.StreamingLLM(budget=budget))],
     }
     full = lambda: asl.generate(model, tok, text, max_new_tokens=1).trace.prefill_s  # noqa: E731
     asl.generate(model, tok, text[:2000], max_new_tokens=1)  # warm-up
@@ -50,13 +55,15 @@ def main() -> None:
         for _ in range(args.repeats):
             times["full"].append(full())
             begun = time.perf_counter()
-            shared = asl.sweep(model, tok, text, points, max_new_tokens=8)
+            shared = asl.sweep(model, tok, text, [p[0] for p in points], eviction=[p[1] for p in points],
+                               max_new_tokens=8)
             times["sweep"].append(shared.prefill_s)
             sweep_wall = time.perf_counter() - begun
-            alone = [asl.generate(model, tok, text, max_new_tokens=8, selection=p) for p in points]
+            alone = [asl.generate(model, tok, text, max_new_tokens=8, selection=s, eviction=e) for s, e in points]
             times["separate"].append(sum(o.trace.prefill_s for o in alone))
             times["estimate_over_alone"] += [shared.alone_prefill_s(i) / o.trace.prefill_s for i, o in enumerate(alone)]
             same = all(a.tokens == b.tokens and a.trace.alive_tokens == b.trace.alive_tokens
+                       and a.trace.kv_tokens_per_head == b.trace.kv_tokens_per_head
                        for a, b in zip(shared.outputs, alone))
             if not same:
                 raise SystemExit(f"{name}: a sweep point differs from its separate run")

@@ -1,7 +1,7 @@
-"""--share-prefix: a sample's one-shot selections alone run as one asl.sweep, each record what
-its job alone records (the answer, its score, the cache, the layer) with its TTFT estimated
-for a run alone; what cannot share (the full cache, an eviction, a second pass, the oracle)
-runs alone."""
+"""--share-prefix: a sample's one-shot selections and evictions run as one asl.sweep, each
+record what its job alone records (the answer, its score, the cache, the layer) with its TTFT
+estimated for a run alone; what cannot share (a second pass, GemFilter's answer cap, the
+oracle) runs alone."""
 from asl.bench.run import runner
 from asl.bench.methods import Method, model_defaults, parse_methods
 from asl.bench.run.runner import Job, run, run_job, run_sweep, shares_prefix
@@ -20,7 +20,8 @@ def job(method: str, s: Sample) -> Job:
 
 def test_a_sweep_records_what_each_job_alone_records(model):  # noqa: F811
     s = sample("t1", 0)
-    jobs = [job(m, s) for m in ("fastkv(layer=2)", "fastkv(layer=5)", "asl(tau=0.9,l_min=2)", "jaccard-stop(l_min=2)")]
+    jobs = [job(m, s) for m in ("fastkv(layer=2)", "fastkv(layer=5)", "asl(tau=0.9,l_min=2)", "jaccard-stop(l_min=2)",
+                                "full", "snapkv", "tova", "asl+snapkv", "fastkv(layer=2)+streaming")]
     assert all(shares_prefix(j, s) for j in jobs)
     for j, shared in zip(jobs, run_sweep(model, TOK, s, jobs)):
         alone = run_job(model, TOK, s, j)
@@ -30,14 +31,15 @@ def test_a_sweep_records_what_each_job_alone_records(model):  # noqa: F811
 
 def test_what_cannot_share_runs_alone(model):  # noqa: F811
     s = sample("t1", 0)
-    for method in ("full", "asl+snapkv", "gemfilter(layer=2)", "oracle", "fastkv(layer=2)+streaming"):
+    for method in ("gemfilter(layer=2)", "asl-2pass", "oracle"):
         assert not shares_prefix(job(method, s), s), method
 
 
 def test_run_groups_each_samples_jobs_that_share(model, monkeypatch):  # noqa: F811
     samples = {(s.task, s.index): s for s in (sample("t1", 0), sample("t1", 1))}
     monkeypatch.setattr(runner, "make_sample", lambda task, tok, length, index, seed: samples[(task, index)])
-    jobs = [job(m, s) for s in samples.values() for m in ("full", "fastkv(layer=2)", "fastkv(layer=5)", "asl+snapkv")]
+    jobs = [job(m, s) for s in samples.values()
+            for m in ("full", "fastkv(layer=2)", "gemfilter(layer=2)", "fastkv(layer=5)", "asl+snapkv")]
     calls = {"sweep": 0, "alone": 0}
     real_sweep, real_job = runner.run_sweep, runner.run_job
     monkeypatch.setattr(runner, "run_sweep", lambda *a: (calls.__setitem__("sweep", calls["sweep"] + 1),
@@ -45,6 +47,6 @@ def test_run_groups_each_samples_jobs_that_share(model, monkeypatch):  # noqa: F
     monkeypatch.setattr(runner, "run_job", lambda *a: (calls.__setitem__("alone", calls["alone"] + 1),
                                                        real_job(*a))[1])
     shared = run(model, TOK, jobs, 0, set(), lambda r: None, show=False, share_prefix=True)
-    assert calls == {"sweep": 2, "alone": 4}  # per sample: the two FastKV layers in one sweep; full and asl+snapkv alone
+    assert calls == {"sweep": 4, "alone": 2}  # per sample: GemFilter alone between two sweeps of two jobs
     alone = run(model, TOK, jobs, 0, set(), lambda r: None, show=False)
     assert [{k: r[k] for k in SAME} for r in shared] == [{k: r[k] for k in SAME} for r in alone]

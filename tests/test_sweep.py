@@ -37,6 +37,23 @@ def test_every_point_equals_its_separate_run(model, eviction):  # noqa: F811
         [True] * len(selections)
 
 
+def test_evictions_share_the_full_pass(model):  # noqa: F811
+    """One full pass serves several evictions (and the full cache): each point's answer, cache
+    and trace are its separate run's."""
+    text = prompt(14, 150)
+    points = [(None, None), (None, asl.SnapKV(budget=40, window=4)), (None, asl.TOVA(budget=36)),
+              (None, asl.StreamingLLM(budget=24, sink=2)), (asl.FastKV(layer=3, select_tokens=48, window=4),
+                                                            asl.SnapKV(budget=30, window=4))]
+    selections, evictions = [p[0] for p in points], [p[1] for p in points]
+    out = asl.sweep(model, TOK, text, selections, eviction=evictions, max_new_tokens=12)
+    for (selection, eviction), point in zip(points, out.outputs):
+        assert_same_run(point, asl.generate(model, TOK, text, max_new_tokens=12, selection=selection,
+                                            eviction=eviction))
+    kv = [o.trace.kv_tokens for o in out.outputs]
+    assert len({tuple(k) for k in kv}) == len(points)  # points that really differ
+    assert [out.alone_prefill_s(i) > out.trunk_layer_s[-1] for i in range(4)] == [True] * 4  # the whole trunk
+
+
 def test_the_layers_before_a_selection_run_once(model, monkeypatch):  # noqa: F811
     calls = [0] * LAYERS
     for i, layer in enumerate(model.layers):
@@ -55,8 +72,12 @@ def test_a_sweep_refuses_what_cannot_share_the_prefix(model):  # noqa: F811
         asl.sweep(model, TOK, "hello there", [asl.GemFilter(layer=2, select_tokens=8)])
     with pytest.raises(ValueError, match="selections must be a non-empty list"):
         asl.sweep(model, TOK, "hello there", [])
-    with pytest.raises(ValueError, match="selections must hold selection policies, got SnapKV"):
+    with pytest.raises(ValueError, match=r"selections must hold selection policies \(or None\), got SnapKV"):
         asl.sweep(model, TOK, "hello there", [asl.SnapKV()])
+    with pytest.raises(ValueError, match="eviction: a list needs one policy .or None. per point, 2, got 1"):
+        asl.sweep(model, TOK, "hello there", [None, None], eviction=[asl.SnapKV()])
+    with pytest.raises(ValueError, match="eviction must be an EvictionPolicy"):
+        asl.sweep(model, TOK, "hello there", [None], eviction=[asl.FastKV()])
 
 
 def test_a_trunk_of_other_tokens_is_refused(model):  # noqa: F811

@@ -72,9 +72,9 @@ def parser() -> argparse.ArgumentParser:
                     help="run each call this many times: the first is scored, TTFT and TPOT are the median of all, "
                          "their spread is recorded (ttft_runs, tpot_runs)")
     ap.add_argument("--share-prefix", action="store_true",
-                    help="run a sample's one-shot selections alone (a layer or tau sweep) as one asl.sweep: the layers "
-                         "before each selection run once; answers as alone, TTFT as alone would take (estimated), "
-                         "peak memory not recorded")
+                    help="run a sample's one-shot selections and evictions as one asl.sweep: the layers before each "
+                         "selection (all of them, for an eviction alone) run once; answers as alone, TTFT as alone "
+                         "would take (estimated), peak memory not recorded")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--reference", default=None, metavar="METHOD",
                     help="mark (*) the cells whose paired test against METHOD (a --methods label, e.g. full) gives "

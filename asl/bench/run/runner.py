@@ -81,22 +81,24 @@ def _measured(out, layers: int, ttft_s: float, tpot_s: float, peak: int | None) 
 
 
 def shares_prefix(job: Job, sample: Sample) -> bool:
-    """Whether the job can run in a sweep that shares its prefix: a one-shot selection alone,
-    answering the task's whole length (not the oracle, no eviction, no second pass)."""
-    selection, eviction = job.method.selection, job.method.eviction
-    return (not job.method.spec.is_oracle and selection is not None and eviction is None and not selection.restarts
+    """Whether the job can run in a sweep that shares its prefix: a one-shot selection, an
+    eviction on the full prefill, or both, answering the task's whole length (not the oracle,
+    not a second pass)."""
+    selection = job.method.selection
+    return (not job.method.spec.is_oracle and not (selection is not None and selection.restarts)
             and answer_limit(sample, selection) == sample.max_new_tokens)
 
 
 def run_sweep(model, tokenizer, sample: Sample, jobs: list[Job]) -> list[dict]:
     """Jobs of one sample that share their prefix (`shares_prefix`), as one asl.sweep: the
-    layers before each selection run once. Each answer is the one its job alone gives (a
-    test); its `ttft_s` is the time it would take alone (SweepOutput.alone_prefill_s: the
-    trunk's layers to its selection plus its own part), `ttft_shared` says so, and its peak
-    memory is not known alone (None: the sweep holds every layer's states)."""
-    selections = [job.method.fresh()[0] for job in jobs]
-    out = asl.sweep(model, tokenizer, sample.prompt, selections, max_new_tokens=sample.max_new_tokens,
-                    stop=list(sample.stop) or None)
+    layers before each selection (all of them, for an eviction alone) run once. Each answer is
+    the one its job alone gives (a test); its `ttft_s` is the time it would take alone
+    (SweepOutput.alone_prefill_s: the trunk's layers to its selection plus its own part),
+    `ttft_shared` says so, and its peak memory is not known alone (None: the sweep holds
+    every layer's states)."""
+    selections, evictions = zip(*(job.method.fresh() for job in jobs))
+    out = asl.sweep(model, tokenizer, sample.prompt, list(selections), eviction=list(evictions),
+                    max_new_tokens=sample.max_new_tokens, stop=list(sample.stop) or None)
     layers = model.config.num_layers
     return [_record(sample, job, o.text, {**_measured(o, layers, out.alone_prefill_s(i), o.trace.decode_s_per_token,
                                                       None), "ttft_shared": True})

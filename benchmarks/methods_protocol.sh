@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Issue 37 item 7: every method on the same prompts, at one matched KV budget (25% of a
+# 4,096-token prompt: 1,024 entries per layer and KV head; selections keep 1,024 tokens), in
+# both regimes where they apply (docs/algorithms.md section 10): a selection alone (the KV of
+# the layers before its selection kept whole) and composed with SnapKV at the budget.
+# qwen2.5-0.5b, five hard tasks, 30 samples each, into ONE resumable folder, so every
+# comparison is paired on the same samples against ASL and the full cache.
+#
+#   bash benchmarks/methods_protocol.sh [OUT]          (default runs/methods-4096)
+#   SAMPLES=1 LENGTH=1024 BUDGET=256 bash benchmarks/methods_protocol.sh /tmp/try   (a short try)
+#
+# --share-prefix runs each sample's methods on one full pass (asl.sweep): the evictions and the
+# one-shot selections read the layers they share from it, so a sample costs about one full
+# prefill plus each method's own layers and decoding; the two-pass methods and PyramidInfer's
+# decoding-time half run alone. Sized for about 3-4 h on 2 CPU cores in bf16. The folder's
+# config.json refuses a resume with other settings or other library code: resume it from the
+# commit it records (`git worktree add runs/wt <commit>`), not from a newer one.
+#
+# Left out, and why: topp and dms keep what a threshold says, not a budget; simlayerkv keeps
+# whole layers (its own budget); decoding(...) only differs from its scorer on answers longer
+# than its `every`; the oracle is not a method one could deploy (its runs are in
+# docs/results/adaptivity).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=${1:-runs/methods-4096}
+LENGTH=${LENGTH:-4096}
+BUDGET=${BUDGET:-1024}
+SELECTIONS=fastkv,asl,gemfilter,asl-2pass,jaccard-stop,entropy-stop
+COMPOSED=fastkv+snapkv,asl+snapkv,gemfilter+snapkv,asl-2pass+snapkv,jaccard-stop+snapkv,entropy-stop+snapkv
+EVICTIONS=snapkv,streaming,knorm,keydiff,random,tova,observed-attention,lagkv,expected-attention,cur,leverage
+EVICTIONS+=,non-causal-attention,compactor,finch,"adakv(snapkv)","pyramidkv(snapkv)","chunkkv(snapkv)"
+EVICTIONS+=,"criticalkv(snapkv)","cam(knorm)","keyrerotation(knorm)"
+"$PY" -m asl.bench --model qwen2.5-0.5b --lengths "$LENGTH" --samples "${SAMPLES:-30}" --seed 0 \
+  --tasks kv_retrieval,niah_multikey_2,niah_multikey_3,niah_multiquery,vt \
+  --budget "$BUDGET" --select-tokens "$BUDGET" --threads "${THREADS:-2}" --share-prefix --reference asl \
+  --methods "full,$SELECTIONS,$COMPOSED,pyramidinfer,$EVICTIONS" --out "$OUT" ${DRY:+--dry-run}
