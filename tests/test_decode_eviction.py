@@ -523,3 +523,63 @@ def test_key_rerotation_turns_only_the_rotary_part_of_a_partial_rotary_head():
         torch.testing.assert_close(turned.layers[0].k[g], layer0_keys_at(phi, ids, kept, list(range(12)))[0, g],
                                    rtol=1e-5, atol=1e-5)
     assert torch.equal(turned.layers[0].k[..., 12:], plain.layers[0].k[..., 12:])
+
+
+@dataclass
+class ThresholdRecorder(asl.ThresholdEviction):
+    """DMS with decoding=True that records, before each step, the positions layer 0 keeps per KV head."""
+
+    kept_positions: list = field(default_factory=list)
+
+    def during_decode(self, layer, view):
+        keep = super().during_decode(layer, view)
+        if layer == 0 and view.step > 0:
+            heads = []
+            for g in range(view.keys.shape[1]):
+                slots = keep[0, g] if keep is not None else torch.arange(view.length)
+                slots = slots[slots >= 0]
+                heads.append(sorted(p for p in view.positions[0, g, slots].tolist() if p >= 0))
+            self.kept_positions.append(heads)
+        return keep
+
+
+def test_dms_decoding_evicts_each_token_that_leaves_the_window_below_the_threshold(model):  # noqa: F811
+    """Layer 0's key norm is a function of the token alone (RoPE turns it, the norm stays), so
+    which entries KNorm's threshold drops is computed here from the token ids: a prompt token
+    older than the window at the prefill, then, before step t, the token at position
+    n - 1 + t - s (prompt or generated) as it leaves the window of s; the scorer's own window never."""
+    n, s, window, new = 40, 6, 2, 24
+    vocab = torch.arange(model.config.vocab_size)[None]
+    with torch.no_grad():
+        h, rope = model.embed(vocab, torch.zeros_like(vocab))
+        norms = model.layers[0].project(h, *rope)[1][0].double().norm(dim=-1)  # [G, V]
+    middle = norms.flatten().sort().values[norms.numel() // 3: 2 * norms.numel() // 3].tolist()
+    cut = max((b - a, (a + b) / 2) for a, b in zip(middle, middle[1:]))[1]  # in the widest gap: no token near it
+    policy = ThresholdRecorder(asl.KNorm(window=window), threshold=-cut, sliding_window=s, decoding=True)
+    text = prompt(21, n)
+    out = asl.generate(model, TOK, text, max_new_tokens=new, eviction=policy)
+    ids = TOK(text)["input_ids"] + out.tokens
+    n = len(TOK(text)["input_ids"])
+    assert len(policy.kept_positions) == len(out.tokens) - 2 and len(out.tokens) > s + 2  # before steps 1 ..
+    dropped = {"prompt": 0, "generated": 0}
+    for g in range(norms.shape[0]):
+        high = [float(norms[g, i]) > cut for i in ids]  # scores below the threshold
+        kept = {j for j in range(n) if not high[j] or j >= n - max(s, window)}  # the prefill's choice
+        for t, heads in enumerate(policy.kept_positions, start=1):
+            kept.add(n - 1 + t)  # the token step t - 1 wrote
+            leaving = n - 1 + t - s
+            if 0 <= leaving and high[leaving] and leaving < n - window or leaving >= n and high[leaving]:
+                kept.discard(leaving)
+                dropped["prompt" if leaving < n else "generated"] += 1
+            assert heads[g] == sorted(kept), (g, t)
+    assert dropped["prompt"] > 0 and dropped["generated"] > 0, dropped  # both kinds were judged while decoding
+    assert out.trace.decode_compactions > 0
+
+
+def test_dms_decoding_refuses_a_scorer_that_cannot_score_a_token_alone():
+    with pytest.raises(ValueError, match="scores each new token alone, with its scorer's window 0, which SnapKV"):
+        asl.ThresholdEviction(asl.SnapKV(budget=64, window=4), decoding=True)
+    with pytest.raises(ValueError, match="cannot score a new token with ExpectedAttention"):
+        asl.ThresholdEviction(asl.ExpectedAttention(), decoding=True)
+    with pytest.raises(ValueError, match="decoding must be True or False"):
+        asl.ThresholdEviction(asl.KNorm(), decoding=1)

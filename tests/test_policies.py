@@ -277,6 +277,8 @@ POLICIES = {
     "decoding(knorm)": lambda: (None, asl.DecodingEviction(asl.KNorm(window=4), every=3, budget=30)),
     "perlayer(snapkv)": lambda: (None, asl.PerLayerRatio(asl.SnapKV(window=4), ratios=(0.0, 0.9) * (LAYERS // 2))),
     "dms(knorm)": lambda: (None, asl.ThresholdEviction(asl.KNorm(window=2), threshold=-1.0, sliding_window=8)),
+    "dms(keydiff,decoding)": lambda: (None, asl.ThresholdEviction(asl.KeyDiff(window=2), threshold=0.0, sliding_window=8,
+                                                                  decoding=True)),
     "finch": lambda: (None, asl.Finch(budget=30, window=4)),
     "cur": lambda: (None, asl.CUR(budget=30, window=0, local_window_size=8)),
     "cam(snapkv)": lambda: (None, asl.CAM(asl.SnapKV(budget=30, window=4), merge_budget=4, attention_window=8)),

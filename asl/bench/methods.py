@@ -89,7 +89,8 @@ DESCRIPTIONS = {
     "perlayer": "wrapper around a scorer eviction, perlayer(knorm,ratios=(0.5,0.7,...)): a ratio per layer, a tuple "
                 "of one per layer (kvpress's PerLayerCompressionPress)",
     "dms": "wrapper around a scorer eviction, dms(knorm,threshold=-5,sliding_window=128): entries scoring below the "
-           "threshold evicted, the recent ones kept (DMS with a dense prefill, no trained evictor; kvpress's DMSPress)",
+           "threshold evicted, the recent ones kept (DMS with a dense prefill, no trained evictor; kvpress's DMSPress; "
+           "decoding=True goes on while generating)",
     "criticalkv": "wrapper around a scorer eviction, criticalkv(snapkv): half kept by the score, the rest by the score "
                   "times the value's norm through the output projection (CriticalKV, Feng et al. 2025)",
     "cam": "wrapper around a scorer eviction, cam(knorm,merge_budget=32): each evicted value merged into the kept "
