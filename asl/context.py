@@ -83,6 +83,10 @@ def compress(model, tokenizer, context: str, selection=None, eviction=None,
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{name} must be a non-empty string, got {text!r}")
     check_policies(selection, eviction)
+    if getattr(selection, "revives", False):
+        raise ValueError(f"{type(selection).__name__}(revive=True) selects again while each answer is generated, "
+                         "which a compressed context, built once, cannot: give asl.compress revive=False (the static "
+                         "form), or generate(...) on the whole prompt")
     if eviction is not None and eviction.every > 0:
         hint = " (StreamingLLM: rolling=False)" if hasattr(eviction, "rolling") else ""
         raise ValueError(f"eviction {type(eviction).__name__} also evicts while decoding (every={eviction.every}), "

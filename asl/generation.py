@@ -21,6 +21,7 @@ from .policies.base import EvictionPolicy, SelectionPolicy, check_policies, per_
 from .policies.decoding import DecodingEviction
 from .policies.streaming import StreamingLLM
 from .prefill import prefill
+from .revival import Revival
 from .generation_settings import DecodeSettings, resolve
 from .hooked import HookedModel, check_hooked, evicted_prefill
 from .hooked import decode_step as transformers_step
@@ -46,6 +47,7 @@ class SequenceTrace:
     peak_kv_tokens: list[int] = field(default_factory=list)  # [L] most entries one KV head held while decoding
     decode_kv_tokens: dict[int, list[int]] = field(default_factory=dict)  # decode step -> [L] entries of the
     # fullest KV head right after a decode-time eviction compacted the caches at that step
+    revived_token_layers: int = 0  # LazyLLM: (token, layer) pairs its decoding computed from the aux cache
 
 
 @dataclass
@@ -199,6 +201,13 @@ def _check_cache(cache, selection, eviction, chat) -> None:
     if not chat and cache.chat_suffix is not None:
         raise ValueError("the context was compressed with chat=True (it opens a user turn): pass chat=True so "
                          "the question closes the turn and the assistant's answer begins")
+
+
+def check_revival(selection, compile, cache) -> None:
+    """LazyLLM's decoding (revive=True) runs its own eager step over every token it kept or revives."""
+    if getattr(selection, "revives", False) and (compile or cache is not None):
+        raise ValueError(f"{type(selection).__name__}(revive=True) decodes with its own eager step: it takes no compile "
+                         "and no compressed cache (revive=False is the static form, which does)")
 
 
 def check_streamer(streamer, batch: int) -> None:
@@ -370,6 +379,7 @@ def generate_ids(model: Decoder, tokenizer, ids: list[list[int]], settings: Deco
     """generate() from token ids, its settings resolved (asl.apply's transformers-style
     generate calls it too). `tokenizer` may be None: then there is no text and no stop string.
     `trunk`: these ids' full pass (asl.sweep), forked from instead of run again."""
+    check_revival(selection, compile, cache)
     selection, eviction = per_call(selection), per_call(eviction)  # one shared policy serves many threads
     max_new_tokens = settings.max_new_tokens
     check_fits(model, ids, max_new_tokens, cache)
@@ -396,9 +406,10 @@ def generate_ids(model: Decoder, tokenizer, ids: list[list[int]], settings: Deco
         prefill_s = time.perf_counter() - start
         kv_after_prefill = pre.cache.kv_tokens()  # [L, B, G], before decoding may evict
         on_token = (lambda t: streamer.put(t.cpu())) if streamer is not None else None
+        revival = Revival(model, pre, selection) if getattr(selection, "revives", False) else None
         generated, steps, compiling, evicting = decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos,
                                                              settings.stop, compile, sampler, eviction,
-                                                             on_token=on_token)
+                                                             on_token=on_token, step_fn=revival and revival.step)
         sync(device)
     finally:
         if streamer is not None:
@@ -411,7 +422,7 @@ def generate_ids(model: Decoder, tokenizer, ids: list[list[int]], settings: Deco
         reports = [dict(cache.report) for _ in ids]
         prompt_tokens = [cache.context_tokens + len(x) for x in ids]
     tpot = decode_s / max(steps - compiling.steps, 1)
-    peaks = evicting.peak_kv_tokens() if evicting is not None else \
+    peaks = evicting.peak_kv_tokens() if evicting is not None else revival.kv_tokens() if revival is not None else \
         [[max(heads) + steps for heads in kv_after_prefill[:, b].tolist()] for b in range(len(ids))]
     after = evicting.kv_tokens_after_compaction() if evicting is not None else [{} for _ in ids]
     reports = [{**report, "peak_kv_tokens": peak, "decode_kv_tokens": sizes}
@@ -438,14 +449,15 @@ def _graphs() -> int:
 
 
 def decode_loop(model, tokenizer, pre, tokens, max_new_tokens, eos, stop, compile, sampler, eviction=None,
-                follow: list[int] | None = None, on_token=None):
+                follow: list[int] | None = None, on_token=None, step_fn=None):
     """Returns the generated ids per sequence (EOS included), the number of decode steps, the
     compile record and, with a decode-time eviction, its record. `sampler` turns logits [B, V]
     into tokens [B]; `on_token` receives each token of a one-sequence batch as it is produced.
     With `follow`, a sequence also stops at its first token that differs from `follow` (the
-    oracle's exact-match check)."""
+    oracle's exact-match check). `step_fn`: a step of its own instead of the cache's (LazyLLM's
+    revival, asl/revival.py)."""
     cache: KVCache = pre.cache
-    step_fn = _step_fn(compile, model.lm_head.weight)
+    step_fn = step_fn or _step_fn(compile, model.lm_head.weight)
     evicting = DecodeEviction(eviction, cache, pre, model.rope) if eviction is not None and (
         eviction.every > 0 or eviction.cache_positions) else None
     if compile == "reduce-overhead":

@@ -256,7 +256,7 @@ def run_layers(model, h: torch.Tensor, tokens: AliveTokens, start: int, extra_sl
                 record.layer_s.append(time.perf_counter())
         alive.append(tokens.valid.sum(-1))
         view = LayerView(i, q, k, v, tokens.positions, tokens.index, tokens.valid, rope=model.rope_for(i),
-                         out_proj=layer.self_attn.o_proj.weight, window=layer.window)
+                         out_proj=layer.self_attn.o_proj.weight, window=layer.window, hidden=h if i < last else None)
         begun = time.perf_counter()
         if layer.window is not None and not restarts:  # the eviction chooses among what the layer can still see
             keep = window_keep(view, eviction)

@@ -261,6 +261,8 @@ POLICIES = {
     "asl-2pass": lambda: (asl.ASLTwoPass(tau=1.5, l_min=4, l_obs=3, select_tokens=30, window=6), None),
     "streaming": lambda: (None, asl.StreamingLLM(budget=40, sink=4)),  # rolling while decoding
     "pyramidinfer": lambda: (asl.PyramidInfer(r=0.5, min_context=8), asl.PyramidInferDecode(exceed=4)),
+    "lazyllm": lambda: (asl.LazyLLM(keep=0.6), None),  # revived while decoding
+    "lazyllm-static+snapkv": lambda: (asl.LazyLLM(layers=(2, 5), keep=0.7, revive=False), asl.SnapKV(budget=40, window=4)),
     "full": lambda: (None, asl.Full()),
     "knorm": lambda: (None, asl.KNorm(budget=40, window=8)),
     "keydiff-ratio": lambda: (None, asl.KeyDiff(window=0, ratio=0.6)),  # kvpress's form: a share per layer

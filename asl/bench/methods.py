@@ -36,12 +36,14 @@ from dataclasses import dataclass, field
 from asl.bench.run.oracle import Oracle
 from asl.calibration import SCORING, asl_settings, scaled_layer
 from asl.presets import KVPRESS, PAPER, kvpress_settings, paper_settings
-from asl.policies import (ASL, CAM, CUR, TOVA, Compactor, Leverage, NonCausalAttention, AdaKV, ChunkKV, CriticalKV, DecodingEviction, ExpectedAttention, Finch, KeyRerotation, PerLayerRatio, ThresholdEviction, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
+from asl.policies.base import check_policies
+from asl.policies import (ASL, CAM, CUR, TOVA, LazyLLM, Compactor, Leverage, NonCausalAttention, AdaKV, ChunkKV, CriticalKV, DecodingEviction, ExpectedAttention, Finch, KeyRerotation, PerLayerRatio, ThresholdEviction, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
                           KeyDiff, KNorm, LagKV, ObservedAttention, Proportional, PyramidInfer, PyramidInferDecode, PyramidKV,
                           RandomScores, ScorerEviction, SelectionPolicy, SnapKV, StreamingLLM, TopP)
 
 SELECTIONS = {"fastkv": FastKV, "asl": ASL, "gemfilter": GemFilter, "asl-2pass": ASLTwoPass,
-              "pyramidinfer-prefill": PyramidInfer, "jaccard-stop": JaccardStop, "entropy-stop": EntropyStop}
+              "pyramidinfer-prefill": PyramidInfer, "jaccard-stop": JaccardStop, "entropy-stop": EntropyStop,
+              "lazyllm": LazyLLM}
 EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM, "topp": TopP, "pyramidinfer-decode": PyramidInferDecode,
              "knorm": KNorm, "keydiff": KeyDiff, "random": RandomScores, "tova": TOVA,
              "observed-attention": ObservedAttention, "lagkv": LagKV, "expected-attention": ExpectedAttention,
@@ -55,7 +57,7 @@ WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional
 # arguments go to the first).
 ALIASES = {"pyramidinfer": ("pyramidinfer-prefill", "pyramidinfer-decode")}
 BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "leverage", "non-causal-attention", "compactor", "finch", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "criticalkv", "keyrerotation", "decoding", "perlayer", "dms", "cam", "fastkv", "asl", "gemfilter", "asl-2pass",
-           "jaccard-stop", "entropy-stop", "pyramidinfer", "pyramidinfer-prefill", "pyramidinfer-decode", "oracle")
+           "jaccard-stop", "entropy-stop", "lazyllm", "pyramidinfer", "pyramidinfer-prefill", "pyramidinfer-decode", "oracle")
 DESCRIPTIONS = {
     "full": "the full cache (no selection, no eviction)",
     "oracle": "in hindsight: selection at the earliest layer that keeps the full cache's answer (asl.oracle_layer)",
@@ -107,6 +109,8 @@ DESCRIPTIONS = {
     "asl-2pass": "ASL's choice of tokens, then a second pass on them like GemFilter",
     "jaccard-stop": "selection at the first layer where the top-k set stops changing (Jaccard >= threshold)",
     "entropy-stop": "selection at the first layer where the window's attention is focused (entropy <= threshold)",
+    "lazyllm": "progressive selection at a few layers by the last token's attention, pruned tokens revived from "
+               "their hidden states when a later step selects them (LazyLLM, Fu et al. 2024); revive=False: static",
     "pyramidinfer": "PyramidInfer as its paper runs it: pyramidinfer-prefill+pyramidinfer-decode",
     "pyramidinfer-prefill": "selection after every layer: the context the recent queries attend to most",
     "pyramidinfer-decode": "eviction while decoding: the entries before the recent window, recompressed",
@@ -374,7 +378,7 @@ def model_defaults(model_name: str, num_layers: int, config=None, calibration=No
         "gemfilter": {"layer": gemfilter_layer(model_type, num_layers)[0]},
         "jaccard-stop": {"l_min": scaled_layer(10, num_layers), **SCORING},
         "entropy-stop": {"l_min": scaled_layer(10, num_layers), **SCORING},
-        "pyramidinfer-prefill": {}, "pyramidinfer-decode": {}, "simlayerkv": {},
+        "pyramidinfer-prefill": {}, "pyramidinfer-decode": {}, "simlayerkv": {}, "lazyllm": {},
     }
     if preset == "paper":  # the run's budget and selection size stay the run's
         for name in PAPER:
@@ -464,6 +468,8 @@ def build(spec: MethodSpec, params: list[dict]) -> tuple[SelectionPolicy | None,
             selection = obj
         else:
             eviction = obj
+    if not isinstance(selection, Oracle):
+        check_policies(selection, eviction)  # the pair (LazyLLM's revival takes no eviction), before any run
     return selection, eviction
 
 

@@ -97,20 +97,21 @@ class LayerView:
     index in its own prompt) [B, n], `valid` [B, n] (False on left padding). What a scorer may
     read of the model besides (None where the caller has no model): `rope`, the model's RoPE
     (`rope(positions, dtype) -> (cos, sin)` [B, n, d]), and `out_proj`, the layer's output
-    projection weight [hidden, H * d]. `window`: the layer's sliding window, None where it
-    attends globally (docs/algorithms.md section 20).
+    projection weight [hidden, H * d]; `hidden`, the layer's output hidden states [B, n, D] (what a
+    selection that revives keeps of the tokens it drops: asl.LazyLLM). `window`: the layer's
+    sliding window, None where it attends globally (docs/algorithms.md section 20).
     """
 
     def __init__(self, layer: int, queries, keys, values, positions, index, valid, rope=None, out_proj=None,
-                 window: int | None = None):
+                 window: int | None = None, hidden=None):
         self.layer, self.window = layer, window
         self.queries, self.keys, self.values = queries, keys, values
         self.positions, self.index, self.valid = positions, index, valid
-        self.rope, self.out_proj = rope, out_proj
+        self.rope, self.out_proj, self.hidden = rope, out_proj, hidden
         self._scores: dict[tuple, torch.Tensor] = {}
 
     def model_part(self, name: str, who: str):
-        """`rope` or `out_proj`, or a clear error naming the policy that needs it."""
+        """`rope`, `out_proj` or `hidden`, or a clear error naming the policy that needs it."""
         part = getattr(self, name)
         if part is None:
             raise ValueError(f"{who} reads the model's {name}, which this LayerView was built without "
@@ -341,6 +342,10 @@ def check_policies(selection, eviction) -> None:
     for policy in (selection, eviction):
         if policy is not None and hasattr(policy, "_check"):
             policy._check()
+    if getattr(selection, "revives", False) and eviction is not None:
+        raise ValueError(f"{type(selection).__name__}(revive=True) decodes with its own step, which keeps every entry it "
+                         f"computes: it takes no eviction ({type(eviction).__name__}); revive=False is the static form, "
+                         "which composes with one")
 
 
 # -- field checks shared by the policies -------------------------------------------------------
