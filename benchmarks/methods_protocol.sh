@@ -16,6 +16,8 @@
 # config.json refuses a resume with other settings or other library code: resume it from the
 # commit it records (`git worktree add runs/wt <commit>`), not from a newer one.
 #
+# LazyLLM revives tokens while decoding, so its KV grows past its prefill's (its trace's
+# peak_kv_tokens); its static form composes with SnapKV at the budget.
 # Left out, and why: topp and dms keep what a threshold says, not a budget; simlayerkv keeps
 # whole layers (its own budget); decoding(...) only differs from its scorer on answers longer
 # than its `every`; the oracle is not a method one could deploy (its runs are in
@@ -26,8 +28,9 @@ PY=${PY:-.venv/bin/python}
 OUT=${1:-runs/methods-4096}
 LENGTH=${LENGTH:-4096}
 BUDGET=${BUDGET:-1024}
-SELECTIONS=fastkv,asl,gemfilter,asl-2pass,jaccard-stop,entropy-stop
+SELECTIONS=fastkv,asl,gemfilter,asl-2pass,jaccard-stop,entropy-stop,lazyllm
 COMPOSED=fastkv+snapkv,asl+snapkv,gemfilter+snapkv,asl-2pass+snapkv,jaccard-stop+snapkv,entropy-stop+snapkv
+COMPOSED+=,"lazyllm(revive=False)+snapkv"
 EVICTIONS=snapkv,streaming,knorm,keydiff,random,tova,observed-attention,lagkv,expected-attention,cur,leverage
 EVICTIONS+=,non-causal-attention,compactor,finch,"adakv(snapkv)","pyramidkv(snapkv)","chunkkv(snapkv)"
 EVICTIONS+=,"criticalkv(snapkv)","cam(knorm)","keyrerotation(knorm)"
