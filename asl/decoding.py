@@ -75,7 +75,10 @@ class DecodeEviction:
             if keep is None:
                 continue
             _check_keep(keep, layer, self.next[i], self.policy, i)
+            merged = self.policy.merge_during_decode(i, view, keep)
             self.next[i] = layer.compact(keep)
+            if merged is not None:  # the policy folded what it evicted into the values it kept
+                layer.v[:, :, : merged.shape[2]] = merged.to(layer.v.dtype)
             self.compactions += 1
             if self.policy.cache_positions:
                 self._renumber(layer, self.next[i])

@@ -583,3 +583,80 @@ def test_dms_decoding_refuses_a_scorer_that_cannot_score_a_token_alone():
         asl.ThresholdEviction(asl.ExpectedAttention(), decoding=True)
     with pytest.raises(ValueError, match="decoding must be True or False"):
         asl.ThresholdEviction(asl.KNorm(), decoding=1)
+
+
+@dataclass
+class LargeKeys(asl.KNorm):
+    """K-norm reversed (the largest keys kept), so the entries evicted get little attention and
+    the merge probabilities fall between 0 and 1."""
+
+    def score(self, view):
+        return -super().score(view)
+
+
+@dataclass
+class CamRecorder(asl.CAMDecoding):
+    """CAMDecoding that records layer 1's first cut: the cache it saw, what it kept, the values it wrote
+    (layer 1: at layer 0 a key's norm is its token's alone, so repeated tokens tie)."""
+
+    seen: dict = field(default_factory=dict)
+
+    def during_decode(self, layer, view):
+        keep = super().during_decode(layer, view)
+        if layer == 1 and keep is not None and "keep" not in self.seen:
+            self.seen.update(keys=view.keys[:, :, :view.length].clone(), values=view.values[:, :, :view.length].clone(),
+                             queries=view.queries.clone(), query_positions=view.query_positions.clone(),
+                             positions=view.positions[:, :, :view.length].clone(), keep=keep.clone())
+        return keep
+
+    def merge_during_decode(self, layer, view, keep):
+        merged = super().merge_during_decode(layer, view, keep)
+        if layer == 1 and "merged" not in self.seen:
+            self.seen["merged"] = merged.clone()
+        return merged
+
+
+def test_cam_decoding_merges_as_kvpress_campress_computes_it(model, monkeypatch):  # noqa: F811
+    """Layer 1's first cut (after `every` tokens), recomputed from kvpress's CAMPress.compress in
+    float64: the kept entries (K-norm averaged over the KV heads), the merged ones (the best
+    `every` of the evicted), their targets (the `merge_budget` kept entries after each), the
+    probabilities (attention received from the generated tokens, over its targets' mean), and
+    the values written, with the policy's own Bernoulli draws (recorded)."""
+    n, every, budget, reach = 60, 6, 40, 3
+    draws = []
+    real = torch.bernoulli
+    monkeypatch.setattr(torch, "bernoulli", lambda p, **kw: (draws.append((p.clone(), real(p, **kw))), draws[-1][1])[1])
+    policy = CamRecorder(LargeKeys(window=0), every=every, budget=budget, merge_budget=reach, seed=3)
+    out = asl.generate(model, TOK, prompt(31, n), max_new_tokens=every + 2, eviction=policy)
+    assert out.trace.decode_compactions > 0
+    s = policy.seen
+    keys, values = s["keys"][0].double(), s["values"][0].double()  # [G, m, d]
+    g, m, d = keys.shape
+    heads = model.config.num_heads
+    score = keys.norm(dim=-1).mean(0)  # [m] the keys' norm, averaged over the KV heads
+    ranked = sorted(range(m), key=lambda j: (-float(score[j]), j))
+    assert float(score[ranked[budget - 1]] - score[ranked[budget]]) > 1e-5  # no near-tie at the cut
+    kept, evicted = sorted(ranked[:budget]), sorted(ranked[budget:])
+    assert s["keep"][0].tolist() == [kept] * g
+    by_score = sorted(evicted, key=lambda j: (-float(score[j]), -j))[:every]
+    merging = sorted(by_score)
+    # attention each entry received from the `every` generated tokens so far, per KV head
+    q = s["queries"][0, :, -every:].double()  # [H, every, d]
+    qpos, pos = s["query_positions"][0, -every:], s["positions"][0, 0]
+    received = torch.zeros(g, m, dtype=torch.float64)
+    for h in range(heads):
+        logits = q[h] @ keys[h // (heads // g)].T / math.sqrt(d)  # [every, m]
+        logits = logits.masked_fill(pos[None, :] > qpos[:, None], float("-inf"))
+        received[h // (heads // g)] += torch.softmax(logits, -1).sum(0) / (heads // g)
+    expected = values.clone()
+    p, drawn = draws[1]  # one draw per layer, in order
+    for c, j in enumerate(merging):
+        after = [x for x in kept if x > j][:reach]
+        if not after:
+            continue
+        prob = (received[:, j] / received[:, after].mean(-1)).clamp(0, 1)
+        torch.testing.assert_close(p[:, c].double(), prob, rtol=1e-4, atol=1e-6)
+        for head in range(g):
+            expected[head, after] += values[head, j] * float(drawn[head, c]) / len(after)
+    assert drawn.sum() > 0 and bool((p < 0.999).any())  # merged, and some by a real draw
+    torch.testing.assert_close(s["merged"][0].double(), expected[:, kept], rtol=1e-5, atol=1e-6)

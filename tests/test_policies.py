@@ -284,6 +284,7 @@ POLICIES = {
     "finch": lambda: (None, asl.Finch(budget=30, window=4)),
     "cur": lambda: (None, asl.CUR(budget=30, window=0, local_window_size=8)),
     "cam(snapkv)": lambda: (None, asl.CAM(asl.SnapKV(budget=30, window=4), merge_budget=4, attention_window=8)),
+    "cam-decoding(knorm)": lambda: (None, asl.CAMDecoding(asl.KNorm(window=2), every=3, budget=30, merge_budget=4)),
     "leverage": lambda: (None, asl.Leverage(budget=30, window=2, sketch_dimension=6)),
     "fastkv+non-causal-attention": lambda: (asl.FastKV(layer=3, select_tokens=48, window=4),
                                             asl.NonCausalAttention(budget=30, window=0, chunk_size=16)),

@@ -37,7 +37,7 @@ from asl.bench.run.oracle import Oracle
 from asl.calibration import SCORING, asl_settings, scaled_layer
 from asl.presets import KVPRESS, PAPER, kvpress_settings, paper_settings
 from asl.policies.base import check_policies
-from asl.policies import (ASL, CAM, CUR, TOVA, LazyLLM, Compactor, Leverage, NonCausalAttention, AdaKV, ChunkKV, CriticalKV, DecodingEviction, ExpectedAttention, Finch, KeyRerotation, PerLayerRatio, ThresholdEviction, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
+from asl.policies import (ASL, CAM, CAMDecoding, CUR, TOVA, LazyLLM, Compactor, Leverage, NonCausalAttention, AdaKV, ChunkKV, CriticalKV, DecodingEviction, ExpectedAttention, Finch, KeyRerotation, PerLayerRatio, ThresholdEviction, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
                           KeyDiff, KNorm, LagKV, ObservedAttention, Proportional, PyramidInfer, PyramidInferDecode, PyramidKV,
                           RandomScores, ScorerEviction, SelectionPolicy, SnapKV, StreamingLLM, TopP)
 
@@ -52,11 +52,12 @@ EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM, "topp": TopP, "pyramid
 # Allocators: an eviction that wraps a scorer eviction, written name(scorer, key=value...)
 WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional, "chunkkv": ChunkKV,
             "criticalkv": CriticalKV, "keyrerotation": KeyRerotation,
-            "decoding": DecodingEviction, "perlayer": PerLayerRatio, "dms": ThresholdEviction, "cam": CAM}
+            "decoding": DecodingEviction, "perlayer": PerLayerRatio, "dms": ThresholdEviction, "cam": CAM,
+            "cam-decoding": CAMDecoding}
 # A method that is a selection and an eviction in one paper: its name stands for both (its
 # arguments go to the first).
 ALIASES = {"pyramidinfer": ("pyramidinfer-prefill", "pyramidinfer-decode")}
-BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "leverage", "non-causal-attention", "compactor", "finch", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "criticalkv", "keyrerotation", "decoding", "perlayer", "dms", "cam", "fastkv", "asl", "gemfilter", "asl-2pass",
+BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "leverage", "non-causal-attention", "compactor", "finch", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "criticalkv", "keyrerotation", "decoding", "perlayer", "dms", "cam", "cam-decoding", "fastkv", "asl", "gemfilter", "asl-2pass",
            "jaccard-stop", "entropy-stop", "lazyllm", "pyramidinfer", "pyramidinfer-prefill", "pyramidinfer-decode", "oracle")
 DESCRIPTIONS = {
     "full": "the full cache (no selection, no eviction)",
@@ -97,6 +98,9 @@ DESCRIPTIONS = {
                   "times the value's norm through the output projection (CriticalKV, Feng et al. 2025)",
     "cam": "wrapper around a scorer eviction, cam(knorm,merge_budget=32): each evicted value merged into the kept "
            "entries after it, with probability from the attention it gets (CaM, Zhang et al. 2024; kvpress's CAMPress)",
+    "cam-decoding": "wrapper around a scorer eviction, cam-decoding(knorm,every=64,budget=512): CaM while generating, "
+                    "as kvpress's CAMPress: every `every` tokens a layer cut to `budget` by the scorer averaged over "
+                    "its heads, the best evicted merged into the kept after them by the attention they received",
     "adakv": "allocator around a scorer eviction, adakv(snapkv): the layer's budget shared among its heads by score",
     "pyramidkv": "allocator around a scorer eviction, pyramidkv(snapkv): the budget falling linearly over the layers",
     "proportional": "allocator around a scorer eviction, proportional(snapkv,rate=0.1): each layer keeps a share of "

@@ -11,7 +11,7 @@ from .asl import ASL
 from .attention_scores import TOVA, ObservedAttention
 from .chunkkv import ChunkKV
 from .cur import CUR
-from .cam import CAM
+from .cam import CAM, CAMDecoding
 from .compactor import Compactor, Leverage, NonCausalAttention
 from .decoding import DecodingEviction
 from .finch import Finch
@@ -32,5 +32,5 @@ from .snapkv import SnapKV
 from .streaming import StreamingLLM
 from .topp import TopP
 
-__all__ = ["ASL", "CAM", "LazyLLM", "LagKV", "ChunkKV", "CUR", "Compactor", "Leverage", "NonCausalAttention", "CriticalKV", "ExpectedAttention", "SimLayerKV", "KeyRerotation", "DecodingEviction", "Finch", "PerLayerRatio", "ThresholdEviction", "KNorm", "KeyDiff", "ObservedAttention", "RandomScores", "TOVA", "AdaKV", "EntropyStop", "FittedStop", "JaccardStop", "Proportional", "PyramidKV", "ASLTwoPass", "DecodeView", "EvictionPolicy", "FastKV", "Full", "GemFilter", "LayerView", "PrefillInfo",
+__all__ = ["ASL", "CAM", "CAMDecoding", "LazyLLM", "LagKV", "ChunkKV", "CUR", "Compactor", "Leverage", "NonCausalAttention", "CriticalKV", "ExpectedAttention", "SimLayerKV", "KeyRerotation", "DecodingEviction", "Finch", "PerLayerRatio", "ThresholdEviction", "KNorm", "KeyDiff", "ObservedAttention", "RandomScores", "TOVA", "AdaKV", "EntropyStop", "FittedStop", "JaccardStop", "Proportional", "PyramidKV", "ASLTwoPass", "DecodeView", "EvictionPolicy", "FastKV", "Full", "GemFilter", "LayerView", "PrefillInfo",
            "PyramidInfer", "PyramidInferDecode", "ScorerEviction", "ScorerSelection", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "TopP", "fill_unevicted", "sort_keep", "top_prefix"]

@@ -289,6 +289,11 @@ class EvictionPolicy(_Validated, ABC):
         """[B, G, k] slots of the layer's cache to keep (sorted, -1 pads), or None to keep all."""
         return None
 
+    def merge_during_decode(self, layer: int, view: DecodeView, keep: torch.Tensor) -> torch.Tensor | None:
+        """The values to store for the slots `keep` its `during_decode` just returned, [B, G, k, d], or
+        None to keep them as they are (asl.CAMDecoding folds what it evicts into what it keeps)."""
+        return None
+
     def recent_queries(self, prompt_length: int, new_tokens: int = 0) -> int:
         """How many of each layer's latest queries (prompt and generated) `during_decode` reads,
         at most, for a prompt of `prompt_length` tokens and `new_tokens` generated."""
