@@ -26,7 +26,7 @@ class Revival:
 
     def __init__(self, model, pre, policy: LazyLLM):
         self.policy = policy
-        self.shares = {layer: policy.share(i) for i, layer in enumerate(policy._layers)}
+        self.shares = {layer: policy.share(i) for i, layer in enumerate(policy.pruning)}
         self.layers = []  # [B][L] (keys [G, m, d], values [G, m, d], positions [m]) of the tokens computed there
         for b in range(len(pre.alive_tokens)):
             rows = []
@@ -48,7 +48,7 @@ class Revival:
                                        for b in range(tokens.shape[0])]))
 
     def _one(self, model, b: int, token: torch.Tensor, position: int) -> torch.Tensor:
-        aux, layers = self.policy._aux[b], self.layers[b]
+        aux, layers = self.policy.aux[b], self.layers[b]
         device = token.device
         h, _ = model.embed(token.view(1, 1), torch.tensor([[position]], device=device))
         selected = None  # positions the new token attends to; None: every token

@@ -8,7 +8,7 @@ import torch
 
 from .allocate import ScorerWrapper
 from .base import DecodeView, EvictionPolicy, LayerView, PrefillInfo, check_positive_int, keep_from_mask
-from .decoding import DecodingEviction
+from .decoding import cache_as_prompt
 from .scorer import ScorerEviction, prefix_scores
 
 
@@ -141,8 +141,8 @@ class CAMDecoding(ScorerWrapper, EvictionPolicy):
         if not bool((counts > self.budget).any()):
             return None
         slots = keep_from_mask(view.valid[:, 0, : view.length])  # [B, n] the slots in use, in order
-        prompt = DecodingEviction._as_prompt(self, layer, view, _left(slots, counts)[:, None].expand(
-            -1, view.keys.shape[1], -1))
+        prompt = cache_as_prompt(layer, view, _left(slots, counts)[:, None].expand(-1, view.keys.shape[1], -1),
+                                 self._heads, self.scorer.window, type(self).__name__)
         heads = view.keys.shape[1]
         scores = prefix_scores(self.scorer, self.scorer.score(prompt), prompt, heads).float().mean(1)  # [B, m]
         scores = torch.cat([scores, scores.new_full((scores.shape[0], self.scorer.window), float("inf"))], -1)

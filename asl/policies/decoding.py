@@ -79,28 +79,32 @@ class DecodingEviction(ScorerWrapper, EvictionPolicy):
         return sort_keep(chosen)
 
     def _as_prompt(self, layer: int, view: DecodeView, slots: torch.Tensor) -> LayerView:
-        """The layer's cache as the scorer's LayerView: keys and values per head in the order
-        their tokens came, the latest `window` queries over the last columns."""
-        b, g, n = slots.shape
-        safe = slots.clamp(min=0)
-        gather = lambda x: x.gather(2, safe[..., None].expand(-1, -1, -1, x.shape[-1]))  # noqa: E731
-        keys, values = gather(view.keys), gather(view.values)
-        real = slots[:, 0] >= 0  # [B, n]
-        positions = view.positions.gather(2, safe)[:, 0].masked_fill(~real, 0)
-        queries = keys.new_zeros(b, self._heads, n, keys.shape[-1])
-        window = min(self.scorer.window, n)
-        if window:
-            latest = view.queries[:, :, -window:]
-            seen = view.query_valid[:, -window:]
-            if bool(((view.query_positions[:, -window:] != positions[:, -window:]) & seen).any()):
-                raise ValueError(f"DecodingEviction: layer {layer}'s latest queries are not those of its latest "
-                                 "entries (an eviction before it dropped one of the scorer's window)")
-            queries[:, :, -window:] = latest * seen[:, None, :, None]
-        return LayerView(layer, queries, keys, values, positions, positions, real)
-
+        return cache_as_prompt(layer, view, slots, self._heads, self.scorer.window, type(self).__name__)
 
 def _left_padded(order: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """[B, G, n] slots in use (first, -1 pads last) moved right, so each row's pads come first."""
     n = order.shape[-1]
     source = torch.arange(n, device=order.device) - (n - counts)[..., None]
     return torch.where(source >= 0, order.gather(-1, source.clamp(min=0)), -1)
+
+
+def cache_as_prompt(layer: int, view: DecodeView, slots: torch.Tensor, heads: int, window: int, who: str) -> LayerView:
+    """A layer's decoding cache as a scorer's LayerView: keys and values per head at `slots`
+    [B, G, n] (left-padded, in the order their tokens came), the latest `window` queries over
+    the last columns (asl.DecodingEviction, asl.CAMDecoding)."""
+    b, g, n = slots.shape
+    safe = slots.clamp(min=0)
+    gather = lambda x: x.gather(2, safe[..., None].expand(-1, -1, -1, x.shape[-1]))  # noqa: E731
+    keys, values = gather(view.keys), gather(view.values)
+    real = slots[:, 0] >= 0  # [B, n]
+    positions = view.positions.gather(2, safe)[:, 0].masked_fill(~real, 0)
+    queries = keys.new_zeros(b, heads, n, keys.shape[-1])
+    window = min(window, n)
+    if window:
+        latest = view.queries[:, :, -window:]
+        seen = view.query_valid[:, -window:]
+        if bool(((view.query_positions[:, -window:] != positions[:, -window:]) & seen).any()):
+            raise ValueError(f"{who}: layer {layer}'s latest queries are not those of its latest "
+                             "entries (an eviction before it dropped one of the scorer's window)")
+        queries[:, :, -window:] = latest * seen[:, None, :, None]
+    return LayerView(layer, queries, keys, values, positions, positions, real)

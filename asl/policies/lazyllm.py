@@ -43,7 +43,7 @@ class LazyLLM(SelectionPolicy):
     layers: tuple | None = None
     keep: float | tuple = 0.7
     revive: bool = True
-    _layers: tuple = field(default=(), init=False, repr=False, compare=False)
+    pruning: tuple = field(default=(), init=False, repr=False, compare=False)  # the layers, set by begin
 
     def _check(self) -> None:
         if self.layers is not None:
@@ -75,24 +75,24 @@ class LazyLLM(SelectionPolicy):
         return float(self.keep[i] if isinstance(self.keep, (tuple, list)) else self.keep)
 
     def begin(self, prefill: PrefillInfo) -> None:
-        self._layers = self.pruning_layers(prefill.num_layers)
-        if isinstance(self.keep, (tuple, list)) and len(self.keep) != len(self._layers):
-            raise ValueError(f"keep has {len(self.keep)} shares for the {len(self._layers)} pruning layers "
-                             f"{self._layers}")
-        if self._layers[-1] >= prefill.num_layers - 1:
+        self.pruning = self.pruning_layers(prefill.num_layers)
+        if isinstance(self.keep, (tuple, list)) and len(self.keep) != len(self.pruning):
+            raise ValueError(f"keep has {len(self.keep)} shares for the {len(self.pruning)} pruning layers "
+                             f"{self.pruning}")
+        if self.pruning[-1] >= prefill.num_layers - 1:
             raise ValueError(f"layers: pruning after the last layer ({prefill.num_layers - 1}) prunes nothing; "
-                             f"give layers below it, got {self._layers}")
+                             f"give layers below it, got {self.pruning}")
         if any(w is not None for w in prefill.layer_windows):
             raise ValueError("LazyLLM on a model with sliding-window layers is not supported (its revival attends "
                              "over every selected token)")
-        self._aux: list[dict[int, tuple[int, torch.Tensor]]] = [{} for _ in range(prefill.batch_size)]
+        self.aux: list[dict[int, tuple[int, torch.Tensor]]] = [{} for _ in range(prefill.batch_size)]
         self._first: list[int | None] = [None] * prefill.batch_size
         self.revived = [0] * prefill.batch_size  # (token, layer) pairs the decoding computed from the aux cache
 
     def after_layer(self, layer: int, view: LayerView) -> Selection | None:
-        if layer not in self._layers:
+        if layer not in self.pruning:
             return None
-        share = self.share(self._layers.index(layer))
+        share = self.share(self.pruning.index(layer))
         probs = attention_rows(view, slice(view.width - 1, view.width))[:, :, 0].mean(1)  # [B, n]
         chosen = {}
         for b, alive in enumerate(view.alive.tolist()):
@@ -107,7 +107,7 @@ class LazyLLM(SelectionPolicy):
                 dropped[chosen[b]] = False
                 cols = view.width - alive + dropped.nonzero().flatten()
                 for i, h in zip(view.index[b, cols].tolist(), view.model_part("hidden", "LazyLLM")[b, cols]):
-                    self._aux[b][i] = (layer, h)
+                    self.aux[b][i] = (layer, h)
         return Selection.from_own_columns(view, chosen) if chosen else None
 
     def report(self) -> list[dict]:
