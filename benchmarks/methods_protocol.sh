@@ -11,10 +11,13 @@
 #
 # --share-prefix runs each sample's methods on one full pass (asl.sweep): the evictions and the
 # one-shot selections read the layers they share from it, so a sample costs about one full
-# prefill plus each method's own layers and decoding; the two-pass methods and PyramidInfer's
-# decoding-time half run alone. Sized for about 3-4 h on 2 CPU cores in bf16. The folder's
-# config.json refuses a resume with other settings or other library code: resume it from the
-# commit it records (`git worktree add runs/wt <commit>`), not from a newer one.
+# prefill plus each method's own layers and decoding; the two-pass methods run alone. Decoding
+# dominates then: a short try (SAMPLES=1 LENGTH=1024, 1 thread beside other work) took about
+# 5 s a method-sample; at 4,096 tokens on 2 cores in bf16 expect about 200 s a sample for the
+# 37 methods, so 30 samples of 5 tasks is about 8 h and SAMPLES=15 about 4 h (resumable: a
+# later run with SAMPLES=30 adds the rest to the same folder). The
+# folder's config.json refuses a resume with other settings or other library code: resume it
+# from the commit it records (`git worktree add runs/wt <commit>`), not from a newer one.
 #
 # LazyLLM revives tokens while decoding, so its KV grows past its prefill's (its trace's
 # peak_kv_tokens); its static form composes with SnapKV at the budget.
