@@ -65,3 +65,17 @@ def test_passkey_2000_tokens_full_cache_finds_the_key(real):
     assert 1900 <= len(tok(prompt)["input_ids"]) <= 2100
     out = asl.generate(model, tok, prompt, max_new_tokens=8)
     assert "68172" in out.text
+
+
+def test_lazyllm_on_the_real_model(real):
+    """LazyLLM keeping every token is the full cache; pruning, its decoding revives tokens the
+    prefill dropped, each computed once per layer (what it answers is the bench's to measure)."""
+    model, tok, _ = real
+    prompt = passkey_prompt(tok, 1000, "40917")
+    full = asl.generate(model, tok, prompt, max_new_tokens=8)
+    assert asl.generate(model, tok, prompt, max_new_tokens=8, selection=asl.LazyLLM(keep=1.0)).tokens == full.tokens
+    lazy = asl.generate(model, tok, prompt, max_new_tokens=8, selection=asl.LazyLLM(keep=0.6))
+    seq = lazy.trace.sequences[0]
+    assert seq.alive_tokens[-1] < 0.3 * seq.alive_tokens[0] and seq.revived_token_layers > 0
+    assert max(seq.peak_kv_tokens) <= seq.alive_tokens[0] + len(lazy.tokens)  # never more than every token once
+    assert "40917" in full.text
