@@ -14,7 +14,7 @@
 # prefill plus each method's own layers and decoding; the two-pass methods run alone. Decoding
 # dominates then: a short try (SAMPLES=1 LENGTH=1024, 1 thread beside other work) took about
 # 5 s a method-sample; at 4,096 tokens on 2 cores in bf16 expect about 200 s a sample for the
-# 37 methods, so 30 samples of 5 tasks is about 8 h and SAMPLES=15 about 4 h (resumable: a
+# 36 methods, so 30 samples of 5 tasks is about 8 h and SAMPLES=15 about 4 h (resumable: a
 # later run with SAMPLES=30 adds the rest to the same folder). The
 # folder's config.json refuses a resume with other settings or other library code: resume it
 # from the commit it records (`git worktree add runs/wt <commit>`), not from a newer one.
