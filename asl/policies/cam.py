@@ -8,7 +8,7 @@ import torch
 
 from .allocate import ScorerWrapper
 from .base import DecodeView, EvictionPolicy, LayerView, PrefillInfo, check_positive_int, keep_from_mask
-from .decoding import cache_as_prompt
+from .decoding import cache_as_prompt, left_padded
 from .scorer import ScorerEviction, prefix_scores
 
 
@@ -140,9 +140,9 @@ class CAMDecoding(ScorerWrapper, EvictionPolicy):
         counts = view.valid[:, 0, : view.length].sum(-1)  # every head holds the same entries
         if not bool((counts > self.budget).any()):
             return None
-        slots = keep_from_mask(view.valid[:, 0, : view.length])  # [B, n] the slots in use, in order
-        prompt = cache_as_prompt(layer, view, _left(slots, counts)[:, None].expand(-1, view.keys.shape[1], -1),
-                                 self._heads, self.scorer.window, type(self).__name__)
+        slots = left_padded(keep_from_mask(view.valid[:, 0, : view.length]), counts)  # [B, n] in use, in order
+        prompt = cache_as_prompt(layer, view, slots[:, None].expand(-1, view.keys.shape[1], -1), self._heads,
+                                 self.scorer.window, type(self).__name__)
         heads = view.keys.shape[1]
         scores = prefix_scores(self.scorer, self.scorer.score(prompt), prompt, heads).float().mean(1)  # [B, m]
         scores = torch.cat([scores, scores.new_full((scores.shape[0], self.scorer.window), float("inf"))], -1)
@@ -150,7 +150,7 @@ class CAMDecoding(ScorerWrapper, EvictionPolicy):
                           dtype=torch.long, device=slots.device)
         self._merged = view.values[:, :, : view.length].float().clone()
         for b, n in enumerate(counts.tolist()):
-            own = _left(slots, counts)[b, -n:]  # this sequence's slots, oldest first
+            own = slots[b, -n:]  # this sequence's slots, oldest first
             if n <= self.budget:
                 keep[b, :, :n] = own
                 continue
@@ -160,7 +160,6 @@ class CAMDecoding(ScorerWrapper, EvictionPolicy):
             draws = torch.Generator().manual_seed(self.seed * 1_000_003 + layer * 10_007 + view.step)  # as alone
             self._merge(b, own, kept, evicted, mine, received[b], draws)
             keep[b, :, : self.budget] = own[kept]
-        self._keep = keep
         return keep
 
     def merge_during_decode(self, layer: int, view: DecodeView, keep: torch.Tensor) -> torch.Tensor | None:
@@ -210,9 +209,3 @@ class CAMDecoding(ScorerWrapper, EvictionPolicy):
         self._received[layer][:, :, : view.length] += probs.sum(2).view(b, g, self._heads // g, -1).mean(2)
         return self._received[layer]
 
-
-def _left(slots: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """[B, n] slots in use (first, -1 pads last) moved right, each row's pads first."""
-    n = slots.shape[-1]
-    source = torch.arange(n, device=slots.device) - (n - counts)[:, None]
-    return torch.where(source >= 0, slots.gather(-1, source.clamp(min=0)), -1)

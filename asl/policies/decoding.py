@@ -70,7 +70,7 @@ class DecodingEviction(ScorerWrapper, EvictionPolicy):
         if bool((counts != counts[:, :1]).any()):
             raise ValueError(f"DecodingEviction: the heads of layer {layer} hold {counts[0].tolist()} entries (sequence "
                              "0); the scorer reads them as one prompt, so every head must hold as many")
-        slots = _left_padded(keep_from_mask(valid), counts)  # [B, G, n] the slots in use, as a left-padded prompt
+        slots = left_padded(keep_from_mask(valid), counts)  # [B, G, n] the slots in use, as a left-padded prompt
         prompt = self._as_prompt(layer, view, slots)
         keep = self.scorer.keep_within(prompt, self.budget)
         if keep is None:
@@ -81,7 +81,7 @@ class DecodingEviction(ScorerWrapper, EvictionPolicy):
     def _as_prompt(self, layer: int, view: DecodeView, slots: torch.Tensor) -> LayerView:
         return cache_as_prompt(layer, view, slots, self._heads, self.scorer.window, type(self).__name__)
 
-def _left_padded(order: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def left_padded(order: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """[B, G, n] slots in use (first, -1 pads last) moved right, so each row's pads come first."""
     n = order.shape[-1]
     source = torch.arange(n, device=order.device) - (n - counts)[..., None]

@@ -109,8 +109,7 @@ class ThresholdEviction(ScorerWrapper, EvictionPolicy):
         stays &= view.valid[:, None]
         if self.decoding:  # the window's tokens are judged as they leave it; the scorer's window never
             w = min(self.sliding_window, view.width)
-            whole = torch.cat([scores.float(), scores.new_full((*scores.shape[:2], self.scorer.window), float("inf"))
-                               .float()], dim=-1)
+            whole = torch.nn.functional.pad(scores.float(), (0, self.scorer.window), value=float("inf"))
             self._pending[layer] = (whole[..., view.width - w:], view.positions[:, view.width - w:]
                                     .masked_fill(~view.valid[:, view.width - w:], -1))
         if bool(stays.sum(-1).eq(view.alive[:, None]).all()):
