@@ -27,6 +27,7 @@ from .models.interop import as_decoder, weights_fingerprint
 from .policies.base import PrefillInfo, check_policies, per_call
 from .models.decoder import attend, positions_for
 from .prefill import PrefillResult, prefill
+from .retrieval import SparseKeys, retrieved
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class CompressedLayer:
     v: torch.Tensor
     valid: torch.Tensor  # [G, n] bool (a head that kept fewer entries has masked slots)
     positions: torch.Tensor | None = None  # [G, n] int64: each entry's position (what a question's RoPE is after)
+    sparse: SparseKeys | None = None  # a query-time retrieval's state over the n entries (batch of 1)
 
 
 @dataclass(frozen=True)
@@ -168,8 +170,9 @@ def _context_entries(layer: LayerCache, context_tokens: int, kept: list[int] | N
     n = int(valid.sum(-1).max())  # entries are sorted by prompt index: the hint's are at the end
     index = layer.index[0, :, :n].long()
     positions = index if kept is None else torch.searchsorted(torch.tensor(kept, device=index.device), index)
+    sparse = None if layer.sparse is None else layer.sparse.sequence(0, n)
     return CompressedLayer(layer.k[0, :, :n].clone(), layer.v[0, :, :n].clone(), valid[:, :n].clone(),
-                           positions.masked_fill(~valid[:, :n], 0))
+                           positions.masked_fill(~valid[:, :n], 0), sparse)
 
 
 def extend(decoder: Decoder, compressed: CompressedContext, input_ids: torch.Tensor, valid: torch.Tensor,
@@ -196,6 +199,8 @@ def extend(decoder: Decoder, compressed: CompressedContext, input_ids: torch.Ten
         cache = LayerCache.from_prefill(saved.k.expand(batch), saved.v.expand(batch), saved.valid.expand(batch[:3]),
                                         m + extra_slots, positions=where)  # a fresh copy per question
         n = saved.k.shape[1]
+        if saved.sparse is not None:
+            cache.sparse = saved.sparse.expand(b, cache.k.shape[2])
         q, k, v = layer.project(h, *rope)
         cache.write(torch.arange(n, n + m, device=k.device), k, v, valid)
         if track:
@@ -242,5 +247,7 @@ def _question_attention(q, cache: LayerCache, n: int, m: int, positions: torch.T
         mask = mask & (cache.positions[:, :, None, :] > positions[:, None, :, None] - layer.window)
         mask = mask | (slot[None, None, None, :] == n + torch.arange(m, device=q.device)[:, None])  # a query sees itself
     mask = mask.repeat_interleave(heads // groups, dim=1)
+    if cache.sparse is not None:  # one choice per query head for the whole question, as Squeezed Attention's
+        mask = mask & retrieved(q, cache.sparse, cache.valid, cache.valid[:, 0, n:n + m]).reshape(b, heads, 1, cap)
     out = attend(q, cache.k, cache.v, mask, layer.self_attn.softcap)
     return out.transpose(1, 2).reshape(b, m, heads * d)

@@ -15,6 +15,7 @@ from .answers import cut_at_stop, hits_stop
 from .context import CompressedContext, extend
 from .decoding import DecodeEviction
 from .models.cache import KVCache, LayerCache
+from .retrieval import attended_share
 from .models.decoder import Decoder, decode_attention
 from .models.interop import as_decoder
 from .policies.base import EvictionPolicy, SelectionPolicy, check_policies, per_call
@@ -48,6 +49,8 @@ class SequenceTrace:
     decode_kv_tokens: dict[int, list[int]] = field(default_factory=dict)  # decode step -> [L] entries of the
     # fullest KV head right after a decode-time eviction compacted the caches at that step
     revived_token_layers: int = 0  # LazyLLM: (token, layer) pairs its decoding computed from the aux cache
+    attended_share: float | None = None  # a query-time retrieval's (asl.SqueezedAttention): the share of the
+    # clustered entries its queries attended, over layers, query heads and steps (None: no retrieval)
 
 
 @dataclass
@@ -122,7 +125,7 @@ def decode_step(model: Decoder, tokens, positions, slots, caches: list[LayerCach
         if layer.window is not None:  # a sliding-window layer sees the positions after p - window
             cache.positions.index_copy_(2, slots[i : i + 1], positions[:, None, None].expand(-1, cache.positions.shape[1], 1))
             seen = seen & (cache.positions > (positions - layer.window)[:, None, None])
-        h = layer.finish(h, decode_attention(q, cache.k, cache.v, seen, layer.self_attn.softcap))
+        h = layer.finish(h, decode_attention(q, cache.k, cache.v, seen, layer.self_attn.softcap, cache.sparse))
     return model.logits(h[:, -1])
 
 
@@ -425,8 +428,9 @@ def generate_ids(model: Decoder, tokenizer, ids: list[list[int]], settings: Deco
     peaks = evicting.peak_kv_tokens() if evicting is not None else revival.kv_tokens() if revival is not None else \
         [[max(heads) + steps for heads in kv_after_prefill[:, b].tolist()] for b in range(len(ids))]
     after = evicting.kv_tokens_after_compaction() if evicting is not None else [{} for _ in ids]
-    reports = [{**report, "peak_kv_tokens": peak, "decode_kv_tokens": sizes}
-               for report, peak, sizes in zip(reports, peaks, after)]
+    shares = attended_share(pre.cache.layers) or [None for _ in ids]
+    reports = [{**report, "peak_kv_tokens": peak, "decode_kv_tokens": sizes, "attended_share": share}
+               for report, peak, sizes, share in zip(reports, peaks, after, shares)]
     out = _finish(tokenizer, generated, pre, kv_after_prefill, prompt_tokens, settings.stop, prefill_s, tpot, single,
                   reports)
     out.trace.decode_compactions = evicting.compactions if evicting is not None else 0

@@ -279,6 +279,10 @@ def run_layers(model, h: torch.Tensor, tokens: AliveTokens, start: int, extra_sl
                 layers[-1].v[:, :, : merged.shape[2]] = merged.to(v.dtype)
             if recent:
                 layers[-1].keep_queries(q, tokens.valid, tokens.positions, recent)
+            if eviction is not None:
+                begun = time.perf_counter()
+                layers[-1].sparse = eviction.retrieval(i, view, layers[-1].k.shape[2])
+                policy_s += time.perf_counter() - begun
         del q, k, v, view
         if chosen is None:
             continue

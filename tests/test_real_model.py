@@ -79,3 +79,13 @@ def test_lazyllm_on_the_real_model(real):
     assert seq.alive_tokens[-1] < 0.3 * seq.alive_tokens[0] and seq.revived_token_layers > 0
     assert max(seq.peak_kv_tokens) <= seq.alive_tokens[0] + len(lazy.tokens)  # never more than every token once
     assert "40917" in full.text
+
+
+def test_squeezed_attention_on_the_real_model(real):
+    """Squeezed Attention's clusters on real keys: at its default percentile about half of the
+    clustered keys are attended, at a higher one fewer; the answer is the bench's to measure."""
+    model, tok, _ = real
+    prompt = passkey_prompt(tok, 1000, "40917")
+    shares = [asl.generate(model, tok, prompt, max_new_tokens=8, eviction=asl.SqueezedAttention(percentile=p))
+              .trace.sequences[0].attended_share for p in (0.5, 0.9)]
+    assert 0.2 < shares[0] < 0.8 and 0.0 < shares[1] < shares[0], shares

@@ -39,7 +39,7 @@ from asl.presets import KVPRESS, PAPER, kvpress_settings, paper_settings
 from asl.policies.base import check_policies
 from asl.policies import (ASL, CAM, CAMDecoding, CUR, TOVA, LazyLLM, Compactor, Leverage, NonCausalAttention, AdaKV, ChunkKV, CriticalKV, DecodingEviction, ExpectedAttention, Finch, KeyRerotation, PerLayerRatio, ThresholdEviction, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
                           KeyDiff, KNorm, LagKV, ObservedAttention, Proportional, PyramidInfer, PyramidInferDecode, PyramidKV,
-                          RandomScores, ScorerEviction, SelectionPolicy, SnapKV, StreamingLLM, TopP)
+                          RandomScores, ScorerEviction, SelectionPolicy, SnapKV, SqueezedAttention, StreamingLLM, TopP)
 
 SELECTIONS = {"fastkv": FastKV, "asl": ASL, "gemfilter": GemFilter, "asl-2pass": ASLTwoPass,
               "pyramidinfer-prefill": PyramidInfer, "jaccard-stop": JaccardStop, "entropy-stop": EntropyStop,
@@ -48,7 +48,7 @@ EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM, "topp": TopP, "pyramid
              "knorm": KNorm, "keydiff": KeyDiff, "random": RandomScores, "tova": TOVA,
              "observed-attention": ObservedAttention, "lagkv": LagKV, "expected-attention": ExpectedAttention,
              "cur": CUR, "simlayerkv": SimLayerKV, "finch": Finch, "leverage": Leverage,
-             "non-causal-attention": NonCausalAttention, "compactor": Compactor}
+             "non-causal-attention": NonCausalAttention, "compactor": Compactor, "squeezed": SqueezedAttention}
 # Allocators: an eviction that wraps a scorer eviction, written name(scorer, key=value...)
 WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional, "chunkkv": ChunkKV,
             "criticalkv": CriticalKV, "keyrerotation": KeyRerotation,
@@ -57,7 +57,7 @@ WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional
 # A method that is a selection and an eviction in one paper: its name stands for both (its
 # arguments go to the first).
 ALIASES = {"pyramidinfer": ("pyramidinfer-prefill", "pyramidinfer-decode")}
-BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "leverage", "non-causal-attention", "compactor", "finch", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "criticalkv", "keyrerotation", "decoding", "perlayer", "dms", "cam", "cam-decoding", "fastkv", "asl", "gemfilter", "asl-2pass",
+BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "leverage", "non-causal-attention", "compactor", "squeezed", "finch", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "criticalkv", "keyrerotation", "decoding", "perlayer", "dms", "cam", "cam-decoding", "fastkv", "asl", "gemfilter", "asl-2pass",
            "jaccard-stop", "entropy-stop", "lazyllm", "pyramidinfer", "pyramidinfer-prefill", "pyramidinfer-decode", "oracle")
 DESCRIPTIONS = {
     "full": "the full cache (no selection, no eviction)",
@@ -83,6 +83,9 @@ DESCRIPTIONS = {
                  "Durme 2025; kvpress's CompactorPress)",
     "finch": "eviction: SnapKV's score with the question as the window, normalised by the keys each question token "
              "sees, the kept keys re-rotated (Finch, Corallo and Papotti 2024; kvpress's FinchPress)",
+    "squeezed": "retrieval: every entry kept; each generated token attends to the keys of the clusters (k-means of "
+                "the keys, per layer and head) whose estimated attention passes one threshold set from the window "
+                "(Squeezed Attention, Hooper et al. 2024); squeezed(percentile=0.7) attends to fewer",
     "simlayerkv": "eviction: a lazy layer (its last query attends to the first and recent tokens) keeps only "
                   "those, the others everything (SimLayerKV, Zhang et al. 2024)",
     "keyrerotation": "wrapper around a scorer eviction, keyrerotation(knorm): the kept keys re-rotated to positions "
@@ -382,7 +385,7 @@ def model_defaults(model_name: str, num_layers: int, config=None, calibration=No
         "gemfilter": {"layer": gemfilter_layer(model_type, num_layers)[0]},
         "jaccard-stop": {"l_min": scaled_layer(10, num_layers), **SCORING},
         "entropy-stop": {"l_min": scaled_layer(10, num_layers), **SCORING},
-        "pyramidinfer-prefill": {}, "pyramidinfer-decode": {}, "simlayerkv": {}, "lazyllm": {},
+        "pyramidinfer-prefill": {}, "pyramidinfer-decode": {}, "simlayerkv": {}, "lazyllm": {}, "squeezed": {},
     }
     if preset == "paper":  # the run's budget and selection size stay the run's
         for name in PAPER:
@@ -487,7 +490,8 @@ def kept_budget(params: list[dict], budget: int | None) -> int | None:
         while "scorer" in inner and "budget" not in inner:  # a wrapper's budget is its scorer's, unless its own
             inner = inner["scorer"]
         sized_by_input = "scorer" in fields and ({"rate", "ratios", "threshold"} & set(fields))  # no count
-        if sized_by_input or inner.get("ratio") is not None:
+        keeps_all = "percentile" in fields  # a retrieval (squeezed) stores every entry
+        if sized_by_input or keeps_all or inner.get("ratio") is not None:
             return None
         if isinstance(inner.get("budget"), int):
             return inner["budget"]

@@ -25,6 +25,8 @@ class LayerCache:
     queries: torch.Tensor | None = None  # [B, H, q, d] ring of the layer's latest queries
     query_valid: torch.Tensor | None = None  # [B, q]
     query_positions: torch.Tensor | None = None  # [B, q]
+    # Kept only for a query-time retrieval (EvictionPolicy.retrieval, asl/retrieval.py):
+    sparse: "SparseKeys | None" = None  # noqa: F821 - which stored entries each later query attends to
 
     @classmethod
     def from_prefill(cls, k, v, valid, extra: int, index: torch.Tensor | None = None,

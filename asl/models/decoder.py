@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..retrieval import retrieved
 from .config import ModelConfig
 from .rope import Rope, apply_rope
 
@@ -307,16 +308,20 @@ def last_token_attention(q_last, k, v, mask: torch.Tensor | None, softcap: float
     return out.reshape(b, 1, h * d)
 
 
-def decode_attention(q, k_cache, v_cache, valid, softcap: float | None = None) -> torch.Tensor:
+def decode_attention(q, k_cache, v_cache, valid, softcap: float | None = None, sparse=None) -> torch.Tensor:
     """One new token against per-KV-head caches.
 
     q [B, H, 1, d]; caches [B, G, cap, d]; valid [B, G, cap] bool. The H/G query heads of a
     group ride in the "query length" slot, so each KV head's own mask applies and nothing
-    is repeated.
+    is repeated. With `sparse` (asl/retrieval.py) each query head attends only to the
+    entries it retrieves.
     """
     b, h, _, d = q.shape
     g = k_cache.shape[1]
-    out = attend(q.view(b, g, h // g, d), k_cache, v_cache, valid[:, :, None, :], softcap)
+    mask = valid[:, :, None, :]
+    if sparse is not None:
+        mask = mask & retrieved(q, sparse, valid)
+    out = attend(q.view(b, g, h // g, d), k_cache, v_cache, mask, softcap)
     return out.reshape(b, 1, h * d)
 
 

@@ -285,6 +285,13 @@ class EvictionPolicy(_Validated, ABC):
         (asl.CAM) says so here. Not consulted on a sliding-window layer."""
         return None
 
+    def retrieval(self, layer: int, view: LayerView, cap: int):
+        """Query-time key retrieval over what the layer stores, or None (every query attends to
+        every stored entry): a `SparseKeys` (asl/retrieval.py) over the layer's `cap` cache slots,
+        with which each later query (the question's over a compressed context, each generated
+        token's) picks the entries it attends to (asl.SqueezedAttention). Called after `keep`."""
+        return None
+
     def during_decode(self, layer: int, view: DecodeView) -> torch.Tensor | None:
         """[B, G, k] slots of the layer's cache to keep (sorted, -1 pads), or None to keep all."""
         return None
@@ -298,6 +305,12 @@ class EvictionPolicy(_Validated, ABC):
         """How many of each layer's latest queries (prompt and generated) `during_decode` reads,
         at most, for a prompt of `prompt_length` tokens and `new_tokens` generated."""
         return 0
+
+
+def retrieves(eviction: EvictionPolicy) -> bool:
+    """Whether the eviction chooses keys per query (it overrides `retrieval`): only asl's own
+    attention can follow that."""
+    return type(eviction).retrieval is not EvictionPolicy.retrieval
 
 
 class DecodeView:
@@ -347,6 +360,10 @@ def check_policies(selection, eviction) -> None:
     for policy in (selection, eviction):
         if policy is not None and hasattr(policy, "_check"):
             policy._check()
+    if eviction is not None and retrieves(eviction) and (eviction.every > 0 or eviction.cache_positions):
+        raise ValueError(f"eviction: {type(eviction).__name__} chooses keys per query (retrieval), whose state is "
+                         "laid over the slots the prefill stored; it cannot also move them while decoding "
+                         "(every > 0) or renumber their positions")
     if getattr(selection, "revives", False) and eviction is not None:
         raise ValueError(f"{type(selection).__name__}(revive=True) decodes with its own step, which keeps every entry it "
                          f"computes: it takes no eviction ({type(eviction).__name__}); revive=False is the static form, "

@@ -44,7 +44,7 @@ def measure(model, tokenizer, sample, oracle: Oracle) -> dict:
         "kv_tokens": per_layer, "kv_bytes": sum(per_layer) * c.num_kv_heads * entry,
         "selection_layer": layer, "ratios": [], "alive_tokens": per_layer,
         "peak_kv_tokens": [k + max(len(chosen.tokens) - 1, 0) for k in per_layer], "revived_token_layers": 0,
-        "policy_s": 0.0,
+        "attended_share": None, "policy_s": 0.0,
         "compile_s": 0.0, "compiles": 0,
         "oracle_layer": found, "oracle_needed": c.num_layers - 1 if found is None else found,
         "oracle_stable_layer": result.stable_layer, "oracle_cost": result.cost, "num_layers": c.num_layers,

@@ -76,7 +76,8 @@ def _measured(out, layers: int, ttft_s: float, tpot_s: float, peak: int | None) 
         "peak_mem_bytes": peak, "selection_layer": seq.selection_layer,
         "ratios": [seq.ratios.get(layer) for layer in range(layers)] if seq.ratios else [],
         "alive_tokens": seq.alive_tokens, "peak_kv_tokens": seq.peak_kv_tokens,
-        "revived_token_layers": seq.revived_token_layers, "policy_s": out.trace.policy_s,
+        "revived_token_layers": seq.revived_token_layers, "attended_share": seq.attended_share,
+        "policy_s": out.trace.policy_s,
         "compile_s": out.trace.compile_s, "compiles": out.trace.compiles,
     }
 
