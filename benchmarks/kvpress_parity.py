@@ -45,6 +45,11 @@ METHODS = {
     "lagkv": ("LagKVPress", {}, lambda r: asl.LagKV(window=0, ratio=r)),
     "chunkkv(knorm)": ("ChunkKVPress", {"press": ["KnormPress", {}], "chunk_length": 20},
                        lambda r: asl.ChunkKV(asl.KNorm(window=0, ratio=r), chunk=20)),
+    "perchunk(knorm)": ("ChunkPress", {"press": ["KnormPress", {}], "chunk_length": 256},
+                        lambda r: asl.PerChunk(asl.KNorm(window=0, ratio=r), chunk=256)),
+    # (kvpress's ChunkPress around SnapKV fails on a last chunk shorter than SnapKV's window)
+    "perchunk(expected-attention)": ("ChunkPress", {"press": ["ExpectedAttentionPress", {}], "chunk_length": 256},
+                                     lambda r: asl.PerChunk(asl.ExpectedAttention(window=0, ratio=r), chunk=256)),
     "expected-attention": ("ExpectedAttentionPress", {}, lambda r: asl.ExpectedAttention(window=0, ratio=r)),
     "cur": ("CURPress", {}, lambda r: asl.CUR(window=0, ratio=r)),
     "non-causal-attention": ("NonCausalAttnPress", {}, lambda r: asl.NonCausalAttention(window=0, ratio=r)),

@@ -343,3 +343,17 @@ def test_cam_runs_in_a_prefill_and_changes_only_the_kept_values():
         assert torch.equal(a.k, b.k) and torch.equal(a.valid, b.valid)  # the same entries kept
         assert (a.v - b.v).abs().max() > 1e-3  # their values carry what was evicted
     assert merged.kv_tokens().flatten().tolist() == [40] * 8
+
+
+@pytest.mark.parametrize("pad", [0, 3])
+def test_perchunk_keeps_each_chunks_own_share_by_its_own_scores(pad):
+    """kvpress's ChunkPress: chunks of 4 from the first token, each keeping max(1, int(c * (1 - ratio)))
+    of its own lowest-norm keys (KNorm); with a window, each chunk's last `window` entries stay."""
+    norms = [9, 1, 5, 2, 8, 8, 0.5, 3, 4, 6]  # chunks [0, 4), [4, 8), [8, 10)
+    view = chunk_layer(norms, pad)
+    # ratio 0.5: 2, 2 and 1 kept; the lowest norms of each chunk
+    assert kept(asl.PerChunk(asl.KNorm(window=0, ratio=0.5), chunk=4), view) == [[1, 3, 6, 7, 8]] * G
+    # window 1: each chunk's last entry kept, then its best others (2, 2 and 1 kept)
+    assert kept(asl.PerChunk(asl.KNorm(window=1, ratio=0.5), chunk=4), view) == [[1, 3, 6, 7, 9]] * G
+    # a budget of 5 of 10: the share 0.5 in every chunk, as ratio 0.5
+    assert kept(asl.PerChunk(asl.KNorm(budget=5, window=0), chunk=4), view) == [[1, 3, 6, 7, 8]] * G

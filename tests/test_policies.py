@@ -272,6 +272,7 @@ POLICIES = {
     "lagkv": lambda: (None, asl.LagKV(budget=30, window=4, sink=2, lag=8)),
     "adakv(knorm)": lambda: (None, asl.AdaKV(asl.KNorm(budget=30, window=4))),
     "chunkkv(snapkv)": lambda: (None, asl.ChunkKV(asl.SnapKV(budget=30, window=4), chunk=8)),  # 25 tokens: 2 chunks
+    "perchunk(snapkv)": lambda: (None, asl.PerChunk(asl.SnapKV(budget=30, window=4), chunk=40)),
     "expected-attention": lambda: (asl.FastKV(layer=3, select_tokens=48, window=4),
                                    asl.ExpectedAttention(budget=30, window=4, n_future_positions=16)),
     "simlayerkv": lambda: (None, asl.SimLayerKV(lazy_threshold=0.3, n_recent=16, n_initial=2)),

@@ -110,6 +110,15 @@ class LayerView:
         self.rope, self.out_proj, self.hidden = rope, out_proj, hidden
         self._scores: dict[tuple, torch.Tensor] = {}
 
+    def columns(self, b: int, start: int, stop: int) -> "LayerView":
+        """Sequence b's columns [start, stop) as a view of their own (batch of one), for a policy
+        that scores parts of the prompt as if each were the whole (asl.PerChunk)."""
+        part = lambda x: None if x is None else x[b:b + 1, ..., start:stop, :]  # noqa: E731 - [B, heads, n, d]
+        flat = lambda x: x[b:b + 1, start:stop]  # noqa: E731 - [B, n]
+        hidden = None if self.hidden is None else self.hidden[b:b + 1, start:stop]
+        return LayerView(self.layer, part(self.queries), part(self.keys), part(self.values), flat(self.positions),
+                         flat(self.index), flat(self.valid), self.rope, self.out_proj, self.window, hidden)
+
     def model_part(self, name: str, who: str):
         """`rope`, `out_proj` or `hidden`, or a clear error naming the policy that needs it."""
         part = getattr(self, name)
