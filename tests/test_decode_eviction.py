@@ -474,6 +474,19 @@ def test_decoding_eviction_never_holds_more_than_budget_plus_every(model, n, new
     assert max(trace.peak_kv_tokens) <= min(n, budget) + every  # at most `every` tokens between two cuts
 
 
+def test_decoding_eviction_with_a_ratio_keeps_a_share_of_the_tokens_seen(model):
+    """kvpress's CompressionRatioDecodingPress: each cut keeps max(1, int(seen * (1 - ratio))) of a
+    sequence that has seen `seen` tokens, the prompt's and those generated before the cut."""
+    policy = DecodingRecorder(asl.KNorm(window=3), every=4, ratio=0.5)
+    out = asl.generate(model, TOK, prompt(11, 20), max_new_tokens=14, eviction=policy)  # steps 0 .. 12
+    assert [step for step, *_ in policy.seen] == [4, 8, 12]
+    for step, valid, keys, keep in policy.seen:
+        assert [len([c for c in row.tolist() if c >= 0]) for row in keep] == [int((20 + step) * 0.5)] * keep.shape[0]
+    assert sorted(out.trace.sequences[0].decode_kv_tokens) == [4, 8, 12]
+    with pytest.raises(ValueError, match="ratio must be None or a number in"):
+        asl.DecodingEviction(asl.KNorm(), ratio=1.0)
+
+
 def test_decoding_eviction_refuses_what_it_cannot_run():
     with pytest.raises(ValueError, match="cannot run ObservedAttention over a decoding cache"):
         asl.DecodingEviction(asl.ObservedAttention())

@@ -91,7 +91,8 @@ DESCRIPTIONS = {
     "keyrerotation": "wrapper around a scorer eviction, keyrerotation(knorm): the kept keys re-rotated to positions "
                      "0, 1, ... and what follows numbered after them (kvpress's KeyRerotationPress)",
     "decoding": "wrapper around a scorer eviction, decoding(knorm,every=64,budget=512): while generating, every "
-                "`every` tokens each layer cut back to `budget` by the scorer (kvpress's DecodingPress)",
+                "`every` tokens each layer cut back to `budget` by the scorer (kvpress's DecodingPress); ratio=0.5 "
+                "keeps that share of the tokens seen (CompressionRatioDecodingPress)",
     "perlayer": "wrapper around a scorer eviction, perlayer(knorm,ratios=(0.5,0.7,...)): a ratio per layer, a tuple "
                 "of one per layer (kvpress's PerLayerCompressionPress)",
     "dms": "wrapper around a scorer eviction, dms(knorm,threshold=-5,sliding_window=128): entries scoring below the "
@@ -491,7 +492,8 @@ def kept_budget(params: list[dict], budget: int | None) -> int | None:
         inner = fields
         while "scorer" in inner and "budget" not in inner:  # a wrapper's budget is its scorer's, unless its own
             inner = inner["scorer"]
-        sized_by_input = "scorer" in fields and ({"rate", "ratios", "threshold"} & set(fields))  # no count
+        sized_by_input = "scorer" in fields and (bool({"rate", "ratios", "threshold"} & set(fields))
+                                                 or fields.get("ratio") is not None)  # no count
         keeps_all = "percentile" in fields  # a retrieval (squeezed) stores every entry
         if sized_by_input or keeps_all or inner.get("ratio") is not None:
             return None

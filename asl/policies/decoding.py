@@ -10,7 +10,7 @@ import torch
 
 from .allocate import ScorerWrapper
 from .base import DecodeView, EvictionPolicy, LayerView, PrefillInfo, check_positive_int, keep_from_mask, sort_keep
-from .scorer import ScorerEviction
+from .scorer import ScorerEviction, check_ratio
 
 
 @dataclass
@@ -23,13 +23,16 @@ class DecodingEviction(ScorerWrapper, EvictionPolicy):
     the queries' statistics (ObservedAttention, ExpectedAttention) or the model's weights
     (CriticalKV) is refused: `decodes = False` on its class. `prefill=True` is kvpress's
     PrefillDecodingPress with the same scorer: it also evicts at the prefill, at its own budget
-    or ratio; else the prefill keeps everything (DecodingPress). Every head of a sequence must
-    hold as many entries (a scorer's per-head keep does; an allocator's does not)."""
+    or ratio; else the prefill keeps everything (DecodingPress). `ratio` is kvpress's
+    CompressionRatioDecodingPress: each cut keeps `max(1, int(seen * (1 - ratio)))` entries of a
+    sequence that has seen `seen` tokens (prompt and generated), instead of `budget`. Every head
+    of a sequence must hold as many entries (a scorer's per-head keep does; an allocator's does not)."""
 
     scorer: ScorerEviction
     every: int = 512
     budget: int = 2048
     prefill: bool = False
+    ratio: float | None = None  # a share of the tokens seen instead of `budget` (kvpress's target_compression_ratio)
     sizes_layers = False  # the scorer's ratio sizes the prefill (prefill=True); decoding cuts to `budget`
     _heads: int = field(default=0, init=False, repr=False, compare=False)
 
@@ -37,7 +40,8 @@ class DecodingEviction(ScorerWrapper, EvictionPolicy):
         super()._check()
         check_positive_int("every", self.every)
         check_positive_int("budget", self.budget)
-        if self.budget <= self.scorer.window:
+        check_ratio(self.ratio)
+        if self.ratio is None and self.budget <= self.scorer.window:
             raise ValueError(f"budget ({self.budget}) must be larger than the scorer's window ({self.scorer.window})")
         if not getattr(type(self.scorer), "decodes", True):
             raise ValueError(f"DecodingEviction cannot run {type(self.scorer).__name__} over a decoding cache: it reads "
@@ -65,14 +69,16 @@ class DecodingEviction(ScorerWrapper, EvictionPolicy):
             return None
         valid = view.valid[:, :, : view.length]
         counts = valid.sum(-1)  # [B, G]
-        if not bool((counts > self.budget).any()):
+        targets = [self.budget] * counts.shape[0] if self.ratio is None else \
+            [max(1, int((p + view.step) * (1 - self.ratio))) for p in view.prompt_lengths]
+        if not bool((counts > torch.tensor(targets, device=counts.device)[:, None]).any()):
             return None
         if bool((counts != counts[:, :1]).any()):
             raise ValueError(f"DecodingEviction: the heads of layer {layer} hold {counts[0].tolist()} entries (sequence "
                              "0); the scorer reads them as one prompt, so every head must hold as many")
         slots = left_padded(keep_from_mask(valid), counts)  # [B, G, n] the slots in use, as a left-padded prompt
         prompt = self._as_prompt(layer, view, slots)
-        keep = self.scorer.keep_within(prompt, self.budget)
+        keep = self.scorer.keep_within(prompt, self.budget if self.ratio is None else targets)
         if keep is None:
             return None
         chosen = torch.where(keep >= 0, slots.gather(-1, keep.clamp(min=0)), -1)
