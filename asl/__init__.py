@@ -19,12 +19,12 @@ from .models.loading import BUNDLED, load
 from .oracle import LayerOutcome, OracleResult, oracle_layer
 from .presets import preset
 from .sweep import SweepOutput, sweep
-from .policies import (ASL, CAM, CAMDecoding, SqueezedAttention, TOVA, LazyLLM, AdaKV, ChunkKV, PerChunk, CUR, Compactor, Leverage, NonCausalAttention, CriticalKV, ExpectedAttention, SimLayerKV, KeyRerotation, DecodingEviction, Finch, PerLayerRatio, ThresholdEviction, KeyDiff, KNorm, LagKV, ObservedAttention, RandomScores, EntropyStop, FittedStop, JaccardStop, Proportional, PyramidKV, ASLTwoPass, DecodeView, EvictionPolicy, FastKV, Full, GemFilter, LayerView, PrefillInfo,
+from .policies import (ASL, CAM, CAMDecoding, SqueezedAttention, TOVA, LazyLLM, AdaKV, ChunkKV, PerChunk, Merging, CUR, Compactor, Leverage, NonCausalAttention, CriticalKV, ExpectedAttention, SimLayerKV, KeyRerotation, DecodingEviction, Finch, PerLayerRatio, ThresholdEviction, KeyDiff, KNorm, LagKV, ObservedAttention, RandomScores, EntropyStop, FittedStop, JaccardStop, Proportional, PyramidKV, ASLTwoPass, DecodeView, EvictionPolicy, FastKV, Full, GemFilter, LayerView, PrefillInfo,
                        PyramidInfer, PyramidInferDecode, ScorerEviction, ScorerSelection, Selection, SelectionPolicy,
                        SnapKV, StreamingLLM, TopP)
 
 __all__ = [
-    "ASL", "CAM", "CAMDecoding", "SqueezedAttention", "LazyLLM", "LagKV", "ChunkKV", "PerChunk", "CUR", "Compactor", "Leverage", "NonCausalAttention", "CriticalKV", "ExpectedAttention", "SimLayerKV", "KeyRerotation", "DecodingEviction", "Finch", "PerLayerRatio", "ThresholdEviction", "TOVA", "KeyDiff", "KNorm", "ObservedAttention", "RandomScores", "AdaKV", "EntropyStop", "FittedStop", "JaccardStop", "Proportional", "PyramidKV", "Applied", "LayerOutcome", "SequenceTrace", "apply", "export", "ASLTwoPass", "BUNDLED", "CompressedContext", "DecodeView", "Decoder", "EvictionPolicy", "FastKV", "Full", "GemFilter", "GenerationOutput", "HookedModel",
+    "ASL", "CAM", "CAMDecoding", "SqueezedAttention", "LazyLLM", "LagKV", "ChunkKV", "PerChunk", "Merging", "CUR", "Compactor", "Leverage", "NonCausalAttention", "CriticalKV", "ExpectedAttention", "SimLayerKV", "KeyRerotation", "DecodingEviction", "Finch", "PerLayerRatio", "ThresholdEviction", "TOVA", "KeyDiff", "KNorm", "ObservedAttention", "RandomScores", "AdaKV", "EntropyStop", "FittedStop", "JaccardStop", "Proportional", "PyramidKV", "Applied", "LayerOutcome", "SequenceTrace", "apply", "export", "ASLTwoPass", "BUNDLED", "CompressedContext", "DecodeView", "Decoder", "EvictionPolicy", "FastKV", "Full", "GemFilter", "GenerationOutput", "HookedModel",
     "LayerView", "ModelConfig", "PrefillInfo", "PyramidInfer", "PyramidInferDecode", "ScorerEviction", "ScorerSelection", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "Trace", "TopP",
     "OracleResult", "SweepOutput", "compress", "from_transformers", "generate", "load", "oracle_layer", "preset", "resolve_dtype", "sweep",
 ]

@@ -357,3 +357,33 @@ def test_perchunk_keeps_each_chunks_own_share_by_its_own_scores(pad):
     assert kept(asl.PerChunk(asl.KNorm(window=1, ratio=0.5), chunk=4), view) == [[1, 3, 6, 7, 9]] * G
     # a budget of 5 of 10: the share 0.5 in every chunk, as ratio 0.5
     assert kept(asl.PerChunk(asl.KNorm(budget=5, window=0), chunk=4), view) == [[1, 3, 6, 7, 8]] * G
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_merging_folds_each_evicted_value_into_its_most_similar_kept_key(fraction):
+    """kvpress's MergingPress written out in float64: target = the kept key of highest cosine,
+    weight = max(cos, 0) * |v_e| / (|v_e| + |v_t| + 1e-6) for the `fraction` most similar evicted,
+    kept value -> (v_t + sum w v_e) / (1 + sum w)."""
+    view = layer(14, 21)
+    policy = asl.Merging(asl.KNorm(budget=6, window=2), merge_fraction=fraction)
+    keep = policy.keep(0, view)
+    merged = policy.merge(0, view, keep)
+    for g in range(G):
+        kept = [c for c in keep[0, g].tolist() if c >= 0]
+        evicted = [c for c in range(14) if c not in kept]
+        k, v = view.keys[0, g].double(), view.values[0, g].double()
+        cos = lambda a, b: float(k[a] @ k[b] / (k[a].norm() * k[b].norm()))  # noqa: E731
+        best = {e: max(kept, key=lambda t: cos(e, t)) for e in evicted}
+        sims = sorted((cos(e, best[e]) for e in evicted), reverse=True)
+        cut = sims[math.ceil(fraction * len(sims)) - 1]  # the quantile at 1 - fraction, between its neighbours
+        added = {t: torch.zeros(D, dtype=torch.float64) for t in kept}
+        total = {t: 0.0 for t in kept}
+        for e in evicted:
+            s = cos(e, best[e])
+            if fraction == 1.0 or s >= cut:
+                w = max(s, 0) * float(v[e].norm()) / (float(v[e].norm()) + float(v[best[e]].norm()) + 1e-6)
+                added[best[e]] += w * v[e]
+                total[best[e]] += w
+        expected = torch.stack([(v[t] + added[t]) / (1 + total[t]) for t in kept])
+        torch.testing.assert_close(merged[0, g, : len(kept)].double(), expected, rtol=1e-5, atol=1e-6)
+        assert any(total.values())  # something was merged

@@ -37,7 +37,7 @@ from asl.bench.run.oracle import Oracle
 from asl.calibration import SCORING, asl_settings, scaled_layer
 from asl.presets import KVPRESS, PAPER, kvpress_settings, paper_settings
 from asl.policies.base import check_policies
-from asl.policies import (ASL, CAM, CAMDecoding, CUR, TOVA, LazyLLM, Compactor, Leverage, NonCausalAttention, AdaKV, ChunkKV, PerChunk, CriticalKV, DecodingEviction, ExpectedAttention, Finch, KeyRerotation, PerLayerRatio, ThresholdEviction, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
+from asl.policies import (ASL, CAM, CAMDecoding, CUR, TOVA, LazyLLM, Compactor, Leverage, NonCausalAttention, AdaKV, ChunkKV, PerChunk, Merging, CriticalKV, DecodingEviction, ExpectedAttention, Finch, KeyRerotation, PerLayerRatio, ThresholdEviction, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
                           KeyDiff, KNorm, LagKV, ObservedAttention, Proportional, PyramidInfer, PyramidInferDecode, PyramidKV,
                           RandomScores, ScorerEviction, SelectionPolicy, SnapKV, SqueezedAttention, StreamingLLM, TopP)
 
@@ -50,14 +50,14 @@ EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM, "topp": TopP, "pyramid
              "cur": CUR, "simlayerkv": SimLayerKV, "finch": Finch, "leverage": Leverage,
              "non-causal-attention": NonCausalAttention, "compactor": Compactor, "squeezed": SqueezedAttention}
 # Allocators: an eviction that wraps a scorer eviction, written name(scorer, key=value...)
-WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional, "chunkkv": ChunkKV, "perchunk": PerChunk,
+WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional, "chunkkv": ChunkKV, "perchunk": PerChunk, "merging": Merging,
             "criticalkv": CriticalKV, "keyrerotation": KeyRerotation,
             "decoding": DecodingEviction, "perlayer": PerLayerRatio, "dms": ThresholdEviction, "cam": CAM,
             "cam-decoding": CAMDecoding}
 # A method that is a selection and an eviction in one paper: its name stands for both (its
 # arguments go to the first).
 ALIASES = {"pyramidinfer": ("pyramidinfer-prefill", "pyramidinfer-decode")}
-BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "leverage", "non-causal-attention", "compactor", "squeezed", "finch", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "perchunk", "criticalkv", "keyrerotation", "decoding", "perlayer", "dms", "cam", "cam-decoding", "fastkv", "asl", "gemfilter", "asl-2pass",
+BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "leverage", "non-causal-attention", "compactor", "squeezed", "finch", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "perchunk", "merging", "criticalkv", "keyrerotation", "decoding", "perlayer", "dms", "cam", "cam-decoding", "fastkv", "asl", "gemfilter", "asl-2pass",
            "jaccard-stop", "entropy-stop", "lazyllm", "pyramidinfer", "pyramidinfer-prefill", "pyramidinfer-decode", "oracle")
 DESCRIPTIONS = {
     "full": "the full cache (no selection, no eviction)",
@@ -113,6 +113,9 @@ DESCRIPTIONS = {
                "for every head (ChunkKV, Liu et al. 2025)",
     "perchunk": "wrapper around a scorer eviction, perchunk(snapkv,chunk=1024): the scorer sees each chunk of the "
                 "prompt alone and every chunk keeps its own share (kvpress's ChunkPress)",
+    "merging": "wrapper around a scorer eviction, merging(knorm,merge_fraction=0.75): each evicted value folded into "
+               "the kept entry with the most similar key, weighted by similarity and value norms (kvpress's "
+               "MergingPress)",
     "fastkv": "selection at a fixed layer (FastKV's token-selective propagation)",
     "asl": "selection at the first layer where the rank variance settles below tau (ASL)",
     "gemfilter": "selection from the last query at a layer, then a second pass on the kept tokens",
