@@ -47,6 +47,8 @@ METHODS = {
                        lambda r: asl.ChunkKV(asl.KNorm(window=0, ratio=r), chunk=20)),
     "perchunk(knorm)": ("ChunkPress", {"press": ["KnormPress", {}], "chunk_length": 256},
                         lambda r: asl.PerChunk(asl.KNorm(window=0, ratio=r), chunk=256)),
+    "entropy-chunkkv(knorm)": ("EntropyGatedChunkKVPress", {"press": ["KnormPress", {}]},
+                               lambda r: asl.EntropyGatedChunkKV(asl.KNorm(window=0, ratio=r))),
     "merging(knorm)": ("MergingPress", {"press": ["KnormPress", {}]},
                        lambda r: asl.Merging(asl.KNorm(window=0, ratio=r))),
     # (kvpress's ChunkPress around SnapKV fails on a last chunk shorter than SnapKV's window)

@@ -387,3 +387,43 @@ def test_merging_folds_each_evicted_value_into_its_most_similar_kept_key(fractio
         expected = torch.stack([(v[t] + added[t]) / (1 + total[t]) for t in kept])
         torch.testing.assert_close(merged[0, g, : len(kept)].double(), expected, rtol=1e-5, atol=1e-6)
         assert any(total.values())  # something was merged
+
+
+def entropy_gated_reference(scores: list[float], chunk: int, low: int, budget: int) -> list[int]:
+    """kvpress's EntropyGatedChunkKVPress.compress for one sequence, in plain Python (ties: earlier)."""
+    bounds = [(s, min(s + chunk, len(scores))) for s in range(0, len(scores), chunk)]
+    means = [sum(scores[s:e]) / (e - s) for s, e in bounds]
+
+    def entropy(part):
+        if len(part) == 1:
+            return 0.0
+        shift = min(min(part), 0.0)
+        p = [(x - shift) / (sum(x - shift for x in part) + 1e-8) for x in part]
+        return min(max(-sum(q * math.log(q + 1e-8) for q in p) / math.log(len(part)), 0.0), 1.0)
+
+    ents = [entropy(scores[s:e]) for s, e in bounds]
+    lower_median = lambda xs: sorted(xs)[(len(xs) - 1) // 2]  # noqa: E731 - torch.median's
+    m_mean, m_ent = lower_median(means), lower_median(ents)
+    kept = set()
+    best_first = lambda cols: sorted(cols, key=lambda j: (-scores[j], j))  # noqa: E731
+    for c in sorted(range(len(bounds)), key=lambda c: (-means[c], c)):
+        if budget <= 0:
+            break
+        s, e = bounds[c]
+        take = min(e - s, budget, low if means[c] >= m_mean and ents[c] < m_ent else e - s)
+        kept |= set(best_first(range(s, e))[:take])
+        budget -= take
+    if budget > 0:
+        kept |= set(best_first([j for j in range(len(scores)) if j not in kept])[:budget])
+    return sorted(kept)
+
+
+@pytest.mark.parametrize("ratio, window", [(0.6, 0), (0.5, 2)])
+def test_entropy_gated_chunkkv_follows_kvpress_written_out(ratio, window):
+    rng = random.Random(5)
+    norms = [rng.choice([0.5, 1, 3, 6, 9]) * rng.uniform(0.9, 1.1) for _ in range(37)]
+    policy = asl.EntropyGatedChunkKV(asl.KNorm(window=window, ratio=ratio), chunk=5, low_entropy_chunk=2)
+    prefix = [-x for x in norms[: len(norms) - window]]  # K-norm's scores; summed over 2 heads, as alike
+    expected = entropy_gated_reference([2 * s for s in prefix], 5, 2, int(37 * (1 - ratio)) - window)
+    for pad in (0, 3):
+        assert kept(policy, chunk_layer(norms, pad)) == [expected + list(range(37 - window, 37))] * G
