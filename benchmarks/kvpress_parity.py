@@ -49,6 +49,8 @@ METHODS = {
                         lambda r: asl.PerChunk(asl.KNorm(window=0, ratio=r), chunk=256)),
     "entropy-chunkkv(knorm)": ("EntropyGatedChunkKVPress", {"press": ["KnormPress", {}]},
                                lambda r: asl.EntropyGatedChunkKV(asl.KNorm(window=0, ratio=r))),
+    "blockwise(keydiff)": ("BlockPress", {"press": ["KeyDiffPress", {}], "block_size": 128},
+                           lambda r: asl.Blockwise(asl.KeyDiff(window=0, ratio=r), block=128)),
     "merging(knorm)": ("MergingPress", {"press": ["KnormPress", {}]},
                        lambda r: asl.Merging(asl.KNorm(window=0, ratio=r))),
     # (kvpress's ChunkPress around SnapKV fails on a last chunk shorter than SnapKV's window)

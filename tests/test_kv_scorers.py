@@ -427,3 +427,22 @@ def test_entropy_gated_chunkkv_follows_kvpress_written_out(ratio, window):
     expected = entropy_gated_reference([2 * s for s in prefix], 5, 2, int(37 * (1 - ratio)) - window)
     for pad in (0, 3):
         assert kept(policy, chunk_layer(norms, pad)) == [expected + list(range(37 - window, 37))] * G
+
+
+@pytest.mark.parametrize("window", [0, 3])
+def test_blockwise_keeps_keydiffs_best_block_after_block(window):
+    """kvpress's BlockPress around KeyDiff, written out: the first k prefix entries, then for each
+    block of 5 the k best of kept + block by -cos(k_j, mean of the set's unit keys)."""
+    n, k = 31, 8
+    view = layer(n, 33)
+    policy = asl.Blockwise(asl.KeyDiff(budget=k + window, window=window), block=5)
+    for g in range(G):
+        keys = view.keys[0, g].double()
+        chosen = list(range(k))
+        for s in range(k, n - window, 5):
+            cols = chosen + list(range(s, min(s + 5, n - window)))
+            unit = torch.stack([keys[c] / keys[c].norm() for c in cols]).mean(0)
+            score = {c: -float(keys[c] @ unit / (keys[c].norm() * unit.norm())) for c in cols}
+            chosen = sorted(sorted(cols, key=lambda c: (-score[c], c))[:k])
+        assert kept(policy, view)[g] == chosen + list(range(n - window, n))
+    assert kept(policy, view) != kept(asl.KeyDiff(budget=k + window, window=window), view)  # not one global cut

@@ -37,7 +37,7 @@ from asl.bench.run.oracle import Oracle
 from asl.calibration import SCORING, asl_settings, scaled_layer
 from asl.presets import KVPRESS, PAPER, kvpress_settings, paper_settings
 from asl.policies.base import check_policies
-from asl.policies import (ASL, CAM, CAMDecoding, CUR, TOVA, LazyLLM, Compactor, Leverage, NonCausalAttention, AdaKV, ChunkKV, PerChunk, Merging, EntropyGatedChunkKV, CriticalKV, DecodingEviction, ExpectedAttention, Finch, KeyRerotation, PerLayerRatio, ThresholdEviction, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
+from asl.policies import (ASL, CAM, CAMDecoding, CUR, TOVA, LazyLLM, Compactor, Leverage, NonCausalAttention, AdaKV, ChunkKV, PerChunk, Merging, Blockwise, EntropyGatedChunkKV, CriticalKV, DecodingEviction, ExpectedAttention, Finch, KeyRerotation, PerLayerRatio, ThresholdEviction, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
                           KeyDiff, KNorm, LagKV, ObservedAttention, Proportional, PyramidInfer, PyramidInferDecode, PyramidKV,
                           RandomScores, ScorerEviction, SelectionPolicy, SnapKV, SqueezedAttention, StreamingLLM, TopP)
 
@@ -50,14 +50,14 @@ EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM, "topp": TopP, "pyramid
              "cur": CUR, "simlayerkv": SimLayerKV, "finch": Finch, "leverage": Leverage,
              "non-causal-attention": NonCausalAttention, "compactor": Compactor, "squeezed": SqueezedAttention}
 # Allocators: an eviction that wraps a scorer eviction, written name(scorer, key=value...)
-WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional, "chunkkv": ChunkKV, "perchunk": PerChunk, "merging": Merging, "entropy-chunkkv": EntropyGatedChunkKV,
+WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional, "chunkkv": ChunkKV, "perchunk": PerChunk, "merging": Merging, "blockwise": Blockwise, "entropy-chunkkv": EntropyGatedChunkKV,
             "criticalkv": CriticalKV, "keyrerotation": KeyRerotation,
             "decoding": DecodingEviction, "perlayer": PerLayerRatio, "dms": ThresholdEviction, "cam": CAM,
             "cam-decoding": CAMDecoding}
 # A method that is a selection and an eviction in one paper: its name stands for both (its
 # arguments go to the first).
 ALIASES = {"pyramidinfer": ("pyramidinfer-prefill", "pyramidinfer-decode")}
-BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "leverage", "non-causal-attention", "compactor", "squeezed", "finch", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "perchunk", "merging", "entropy-chunkkv", "criticalkv", "keyrerotation", "decoding", "perlayer", "dms", "cam", "cam-decoding", "fastkv", "asl", "gemfilter", "asl-2pass",
+BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "leverage", "non-causal-attention", "compactor", "squeezed", "finch", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "perchunk", "merging", "blockwise", "entropy-chunkkv", "criticalkv", "keyrerotation", "decoding", "perlayer", "dms", "cam", "cam-decoding", "fastkv", "asl", "gemfilter", "asl-2pass",
            "jaccard-stop", "entropy-stop", "lazyllm", "pyramidinfer", "pyramidinfer-prefill", "pyramidinfer-decode", "oracle")
 DESCRIPTIONS = {
     "full": "the full cache (no selection, no eviction)",
@@ -119,6 +119,8 @@ DESCRIPTIONS = {
     "entropy-chunkkv": "wrapper around a scorer eviction, entropy-chunkkv(snapkv,chunk=10): ChunkKV, but an important "
                        "chunk whose scores sit on a few tokens keeps only its best few (kvpress's "
                        "EntropyGatedChunkKVPress)",
+    "blockwise": "wrapper around a scorer eviction, blockwise(keydiff,block=128): the prompt read in blocks, only "
+                 "the budget's best of the kept and the new block staying after each (kvpress's BlockPress)",
     "fastkv": "selection at a fixed layer (FastKV's token-selective propagation)",
     "asl": "selection at the first layer where the rank variance settles below tau (ASL)",
     "gemfilter": "selection from the last query at a layer, then a second pass on the kept tokens",

@@ -12,6 +12,7 @@ from .attention_scores import TOVA, ObservedAttention
 from .chunkkv import ChunkKV
 from .perchunk import PerChunk
 from .merging import Merging
+from .blockwise import Blockwise
 from .entropy_chunks import EntropyGatedChunkKV
 from .cur import CUR
 from .cam import CAM, CAMDecoding
@@ -36,5 +37,5 @@ from .squeezed import SqueezedAttention
 from .streaming import StreamingLLM
 from .topp import TopP
 
-__all__ = ["ASL", "CAM", "CAMDecoding", "SqueezedAttention", "LazyLLM", "LagKV", "ChunkKV", "PerChunk", "Merging", "EntropyGatedChunkKV", "CUR", "Compactor", "Leverage", "NonCausalAttention", "CriticalKV", "ExpectedAttention", "SimLayerKV", "KeyRerotation", "DecodingEviction", "Finch", "PerLayerRatio", "ThresholdEviction", "KNorm", "KeyDiff", "ObservedAttention", "RandomScores", "TOVA", "AdaKV", "EntropyStop", "FittedStop", "JaccardStop", "Proportional", "PyramidKV", "ASLTwoPass", "DecodeView", "EvictionPolicy", "FastKV", "Full", "GemFilter", "LayerView", "PrefillInfo",
+__all__ = ["ASL", "CAM", "CAMDecoding", "SqueezedAttention", "LazyLLM", "LagKV", "ChunkKV", "PerChunk", "Merging", "Blockwise", "EntropyGatedChunkKV", "CUR", "Compactor", "Leverage", "NonCausalAttention", "CriticalKV", "ExpectedAttention", "SimLayerKV", "KeyRerotation", "DecodingEviction", "Finch", "PerLayerRatio", "ThresholdEviction", "KNorm", "KeyDiff", "ObservedAttention", "RandomScores", "TOVA", "AdaKV", "EntropyStop", "FittedStop", "JaccardStop", "Proportional", "PyramidKV", "ASLTwoPass", "DecodeView", "EvictionPolicy", "FastKV", "Full", "GemFilter", "LayerView", "PrefillInfo",
            "PyramidInfer", "PyramidInferDecode", "ScorerEviction", "ScorerSelection", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "TopP", "fill_unevicted", "sort_keep", "top_prefix"]
