@@ -274,9 +274,14 @@ def run_layers(model, h: torch.Tensor, tokens: AliveTokens, start: int, extra_sl
             layers.append(store_layer(k, v, tokens, keep, extra_slots, decoding or layer.window is not None))
             begun = time.perf_counter()
             merged = eviction.merge(i, view, keep) if keep is not None and layer.window is None else None
+            channels = eviction.key_channels(i, view, keep) if eviction is not None else None
             policy_s += time.perf_counter() - begun
             if merged is not None:  # the eviction folded what it dropped into the values it kept
                 layers[-1].v[:, :, : merged.shape[2]] = merged.to(v.dtype)
+            if channels is not None:  # the eviction stores only some channels of the keys (the rest zeroed)
+                stored = layers[-1]
+                stored.k[:, :, : stored.filled] *= channels.repeat_interleave(
+                    stored.k.shape[1] // channels.shape[1], dim=1)[:, :, None, :].to(stored.k.dtype)
             if recent:
                 layers[-1].keep_queries(q, tokens.valid, tokens.positions, recent)
             if eviction is not None:

@@ -51,6 +51,9 @@ METHODS = {
                                lambda r: asl.EntropyGatedChunkKV(asl.KNorm(window=0, ratio=r))),
     "blockwise(keydiff)": ("BlockPress", {"press": ["KeyDiffPress", {}], "block_size": 128},
                            lambda r: asl.Blockwise(asl.KeyDiff(window=0, ratio=r), block=128)),
+    "think(snapkv)": ("ComposedPress", {"presses": [["SnapKVPress", {"window_size": 64, "kernel_size": 5}],
+                                                    ["ThinKPress", {"key_channel_compression_ratio": 0.5}]]},
+                      lambda r: asl.ThinK(asl.SnapKV(window=64, kernel=5, ratio=r), key_channel_ratio=0.5)),
     "merging(knorm)": ("MergingPress", {"press": ["KnormPress", {}]},
                        lambda r: asl.Merging(asl.KNorm(window=0, ratio=r))),
     # (kvpress's ChunkPress around SnapKV fails on a last chunk shorter than SnapKV's window)

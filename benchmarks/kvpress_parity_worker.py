@@ -117,7 +117,11 @@ def main() -> None:
         for prompt in cases["prompts"]:
             # ChunkKVPress refuses attention weights: sdpa for it (and for the keys it is matched against)
             model.set_attn_implementation("sdpa" if "press" in kwargs else "eager")
-            if "press" in kwargs:  # a wrapper: its press built with the ratio, the wrapper around it
+            if cls == "ComposedPress":  # a scorer at the ratio, then a press of its own settings (ThinKPress)
+                (first, first_kwargs), (then, then_kwargs) = kwargs["presses"]
+                press = kvpress.ComposedPress([getattr(kvpress, first)(compression_ratio=cases["ratio"], **first_kwargs),
+                                               getattr(kvpress, then)(**then_kwargs)])
+            elif "press" in kwargs:  # a wrapper: its press built with the ratio, the wrapper around it
                 inner, inner_kwargs = kwargs["press"]
                 press = getattr(kvpress, cls)(press=getattr(kvpress, inner)(compression_ratio=cases["ratio"],
                                                                             **inner_kwargs),
@@ -134,6 +138,8 @@ def main() -> None:
                 kept, cache = kept_by_layer(press, model, prompt["context_ids"] + [delimiter] + prompt["question_ids"])
             elif rerotated:
                 kept, cache = kept_by_layer(press, model, prompt["context_ids"], press.press)
+            elif cls == "ComposedPress":  # the entries are the first press's topk; the second changes them after
+                kept, cache = kept_by_layer(press, model, prompt["context_ids"], press.presses[0])
             elif not isinstance(press, kvpress.ScorerPress) or "press" in kwargs:  # by matching the stored keys
                 key = (prompt["id"], model.config._attn_implementation)  # the same attention, the same numbers
                 if key not in full:

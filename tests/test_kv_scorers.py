@@ -446,3 +446,41 @@ def test_blockwise_keeps_keydiffs_best_block_after_block(window):
             chosen = sorted(sorted(cols, key=lambda c: (-score[c], c))[:k])
         assert kept(policy, view)[g] == chosen + list(range(n - window, n))
     assert kept(policy, view) != kept(asl.KeyDiff(budget=k + window, window=window), view)  # not one global cut
+
+
+def test_think_zeroes_the_key_channels_the_latest_queries_use_least():
+    """ThinK written out: per KV head, channel c scores mean over the last `window` queries of its
+    group of q[c]^2, times mean over the stored keys of k[c]^2; the int(d * ratio) lowest go."""
+    view = layer(20, 44, pad=2)
+    mask = asl.ThinK(key_channel_ratio=0.5, window=4).key_channels(0, view, None)
+    q, k = view.queries[0].double(), view.keys[0].double()
+    for g in range(G):
+        group = range(g * (H // G), (g + 1) * (H // G))
+        score = [sum(float(q[h, -4:, c].pow(2).mean()) for h in group) / len(group) * float(k[g, 2:, c].pow(2).mean())
+                 for c in range(D)]
+        lowest = sorted(range(D), key=lambda c: (score[c], c))[: D // 2]
+        assert mask[0, g].tolist() == [c not in lowest for c in range(D)]
+    # composed after a scorer: the keys' part over the entries it keeps only
+    scorer = asl.KNorm(budget=8, window=2)
+    keep = scorer.keep(0, view)
+    composed = asl.ThinK(scorer, key_channel_ratio=0.5, window=4).key_channels(0, view, keep)
+    for g in range(G):
+        rows = [c for c in keep[0, g].tolist() if c >= 0]
+        group = range(g * (H // G), (g + 1) * (H // G))
+        score = [sum(float(q[h, -4:, c].pow(2).mean()) for h in group) / len(group) * float(k[g, rows, c].pow(2).mean())
+                 for c in range(D)]
+        lowest = sorted(range(D), key=lambda c: (score[c], c))[: D // 2]
+        assert composed[0, g].tolist() == [c not in lowest for c in range(D)]
+
+
+def test_think_stores_zeroed_channels_and_answers_from_them():
+    from tiny import CharTokenizer, random_text, tiny_pair
+    from asl.generation import left_pad
+    from asl.prefill import prefill
+
+    model = tiny_pair("llama", num_hidden_layers=2, eos_token_id=None)[1]
+    ids, valid = left_pad([CharTokenizer()(random_text(random.Random(3), 40))["input_ids"]], "cpu")
+    pre = prefill(model, ids, valid, 2, None, asl.ThinK(key_channel_ratio=0.5, window=8))
+    for cache in pre.cache.layers:
+        zero = (cache.k[0, :, : cache.filled] == 0).all(1)  # [G, d]: channels zero on every stored key
+        assert zero.sum(-1).tolist() == [cache.k.shape[-1] // 2] * cache.k.shape[1]

@@ -37,7 +37,7 @@ from asl.bench.run.oracle import Oracle
 from asl.calibration import SCORING, asl_settings, scaled_layer
 from asl.presets import KVPRESS, PAPER, kvpress_settings, paper_settings
 from asl.policies.base import check_policies
-from asl.policies import (ASL, CAM, CAMDecoding, CUR, TOVA, LazyLLM, Compactor, Leverage, NonCausalAttention, AdaKV, ChunkKV, PerChunk, Merging, Blockwise, EntropyGatedChunkKV, CriticalKV, DecodingEviction, ExpectedAttention, Finch, KeyRerotation, PerLayerRatio, ThresholdEviction, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
+from asl.policies import (ASL, CAM, CAMDecoding, CUR, TOVA, LazyLLM, Compactor, Leverage, NonCausalAttention, AdaKV, ChunkKV, PerChunk, Merging, Blockwise, ThinK, EntropyGatedChunkKV, CriticalKV, DecodingEviction, ExpectedAttention, Finch, KeyRerotation, PerLayerRatio, ThresholdEviction, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
                           KeyDiff, KNorm, LagKV, ObservedAttention, Proportional, PyramidInfer, PyramidInferDecode, PyramidKV,
                           RandomScores, ScorerEviction, SelectionPolicy, SnapKV, SqueezedAttention, StreamingLLM, TopP)
 
@@ -50,14 +50,14 @@ EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM, "topp": TopP, "pyramid
              "cur": CUR, "simlayerkv": SimLayerKV, "finch": Finch, "leverage": Leverage,
              "non-causal-attention": NonCausalAttention, "compactor": Compactor, "squeezed": SqueezedAttention}
 # Allocators: an eviction that wraps a scorer eviction, written name(scorer, key=value...)
-WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional, "chunkkv": ChunkKV, "perchunk": PerChunk, "merging": Merging, "blockwise": Blockwise, "entropy-chunkkv": EntropyGatedChunkKV,
+WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional, "chunkkv": ChunkKV, "perchunk": PerChunk, "merging": Merging, "blockwise": Blockwise, "think": ThinK, "entropy-chunkkv": EntropyGatedChunkKV,
             "criticalkv": CriticalKV, "keyrerotation": KeyRerotation,
             "decoding": DecodingEviction, "perlayer": PerLayerRatio, "dms": ThresholdEviction, "cam": CAM,
             "cam-decoding": CAMDecoding}
 # A method that is a selection and an eviction in one paper: its name stands for both (its
 # arguments go to the first).
 ALIASES = {"pyramidinfer": ("pyramidinfer-prefill", "pyramidinfer-decode")}
-BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "leverage", "non-causal-attention", "compactor", "squeezed", "finch", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "perchunk", "merging", "blockwise", "entropy-chunkkv", "criticalkv", "keyrerotation", "decoding", "perlayer", "dms", "cam", "cam-decoding", "fastkv", "asl", "gemfilter", "asl-2pass",
+BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "leverage", "non-causal-attention", "compactor", "squeezed", "finch", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "perchunk", "merging", "blockwise", "think", "entropy-chunkkv", "criticalkv", "keyrerotation", "decoding", "perlayer", "dms", "cam", "cam-decoding", "fastkv", "asl", "gemfilter", "asl-2pass",
            "jaccard-stop", "entropy-stop", "lazyllm", "pyramidinfer", "pyramidinfer-prefill", "pyramidinfer-decode", "oracle")
 DESCRIPTIONS = {
     "full": "the full cache (no selection, no eviction)",
@@ -121,6 +121,9 @@ DESCRIPTIONS = {
                        "EntropyGatedChunkKVPress)",
     "blockwise": "wrapper around a scorer eviction, blockwise(keydiff,block=128): the prompt read in blocks, only "
                  "the budget's best of the kept and the new block staying after each (kvpress's BlockPress)",
+    "think": "wrapper around an eviction, think(snapkv,key_channel_ratio=0.5): the key channels the latest queries "
+             "use least zeroed in the stored keys, per KV head (ThinK, Xu et al. 2024; kvpress's ThinKPress, composed "
+             "after the scorer as its ComposedPress)",
     "fastkv": "selection at a fixed layer (FastKV's token-selective propagation)",
     "asl": "selection at the first layer where the rank variance settles below tau (ASL)",
     "gemfilter": "selection from the last query at a layer, then a second pass on the kept tokens",

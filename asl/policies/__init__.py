@@ -13,6 +13,7 @@ from .chunkkv import ChunkKV
 from .perchunk import PerChunk
 from .merging import Merging
 from .blockwise import Blockwise
+from .think import ThinK
 from .entropy_chunks import EntropyGatedChunkKV
 from .cur import CUR
 from .cam import CAM, CAMDecoding
@@ -37,5 +38,5 @@ from .squeezed import SqueezedAttention
 from .streaming import StreamingLLM
 from .topp import TopP
 
-__all__ = ["ASL", "CAM", "CAMDecoding", "SqueezedAttention", "LazyLLM", "LagKV", "ChunkKV", "PerChunk", "Merging", "Blockwise", "EntropyGatedChunkKV", "CUR", "Compactor", "Leverage", "NonCausalAttention", "CriticalKV", "ExpectedAttention", "SimLayerKV", "KeyRerotation", "DecodingEviction", "Finch", "PerLayerRatio", "ThresholdEviction", "KNorm", "KeyDiff", "ObservedAttention", "RandomScores", "TOVA", "AdaKV", "EntropyStop", "FittedStop", "JaccardStop", "Proportional", "PyramidKV", "ASLTwoPass", "DecodeView", "EvictionPolicy", "FastKV", "Full", "GemFilter", "LayerView", "PrefillInfo",
+__all__ = ["ASL", "CAM", "CAMDecoding", "SqueezedAttention", "LazyLLM", "LagKV", "ChunkKV", "PerChunk", "Merging", "Blockwise", "ThinK", "EntropyGatedChunkKV", "CUR", "Compactor", "Leverage", "NonCausalAttention", "CriticalKV", "ExpectedAttention", "SimLayerKV", "KeyRerotation", "DecodingEviction", "Finch", "PerLayerRatio", "ThresholdEviction", "KNorm", "KeyDiff", "ObservedAttention", "RandomScores", "TOVA", "AdaKV", "EntropyStop", "FittedStop", "JaccardStop", "Proportional", "PyramidKV", "ASLTwoPass", "DecodeView", "EvictionPolicy", "FastKV", "Full", "GemFilter", "LayerView", "PrefillInfo",
            "PyramidInfer", "PyramidInferDecode", "ScorerEviction", "ScorerSelection", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "TopP", "fill_unevicted", "sort_keep", "top_prefix"]

@@ -311,6 +311,12 @@ class EvictionPolicy(_Validated, ABC):
         token's) picks the entries it attends to (asl.SqueezedAttention). Called after `keep`."""
         return None
 
+    def key_channels(self, layer: int, view: LayerView, keep: torch.Tensor | None) -> torch.Tensor | None:
+        """[B, G, d] bool: the key channels the layer stores for each KV head (the others are
+        zeroed in the stored keys; asl.ThinK), or None to store them all. `keep` is what `keep`
+        returned. The prompt's own attention has used the whole keys already."""
+        return None
+
     def during_decode(self, layer: int, view: DecodeView) -> torch.Tensor | None:
         """[B, G, k] slots of the layer's cache to keep (sorted, -1 pads), or None to keep all."""
         return None
