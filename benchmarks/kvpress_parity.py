@@ -54,6 +54,7 @@ METHODS = {
     "think(snapkv)": ("ComposedPress", {"presses": [["SnapKVPress", {"window_size": 64, "kernel_size": 5}],
                                                     ["ThinKPress", {"key_channel_compression_ratio": 0.5}]]},
                       lambda r: asl.ThinK(asl.SnapKV(window=64, kernel=5, ratio=r), key_channel_ratio=0.5)),
+    "capkv": ("CapPress", {}, lambda r: asl.CapKV(window=0, ratio=r)),
     "merging(knorm)": ("MergingPress", {"press": ["KnormPress", {}]},
                        lambda r: asl.Merging(asl.KNorm(window=0, ratio=r))),
     # (kvpress's ChunkPress around SnapKV fails on a last chunk shorter than SnapKV's window)

@@ -348,3 +348,31 @@ def test_the_sketch_repeats_and_differs_by_seed_and_layer():
     view, _ = model_layer(20, 14)
     a, b = asl.Leverage(sketch_dimension=4, seed=1), asl.Leverage(sketch_dimension=4, seed=2)
     assert torch.equal(a.sketch(view), a.sketch(view)) and not torch.equal(a.sketch(view), b.sketch(view))
+
+
+def capkv_by_hand(view, pre, g: int, sink: int, future: int, tau: float, eps: float) -> list[float]:
+    """One KV head's CAPKV scores over the real entries (kvpress's CapPress, written out)."""
+    pad = view.width - int(view.alive[0])
+    n = pre.shape[1]
+    keys, values = view.keys[0, g, pad:].double(), view.values[0, g, pad:].double()
+    rot = sum(rotation(n + f) for f in range(future)) / future
+    per_head = []
+    for h in range(g * (H // G), (g + 1) * (H // G)):
+        anchor = rot @ pre[h, sink:].mean(0)
+        cos = [float(keys[j] @ anchor / (keys[j].norm() * anchor.norm())) for j in range(sink, n)]
+        w = [math.exp(tau * (c - max(cos))) for c in cos]
+        a = torch.eye(D, dtype=torch.float64) + sum((wj + eps) * torch.outer(values[sink + j], values[sink + j])
+                                                    for j, wj in enumerate(w))
+        inv = torch.linalg.inv(a)
+        per_head.append([wj * float(values[sink + j] @ inv @ values[sink + j]) for j, wj in enumerate(w)])
+    scores = [sum(col) / len(per_head) for col in zip(*per_head)]
+    return [max(scores) + 1] * sink + scores
+
+
+@pytest.mark.parametrize("pad", [0, 3])
+def test_capkv_keeps_the_weighted_value_leverage(pad):
+    view, pre = model_layer(28, 4, pad)
+    policy = asl.CapKV(budget=12, window=2, n_sink=3, n_future_positions=9, tau=5.0)
+    for g, ours in enumerate(kept(policy, view)):
+        scores = capkv_by_hand(view, pre, g, 3, 9, 5.0, 1e-6)
+        assert_top(ours, scores[:26], 10, 2)

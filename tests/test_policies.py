@@ -278,6 +278,7 @@ POLICIES = {
     "blockwise(keydiff)": lambda: (None, asl.Blockwise(asl.KeyDiff(budget=30, window=4), block=16)),
     "think(snapkv)": lambda: (None, asl.ThinK(asl.SnapKV(budget=30, window=4), key_channel_ratio=0.5, window=8)),
     "think": lambda: (None, asl.ThinK(key_channel_ratio=0.25, window=8)),
+    "capkv": lambda: (None, asl.CapKV(budget=30, window=4, n_future_positions=16)),
     "merging(knorm)": lambda: (None, asl.Merging(asl.KNorm(budget=30, window=4), merge_fraction=0.5)),
     "expected-attention": lambda: (asl.FastKV(layer=3, select_tokens=48, window=4),
                                    asl.ExpectedAttention(budget=30, window=4, n_future_positions=16)),

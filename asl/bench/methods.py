@@ -37,7 +37,7 @@ from asl.bench.run.oracle import Oracle
 from asl.calibration import SCORING, asl_settings, scaled_layer
 from asl.presets import KVPRESS, PAPER, kvpress_settings, paper_settings
 from asl.policies.base import check_policies
-from asl.policies import (ASL, CAM, CAMDecoding, CUR, TOVA, LazyLLM, Compactor, Leverage, NonCausalAttention, AdaKV, ChunkKV, PerChunk, Merging, Blockwise, ThinK, EntropyGatedChunkKV, CriticalKV, DecodingEviction, ExpectedAttention, Finch, KeyRerotation, PerLayerRatio, ThresholdEviction, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
+from asl.policies import (ASL, CAM, CAMDecoding, CUR, TOVA, LazyLLM, Compactor, Leverage, NonCausalAttention, AdaKV, ChunkKV, PerChunk, Merging, Blockwise, ThinK, CapKV, EntropyGatedChunkKV, CriticalKV, DecodingEviction, ExpectedAttention, Finch, KeyRerotation, PerLayerRatio, ThresholdEviction, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
                           KeyDiff, KNorm, LagKV, ObservedAttention, Proportional, PyramidInfer, PyramidInferDecode, PyramidKV,
                           RandomScores, ScorerEviction, SelectionPolicy, SnapKV, SqueezedAttention, StreamingLLM, TopP)
 
@@ -48,7 +48,7 @@ EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM, "topp": TopP, "pyramid
              "knorm": KNorm, "keydiff": KeyDiff, "random": RandomScores, "tova": TOVA,
              "observed-attention": ObservedAttention, "lagkv": LagKV, "expected-attention": ExpectedAttention,
              "cur": CUR, "simlayerkv": SimLayerKV, "finch": Finch, "leverage": Leverage,
-             "non-causal-attention": NonCausalAttention, "compactor": Compactor, "squeezed": SqueezedAttention}
+             "non-causal-attention": NonCausalAttention, "compactor": Compactor, "capkv": CapKV, "squeezed": SqueezedAttention}
 # Allocators: an eviction that wraps a scorer eviction, written name(scorer, key=value...)
 WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional, "chunkkv": ChunkKV, "perchunk": PerChunk, "merging": Merging, "blockwise": Blockwise, "think": ThinK, "entropy-chunkkv": EntropyGatedChunkKV,
             "criticalkv": CriticalKV, "keyrerotation": KeyRerotation,
@@ -57,7 +57,7 @@ WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional
 # A method that is a selection and an eviction in one paper: its name stands for both (its
 # arguments go to the first).
 ALIASES = {"pyramidinfer": ("pyramidinfer-prefill", "pyramidinfer-decode")}
-BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "leverage", "non-causal-attention", "compactor", "squeezed", "finch", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "perchunk", "merging", "blockwise", "think", "entropy-chunkkv", "criticalkv", "keyrerotation", "decoding", "perlayer", "dms", "cam", "cam-decoding", "fastkv", "asl", "gemfilter", "asl-2pass",
+BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "leverage", "non-causal-attention", "compactor", "capkv", "squeezed", "finch", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "perchunk", "merging", "blockwise", "think", "entropy-chunkkv", "criticalkv", "keyrerotation", "decoding", "perlayer", "dms", "cam", "cam-decoding", "fastkv", "asl", "gemfilter", "asl-2pass",
            "jaccard-stop", "entropy-stop", "lazyllm", "pyramidinfer", "pyramidinfer-prefill", "pyramidinfer-decode", "oracle")
 DESCRIPTIONS = {
     "full": "the full cache (no selection, no eviction)",
@@ -83,6 +83,8 @@ DESCRIPTIONS = {
                  "Durme 2025; kvpress's CompactorPress)",
     "finch": "eviction: SnapKV's score with the question as the window, normalised by the keys each question token "
              "sees, the kept keys re-rotated (Finch, Corallo and Papotti 2024; kvpress's FinchPress)",
+    "capkv": "eviction: per KV head the values that add most capacity, weighted by how their keys align with the "
+             "queries' RoPE-averaged mean (CAPKV; kvpress's CapPress)",
     "squeezed": "retrieval: every entry kept; each generated token attends to the keys of the clusters (k-means of "
                 "the keys, per layer and head) whose estimated attention passes one threshold set from the window "
                 "(Squeezed Attention, Hooper et al. 2024); squeezed(percentile=0.7) attends to fewer",
@@ -392,7 +394,7 @@ def model_defaults(model_name: str, num_layers: int, config=None, calibration=No
         "full": {}, "oracle": dict(SCORING), "snapkv": dict(SCORING), "streaming": {},
         **{name: {"window": SCORING["window"]} for name in ("knorm", "keydiff", "random", "tova", "observed-attention", "lagkv",
                                                          "expected-attention", "cur", "finch", "leverage",
-                                                         "non-causal-attention", "compactor")},
+                                                         "non-causal-attention", "compactor", "capkv")},
         "topp": {"window": SCORING["window"]},
         "asl": asl, "asl-2pass": asl,
         "fastkv": {"layer": scaled_layer(15, num_layers), **SCORING},

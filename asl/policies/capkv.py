@@ -1,0 +1,61 @@
+"""CAPKV (arXiv 2604.25975; kvpress's CapPress): an entry is worth what it adds to the capacity
+its value spans, weighted by how well its key aligns with where the queries point.
+docs/algorithms.md section 19."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from .base import LayerView, check_positive_int, is_number
+from .expected_attention import mean_rotation
+from .scorer import ScorerEviction
+
+
+@dataclass
+class CapKV(ScorerEviction):
+    """Per query head, the anchor mu is the mean of the pre-RoPE queries after the first `n_sink`
+    tokens, turned by RoPE's rotation averaged over the next `n_future_positions` positions;
+    w_j = exp(tau * cos(k_j, mu)) (shifted by the head's largest), and entry j scores
+    w_j * v_j' A^-1 v_j with A = I + sum_i w_i v_i v_i' (a weighted leverage of its value), over
+    the entries after the sinks; averaged over each KV head's query heads. The sinks score above
+    everything. kvpress's is `window=0` with `ratio`."""
+
+    tau: float = 5.0
+    n_future_positions: int = 512
+    n_sink: int = 4
+    epsilon: float = 1e-6
+    decodes = False  # every query and the model's RoPE
+
+    def _check(self) -> None:
+        super()._check()
+        check_positive_int("n_future_positions", self.n_future_positions)
+        check_positive_int("n_sink", self.n_sink, 0)
+        for name in ("tau", "epsilon"):
+            if not is_number(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
+
+    def score(self, view: LayerView) -> torch.Tensor:
+        queries = view.prerope_queries(type(self).__name__)
+        b, h, n, d = queries.shape
+        g = view.keys.shape[1]
+        rotation = mean_rotation(view.rope, view.positions[:, -1] + 1, self.n_future_positions, d)
+        scores = torch.zeros(b, g, n, device=queries.device)
+        for i, alive in enumerate(view.alive.tolist()):
+            first = n - alive + self.n_sink  # the first real column after the sinks
+            if alive <= self.n_sink:
+                scores[i, :, n - alive:] = 1.0  # nothing but sinks: all alike
+                continue
+            anchor = (queries[i, :, first:] @ rotation[i].T).mean(1)  # [H, d]
+            keys, values = (x[i, :, first:].float().repeat_interleave(h // g, dim=0) for x in (view.keys, view.values))
+            alignment = (F.normalize(keys, dim=-1) @ F.normalize(anchor, dim=-1)[:, :, None])[..., 0].clamp(-1, 1)
+            logits = self.tau * alignment
+            weights = torch.exp(logits - logits.amax(-1, keepdim=True))  # [H, n']
+            scaled = values * torch.sqrt(weights + self.epsilon)[..., None]
+            capacity = torch.eye(d, device=values.device) + scaled.transpose(1, 2) @ scaled  # [H, d, d]
+            leverage = (values.transpose(1, 2) * torch.linalg.solve(capacity, values.transpose(1, 2))).sum(1)
+            own = (weights * leverage).view(g, h // g, -1).mean(1)  # [G, n']
+            scores[i, :, first:] = own
+            scores[i, :, n - alive: first] = own.max() + 1  # the sinks, above every entry
+        return scores[:, :, : n - self.window]
