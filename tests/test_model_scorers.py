@@ -49,12 +49,17 @@ def rotation(position: int) -> torch.Tensor:
     return r
 
 
+def head_inputs(view, pre, g: int, future: int):
+    """One KV head's real keys and values (float64), the prompt's length, and RoPE's rotation
+    averaged over the `future` positions after it."""
+    pad, n = view.width - int(view.alive[0]), pre.shape[1]
+    keys, values = view.keys[0, g, pad:].double(), view.values[0, g, pad:].double()
+    return keys, values, n, sum(rotation(n + f) for f in range(future)) / future
+
+
 def expected_by_hand(view, pre, g: int, sink: int, future: int, covariance: bool, vnorm: bool) -> list[float]:
     """One KV head's expected-attention scores over the real entries (the paper's eq., kvpress's code)."""
-    pad = view.width - int(view.alive[0])
-    n = pre.shape[1]
-    keys, values = view.keys[0, g, pad:].double(), view.values[0, g, pad:].double()
-    rot = sum(rotation(n + f) for f in range(future)) / future
+    keys, values, n, rot = head_inputs(view, pre, g, future)
     per_head = []
     for h in range(g * (H // G), (g + 1) * (H // G)):
         q = pre[h, sink:]
@@ -352,10 +357,7 @@ def test_the_sketch_repeats_and_differs_by_seed_and_layer():
 
 def capkv_by_hand(view, pre, g: int, sink: int, future: int, tau: float, eps: float) -> list[float]:
     """One KV head's CAPKV scores over the real entries (kvpress's CapPress, written out)."""
-    pad = view.width - int(view.alive[0])
-    n = pre.shape[1]
-    keys, values = view.keys[0, g, pad:].double(), view.values[0, g, pad:].double()
-    rot = sum(rotation(n + f) for f in range(future)) / future
+    keys, values, n, rot = head_inputs(view, pre, g, future)
     per_head = []
     for h in range(g * (H // G), (g + 1) * (H // G)):
         anchor = rot @ pre[h, sink:].mean(0)

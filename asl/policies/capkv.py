@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from .base import LayerView, check_positive_int, is_number
-from .expected_attention import mean_rotation
+from .expected_attention import after_sinks, mean_rotation
 from .scorer import ScorerEviction
 
 
@@ -41,12 +41,8 @@ class CapKV(ScorerEviction):
         b, h, n, d = queries.shape
         g = view.keys.shape[1]
         rotation = mean_rotation(view.rope, view.positions[:, -1] + 1, self.n_future_positions, d)
-        scores = torch.zeros(b, g, n, device=queries.device)
-        for i, alive in enumerate(view.alive.tolist()):
-            first = n - alive + self.n_sink  # the first real column after the sinks
-            if alive <= self.n_sink:
-                scores[i, :, n - alive:] = 1.0  # nothing but sinks: all alike
-                continue
+
+        def score_one(i: int, first: int) -> torch.Tensor:
             anchor = (queries[i, :, first:] @ rotation[i].T).mean(1)  # [H, d]
             keys, values = (x[i, :, first:].float().repeat_interleave(h // g, dim=0) for x in (view.keys, view.values))
             alignment = (F.normalize(keys, dim=-1) @ F.normalize(anchor, dim=-1)[:, :, None])[..., 0].clamp(-1, 1)
@@ -55,7 +51,6 @@ class CapKV(ScorerEviction):
             scaled = values * torch.sqrt(weights + self.epsilon)[..., None]
             capacity = torch.eye(d, device=values.device) + scaled.transpose(1, 2) @ scaled  # [H, d, d]
             leverage = (values.transpose(1, 2) * torch.linalg.solve(capacity, values.transpose(1, 2))).sum(1)
-            own = (weights * leverage).view(g, h // g, -1).mean(1)  # [G, n']
-            scores[i, :, first:] = own
-            scores[i, :, n - alive: first] = own.max() + 1  # the sinks, above every entry
-        return scores[:, :, : n - self.window]
+            return (weights * leverage).view(g, h // g, -1).mean(1)  # [G, n']
+
+        return after_sinks(view, self.n_sink, self.window, score_one)

@@ -29,6 +29,23 @@ def mean_rotation(rope, start: torch.Tensor, count: int, d: int) -> torch.Tensor
     return out
 
 
+def after_sinks(view: LayerView, n_sink: int, window: int, score_one) -> torch.Tensor:
+    """Prefix scores [B, G, n - window] of a scorer that skips the first `n_sink` real tokens:
+    `score_one(i, first)` gives sequence i's [G, n'] from column `first` on; its sinks then score
+    above every entry, and a sequence of sinks only scores all alike."""
+    b, g, n = view.keys.shape[0], view.keys.shape[1], view.width
+    scores = torch.zeros(b, g, n, device=view.keys.device)
+    for i, alive in enumerate(view.alive.tolist()):
+        first = n - alive + n_sink  # the first real column after the sinks
+        if alive <= n_sink:
+            scores[i, :, n - alive:] = 1.0
+            continue
+        own = score_one(i, first)
+        scores[i, :, first:] = own
+        scores[i, :, n - alive: first] = own.max() + 1
+    return scores[:, :, : n - window]
+
+
 @dataclass
 class ExpectedAttention(ScorerEviction):
     """Expected attention (Devoto et al., arXiv 2510.00636; kvpress's ExpectedAttentionPress):
@@ -59,12 +76,8 @@ class ExpectedAttention(ScorerEviction):
         b, h, n, d = queries.shape
         g = view.keys.shape[1]
         rotation = mean_rotation(view.rope, view.positions[:, -1] + 1, self.n_future_positions, d)
-        scores = torch.zeros(b, g, n, device=queries.device)
-        for i, alive in enumerate(view.alive.tolist()):
-            first = n - alive + self.n_sink  # the first real column after the sinks
-            if alive <= self.n_sink:
-                scores[i, :, n - alive:] = 1.0  # nothing but sinks: all alike
-                continue
+
+        def score_one(i: int, first: int) -> torch.Tensor:
             q = queries[i, :, first:]  # [H, n', d]
             mean = q.mean(1)  # [H, d]
             mean = mean @ rotation[i].T
@@ -77,9 +90,9 @@ class ExpectedAttention(ScorerEviction):
             own = logits.softmax(-1).view(g, h // g, -1).mean(1)  # [G, n']
             if self.use_vnorm:
                 own = (own + self.epsilon) * torch.linalg.vector_norm(view.values[i, :, first:].float(), dim=-1)
-            scores[i, :, first:] = own
-            scores[i, :, n - alive: first] = own.max() + 1  # the sinks, above every entry
-        return scores[:, :, : n - self.window]
+            return own
+
+        return after_sinks(view, self.n_sink, self.window, score_one)
 
 
 def output_l1(view: LayerView, who: str) -> torch.Tensor:
