@@ -13,14 +13,17 @@
 # one-shot selections read the layers they share from it, so a sample costs about one full
 # prefill plus each method's own layers and decoding; the two-pass methods run alone. Decoding
 # dominates then: a short try (SAMPLES=1 LENGTH=1024, 1 thread beside other work) took about
-# 5 s a method-sample; at 4,096 tokens on 2 cores in bf16 expect about 200 s a sample for the
-# 36 methods, so 30 samples of 5 tasks is about 8 h and SAMPLES=15 about 4 h (resumable: a
+# 5 s a method-sample; at 4,096 tokens on 2 cores in bf16 expect about 240 s a sample for the
+# 43 methods, so 30 samples of 5 tasks is about 10 h and SAMPLES=15 about 5 h (resumable: a
 # later run with SAMPLES=30 adds the rest to the same folder). The
 # folder's config.json refuses a resume with other settings or other library code: resume it
 # from the commit it records (`git worktree add runs/wt <commit>`), not from a newer one.
 #
 # LazyLLM revives tokens while decoding, so its KV grows past its prefill's (its trace's
-# peak_kv_tokens); its static form composes with SnapKV at the budget.
+# peak_kv_tokens); its static form composes with SnapKV at the budget. Squeezed Attention keeps
+# every entry (the full cache's KV) and is there for what its retrieval costs in answers; its
+# records' attended_share is what it saves. ThinK keeps SnapKV's entries with half of each key's
+# channels zeroed (no memory saved, as in kvpress).
 # Left out, and why: topp and dms keep what a threshold says, not a budget; simlayerkv keeps
 # whole layers (its own budget); decoding(...) only differs from its scorer on answers longer
 # than its `every`; the oracle is not a method one could deploy (its runs are in
@@ -36,7 +39,8 @@ COMPOSED=fastkv+snapkv,asl+snapkv,gemfilter+snapkv,asl-2pass+snapkv,jaccard-stop
 COMPOSED+=,"lazyllm(revive=False)+snapkv"
 EVICTIONS=snapkv,streaming,knorm,keydiff,random,tova,observed-attention,lagkv,expected-attention,cur,leverage
 EVICTIONS+=,non-causal-attention,compactor,finch,"adakv(snapkv)","pyramidkv(snapkv)","chunkkv(snapkv)"
-EVICTIONS+=,"criticalkv(snapkv)","cam(knorm)","keyrerotation(knorm)"
+EVICTIONS+=,"criticalkv(snapkv)","cam(knorm)","keyrerotation(knorm)",capkv,"merging(knorm)","perchunk(snapkv)"
+EVICTIONS+=,"entropy-chunkkv(snapkv)","blockwise(keydiff)","think(snapkv)",squeezed
 "$PY" -m asl.bench --model qwen2.5-0.5b --lengths "$LENGTH" --samples "${SAMPLES:-30}" --seed 0 \
   --tasks kv_retrieval,niah_multikey_2,niah_multikey_3,niah_multiquery,vt \
   --budget "$BUDGET" --select-tokens "$BUDGET" --threads "${THREADS:-2}" --share-prefix --reference asl \
