@@ -95,6 +95,22 @@ def answer(model, cache, context_length: int, question_ids: list[int], new_token
     return out
 
 
+def decode_under(kvpress, model, cls: str, kwargs: dict, prompt: dict, new_tokens: int) -> list[int]:
+    """The context and its question as one prompt, then greedy tokens, all under the press (a
+    decoding press leaves the prefill alone and cuts the cache while the answer is generated)."""
+    from transformers import DynamicCache
+
+    inner = next(k for k in ("base_press", "press") if k in kwargs)
+    scorer, scorer_kwargs = kwargs[inner]
+    press = getattr(kvpress, cls)(**{inner: getattr(kvpress, scorer)(**scorer_kwargs)},
+                                  **{k: v for k, v in kwargs.items() if k != inner})
+    model.set_attn_implementation("sdpa")  # as kvpress's pipeline runs; its patch reads masked_key_indices
+    for layer in model.model.layers:
+        layer.self_attn.masked_key_indices = None
+    with press(model):
+        return answer(model, DynamicCache(), 0, prompt["context_ids"] + prompt["question_ids"], new_tokens)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-dir", required=True)
@@ -113,6 +129,12 @@ def main() -> None:
     if getattr(model.config, "head_dim", None) is None:  # CriticalKVPress reads config.head_dim, which
         model.config.head_dim = model.config.hidden_size // model.config.num_attention_heads  # Qwen2Config lacks
     results, full = {}, {}
+    if cases.get("decoding"):  # kvpress_decoding_parity.py: the press acts while the answer is generated
+        for name, (cls, kwargs) in cases["presses"].items():
+            for prompt in cases["prompts"]:
+                results.setdefault(name, []).append(
+                    {"id": prompt["id"], "answer": decode_under(kvpress, model, cls, kwargs, prompt, cases["new_tokens"])})
+        cases["presses"] = {}
     for name, (cls, kwargs) in cases["presses"].items():
         for prompt in cases["prompts"]:
             # ChunkKVPress refuses attention weights: sdpa for it (and for the keys it is matched against)
