@@ -85,7 +85,8 @@ def main() -> int:
         rows.append([m, f"{METHODS[m][0]}({', '.join(f'{k}={v}' for k, v in METHODS[m][1].items())})".replace("'", ""),
                      f"{sum(same)} of {len(same)}", f"{sum(o.trace.decode_compactions > 0 for o, _ in pairs)} of {len(pairs)}"])
         per_prompt[m] = [{"id": c["id"], "answer_equal": s, "ours": tokenizer.decode(o.tokens),
-                          "kvpress": tokenizer.decode(t["answer"])}
+                          "kvpress": tokenizer.decode(t["answer"]),
+                          "layer_cuts_ours": o.trace.decode_compactions}
                          for c, (o, t), s in zip(cases, pairs, same)]
     table = tabulate.markdown(["ours", "kvpress", "answers equal", "answers with a cut (ours)"], rows)
     result = {"command": "python " + " ".join(sys.argv), "model": args.model, "tokens": args.tokens,

@@ -100,7 +100,8 @@ def recording(policy) -> tuple[dict, dict]:
     """Make `policy` record, per layer and KV head, the entries it keeps of the context it
     compresses next, and the entries whose score ties with the cut (equal within 1e-6 to the
     last one kept by score: either side of such a tie is the press's choice too; none for a
-    wrapper but KeyRerotation, which keeps what its scorer keeps). Read after the prefill."""
+    wrapper but KeyRerotation, Merging and ThinK, which keep what their scorer keeps). Read after
+    the prefill."""
     kept, tied = {}, {}
     base = type(policy)
 
@@ -109,7 +110,7 @@ def recording(policy) -> tuple[dict, dict]:
         kept[layer] = [list(range(view.width))] * view.keys.shape[1] if out is None else \
             [[c for c in row if c >= 0] for row in out[0].tolist()]
         tied[layer] = [[] for _ in kept[layer]]
-        scorer = self.scorer if isinstance(self, asl.KeyRerotation) else self
+        scorer = self.scorer if isinstance(self, (asl.KeyRerotation, asl.Merging, asl.ThinK)) else self
         if out is not None and isinstance(scorer, asl.ScorerEviction):
             scores = prefix_scores(scorer, scorer.score(view), view, scorer.cached_heads(view))[0]
             for g, cols in enumerate(kept[layer]):

@@ -18,7 +18,7 @@ def test_our_scorers_keep_what_kvpress_keeps(tmp_path):
     if not KVPRESS_PY.exists():
         pytest.skip(".venv-kvpress missing (bash benchmarks/peers_env.sh)")
     methods = ("knorm,tova,snapkv,lagkv,chunkkv(knorm),expected-attention,cur,criticalkv(expected-attention),finch,"
-               "non-causal-attention,finch(chunk_length=128)")
+               "non-causal-attention,finch(chunk_length=128),capkv,merging(knorm),think(snapkv)")
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kvpress_parity.py"), "--model", "smollm2-135m",
                     "--prompts", "2", "--tokens", "300", "--ratio", "0.6", "--new-tokens", "4", "--threads", "2",
                     "--methods", methods, "--out", str(tmp_path)], check=True, capture_output=True, timeout=900)
@@ -32,3 +32,20 @@ def test_our_scorers_keep_what_kvpress_keeps(tmp_path):
             if all(j == 1.0 for j in row["layer_jaccard"]) and row["kvpress"] is not None:
                 assert row["answer_equal"], (name, row)
     assert "kvpress-parity.md" in {p.name for p in tmp_path.iterdir()}
+
+
+@pytest.mark.slow  # two model loads and a kvpress process
+def test_our_decoding_evictions_answer_as_kvpress_decoding_presses(tmp_path):
+    """benchmarks/kvpress_decoding_parity.py: the cache cut while the answer is generated, every 8
+    tokens, by DecodingEviction (budget and ratio) and ThresholdEviction(decoding=True), answers
+    token for token as kvpress's DecodingPress, CompressionRatioDecodingPress and DMSPress."""
+    if not KVPRESS_PY.exists():
+        pytest.skip(".venv-kvpress missing (bash benchmarks/peers_env.sh)")
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kvpress_decoding_parity.py"), "--model", "smollm2-135m",
+                    "--prompts", "2", "--tokens", "600", "--new-tokens", "24", "--threads", "2", "--out", str(tmp_path)],
+                   check=True, capture_output=True, timeout=900)
+    result = json.loads((tmp_path / "kvpress-decoding-parity.json").read_text())
+    for name, rows in result["per_prompt"].items():
+        assert all(row["answer_equal"] for row in rows), (name, rows)
+        if name.startswith("decoding"):  # the cache was cut while answering: what is compared is the cut
+            assert all(row["layer_cuts_ours"] > 0 for row in rows), (name, rows)
