@@ -275,6 +275,7 @@ def run_layers(model, h: torch.Tensor, tokens: AliveTokens, start: int, extra_sl
             begun = time.perf_counter()
             merged = eviction.merge(i, view, keep) if keep is not None and layer.window is None else None
             channels = eviction.key_channels(i, view, keep) if eviction is not None else None
+            sparse = eviction.retrieval(i, view, layers[-1].k.shape[2]) if eviction is not None else None
             policy_s += time.perf_counter() - begun
             if merged is not None:  # the eviction folded what it dropped into the values it kept
                 layers[-1].v[:, :, : merged.shape[2]] = merged.to(v.dtype)
@@ -284,10 +285,7 @@ def run_layers(model, h: torch.Tensor, tokens: AliveTokens, start: int, extra_sl
                     stored.k.shape[1] // channels.shape[1], dim=1)[:, :, None, :].to(stored.k.dtype)
             if recent:
                 layers[-1].keep_queries(q, tokens.valid, tokens.positions, recent)
-            if eviction is not None:
-                begun = time.perf_counter()
-                layers[-1].sparse = eviction.retrieval(i, view, layers[-1].k.shape[2])
-                policy_s += time.perf_counter() - begun
+            layers[-1].sparse = sparse
         del q, k, v, view
         if chosen is None:
             continue

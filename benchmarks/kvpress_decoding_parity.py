@@ -12,12 +12,8 @@ every 8 generated tokens, 40 new tokens, so 4 cuts per answer.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import pathlib
-import subprocess
 import sys
-import tempfile
 
 import torch
 
@@ -25,8 +21,7 @@ import asl
 from asl.bench.report import rows as tabulate
 from asl.generation import generate_ids
 from asl.generation_settings import resolve
-from asl.models.loading import resolve_checkpoint
-from kvpress_parity import KVPRESS_PY, ROOT, prompts
+from kvpress_parity import KVPRESS_PY, arguments, prompts, run_kvpress
 
 REPEAT = "\n\nRepeat the text above, word for word, from its first sentence:\n"
 # a name -> (kvpress's class, its arguments, our eviction)
@@ -46,16 +41,7 @@ METHODS = {
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="qwen2.5-0.5b")
-    ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--prompts", type=int, default=20)
-    ap.add_argument("--tokens", type=int, default=1024, help="context length (tokens)")
-    ap.add_argument("--new-tokens", type=int, default=40)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=pathlib.Path, required=True)
-    args = ap.parse_args()
+    args = arguments(__doc__, METHODS, new_tokens=40).parse_args()
     methods = [m for m in args.methods.split(",") if m]
     if [m for m in methods if m not in METHODS] or not KVPRESS_PY.exists():
         raise SystemExit(f"--methods: one of {', '.join(METHODS)}; {KVPRESS_PY} from benchmarks/peers_env.sh")
@@ -67,17 +53,10 @@ def main() -> int:
     settings = resolve(None, max_new_tokens=args.new_tokens)
     ours = {m: [generate_ids(model, tokenizer, [c["context_ids"] + c["question_ids"]], settings,
                              eviction=METHODS[m][2](), single=True) for c in cases] for m in methods}
-    with tempfile.TemporaryDirectory() as tmp:
-        spec = pathlib.Path(tmp) / "cases.json"
-        spec.write_text(json.dumps({"decoding": True, "new_tokens": args.new_tokens,
-                                    "presses": {m: METHODS[m][:2] for m in methods},
-                                    "prompts": [{k: c[k] for k in ("id", "context_ids", "question_ids")}
-                                                for c in cases]}))
-        out = pathlib.Path(tmp) / "kvpress.json"
-        subprocess.run([str(KVPRESS_PY), str(ROOT / "benchmarks" / "kvpress_parity_worker.py"), "--model-dir",
-                        str(resolve_checkpoint(args.model)), "--cases", str(spec), "--out", str(out),
-                        "--threads", str(args.threads)], check=True)
-        theirs = json.loads(out.read_text())
+    theirs = run_kvpress({"decoding": True, "new_tokens": args.new_tokens,
+                          "presses": {m: METHODS[m][:2] for m in methods},
+                          "prompts": [{k: c[k] for k in ("id", "context_ids", "question_ids")} for c in cases]},
+                         args.model, args.threads)
     rows, per_prompt = [], {}
     for m in methods:
         pairs = list(zip(ours[m], theirs["results"][m]))

@@ -147,17 +147,34 @@ def compare(ours: list, theirs: list) -> dict:
             "kvpress_errors": sorted({t["answer_error"] for t in theirs if t.get("answer_error")})}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(doc: str, methods: dict, new_tokens: int) -> argparse.ArgumentParser:
+    """The options this script and kvpress_decoding_parity.py share."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="qwen2.5-0.5b")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(methods))
     ap.add_argument("--prompts", type=int, default=20)
     ap.add_argument("--tokens", type=int, default=1024, help="context length (tokens)")
-    ap.add_argument("--ratio", type=float, default=0.75, help="the share of entries evicted (kvpress's)")
-    ap.add_argument("--new-tokens", type=int, default=12)
+    ap.add_argument("--new-tokens", type=int, default=new_tokens)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=pathlib.Path, required=True)
+    return ap
+
+
+def run_kvpress(spec: dict, model: str, threads: int) -> dict:
+    """kvpress's side (kvpress_parity_worker.py in .venv-kvpress) of the cases `spec` describes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cases, out = pathlib.Path(tmp) / "cases.json", pathlib.Path(tmp) / "kvpress.json"
+        cases.write_text(json.dumps(spec))
+        subprocess.run([str(KVPRESS_PY), str(ROOT / "benchmarks" / "kvpress_parity_worker.py"), "--model-dir",
+                        str(resolve_checkpoint(model)), "--cases", str(cases), "--out", str(out),
+                        "--threads", str(threads)], check=True)
+        return json.loads(out.read_text())
+
+
+def main() -> int:
+    ap = arguments(__doc__, METHODS, new_tokens=12)
+    ap.add_argument("--ratio", type=float, default=0.75, help="the share of entries evicted (kvpress's)")
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
@@ -181,17 +198,10 @@ def main() -> int:
                                               "tied": [tied[i] for i in range(len(tied))], "answer": answer.tokens})
         print(f"asl {name}: {len(cases)} prompts", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        spec = pathlib.Path(tmp) / "cases.json"
-        spec.write_text(json.dumps({"ratio": args.ratio, "new_tokens": args.new_tokens,
-                                    "presses": {m: METHODS[m][:2] for m in methods},
-                                    "prompts": [{k: c[k] for k in ("id", "context_ids", "question_ids")}
-                                                for c in cases]}))
-        out = pathlib.Path(tmp) / "kvpress.json"
-        subprocess.run([str(KVPRESS_PY), str(ROOT / "benchmarks" / "kvpress_parity_worker.py"), "--model-dir",
-                        str(resolve_checkpoint(args.model)), "--cases", str(spec), "--out", str(out),
-                        "--threads", str(args.threads)], check=True)
-        theirs = json.loads(out.read_text())
+    theirs = run_kvpress({"ratio": args.ratio, "new_tokens": args.new_tokens,
+                          "presses": {m: METHODS[m][:2] for m in methods},
+                          "prompts": [{k: c[k] for k in ("id", "context_ids", "question_ids")} for c in cases]},
+                         args.model, args.threads)
     figures = {m: compare(ours[m], theirs["results"][m]) for m in methods}
     result = {"command": "python " + " ".join(sys.argv), "model": args.model, "tokens": args.tokens, "ratio": args.ratio,
               "prompts": args.prompts, "versions": theirs["versions"], "methods": figures,

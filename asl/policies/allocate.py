@@ -45,6 +45,16 @@ class ScorerWrapper:
         return twin
 
 
+class KeepsScorersCut:
+    """A wrapper that stores what its scorer keeps and changes only how (asl.CAM, asl.Merging)."""
+
+    def cached_heads(self, view: LayerView) -> int:
+        return self.scorer.cached_heads(view)
+
+    def keep(self, layer: int, view: LayerView) -> torch.Tensor | None:
+        return self.scorer.keep(layer, view)
+
+
 @dataclass
 class AdaKV(ScorerWrapper, EvictionPolicy):
     """AdaKV (Feng et al., arXiv 2407.11550): a layer's budget shared among its KV heads by the

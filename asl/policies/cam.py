@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .allocate import ScorerWrapper
+from .allocate import KeepsScorersCut, ScorerWrapper
 from .base import DecodeView, EvictionPolicy, LayerView, PrefillInfo, check_positive_int, keep_from_mask
 from .decoding import cache_as_prompt, left_padded
 from .scorer import ScorerEviction, prefix_scores
@@ -27,7 +27,7 @@ def window_attention(view: LayerView, queries: int) -> torch.Tensor:
 
 
 @dataclass
-class CAM(ScorerWrapper, EvictionPolicy):
+class CAM(KeepsScorersCut, ScorerWrapper, EvictionPolicy):
     """Cache merging (CaM, Zhang et al., ICML 2024; kvpress's CAMPress) around a scorer: the scorer
     chooses what each KV head keeps; each entry it evicts is then merged into the `merge_budget`
     kept entries that follow it: with probability min(1, A_i / mean of A over those), A the
@@ -51,12 +51,6 @@ class CAM(ScorerWrapper, EvictionPolicy):
         check_positive_int("merge_budget", self.merge_budget)
         check_positive_int("attention_window", self.attention_window)
         check_positive_int("seed", self.seed, 0)
-
-    def cached_heads(self, view: LayerView) -> int:
-        return self.scorer.cached_heads(view)
-
-    def keep(self, layer: int, view: LayerView) -> torch.Tensor | None:
-        return self.scorer.keep(layer, view)
 
     def merge(self, layer: int, view: LayerView, keep: torch.Tensor) -> torch.Tensor | None:
         b, heads, k = keep.shape

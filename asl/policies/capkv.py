@@ -8,13 +8,12 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from .base import LayerView, check_positive_int, is_number
-from .expected_attention import after_sinks, mean_rotation
-from .scorer import ScorerEviction
+from .base import LayerView, is_number
+from .expected_attention import FutureQueryScorer, after_sinks
 
 
 @dataclass
-class CapKV(ScorerEviction):
+class CapKV(FutureQueryScorer):
     """Per query head, the anchor mu is the mean of the pre-RoPE queries after the first `n_sink`
     tokens, turned by RoPE's rotation averaged over the next `n_future_positions` positions;
     w_j = exp(tau * cos(k_j, mu)) (shifted by the head's largest), and entry j scores
@@ -23,24 +22,17 @@ class CapKV(ScorerEviction):
     everything. kvpress's is `window=0` with `ratio`."""
 
     tau: float = 5.0
-    n_future_positions: int = 512
-    n_sink: int = 4
     epsilon: float = 1e-6
-    decodes = False  # every query and the model's RoPE
 
     def _check(self) -> None:
         super()._check()
-        check_positive_int("n_future_positions", self.n_future_positions)
-        check_positive_int("n_sink", self.n_sink, 0)
         for name in ("tau", "epsilon"):
             if not is_number(getattr(self, name)) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
 
     def score(self, view: LayerView) -> torch.Tensor:
-        queries = view.prerope_queries(type(self).__name__)
-        b, h, n, d = queries.shape
-        g = view.keys.shape[1]
-        rotation = mean_rotation(view.rope, view.positions[:, -1] + 1, self.n_future_positions, d)
+        queries, rotation = self.future_queries(view)
+        h, d, g = queries.shape[1], queries.shape[-1], view.keys.shape[1]
 
         def score_one(i: int, first: int) -> torch.Tensor:
             anchor = (queries[i, :, first:] @ rotation[i].T).mean(1)  # [H, d]

@@ -69,16 +69,17 @@ class DecodingEviction(ScorerWrapper, EvictionPolicy):
             return None
         valid = view.valid[:, :, : view.length]
         counts = valid.sum(-1)  # [B, G]
-        targets = [self.budget] * counts.shape[0] if self.ratio is None else \
+        targets = self.budget if self.ratio is None else \
             [max(1, int((p + view.step) * (1 - self.ratio))) for p in view.prompt_lengths]
-        if not bool((counts > torch.tensor(targets, device=counts.device)[:, None]).any()):
+        limit = targets if self.ratio is None else torch.tensor(targets, device=counts.device)[:, None]
+        if not bool((counts > limit).any()):
             return None
         if bool((counts != counts[:, :1]).any()):
             raise ValueError(f"DecodingEviction: the heads of layer {layer} hold {counts[0].tolist()} entries (sequence "
                              "0); the scorer reads them as one prompt, so every head must hold as many")
         slots = left_padded(keep_from_mask(valid), counts)  # [B, G, n] the slots in use, as a left-padded prompt
         prompt = self._as_prompt(layer, view, slots)
-        keep = self.scorer.keep_within(prompt, self.budget if self.ratio is None else targets)
+        keep = self.scorer.keep_within(prompt, targets)
         if keep is None:
             return None
         chosen = torch.where(keep >= 0, slots.gather(-1, keep.clamp(min=0)), -1)

@@ -47,7 +47,29 @@ def after_sinks(view: LayerView, n_sink: int, window: int, score_one) -> torch.T
 
 
 @dataclass
-class ExpectedAttention(ScorerEviction):
+class FutureQueryScorer(ScorerEviction):
+    """What expected attention and CAPKV share: the prompt's pre-RoPE queries after the first
+    `n_sink` tokens, read as the queries to come by RoPE's rotation averaged over the next
+    `n_future_positions` positions; the sinks score above everything (`after_sinks`)."""
+
+    n_future_positions: int = 512
+    n_sink: int = 4
+    decodes = False  # the statistics of every query and the model's RoPE
+
+    def _check(self) -> None:
+        super()._check()
+        check_positive_int("n_future_positions", self.n_future_positions)
+        check_positive_int("n_sink", self.n_sink, 0)
+
+    def future_queries(self, view: LayerView) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pre-RoPE queries [B, H, n, d] in float32, the averaged rotation [B, d, d])."""
+        queries = view.prerope_queries(type(self).__name__)
+        return queries, mean_rotation(view.rope, view.positions[:, -1] + 1, self.n_future_positions,
+                                      queries.shape[-1])
+
+
+@dataclass
+class ExpectedAttention(FutureQueryScorer):
     """Expected attention (Devoto et al., arXiv 2510.00636; kvpress's ExpectedAttentionPress):
     the prompt's pre-RoPE queries after the first `n_sink` tokens summarised by their mean and
     (with `use_covariance`) covariance per head, turned by RoPE's rotation averaged over the
@@ -57,25 +79,18 @@ class ExpectedAttention(ScorerEviction):
     (`use_vnorm`; `epsilon` added first). The sinks score above everything. Per sequence over
     its real tokens; kvpress's is `window=0` with `ratio`."""
 
-    n_future_positions: int = 512
-    n_sink: int = 4
     use_covariance: bool = True
     use_vnorm: bool = True
     epsilon: float = 0.0
-    decodes = False  # the statistics of every query and the model's RoPE
 
     def _check(self) -> None:
         super()._check()
-        check_positive_int("n_future_positions", self.n_future_positions)
-        check_positive_int("n_sink", self.n_sink, 0)
         if not is_number(self.epsilon) or self.epsilon < 0:
             raise ValueError(f"epsilon must be a number >= 0, got {self.epsilon!r}")
 
     def score(self, view: LayerView) -> torch.Tensor:
-        queries = view.prerope_queries(type(self).__name__)
-        b, h, n, d = queries.shape
-        g = view.keys.shape[1]
-        rotation = mean_rotation(view.rope, view.positions[:, -1] + 1, self.n_future_positions, d)
+        queries, rotation = self.future_queries(view)
+        h, d, g = queries.shape[1], queries.shape[-1], view.keys.shape[1]
 
         def score_one(i: int, first: int) -> torch.Tensor:
             q = queries[i, :, first:]  # [H, n', d]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .allocate import ScorerWrapper
+from .allocate import KeepsScorersCut, ScorerWrapper
 from .base import EvictionPolicy, LayerView, is_number
 from .scorer import ScorerEviction
 
@@ -15,7 +15,7 @@ EPS = 1e-6  # kvpress's, in every norm and in the weight's denominator
 
 
 @dataclass
-class Merging(ScorerWrapper, EvictionPolicy):
+class Merging(KeepsScorersCut, ScorerWrapper, EvictionPolicy):
     """The scorer chooses what each KV head keeps; each evicted entry e then goes to the kept
     entry t whose key is most cosine-similar (s = cos(k_e, k_t)), if s >= `similarity_threshold`
     and s is among the `merge_fraction` highest of the head's evicted entries, with the weight
@@ -35,12 +35,6 @@ class Merging(ScorerWrapper, EvictionPolicy):
         if not is_number(self.merge_fraction) or not 0 < self.merge_fraction <= 1:
             raise ValueError(f"merge_fraction must be in (0, 1] (the share of evicted entries merged), "
                              f"got {self.merge_fraction!r}")
-
-    def cached_heads(self, view: LayerView) -> int:
-        return self.scorer.cached_heads(view)
-
-    def keep(self, layer: int, view: LayerView) -> torch.Tensor | None:
-        return self.scorer.keep(layer, view)
 
     def merge(self, layer: int, view: LayerView, keep: torch.Tensor) -> torch.Tensor | None:
         b, heads, _ = keep.shape
