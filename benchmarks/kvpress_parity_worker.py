@@ -160,7 +160,8 @@ def main() -> None:
                 kept, cache = kept_by_layer(press, model, prompt["context_ids"] + [delimiter] + prompt["question_ids"])
             elif rerotated:
                 kept, cache = kept_by_layer(press, model, prompt["context_ids"], press.press)
-            elif cls == "ComposedPress":  # the entries are the first press's topk; the second changes them after
+            elif cls == "ComposedPress" and "compression_ratio" not in kwargs["presses"][1][1]:  # the entries are the
+                # first press's topk, the second (ThinKPress) changes them after; two sequence presses: by matching
                 kept, cache = kept_by_layer(press, model, prompt["context_ids"], press.presses[0])
             elif not isinstance(press, kvpress.ScorerPress) or "press" in kwargs:  # by matching the stored keys
                 key = (prompt["id"], model.config._attn_implementation)  # the same attention, the same numbers

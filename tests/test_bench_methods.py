@@ -28,18 +28,31 @@ def test_parse_methods_with_arguments_and_custom_classes():
 @pytest.mark.parametrize("text, message", [
     ("fast", "unknown method 'fast'"), ("asl(0.5)", "key=value"), ("asl(tau=x)", "Python literals"),
     ("asl(tau=0.5", "must end with ')'"), ("full,full", "listed twice"), ("", "at least one"),
-    ("snapkv+asl", "composes a eviction with a selection; allowed: full, an eviction"),
-    ("asl+fastkv", "composes a selection with a selection"), ("snapkv+streaming", "composes a eviction with a eviction"),
-    ("asl+snapkv+streaming", "composes 3 policies"), ("asl+full", "full composes with nothing"),
+    ("snapkv+asl", "composes eviction with selection; allowed: full, an eviction"),
+    ("asl+fastkv", "composes selection with selection"),
+    ("asl+snapkv+fastkv", "composes selection with eviction with selection"), ("asl+full", "full composes with nothing"),
     ("asl(tau=[])", "the list for tau is empty"), ("asl(tau=[0.3,0.3])", "listed twice: asl(tau=0.3)"),
     ("asl+nope", "unknown method 'nope' in 'asl+nope'"),
     ("asl(tau=0.5,tau=0.6)", "'asl(tau=0.5,tau=0.6)': tau given more than once"),  # was: the last silently won
     ("adakv", "adakv wraps a scorer eviction: adakv(snapkv)"), ("pyramidkv(snapkv,snapkv)", "pyramidkv wraps a scorer"),
-    ("adakv(asl)", "wraps asl, which is not a scorer eviction"), ("adakv(snapkv)+asl", "composes a eviction with a selection"),
+    ("adakv(asl)", "wraps asl, which is not a scorer eviction"), ("adakv(snapkv)+asl", "composes eviction with selection"),
 ])
 def test_bad_method_specs(text, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         parse_methods(text)
+
+
+def test_evictions_in_a_row_build_a_chain_and_refuse_one_that_would_never_cut():
+    (spec,) = parse_methods("fastkv+snapkv(ratio=0.5)+knorm(budget=64)")
+    sel, ev = build(spec, default_params(spec, defaults("smollm2-135m", 30), 256, 128))
+    assert type(sel) is asl.FastKV and type(ev) is asl.Chain
+    assert (type(ev.first), ev.first.ratio, type(ev.second), ev.second.budget) == (asl.SnapKV, 0.5, asl.KNorm, 64)
+    (spec,) = parse_methods("snapkv+knorm")  # both at --budget: the second would keep all the first kept
+    with pytest.raises(ValueError, match=re.escape("second's budget (256) must be below first's (256)")):
+        build(spec, default_params(spec, defaults("smollm2-135m", 30), 256, 128))
+    (spec,) = parse_methods("snapkv(budget=128)+streaming")  # StreamingLLM rolls while decoding
+    with pytest.raises(ValueError, match="does more than cut the prefill"):
+        build(spec, default_params(spec, defaults("smollm2-135m", 30), 64, 128))
 
 
 @pytest.mark.parametrize("text, selection, eviction", [

@@ -484,3 +484,54 @@ def test_think_stores_zeroed_channels_and_answers_from_them():
     for cache in pre.cache.layers:
         zero = (cache.k[0, :, : cache.filled] == 0).all(1)  # [G, d]: channels zero on every stored key
         assert zero.sum(-1).tolist() == [cache.k.shape[-1] // 2] * cache.k.shape[1]
+
+
+def test_chain_cuts_what_the_first_kept_as_a_prompt_of_its_own():
+    """kvpress's ComposedPress of two sequence presses, written out: per KV head K-norm keeps
+    int(40 * 0.5) = 20 (window 2 of them), then KeyDiff keeps int(20 * 0.5) = 10 of those 20,
+    its window the last 2 kept and its anchor the mean unit key of the 18 kept before them."""
+    n = 40
+    view = layer(n, 51, pad=3)
+    chain = asl.Chain(asl.KNorm(window=2, ratio=0.5), asl.KeyDiff(window=2, ratio=0.5))
+    ours = kept(chain, view)
+    for g in range(G):
+        keys = view.keys[0, g, 3:].double()
+        by_norm = sorted(range(n - 2), key=lambda j: (float(keys[j].norm()), j))[:18]
+        first = sorted(by_norm) + [n - 2, n - 1]
+        prefix = first[:-2]
+        unit = torch.stack([keys[c] / keys[c].norm() for c in prefix]).mean(0)
+        score = {c: -float(keys[c] @ unit / (keys[c].norm() * unit.norm())) for c in prefix}
+        assert ours[g] == sorted(sorted(prefix, key=lambda c: (-score[c], c))[:8]) + [n - 2, n - 1]
+    assert ours[0] != ours[1]  # each head cut on its own entries
+
+
+def test_chain_after_a_first_that_keeps_everything_is_the_second_alone():
+    """The second reads the first's entries as a prompt: where that is the whole prompt (padding
+    and all), it chooses as it does alone, SnapKV's window queries included."""
+    q, k, v = (torch.randn(2, heads, 30, D, generator=torch.Generator().manual_seed(8)) for heads in (H, G, G))
+    valid = torch.ones(2, 30, dtype=torch.bool)
+    valid[1, :7] = False  # a shorter sequence, left-padded
+    index = (torch.arange(30)[None] - (~valid).sum(-1, keepdim=True)).clamp(min=0)
+    view = LayerView(0, q, k, v, index.clone(), index, valid)
+    second = asl.SnapKV(budget=12, window=4)
+    chain = asl.Chain(asl.KNorm(budget=64, window=4), second)
+    assert torch.equal(chain.keep(0, view), second.keep(0, view))
+
+
+@pytest.mark.parametrize("first, second, message", [
+    (lambda: asl.KNorm(budget=20, window=4), lambda: asl.KeyDiff(budget=20, window=4), "must be below first's"),
+    (lambda: asl.Merging(asl.KNorm(budget=20, window=4)), lambda: asl.KeyDiff(budget=10, window=4),
+     "does more than cut the prefill"),
+    (lambda: asl.KNorm(budget=20, window=4), lambda: asl.DecodingEviction(asl.KNorm(window=4), budget=10),
+     "does more than cut the prefill"),
+    (lambda: asl.KNorm(budget=20, window=4), lambda: "snapkv", "second must be an EvictionPolicy"),
+])
+def test_chain_refuses_what_it_cannot_compose(first, second, message):
+    with pytest.raises(ValueError, match=message):
+        asl.Chain(first(), second())
+
+
+def test_chain_refuses_a_first_that_keeps_per_query_head():
+    view = layer(30, 3)
+    with pytest.raises(ValueError, match="must keep per KV head"):
+        asl.Chain(asl.SnapKV(budget=20, window=4, per="query_head"), asl.KNorm(budget=10, window=4)).keep(0, view)

@@ -18,13 +18,15 @@ def test_our_scorers_keep_what_kvpress_keeps(tmp_path):
     if not KVPRESS_PY.exists():
         pytest.skip(".venv-kvpress missing (bash benchmarks/peers_env.sh)")
     methods = ("knorm,tova,snapkv,lagkv,chunkkv(knorm),expected-attention,cur,criticalkv(expected-attention),finch,"
-               "non-causal-attention,finch(chunk_length=128),capkv,merging(knorm),think(snapkv)")
+               "non-causal-attention,finch(chunk_length=128),capkv,merging(knorm),think(snapkv),snapkv+knorm")
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kvpress_parity.py"), "--model", "smollm2-135m",
                     "--prompts", "2", "--tokens", "300", "--ratio", "0.6", "--new-tokens", "4", "--threads", "2",
                     "--methods", methods, "--out", str(tmp_path)], check=True, capture_output=True, timeout=900)
     result = json.loads((tmp_path / "kvpress-parity.json").read_text())
     for name, f in result["methods"].items():
-        assert f["layers_same_up_to_ties"] == f["layers"] == 2 * 30, name  # smollm2-135m: 30 layers; a tie may go either way
+        assert f["layers"] == 2 * 30, name  # smollm2-135m: 30 layers
+        if name != "snapkv+knorm":  # a chain's ties are in its second's scores of the first's entries, not recorded
+            assert f["layers_same_up_to_ties"] == f["layers"], name  # a tie may go either way
         if name != "lagkv":  # LagKV's scores are ranks in a partition, equal across partitions: most cuts split a
             assert f["layers_identical"] >= f["layers"] - 4, name  # tie, which torch.topk breaks its own way
     for name, rows in result["per_prompt"].items():  # the same cache gives the same answer

@@ -243,7 +243,8 @@ def _list(model: str | None = None) -> int:
             fields = default_params(spec, defaults, None if spec.is_full else 512, None if spec.is_full else 512)
             print(f"  {'':<21}   {', '.join(f'{k}={v!r}' for f in fields for k, v in f.items()) or '-'}")
     print("  module:Class     your SelectionPolicy or EvictionPolicy subclass")
-    print("compose a selection with an eviction: asl+snapkv, fastkv(layer=8)+streaming(sink=8);"
+    print("compose a selection with an eviction: asl+snapkv, fastkv(layer=8)+streaming(sink=8); evictions in a row "
+          "(each cuts what the one before kept; kvpress's ComposedPress): snapkv(ratio=0.5)+knorm(ratio=0.5);"
           " sweep with a list: asl(tau=[0.3,0.5,0.7])")
     return 0
 

@@ -19,6 +19,9 @@ Spec syntax (`--methods`, comma-separated):
     adakv(snapkv), pyramidkv(snapkv(window=16),beta=10), fastkv+adakv("mypkg.mod:MyScorer")
                                   an allocator wrapping a scorer eviction (its budget shared
                                   among the heads, or spread over the layers): an eviction
+    snapkv(ratio=0.5)+knorm(ratio=0.5), asl+snapkv(budget=1024)+knorm(budget=512)
+                                  evictions in a row (asl.Chain, kvpress's ComposedPress): each cuts
+                                  what the one before kept; --ratio sizes each that has no size
 
 Arguments are Python literals: `asl(tau=0.5,l_min=8)`. A list expands into one method per
 value: `asl(tau=[0.3,0.5])` is `asl(tau=0.3)` and `asl(tau=0.5)`; several lists expand into
@@ -37,7 +40,7 @@ from asl.bench.run.oracle import Oracle
 from asl.calibration import SCORING, asl_settings, scaled_layer
 from asl.presets import KVPRESS, PAPER, kvpress_settings, paper_settings
 from asl.policies.base import check_policies
-from asl.policies import (ASL, CAM, CAMDecoding, CUR, TOVA, LazyLLM, Compactor, Leverage, NonCausalAttention, AdaKV, ChunkKV, PerChunk, Merging, Blockwise, ThinK, CapKV, EntropyGatedChunkKV, CriticalKV, DecodingEviction, ExpectedAttention, Finch, KeyRerotation, PerLayerRatio, ThresholdEviction, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
+from asl.policies import (ASL, CAM, CAMDecoding, CUR, TOVA, LazyLLM, Compactor, Leverage, NonCausalAttention, AdaKV, ChunkKV, PerChunk, Merging, Blockwise, Chain, ThinK, CapKV, EntropyGatedChunkKV, CriticalKV, DecodingEviction, ExpectedAttention, Finch, KeyRerotation, PerLayerRatio, ThresholdEviction, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
                           KeyDiff, KNorm, LagKV, ObservedAttention, Proportional, PyramidInfer, PyramidInferDecode, PyramidKV,
                           RandomScores, ScorerEviction, SelectionPolicy, SnapKV, SqueezedAttention, StreamingLLM, TopP)
 
@@ -182,7 +185,7 @@ class PolicySpec:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A parsed `--methods` entry: `full`, one policy, or a selection `+` an eviction."""
+    """A parsed `--methods` entry: `full`, one policy, or a selection and evictions joined by `+`."""
 
     parts: tuple[PolicySpec, ...]
 
@@ -301,12 +304,12 @@ def role(policy: PolicySpec) -> str:
 
 def _check_composition(parts: list[PolicySpec], text: str) -> None:
     roles = [role(p) for p in parts]
-    allowed = "full, an eviction (snapkv), a selection (asl), or selection+eviction (asl+snapkv)"
-    if len(parts) == 1 or roles == ["selection", "eviction"]:
+    allowed = ("full, an eviction (snapkv), a selection (asl), selection+eviction (asl+snapkv), or evictions in a "
+               "row, each cutting what the one before kept (snapkv(ratio=0.5)+knorm(ratio=0.5), asl.Chain)")
+    evictions = roles[1:] if roles[0] == "selection" else roles
+    if len(parts) == 1 or evictions and all(r == "eviction" for r in evictions):
         return
-    if len(parts) > 2:
-        raise ValueError(f"--methods: {text!r} composes {len(parts)} policies; allowed: {allowed}")
-    raise ValueError(f"--methods: {text!r} composes a {roles[0]} with a {roles[1]}; allowed: {allowed}")
+    raise ValueError(f"--methods: {text!r} composes {' with '.join(roles)}; allowed: {allowed}")
 
 
 def parse_method(text: str) -> list[MethodSpec]:
@@ -489,8 +492,8 @@ def build(spec: MethodSpec, params: list[dict]) -> tuple[SelectionPolicy | None,
             raise ValueError(f"{policy.label}: {e}{hint}") from None
         if isinstance(obj, (SelectionPolicy, Oracle)):  # the oracle stands where a selection would
             selection = obj
-        else:
-            eviction = obj
+        else:  # a second eviction cuts what the one before kept
+            eviction = obj if eviction is None else Chain(eviction, obj)
     if not isinstance(selection, Oracle):
         check_policies(selection, eviction)  # the pair (LazyLLM's revival takes no eviction), before any run
     return selection, eviction

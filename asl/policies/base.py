@@ -119,15 +119,17 @@ class LayerView:
         return LayerView(self.layer, part(self.queries), part(self.keys), part(self.values), flat(self.positions),
                          flat(self.index), flat(self.valid), self.rope, self.out_proj, self.window, hidden)
 
-    def entries(self, b: int, head: int, cols: torch.Tensor) -> "LayerView":
-        """Sequence b's KV head `head` at columns `cols` (its query heads with it) as a view of one
-        sequence and one KV head, for a policy that scores a chosen set as a prompt (asl.Blockwise)."""
+    def entries(self, b: int, head: int | None, cols: torch.Tensor) -> "LayerView":
+        """Sequence b at columns `cols` as a view of one sequence, for a policy that scores a chosen
+        set as a prompt (asl.Blockwise, asl.Chain): KV head `head` with its query heads, or every
+        head where `head` is None."""
         group = self.queries.shape[1] // self.keys.shape[1]
-        pick = lambda x, h, n: x[b:b + 1, h * n:(h + 1) * n][:, :, cols]  # noqa: E731
+        pick = lambda x, n: x[b:b + 1] if head is None else x[b:b + 1, head * n:(head + 1) * n]  # noqa: E731
         hidden = None if self.hidden is None else self.hidden[b:b + 1, cols]
-        return LayerView(self.layer, pick(self.queries, head, group), pick(self.keys, head, 1),
-                         pick(self.values, head, 1), self.positions[b:b + 1, cols], self.index[b:b + 1, cols],
-                         self.valid[b:b + 1, cols], self.rope, None, self.window, hidden)
+        return LayerView(self.layer, pick(self.queries, group)[:, :, cols], pick(self.keys, 1)[:, :, cols],
+                         pick(self.values, 1)[:, :, cols], self.positions[b:b + 1, cols], self.index[b:b + 1, cols],
+                         self.valid[b:b + 1, cols], self.rope, None if head is not None else self.out_proj,
+                         self.window, hidden)
 
     def model_part(self, name: str, who: str):
         """`rope`, `out_proj` or `hidden`, or a clear error naming the policy that needs it."""
