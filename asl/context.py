@@ -110,7 +110,7 @@ def compress(model, tokenizer, context: str, selection=None, eviction=None,
     with torch.inference_mode():
         start = time.perf_counter()
         pre = prefill(decoder, input_ids, torch.ones_like(input_ids, dtype=torch.bool), 0, selection, eviction,
-                      question_tokens=(len(hint),) if hint else ())
+                      question_tokens=(len(hint),) if hint else (), tokenizer=tokenizer)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         prefill_s = time.perf_counter() - start

@@ -401,7 +401,7 @@ def generate_ids(model: Decoder, tokenizer, ids: list[list[int]], settings: Deco
         sync(device)
         start = time.perf_counter()
         if cache is None:
-            pre = prefill(model, input_ids, valid, max_new_tokens, selection, eviction, trunk)
+            pre = prefill(model, input_ids, valid, max_new_tokens, selection, eviction, trunk, tokenizer=tokenizer)
         else:
             pre = extend(model, cache, input_ids, valid, max_new_tokens, eviction)
         tokens = sampler(pre.logits)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .policies.base import EvictionPolicy, LayerView, PrefillInfo, check_keep, keep_problems, retrieves
+from .policies.base import EvictionPolicy, LayerView, PrefillInfo, check_keep, decides_after_prefill, keep_problems, retrieves
 
 SELECTION_NEEDS_DECODER = ("layer-wise selection (ASL, FastKV, GemFilter, ...) runs only on a family asl's own "
                            "decoder supports")
@@ -171,9 +171,10 @@ def check_hooked(hooked: HookedModel, selection, eviction, cache, compile, strea
     if selection is not None:
         raise ValueError(f"selection: {type(hooked.model).__name__} ({hooked.config.model_type}) is run through "
                          f"transformers' own forward, where only eviction applies; {SELECTION_NEEDS_DECODER}")
-    if eviction is not None and (eviction.every > 0 or eviction.cache_positions or retrieves(eviction)):
-        raise ValueError(f"eviction: {type(eviction).__name__} acts while decoding, renumbers positions or "
-                         f"chooses keys per query (retrieval), which "
+    if eviction is not None and (eviction.every > 0 or eviction.cache_positions or retrieves(eviction)
+                                 or decides_after_prefill(eviction)):
+        raise ValueError(f"eviction: {type(eviction).__name__} acts while decoding, renumbers positions, "
+                         f"chooses keys per query (retrieval) or replays the prompt after its prefill, which "
                          f"needs asl's own decoder; on {hooked.config.model_type} give a prefill eviction (SnapKV, a scorer)")
     for name, value, default in (("cache", cache, None), ("compile", compile, False), ("streamer", streamer, None)):
         if value is not default:

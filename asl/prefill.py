@@ -19,7 +19,7 @@ import torch
 from .models.cache import KVCache, LayerCache
 from .models.decoder import Decoder, Masks, positions_for
 from .policies.base import (EvictionPolicy, LayerView, PrefillInfo, Selection, SelectionPolicy, check_keep,
-                            check_selection, keep_problems)
+                            check_selection, decides_after_prefill, keep_problems)
 
 
 @dataclass
@@ -176,12 +176,14 @@ def prefill(
     eviction: EvictionPolicy | None = None,
     trunk: Trunk | None = None,
     question_tokens: tuple[int, ...] = (),
+    tokenizer=None,
 ) -> PrefillResult:
     """Run the prompt through the model with the policies; see the module docstring. With a
     `trunk` of these very tokens (`full_trunk`), the layers before the first selection are read
     from it, not run: the same numbers, at the cost of the policies alone. `question_tokens`: per
     sequence, how many of the prompt's last tokens are its question (asl.compress's hint), for a
-    policy that scores by it (asl.Finch)."""
+    policy that scores by it (asl.Finch). `tokenizer`: the caller's, for an eviction that writes
+    text of its own (asl.KVzip's repeat prompt)."""
     c = model.config
     if trunk is not None and not (torch.equal(trunk.tokens.ids, input_ids) and torch.equal(trunk.tokens.valid, valid)):
         raise ValueError("trunk: it was computed for other tokens than these")
@@ -198,10 +200,11 @@ def prefill(
             policy.begin(info)
     tokens = AliveTokens.start(input_ids, valid)
     if trunk is not None:
-        return run_layers(model, trunk.hidden[0], tokens, 0, extra_slots, selection, eviction, trunk=trunk)
+        result = run_layers(model, trunk.hidden[0], tokens, 0, extra_slots, selection, eviction, trunk=trunk)
+        return _after_prefill(model, tokens, result, eviction, tokenizer)
     result = _run(model, tokens, extra_slots, selection, eviction)
     if isinstance(result, PrefillResult):
-        return result
+        return _after_prefill(model, tokens, result, eviction, tokenizer)
     # two-pass: rerun the kept tokens alone, renumbered from 0, with no selection
     cols, new_valid = left_pad_columns(tokens.columns(result[0]))
     kept_ids = tokens.ids.gather(1, cols)
@@ -210,6 +213,31 @@ def prefill(
     out.policy_s += result[1]
     out.restarted = True
     return out
+
+
+def _after_prefill(model, tokens: AliveTokens, result: PrefillResult, eviction, tokenizer) -> PrefillResult:
+    """The cut of an eviction that chooses once every layer has run (`after_prefill`), applied to
+    each layer's stored entries; its time is the policy's."""
+    if not decides_after_prefill(eviction):
+        return result
+    begun = time.perf_counter()
+    keeps = eviction.after_prefill(model, tokens, result.cache, tokenizer)
+    result.policy_s += time.perf_counter() - begun
+    if keeps is None:
+        return result
+    c = model.config
+    layers = list(result.cache.layers)
+    for i, (layer, keep) in enumerate(zip(layers, keeps)):
+        if keep is None:
+            continue
+        check_keep(keep, tokens.valid, c.num_heads, c.num_kv_heads, eviction)
+        _check_evictions([(i, keep_problems(keep, tokens.valid).any(-1))], eviction)
+        n = layer.filled
+        cut = lambda x: None if x is None else x[:, :, :n]  # noqa: E731
+        layers[i] = LayerCache.from_prefill(layer.k[:, :, :n], layer.v[:, :, :n], layer.valid[:, :, :n],
+                                            layer.k.shape[2] - n, cut(layer.index), cut(layer.positions), keep=keep)
+    result.cache = KVCache(layers)
+    return result
 
 
 def _run(model, tokens: AliveTokens, extra_slots, selection, eviction):

@@ -29,6 +29,8 @@ import asl
 from asl.bench.report import rows as tabulate
 from asl.bench.tasks.haystack import prose_context, tokens_for
 from asl.models.loading import resolve_checkpoint
+from asl.policies.base import decides_after_prefill
+from asl.policies.kvzip import template_parts
 from asl.policies.scorer import prefix_scores
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -57,6 +59,7 @@ METHODS = {
     "snapkv+knorm": ("ComposedPress", {"presses": [["SnapKVPress", {"window_size": 64, "kernel_size": 5}],
                                                    ["KnormPress", {"compression_ratio": 0.5}]]},
                      lambda r: asl.Chain(asl.SnapKV(window=64, kernel=5, ratio=r), asl.KNorm(window=0, ratio=0.5))),
+    "kvzip": ("KVzipPress", {}, lambda r: asl.KVzip(ratio=r)),
     "capkv": ("CapPress", {}, lambda r: asl.CapKV(window=0, ratio=r)),
     "merging(knorm)": ("MergingPress", {"press": ["KnormPress", {}]},
                        lambda r: asl.Merging(asl.KNorm(window=0, ratio=r))),
@@ -83,6 +86,9 @@ METHODS = {
     "simlayerkv": ("SimLayerKVPress", {"lazy_threshold": 0.85, "n_recent": 256},
                    lambda r: asl.SimLayerKV(lazy_threshold=0.85, n_recent=256)),
 }
+# kvpress's KVzipPress leaves the chat template's preamble unscored, taking every context to open
+# with it (its pipeline's do); these methods' contexts open with it, on both sides.
+OPENS_WITH_PREAMBLE = {"kvzip"}
 CITIES = ["Lisbon", "Osaka", "Quito", "Nairobi", "Oslo", "Lima", "Hanoi", "Perth", "Accra", "Riga"]
 
 
@@ -97,6 +103,16 @@ def prompts(tokenizer, n: int, tokens: int, seed: int) -> list[dict]:
                     "context_ids": tokenizer(text, add_special_tokens=True)["input_ids"],
                     "question": question, "question_ids": tokenizer(question, add_special_tokens=False)["input_ids"]})
     return out
+
+
+def with_preamble(case: dict, tokenizer) -> dict:
+    """The case with its context opening with the chat template's preamble (OPENS_WITH_PREAMBLE)."""
+    context = template_parts(tokenizer)[0] + case["context"]
+    return {**case, "context": context, "context_ids": tokenizer(context, add_special_tokens=True)["input_ids"]}
+
+
+def cases_of(method: str, cases: list[dict], tokenizer) -> list[dict]:
+    return [with_preamble(c, tokenizer) for c in cases] if method in OPENS_WITH_PREAMBLE else cases
 
 
 def recording(policy) -> tuple[dict, dict]:
@@ -124,7 +140,15 @@ def recording(policy) -> tuple[dict, dict]:
                     tied[layer][g] = near.nonzero().flatten().tolist()
         return out
 
-    policy.__class__ = type(f"Recording{base.__name__}", (base,), {"keep": keep_and_record})  # copies record too
+    def after_and_record(self, model, tokens, cache, tokenizer):  # asl.KVzip: its cut comes after the prefill
+        out = base.after_prefill(self, model, tokens, cache, tokenizer)
+        for layer, keep in enumerate(out):
+            kept[layer] = [[c for c in row if c >= 0] for row in keep[0].tolist()]
+            tied[layer] = [[] for _ in kept[layer]]
+        return out
+
+    hooks = {"after_prefill": after_and_record} if decides_after_prefill(policy) else {"keep": keep_and_record}
+    policy.__class__ = type(f"Recording{base.__name__}", (base,), hooks)  # copies record too
     return kept, tied
 
 
@@ -189,7 +213,7 @@ def main() -> int:
     cases = prompts(tokenizer, args.prompts, args.tokens, args.seed)
     ours = {}
     for name in methods:
-        for case in cases:
+        for case in cases_of(name, cases, tokenizer):
             policy = METHODS[name][2](args.ratio)
             kept, tied = recording(policy)  # what the compression keeps, read as it runs
             hint = case["question"] if isinstance(policy, asl.Finch) else None  # its window: the question
@@ -203,7 +227,8 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     theirs = run_kvpress({"ratio": args.ratio, "new_tokens": args.new_tokens,
                           "presses": {m: METHODS[m][:2] for m in methods},
-                          "prompts": [{k: c[k] for k in ("id", "context_ids", "question_ids")} for c in cases]},
+                          "prompts": {m: [{k: c[k] for k in ("id", "context_ids", "question_ids")}
+                                          for c in cases_of(m, cases, tokenizer)] for m in methods}},
                          args.model, args.threads)
     figures = {m: compare(ours[m], theirs["results"][m]) for m in methods}
     result = {"command": "python " + " ".join(sys.argv), "model": args.model, "tokens": args.tokens, "ratio": args.ratio,

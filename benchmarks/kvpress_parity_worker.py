@@ -6,7 +6,8 @@ it does not import `asl`.
     .venv-kvpress/bin/python benchmarks/kvpress_parity_worker.py --model-dir DIR --cases cases.json --out out.json
 
 cases.json: {"ratio", "new_tokens", "presses": {name: [Press class, {kwargs}]},
-"prompts": [{"id", "context_ids", "question_ids"}]}. The context is compressed in one forward
+"prompts": {name: [{"id", "context_ids", "question_ids"}]}} (a list for every press in the decoding
+mode). The context is compressed in one forward
 under `with press(model)` (kvpress's hook at the end of each layer's prefill), the question is
 fed after it at positions context_length + i, and greedy decoding goes on from there, as
 kvpress's KVPressTextGenerationPipeline does. The kept entries are the press's own
@@ -75,6 +76,24 @@ def kept_by_layer(press, model, context_ids: list[int], scorer=None):
     return [kept[i] for i in range(len(kept))], cache
 
 
+def kvzip_kept(press, model, context_ids: list[int]):
+    """KVzipPress's cut: prefill under it (its replay runs as the press's context closes), then
+    per layer the entries its `masked_key_indices` leave unmasked, per KV head."""
+    from transformers import DynamicCache
+
+    model.set_attn_implementation("sdpa")  # KVzipPress refuses eager
+    cache = DynamicCache()
+    with torch.inference_mode(), press(model):
+        model(input_ids=torch.tensor([context_ids]), past_key_values=cache, use_cache=True)
+    kept = []
+    for layer in model.model.layers:
+        _, heads, columns = layer.self_attn.masked_key_indices
+        mask = torch.ones(model.config.num_key_value_heads, len(context_ids), dtype=torch.bool)
+        mask[heads, columns] = False
+        kept.append([row.nonzero().flatten().tolist() for row in mask])
+    return kept, cache
+
+
 def answer(model, cache, context_length: int, question_ids: list[int], new_tokens: int) -> list[int]:
     """Greedy tokens after the question, at the positions after the uncompressed context, up
     to and with the first end-of-sequence token (as asl.generate stops)."""
@@ -136,7 +155,7 @@ def main() -> None:
                     {"id": prompt["id"], "answer": decode_under(kvpress, model, cls, kwargs, prompt, cases["new_tokens"])})
         cases["presses"] = {}
     for name, (cls, kwargs) in cases["presses"].items():
-        for prompt in cases["prompts"]:
+        for prompt in cases["prompts"][name]:  # per method (a method's contexts may open with the template's preamble)
             # ChunkKVPress refuses attention weights: sdpa for it (and for the keys it is matched against)
             model.set_attn_implementation("sdpa" if "press" in kwargs else "eager")
             if cls == "ComposedPress":  # a scorer at the ratio, then a press of its own settings (ThinKPress)
@@ -160,6 +179,8 @@ def main() -> None:
                 kept, cache = kept_by_layer(press, model, prompt["context_ids"] + [delimiter] + prompt["question_ids"])
             elif rerotated:
                 kept, cache = kept_by_layer(press, model, prompt["context_ids"], press.press)
+            elif cls == "KVzipPress":  # its cut comes after a replay, as masked keys (kvpress's attention patch)
+                kept, cache = kvzip_kept(press, model, prompt["context_ids"])
             elif cls == "ComposedPress" and "compression_ratio" not in kwargs["presses"][1][1]:  # the entries are the
                 # first press's topk, the second (ThinKPress) changes them after; two sequence presses: by matching
                 kept, cache = kept_by_layer(press, model, prompt["context_ids"], press.presses[0])
@@ -173,7 +194,7 @@ def main() -> None:
                 kept, cache = kept_by_matching(press, model, prompt["context_ids"], full[key])
             else:
                 kept, cache = kept_by_layer(press, model, prompt["context_ids"])
-            model.set_attn_implementation("eager")
+            model.set_attn_implementation("sdpa" if cls == "KVzipPress" else "eager")  # KVzip's mask: sdpa only
             if cls == "FinchPress":  # kvpress keeps the question in the cache and asks it again; asl drops the hint
                 results.setdefault(name, []).append({"id": prompt["id"], "kept": kept, "answer": None,
                                                      "answer_error": "not compared: kvpress keeps the question in "

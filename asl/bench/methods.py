@@ -40,7 +40,7 @@ from asl.bench.run.oracle import Oracle
 from asl.calibration import SCORING, asl_settings, scaled_layer
 from asl.presets import KVPRESS, PAPER, kvpress_settings, paper_settings
 from asl.policies.base import check_policies
-from asl.policies import (ASL, CAM, CAMDecoding, CUR, TOVA, LazyLLM, Compactor, Leverage, NonCausalAttention, AdaKV, ChunkKV, PerChunk, Merging, Blockwise, Chain, ThinK, CapKV, EntropyGatedChunkKV, CriticalKV, DecodingEviction, ExpectedAttention, Finch, KeyRerotation, PerLayerRatio, ThresholdEviction, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
+from asl.policies import (ASL, CAM, CAMDecoding, CUR, TOVA, LazyLLM, Compactor, Leverage, NonCausalAttention, AdaKV, ChunkKV, PerChunk, Merging, Blockwise, Chain, KVzip, ThinK, CapKV, EntropyGatedChunkKV, CriticalKV, DecodingEviction, ExpectedAttention, Finch, KeyRerotation, PerLayerRatio, ThresholdEviction, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
                           KeyDiff, KNorm, LagKV, ObservedAttention, Proportional, PyramidInfer, PyramidInferDecode, PyramidKV,
                           RandomScores, ScorerEviction, SelectionPolicy, SnapKV, SqueezedAttention, StreamingLLM, TopP)
 
@@ -51,7 +51,7 @@ EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM, "topp": TopP, "pyramid
              "knorm": KNorm, "keydiff": KeyDiff, "random": RandomScores, "tova": TOVA,
              "observed-attention": ObservedAttention, "lagkv": LagKV, "expected-attention": ExpectedAttention,
              "cur": CUR, "simlayerkv": SimLayerKV, "finch": Finch, "leverage": Leverage,
-             "non-causal-attention": NonCausalAttention, "compactor": Compactor, "capkv": CapKV, "squeezed": SqueezedAttention}
+             "non-causal-attention": NonCausalAttention, "compactor": Compactor, "capkv": CapKV, "squeezed": SqueezedAttention, "kvzip": KVzip}
 # Allocators: an eviction that wraps a scorer eviction, written name(scorer, key=value...)
 WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional, "chunkkv": ChunkKV, "perchunk": PerChunk, "merging": Merging, "blockwise": Blockwise, "think": ThinK, "entropy-chunkkv": EntropyGatedChunkKV,
             "criticalkv": CriticalKV, "keyrerotation": KeyRerotation,
@@ -60,7 +60,7 @@ WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional
 # A method that is a selection and an eviction in one paper: its name stands for both (its
 # arguments go to the first).
 ALIASES = {"pyramidinfer": ("pyramidinfer-prefill", "pyramidinfer-decode")}
-BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "leverage", "non-causal-attention", "compactor", "capkv", "squeezed", "finch", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "perchunk", "merging", "blockwise", "think", "entropy-chunkkv", "criticalkv", "keyrerotation", "decoding", "perlayer", "dms", "cam", "cam-decoding", "fastkv", "asl", "gemfilter", "asl-2pass",
+BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "leverage", "non-causal-attention", "compactor", "capkv", "squeezed", "kvzip", "finch", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "perchunk", "merging", "blockwise", "think", "entropy-chunkkv", "criticalkv", "keyrerotation", "decoding", "perlayer", "dms", "cam", "cam-decoding", "fastkv", "asl", "gemfilter", "asl-2pass",
            "jaccard-stop", "entropy-stop", "lazyllm", "pyramidinfer", "pyramidinfer-prefill", "pyramidinfer-decode", "oracle")
 DESCRIPTIONS = {
     "full": "the full cache (no selection, no eviction)",
@@ -126,6 +126,9 @@ DESCRIPTIONS = {
                        "EntropyGatedChunkKVPress)",
     "blockwise": "wrapper around a scorer eviction, blockwise(keydiff,block=128): the prompt read in blocks, only "
                  "the budget's best of the kept and the new block staying after each (kvpress's BlockPress)",
+    "kvzip": "after the prefill the model repeats the context over its cache; the entries its queries attend to "
+             "least go, over all layers and heads together, kvzip(ratio=0.5) (KVzip, Kim et al. 2025; kvpress's "
+             "KVzipPress); about one more prefill of time",
     "think": "wrapper around an eviction, think(snapkv,key_channel_ratio=0.5): the key channels the latest queries "
              "use least zeroed in the stored keys, per KV head (ThinK, Xu et al. 2024; kvpress's ThinKPress, composed "
              "after the scorer as its ComposedPress)",
@@ -361,7 +364,8 @@ def with_ratio(spec: MethodSpec, ratio: float) -> MethodSpec:
             parts.append(policy)
             continue
         cls = target.policy_class()
-        if target.name in WRAPPERS or not (isinstance(cls, type) and issubclass(cls, ScorerEviction)):
+        ratio_field = dataclasses.is_dataclass(cls) and "ratio" in {f.name for f in dataclasses.fields(cls)}
+        if target.name in WRAPPERS or not (isinstance(cls, type) and (issubclass(cls, ScorerEviction) or ratio_field)):
             raise ValueError(f"--ratio: {spec.label} has no ratio form ({target.name} keeps a count or sizes the "
                              f"layers itself): give it a budget, e.g. {_budgeted(policy)}, or leave it out")
         sized = PolicySpec(target.name, {**target.kwargs, "ratio": ratio}, target.inner)
@@ -404,7 +408,7 @@ def model_defaults(model_name: str, num_layers: int, config=None, calibration=No
         "gemfilter": {"layer": gemfilter_layer(model_type, num_layers)[0]},
         "jaccard-stop": {"l_min": scaled_layer(10, num_layers), **SCORING},
         "entropy-stop": {"l_min": scaled_layer(10, num_layers), **SCORING},
-        "pyramidinfer-prefill": {}, "pyramidinfer-decode": {}, "simlayerkv": {}, "lazyllm": {}, "squeezed": {},
+        "pyramidinfer-prefill": {}, "pyramidinfer-decode": {}, "simlayerkv": {}, "lazyllm": {}, "squeezed": {}, "kvzip": {},
     }
     if preset == "paper":  # the run's budget and selection size stay the run's
         for name in PAPER:

@@ -319,6 +319,14 @@ class EvictionPolicy(_Validated, ABC):
         returned. The prompt's own attention has used the whole keys already."""
         return None
 
+    def after_prefill(self, model, tokens, cache, tokenizer) -> list[torch.Tensor | None] | None:
+        """Per layer, the columns to keep [B, G, k] (-1 pads) once every layer has run, or None:
+        for a policy that decides only with the whole prompt's cache in hand (asl.KVzip replays
+        the context through the model: `model` the Decoder, `tokens` the prompt's AliveTokens,
+        `cache` its KVCache, `tokenizer` the caller's, None where it has none). Its `keep` has
+        returned None on every layer; no selection runs with it."""
+        return None
+
     def during_decode(self, layer: int, view: DecodeView) -> torch.Tensor | None:
         """[B, G, k] slots of the layer's cache to keep (sorted, -1 pads), or None to keep all."""
         return None
@@ -332,6 +340,11 @@ class EvictionPolicy(_Validated, ABC):
         """How many of each layer's latest queries (prompt and generated) `during_decode` reads,
         at most, for a prompt of `prompt_length` tokens and `new_tokens` generated."""
         return 0
+
+
+def decides_after_prefill(eviction: EvictionPolicy | None) -> bool:
+    """Whether the eviction chooses once every layer has run (it overrides `after_prefill`)."""
+    return eviction is not None and type(eviction).after_prefill is not EvictionPolicy.after_prefill
 
 
 def retrieves(eviction: EvictionPolicy) -> bool:
@@ -391,6 +404,9 @@ def check_policies(selection, eviction) -> None:
         raise ValueError(f"eviction: {type(eviction).__name__} chooses keys per query (retrieval), whose state is "
                          "laid over the slots the prefill stored; it cannot also move them while decoding "
                          "(every > 0) or renumber their positions")
+    if selection is not None and decides_after_prefill(eviction):
+        raise ValueError(f"eviction: {type(eviction).__name__} chooses after the whole prompt has run every layer, "
+                         f"which a selection ({type(selection).__name__}) has pruned by then: give it no selection")
     if getattr(selection, "revives", False) and eviction is not None:
         raise ValueError(f"{type(selection).__name__}(revive=True) decodes with its own step, which keeps every entry it "
                          f"computes: it takes no eviction ({type(eviction).__name__}); revive=False is the static form, "

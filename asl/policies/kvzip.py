@@ -1,0 +1,166 @@
+"""KVzip (Kim et al., *KVzip: Query-Agnostic KV Cache Compression with Context Reconstruction*,
+arXiv 2505.23416; kvpress's KVzipPress): after the prefill the model is asked to repeat the
+context, chunk by chunk, over its own cache; an entry matters as much as the most any repeating
+query attends to it, and the least-attended entries of all layers and heads together are
+evicted. docs/algorithms.md section 19."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import ops
+from .base import EvictionPolicy, LayerView, check_positive_int, is_number, keep_from_mask
+
+REPEAT_FIRST = "\n\nRepeat the previous context exactly."
+REPEAT_NEXT = "\n\nRepeat the part of the previous context exactly, starting with"
+POSTFIX = 8  # tokens of the previous chunk quoted after REPEAT_NEXT (kvpress's prev_postfix_size)
+
+
+@dataclass
+class KVzip(EvictionPolicy):
+    """Every layer stores the whole prompt; then, per sequence and per chunk of `chunk` prompt
+    tokens, the repeat prompt (REPEAT_FIRST, or REPEAT_NEXT and the previous chunk's last 8
+    tokens), the chat template's assistant opening ("\\n" without a template) and the chunk run
+    through the model at the positions after the prompt, attending to the whole cache. Entry j
+    of the chunk scores, per layer and KV head, the largest softmax weight any of those queries
+    of its group gives it, the softmax taken over the first `n_sink` entries, the chunk and the
+    replay itself (causally), as kvpress computes it. The `n_sink` first entries score above
+    all. Then `int(L * G * n * ratio)` entries with the lowest scores go, over all layers and
+    heads together (`layerwise=True`: `int(G * n * ratio)` per layer), so layers and heads keep
+    different counts. A prompt that opens with the chat template's own preamble has those
+    tokens unscored (0; kvpress assumes every context does). Its `keep` keeps everything: the
+    cut comes from `after_prefill`, which needs the tokenizer (asl.generate and asl.compress
+    pass it). Not for sliding-window models (kvpress: not Gemma 3); no selection before it.
+    kvpress's KVzip+ normalisation (`kvzip_plus_normalization`) is not included."""
+
+    ratio: float = 0.5  # the share of the prompt's entries evicted, over all layers and heads
+    n_sink: int = 4
+    chunk: int = 2048  # prompt tokens repeated per replay (kvpress's chunk_size)
+    layerwise: bool = False
+
+    def _check(self) -> None:
+        if not is_number(self.ratio) or not 0 < self.ratio < 1:
+            raise ValueError(f"ratio must be a number in (0, 1) (the share of entries evicted), got {self.ratio!r}")
+        check_positive_int("n_sink", self.n_sink, 0)
+        check_positive_int("chunk", self.chunk)
+        if not isinstance(self.layerwise, bool):
+            raise ValueError(f"layerwise must be True or False, got {self.layerwise!r}")
+
+    def keep(self, layer: int, view: LayerView) -> None:
+        return None  # every entry, until the replay has scored them all
+
+    def after_prefill(self, model, tokens, cache, tokenizer) -> list[torch.Tensor]:
+        if tokenizer is None:
+            raise ValueError("KVzip writes a repeat prompt, so it needs the tokenizer: run it through asl.generate or "
+                             "asl.compress with one")
+        if any(layer.window is not None or layer.self_attn.softcap for layer in model.layers):
+            raise ValueError(f"KVzip: {model.config.model_type} has sliding-window layers or capped logits, which its "
+                             "replay does not score (kvpress refuses Gemma 3 likewise)")
+        texts = replay_texts(tokenizer)
+        width = tokens.valid.shape[1]
+        rows = []
+        for b in range(tokens.ids.shape[0]):
+            n = int(tokens.valid[b].sum())
+            ids = tokens.ids[b, width - n:].tolist()
+            kept = self._kept(self.scores(model, cache, b, ids, width - n, texts))
+            rows.append([torch.where(cols >= 0, cols + (width - n), -1) for cols in kept])  # the cache's columns
+        return [keep_rows([row[i] for row in rows]) for i in range(len(model.layers))]
+
+    def scores(self, model, cache, b: int, ids: list[int], pad: int, texts: dict) -> torch.Tensor:
+        """[L, G, n] the replay's scores of sequence b's entries (its prompt `ids`, after `pad`
+        columns of left padding in the cache)."""
+        n, layers = len(ids), model.layers
+        scores = torch.zeros(len(layers), model.config.num_kv_heads, n, dtype=torch.float32, device=cache.layers[0].k.device)
+        first = len(texts["prefix"]) if ids[: len(texts["prefix"])] == texts["prefix"] else 0
+        for start in range(first, n, self.chunk):
+            end = min(start + self.chunk, n)
+            ask = texts["first"] if start == first else texts["next"] + ids[max(start - POSTFIX, start - self.chunk):start]
+            replay = torch.tensor([ask + texts["suffix"] + ids[start:end]], device=scores.device)
+            m = replay.shape[1]
+            if n + m > model.config.max_position_embeddings:
+                raise ValueError(f"KVzip: the replay of prompt tokens {start}-{end} runs to position {n + m}, past the "
+                                 f"model's {model.config.max_position_embeddings}: give a smaller chunk")
+            h, rope = model.embed(replay, torch.arange(n, n + m, device=scores.device)[None])
+            sees = torch.ones(m, n + m, dtype=torch.bool, device=scores.device).tril(n)[None, None]
+            for i, layer in enumerate(layers):
+                q, k, v = layer.project(h, *rope)
+                stored = cache.layers[i]
+                keys = torch.cat([stored.k[b:b + 1, :, pad:pad + n], k], 2)
+                values = torch.cat([stored.v[b:b + 1, :, pad:pad + n], v], 2)
+                out, scores[i, :, start:end] = replay_attention(q, keys, values, n, start, end, min(self.n_sink, start))
+                if i < len(layers) - 1:
+                    h = layer.finish(h, out.to(h.dtype).transpose(1, 2).reshape(1, m, -1))
+        return scores
+
+    def _kept(self, scores: torch.Tensor) -> list[torch.Tensor]:
+        """Per layer, [G, k] the kept columns of one sequence's scores [L, G, n] (-1 pads)."""
+        count, g, n = scores.shape
+        scores[..., : self.n_sink] = scores.max() + 1
+        if self.layerwise:
+            pruned = [int(g * n * self.ratio)] * count
+        else:
+            lowest = ops.stable_descending_order(-scores.reshape(1, -1))[0, : int(scores.numel() * self.ratio)]
+            pruned = torch.bincount(lowest // (g * n), minlength=count).tolist()
+        kept = []
+        for i, drop in enumerate(pruned):
+            mask = torch.ones(g * n, dtype=torch.bool, device=scores.device)
+            mask[ops.stable_descending_order(-scores[i].reshape(1, -1))[0, :drop]] = False  # ties: the earlier go
+            kept.append(keep_from_mask(mask.view(g, n)))
+        return kept
+
+
+def replay_attention(q, keys, values, n: int, start: int, end: int, sink: int, rows: int = 256):
+    """The replay's attention and its scores, from one set of logits. q [1, H, m, d] the replay's
+    queries; keys, values [1, G, n + m, d] the prompt's entries then the replay's own, which it
+    sees causally. Returns the attention output [1, H, m, d] (float32) and, per KV head, the most
+    any query of its group gives each chunk entry [start, end) when the softmax is taken over the
+    first `sink` entries, the chunk and the replay only [G, end - start]. In blocks of `rows`
+    queries, so the logits stay [H, rows, n + m]."""
+    _, heads, m, d = q.shape
+    g = keys.shape[1]
+    group = heads // g
+    k, v = keys[0].float(), values[0].float()
+    cols = torch.arange(n + m, device=q.device)
+    out = torch.empty(1, heads, m, d, dtype=torch.float32, device=q.device)
+    best = torch.zeros(g, end - start, dtype=torch.float32, device=q.device)
+    for r in range(0, m, rows):
+        part = q[0, :, r:r + rows].float()  # [H, b, d]
+        b = part.shape[1]
+        logits = torch.matmul(part.reshape(g, group * b, d), k.transpose(1, 2)).mul_(d ** -0.5)  # [G, group b, n + m]
+        unseen = cols[None, :] > n + torch.arange(r, r + b, device=q.device)[:, None]  # [b, n + m]: causal
+        logits = logits.view(g, group, b, n + m).masked_fill_(unseen, float("-inf"))
+        weights = logits.sub_(logits.amax(-1, keepdim=True)).exp_()  # unnormalised
+        total = weights.sum(-1, keepdim=True)
+        out[0, :, r:r + b] = torch.matmul(weights.view(g, group * b, n + m), v).view(heads, b, d) / total.view(heads, b, 1)
+        subset = weights[..., :sink].sum(-1, keepdim=True) + weights[..., start:end].sum(-1, keepdim=True) \
+            + weights[..., n:].sum(-1, keepdim=True)
+        best = torch.maximum(best, (weights[..., start:end] / subset).amax(dim=(1, 2)))
+    return out, best
+
+
+def keep_rows(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Sequences' [G, k_b] kept columns (-1 pads) as one [B, G, k] tensor."""
+    k = max(r.shape[-1] for r in rows)
+    return torch.stack([torch.nn.functional.pad(r, (0, k - r.shape[-1]), value=-1) for r in rows])
+
+
+def template_parts(tokenizer) -> tuple[str, str]:
+    """kvpress's reading of the chat template: the text before a user message (its preamble) and
+    after it up to the assistant's answer; ("", "\n") without a template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return "", "\n"
+    dummy = "dummy context"
+    separator = "\n" + "#" * len(dummy)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": dummy + separator}], tokenize=False,
+                                         add_generation_prompt=True, enable_thinking=False)
+    context, suffix = text.split(separator)
+    return context.split(dummy)[0], suffix
+
+
+def replay_texts(tokenizer) -> dict:
+    """The replay's token ids: the two repeat prompts, the template's preamble and its assistant opening."""
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"] if text else []  # noqa: E731
+    prefix, suffix = template_parts(tokenizer)
+    return {"first": encode(REPEAT_FIRST), "next": encode(REPEAT_NEXT), "prefix": encode(prefix),
+            "suffix": encode(suffix)}

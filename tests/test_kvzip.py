@@ -1,0 +1,103 @@
+"""KVzip (asl.KVzip, kvpress's KVzipPress): the replay's scores against the same attention
+written out in float64 from a plain pass of prompt + replay, the cut against its definition on
+scores made by hand, and what a generation keeps."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from tiny import CharTokenizer, random_text, tiny_pair
+
+import asl
+from asl.policies.kvzip import REPEAT_FIRST, REPEAT_NEXT
+from asl.prefill import AliveTokens, full_trunk, prefill
+
+TOK = CharTokenizer()
+LAYERS = 4
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_pair("llama", num_hidden_layers=LAYERS, max_position_embeddings=512, eos_token_id=None)[1]
+
+
+@torch.inference_mode()
+def reference_scores(model, ids: list[int], chunk: int, n_sink: int) -> torch.Tensor:
+    """[L, G, n]: per chunk, a plain pass of prompt + replay (the replay attends to the whole
+    prompt and itself, as a continuation would); entry j's score is the most any replay query of
+    its KV group gives it, the softmax over the sinks, the chunk and the replay up to the query."""
+    c = model.config
+    n, group = len(ids), c.num_heads // c.num_kv_heads
+    out = torch.zeros(LAYERS, c.num_kv_heads, n, dtype=torch.float64)
+    for start in range(0, n, chunk):
+        end = min(start + chunk, n)
+        ask = REPEAT_FIRST if start == 0 else REPEAT_NEXT
+        quote = ids[max(start - 8, start - chunk):start] if start else []
+        replay = TOK(ask)["input_ids"] + quote + TOK("\n")["input_ids"] + ids[start:end]
+        both = torch.tensor([ids + replay])
+        trunk = full_trunk(model, AliveTokens.start(both, torch.ones_like(both, dtype=torch.bool)))
+        sinks = list(range(min(n_sink, start)))
+        for i in range(LAYERS):
+            q, k = trunk.queries[i][0].double(), trunk.keys[i][0].double()
+            for t in range(len(replay)):
+                seen = sinks + list(range(start, end)) + list(range(n, n + t + 1))
+                for h in range(c.num_heads):
+                    g = h // group
+                    w = torch.softmax(k[g, seen] @ q[h, n + t] / c.head_dim ** 0.5, -1)[len(sinks):len(sinks) + end - start]
+                    out[i, g, start:end] = torch.maximum(out[i, g, start:end], w)
+    return out
+
+
+def test_the_replay_scores_are_the_attention_written_out(model):
+    ids = TOK(random_text(random.Random(3), 90))["input_ids"]
+    policy = asl.KVzip(ratio=0.5, chunk=40, n_sink=4)
+    both = torch.tensor([ids])
+    pre = prefill(model, both, torch.ones_like(both, dtype=torch.bool), 0)  # the whole prompt's cache
+    from asl.policies.kvzip import replay_texts
+    ours = policy.scores(model, pre.cache, 0, ids, 0, replay_texts(TOK))
+    expected = reference_scores(model, ids, 40, 4)
+    assert torch.allclose(ours.double(), expected, rtol=1e-4, atol=1e-6)
+    assert float(expected[:, :, 40:80].min()) > 0  # every chunk was scored
+
+
+def test_the_cut_is_over_all_layers_and_heads_then_per_layer_over_its_heads():
+    """Distinct hand-made scores: the int(L G n ratio) lowest of all go (the sinks first scored
+    above all), each layer losing as many of its own lowest, across its heads."""
+    gen = torch.Generator().manual_seed(4)
+    scores = torch.randperm(3 * 2 * 10, generator=gen).float().view(3, 2, 10)
+    policy = asl.KVzip(ratio=0.4, n_sink=2)
+    kept = policy._kept(scores.clone())
+    flat = [(float(scores[i, g, j]) if j >= 2 else 1e9, i, g, j) for i in range(3) for g in range(2) for j in range(10)]
+    dropped = {(i, g, j) for _, i, g, j in sorted(flat)[: int(60 * 0.4)]}
+    for i in range(3):
+        for g in range(2):
+            assert [c for c in kept[i][g].tolist() if c >= 0] == [j for j in range(10) if (i, g, j) not in dropped]
+    layerwise = asl.KVzip(ratio=0.4, n_sink=2, layerwise=True)._kept(scores.clone())
+    assert [int((k >= 0).sum()) for k in layerwise] == [20 - int(20 * 0.4)] * 3
+
+
+def test_a_generation_keeps_the_share_and_the_sinks(model):
+    text = random_text(random.Random(5), 150)
+    out = asl.generate(model, TOK, text, max_new_tokens=3, eviction=asl.KVzip(ratio=0.5, chunk=64))
+    full = asl.generate(model, TOK, text, max_new_tokens=3)
+    assert out.trace.kv_bytes * 2 == full.trace.kv_bytes  # int(4 layers x 2 heads x 150 x 0.5) entries went
+    assert len(set(out.trace.kv_tokens)) > 1  # the layers keep different counts
+    ids = torch.tensor([TOK(text)["input_ids"]])
+    pre = prefill(model, ids, torch.ones_like(ids, dtype=torch.bool), 0, eviction=asl.KVzip(ratio=0.9, chunk=64),
+                  tokenizer=TOK)
+    for layer in pre.cache.layers:  # the sinks stay, even where nine tenths go
+        assert layer.index[0, :, :4].tolist() == [[0, 1, 2, 3]] * model.config.num_kv_heads
+
+
+def test_refusals_name_what_is_wrong(model):
+    ids = torch.tensor([TOK("some context")["input_ids"]])
+    with pytest.raises(ValueError, match="needs the tokenizer"):
+        prefill(model, ids, torch.ones_like(ids, dtype=torch.bool), 0, eviction=asl.KVzip())
+    with pytest.raises(ValueError, match="give it no selection"):
+        asl.generate(model, TOK, "some context", max_new_tokens=1, selection=asl.FastKV(layer=1, select_tokens=16, window=4),
+                     eviction=asl.KVzip())
+    with pytest.raises(ValueError, match="ratio must be a number in"):
+        asl.KVzip(ratio=0)
+    with pytest.raises(ValueError, match="past the model's 512"):
+        asl.generate(model, TOK, random_text(random.Random(1), 300), max_new_tokens=1, eviction=asl.KVzip(chunk=300))
