@@ -60,6 +60,7 @@ METHODS = {
                                                    ["KnormPress", {"compression_ratio": 0.5}]]},
                      lambda r: asl.Chain(asl.SnapKV(window=64, kernel=5, ratio=r), asl.KNorm(window=0, ratio=0.5))),
     "kvzip": ("KVzipPress", {}, lambda r: asl.KVzip(ratio=r)),
+    "kvgrad": ("KVgradPress", {}, lambda r: asl.KVgrad(ratio=r)),
     "capkv": ("CapPress", {}, lambda r: asl.CapKV(window=0, ratio=r)),
     "merging(knorm)": ("MergingPress", {"press": ["KnormPress", {}]},
                        lambda r: asl.Merging(asl.KNorm(window=0, ratio=r))),
@@ -86,9 +87,9 @@ METHODS = {
     "simlayerkv": ("SimLayerKVPress", {"lazy_threshold": 0.85, "n_recent": 256},
                    lambda r: asl.SimLayerKV(lazy_threshold=0.85, n_recent=256)),
 }
-# kvpress's KVzipPress leaves the chat template's preamble unscored, taking every context to open
+# kvpress's KVzipPress (and KVgradPress) leaves the chat template's preamble unscored, taking every context to open
 # with it (its pipeline's do); these methods' contexts open with it, on both sides.
-OPENS_WITH_PREAMBLE = {"kvzip"}
+OPENS_WITH_PREAMBLE = {"kvzip", "kvgrad"}
 CITIES = ["Lisbon", "Osaka", "Quito", "Nairobi", "Oslo", "Lima", "Hanoi", "Perth", "Accra", "Riga"]
 
 

@@ -22,6 +22,20 @@ def model():
     return tiny_pair("llama", num_hidden_layers=LAYERS, max_position_embeddings=512, eos_token_id=None)[1]
 
 
+def replays(model, ids: list[int], chunk: int):
+    """Per chunk [start, end): its replay's ids, written out (no chat template: "\n" closes the
+    ask), and a plain pass of prompt + replay recording every layer."""
+    for start in range(0, len(ids), chunk):
+        end = min(start + chunk, len(ids))
+        ask = REPEAT_FIRST if start == 0 else REPEAT_NEXT
+        quote = ids[max(start - 8, start - chunk):start] if start else []
+        replay = TOK(ask)["input_ids"] + quote + TOK("\n")["input_ids"] + ids[start:end]
+        both = torch.tensor([ids + replay])
+        with torch.inference_mode():  # (not around the yield: the caller's code would run in it)
+            trunk = full_trunk(model, AliveTokens.start(both, torch.ones_like(both, dtype=torch.bool)))
+        yield start, end, replay, trunk
+
+
 @torch.inference_mode()
 def reference_scores(model, ids: list[int], chunk: int, n_sink: int) -> torch.Tensor:
     """[L, G, n]: per chunk, a plain pass of prompt + replay (the replay attends to the whole
@@ -30,13 +44,7 @@ def reference_scores(model, ids: list[int], chunk: int, n_sink: int) -> torch.Te
     c = model.config
     n, group = len(ids), c.num_heads // c.num_kv_heads
     out = torch.zeros(LAYERS, c.num_kv_heads, n, dtype=torch.float64)
-    for start in range(0, n, chunk):
-        end = min(start + chunk, n)
-        ask = REPEAT_FIRST if start == 0 else REPEAT_NEXT
-        quote = ids[max(start - 8, start - chunk):start] if start else []
-        replay = TOK(ask)["input_ids"] + quote + TOK("\n")["input_ids"] + ids[start:end]
-        both = torch.tensor([ids + replay])
-        trunk = full_trunk(model, AliveTokens.start(both, torch.ones_like(both, dtype=torch.bool)))
+    for start, end, replay, trunk in replays(model, ids, chunk):
         sinks = list(range(min(n_sink, start)))
         for i in range(LAYERS):
             q, k = trunk.queries[i][0].double(), trunk.keys[i][0].double()
@@ -101,3 +109,56 @@ def test_refusals_name_what_is_wrong(model):
         asl.KVzip(ratio=0)
     with pytest.raises(ValueError, match="past the model's 512"):
         asl.generate(model, TOK, random_text(random.Random(1), 300), max_new_tokens=1, eviction=asl.KVzip(chunk=300))
+
+
+def test_kvgrad_weights_the_replay_by_what_an_entry_writes_and_how_much_that_matters():
+    """KVgrad written out: A from the same plain pass as KVzip's reference, ||v W_O|| from the
+    output projection's slice of each query head, and ||dPhi/da_p|| by autograd through
+    transformers' own model in float64 (its hidden states at the replay, Phi = sum ||h_p||^2)."""
+    import copy
+
+    hf, ours = tiny_pair("llama", num_hidden_layers=LAYERS, max_position_embeddings=512, eos_token_id=None)
+    hf = copy.deepcopy(hf).double()
+    c = ours.config
+    group = c.num_heads // c.num_kv_heads
+    ids = TOK(random_text(random.Random(6), 70))["input_ids"]
+    n, chunk = len(ids), 40
+    both = torch.tensor([ids])
+    pre = prefill(ours, both, torch.ones_like(both, dtype=torch.bool), 0)
+    from asl.policies.kvzip import replay_texts
+    got = asl.KVgrad(ratio=0.5, chunk=chunk).scores(ours, pre.cache, 0, ids, 0, replay_texts(TOK))
+    expected = torch.zeros(LAYERS, c.num_kv_heads, n, dtype=torch.float64)
+    for start, end, replay, trunk in replays(ours, ids, chunk):
+        full = torch.tensor([ids + replay])
+        written, last = {}, {}
+        def keep(i):
+            def hook(module, args, out):  # returns None: the output stays
+                out.retain_grad()
+                written[i] = out
+            return hook
+
+        def keep_last(module, args, out):
+            last["h"] = out[0] if isinstance(out, tuple) else out
+
+        hooks = [layer.self_attn.o_proj.register_forward_hook(keep(i)) for i, layer in enumerate(hf.model.layers)]
+        hooks.append(hf.model.layers[-1].register_forward_hook(keep_last))
+        embeds = hf.model.embed_tokens(full).detach().requires_grad_(True)
+        hf.model(inputs_embeds=embeds)
+        last["h"][0, n:].square().sum().backward()
+        for hook in hooks:
+            hook.remove()
+        sinks = list(range(min(4, start)))
+        for i in range(LAYERS):
+            q, k = trunk.queries[i][0].double(), trunk.keys[i][0].double()
+            values = trunk.values[i][0].double()
+            w_o = hf.model.layers[i].self_attn.o_proj.weight.detach().view(c.hidden_size, c.num_heads, c.head_dim)
+            sensitivity = written[i].grad[0, n:].norm(dim=-1)
+            for t in range(len(replay)):
+                seen = sinks + list(range(start, end)) + list(range(n, n + t + 1))
+                for h in range(c.num_heads):
+                    g = h // group
+                    a = torch.softmax(k[g, seen] @ q[h, n + t] / c.head_dim ** 0.5, -1)[len(sinks):len(sinks) + end - start]
+                    norm = (values[g, start:end] @ w_o[:, h].T).norm(dim=-1)
+                    expected[i, g, start:end] = torch.maximum(expected[i, g, start:end], a * norm * sensitivity[t])
+    assert torch.allclose(got.double(), expected, rtol=2e-3, atol=1e-7)
+    assert not torch.allclose(got, asl.KVzip(ratio=0.5, chunk=chunk).scores(ours, pre.cache, 0, ids, 0, replay_texts(TOK)))

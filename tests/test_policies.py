@@ -280,6 +280,7 @@ POLICIES = {
     "fastkv+snapkv+keydiff": lambda: (asl.FastKV(layer=3, select_tokens=48, window=4),
                                       asl.Chain(asl.SnapKV(ratio=0.4, window=4), asl.KeyDiff(ratio=0.5, window=2))),
     "kvzip": lambda: (None, asl.KVzip(ratio=0.5, chunk=64)),
+    "kvgrad": lambda: (None, asl.KVgrad(ratio=0.5, chunk=64, layerwise=True)),
     "think(snapkv)": lambda: (None, asl.ThinK(asl.SnapKV(budget=30, window=4), key_channel_ratio=0.5, window=8)),
     "think": lambda: (None, asl.ThinK(key_channel_ratio=0.25, window=8)),
     "capkv": lambda: (None, asl.CapKV(budget=30, window=4, n_future_positions=16)),

@@ -214,16 +214,21 @@ class DecoderLayer(nn.Module):
         return self.finish(h, prefill_attention(q, k, v, masks.prompt(self.window), cap))
 
     def finish(self, h: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        """attn [B, n, H*d] (heads merged) -> the layer's output hidden states.
+        """attn [B, n, H*d] (heads merged) -> the layer's output hidden states."""
+        return self.after_attention(h, self.self_attn.o_proj(attn))
+
+    def after_attention(self, h: torch.Tensor, written: torch.Tensor) -> torch.Tensor:
+        """The layer's output from its attention's output projection `written` [B, n, D] (what a
+        policy that attributes to it reads: asl.KVgrad).
 
         In inference, long prompts run the MLP MLP_CHUNK tokens at a time, so its
         [n, intermediate] temporaries stay bounded (the largest tensors of a prefill).
         """
         if hasattr(self, "pre_feedforward_layernorm"):  # Gemma's sandwich
-            h = h + self.post_attention_layernorm(self.self_attn.o_proj(attn))
+            h = h + self.post_attention_layernorm(written)
             feed = lambda x: self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))  # noqa: E731
         else:
-            h = h + self.self_attn.o_proj(attn)
+            h = h + written
             feed = lambda x: self.mlp(self.post_attention_layernorm(x))  # noqa: E731
         n = h.shape[-2]
         if torch.is_grad_enabled() or torch.compiler.is_compiling() or n <= MLP_CHUNK:

@@ -70,28 +70,36 @@ class KVzip(EvictionPolicy):
     def scores(self, model, cache, b: int, ids: list[int], pad: int, texts: dict) -> torch.Tensor:
         """[L, G, n] the replay's scores of sequence b's entries (its prompt `ids`, after `pad`
         columns of left padding in the cache)."""
-        n, layers = len(ids), model.layers
-        scores = torch.zeros(len(layers), model.config.num_kv_heads, n, dtype=torch.float32, device=cache.layers[0].k.device)
+        n = len(ids)
+        prompt = [(layer.k[b:b + 1, :, pad:pad + n], layer.v[b:b + 1, :, pad:pad + n]) for layer in cache.layers]
+        scores = torch.zeros(len(model.layers), model.config.num_kv_heads, n, dtype=torch.float32,
+                             device=cache.layers[0].k.device)
         first = len(texts["prefix"]) if ids[: len(texts["prefix"])] == texts["prefix"] else 0
         for start in range(first, n, self.chunk):
             end = min(start + self.chunk, n)
             ask = texts["first"] if start == first else texts["next"] + ids[max(start - POSTFIX, start - self.chunk):start]
             replay = torch.tensor([ask + texts["suffix"] + ids[start:end]], device=scores.device)
-            m = replay.shape[1]
-            if n + m > model.config.max_position_embeddings:
-                raise ValueError(f"KVzip: the replay of prompt tokens {start}-{end} runs to position {n + m}, past the "
-                                 f"model's {model.config.max_position_embeddings}: give a smaller chunk")
-            h, rope = model.embed(replay, torch.arange(n, n + m, device=scores.device)[None])
-            sees = torch.ones(m, n + m, dtype=torch.bool, device=scores.device).tril(n)[None, None]
-            for i, layer in enumerate(layers):
-                q, k, v = layer.project(h, *rope)
-                stored = cache.layers[i]
-                keys = torch.cat([stored.k[b:b + 1, :, pad:pad + n], k], 2)
-                values = torch.cat([stored.v[b:b + 1, :, pad:pad + n], v], 2)
-                out, scores[i, :, start:end] = replay_attention(q, keys, values, n, start, end, min(self.n_sink, start))
-                if i < len(layers) - 1:
-                    h = layer.finish(h, out.to(h.dtype).transpose(1, 2).reshape(1, m, -1))
+            if n + replay.shape[1] > model.config.max_position_embeddings:
+                raise ValueError(f"{type(self).__name__}: the replay of prompt tokens {start}-{end} runs to position "
+                                 f"{n + replay.shape[1]}, past the model's {model.config.max_position_embeddings}: "
+                                 "give a smaller chunk")
+            scores[:, :, start:end] = self.chunk_scores(model, prompt, replay, start, end)
         return scores
+
+    def chunk_scores(self, model, prompt: list, replay: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """[L, G, end - start]: the scores of the chunk [start, end) from its replay [1, m];
+        `prompt` holds each layer's stored keys and values [1, G, n, d]."""
+        n, m = prompt[0][0].shape[2], replay.shape[1]
+        h, rope = model.embed(replay, torch.arange(n, n + m, device=replay.device)[None])
+        scores = []
+        for i, layer in enumerate(model.layers):
+            q, k, v = layer.project(h, *rope)
+            keys, values = torch.cat([prompt[i][0], k], 2), torch.cat([prompt[i][1], v], 2)
+            out, best = replay_attention(q, keys, values, n, start, end, min(self.n_sink, start))
+            scores.append(best)
+            if i < len(model.layers) - 1:
+                h = layer.finish(h, out.to(h.dtype).transpose(1, 2).reshape(1, m, -1))
+        return torch.stack(scores)
 
     def _kept(self, scores: torch.Tensor) -> list[torch.Tensor]:
         """Per layer, [G, k] the kept columns of one sequence's scores [L, G, n] (-1 pads)."""
