@@ -61,6 +61,8 @@ METHODS = {
                      lambda r: asl.Chain(asl.SnapKV(window=64, kernel=5, ratio=r), asl.KNorm(window=0, ratio=0.5))),
     "kvzip": ("KVzipPress", {}, lambda r: asl.KVzip(ratio=r)),
     "kvgrad": ("KVgradPress", {}, lambda r: asl.KVgrad(ratio=r)),
+    "kvcompose": ("KVComposePress", {}, lambda r: asl.KVCompose(ratio=r)),
+    "kvcompose(unstructured)": ("KVComposePress", {"structured": False}, lambda r: asl.KVCompose(ratio=r, structured=False)),
     "capkv": ("CapPress", {}, lambda r: asl.CapKV(window=0, ratio=r)),
     "merging(knorm)": ("MergingPress", {"press": ["KnormPress", {}]},
                        lambda r: asl.Merging(asl.KNorm(window=0, ratio=r))),

@@ -76,6 +76,11 @@ def kept_by_layer(press, model, context_ids: list[int], scorer=None):
     return [kept[i] for i in range(len(kept))], cache
 
 
+def masks_keys(cls: str, kwargs: dict) -> bool:
+    """Whether the press cuts by masking keys (module.masked_key_indices) rather than storing fewer."""
+    return cls in ("KVzipPress", "KVgradPress") or (cls == "KVComposePress" and kwargs.get("structured") is False)
+
+
 def kvzip_kept(press, model, context_ids: list[int]):
     """KVzipPress's (and KVgradPress's) cut: prefill under it (its replay runs as the press's context closes), then
     per layer the entries its `masked_key_indices` leave unmasked, per KV head."""
@@ -179,7 +184,7 @@ def main() -> None:
                 kept, cache = kept_by_layer(press, model, prompt["context_ids"] + [delimiter] + prompt["question_ids"])
             elif rerotated:
                 kept, cache = kept_by_layer(press, model, prompt["context_ids"], press.press)
-            elif cls in ("KVzipPress", "KVgradPress"):  # its cut comes after a replay, as masked keys (kvpress's attention patch)
+            elif masks_keys(cls, kwargs):  # its cut comes after a replay, as masked keys (kvpress's attention patch)
                 kept, cache = kvzip_kept(press, model, prompt["context_ids"])
             elif cls == "ComposedPress" and "compression_ratio" not in kwargs["presses"][1][1]:  # the entries are the
                 # first press's topk, the second (ThinKPress) changes them after; two sequence presses: by matching
@@ -194,7 +199,7 @@ def main() -> None:
                 kept, cache = kept_by_matching(press, model, prompt["context_ids"], full[key])
             else:
                 kept, cache = kept_by_layer(press, model, prompt["context_ids"])
-            model.set_attn_implementation("sdpa" if cls in ("KVzipPress", "KVgradPress") else "eager")  # KVzip's mask: sdpa only
+            model.set_attn_implementation("sdpa" if masks_keys(cls, kwargs) else "eager")  # the mask: sdpa only
             if cls == "FinchPress":  # kvpress keeps the question in the cache and asks it again; asl drops the hint
                 results.setdefault(name, []).append({"id": prompt["id"], "kept": kept, "answer": None,
                                                      "answer_error": "not compared: kvpress keeps the question in "

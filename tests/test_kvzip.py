@@ -1,6 +1,8 @@
-"""KVzip (asl.KVzip, kvpress's KVzipPress): the replay's scores against the same attention
-written out in float64 from a plain pass of prompt + replay, the cut against its definition on
-scores made by hand, and what a generation keeps."""
+"""The evictions that read the prompt again after its prefill (asl.KVzip, asl.KVgrad,
+asl.KVCompose; kvpress's KVzipPress, KVgradPress, KVComposePress): their scores against the same
+attention written out in float64 from a plain pass of prompt + replay (KVgrad's gradient by
+autograd through transformers), their cuts against their definitions on scores made by hand,
+and what a generation keeps."""
 from __future__ import annotations
 
 import random
@@ -162,3 +164,53 @@ def test_kvgrad_weights_the_replay_by_what_an_entry_writes_and_how_much_that_mat
                     expected[i, g, start:end] = torch.maximum(expected[i, g, start:end], a * norm * sensitivity[t])
     assert torch.allclose(got.double(), expected, rtol=2e-3, atol=1e-7)
     assert not torch.allclose(got, asl.KVzip(ratio=0.5, chunk=chunk).scores(ours, pre.cache, 0, ids, 0, replay_texts(TOK)))
+
+
+def test_kvcompose_scores_are_the_second_readings_attention_written_out(model):
+    """A plain pass of prompt + prompt: per layer and query head the most any query of the second
+    copy gives each entry (softmax over all it sees), the group averaged, the heads' mean added."""
+    c = model.config
+    group = c.num_heads // c.num_kv_heads
+    ids = TOK(random_text(random.Random(7), 60))["input_ids"]
+    n = len(ids)
+    both = torch.tensor([ids])
+    pre = prefill(model, both, torch.ones_like(both, dtype=torch.bool), 0)
+    got = asl.KVCompose(ratio=0.5).scores(model, pre.cache, 0, both, 0)
+    twice = torch.tensor([ids + ids])
+    with torch.inference_mode():
+        trunk = full_trunk(model, AliveTokens.start(twice, torch.ones_like(twice, dtype=torch.bool)))
+    expected = torch.zeros(LAYERS, c.num_kv_heads, n, dtype=torch.float64)
+    for i in range(LAYERS):
+        q, k = trunk.queries[i][0].double(), trunk.keys[i][0].double()
+        for h in range(c.num_heads):
+            most = torch.zeros(n, dtype=torch.float64)
+            for t in range(n):
+                weights = torch.softmax(k[h // group, : n + t + 1] @ q[h, n + t] / c.head_dim ** 0.5, -1)
+                most = torch.maximum(most, weights[:n])
+            expected[i, h // group] += most / group
+        expected[i] += expected[i].mean(0, keepdim=True)
+    assert torch.allclose(got.double(), expected, rtol=1e-4, atol=1e-7)
+
+
+def test_kvcompose_sizes_layers_by_composite_tokens():
+    """Hand-made distinct scores: composite token r of a layer is the mean over its heads of each
+    head's r-th best; layer 0's is the most of all layers' at r; the int(L n (1 - ratio)) best
+    composites of all layers say how many each layer keeps, every head its own best that many."""
+    gen = torch.Generator().manual_seed(9)
+    scores = torch.rand(3, 2, 10, generator=gen, dtype=torch.float64).float()
+    kept = asl.KVCompose(ratio=0.6).kept(scores.clone())
+    ranked = [[sorted(scores[i, g].tolist(), reverse=True) for g in range(2)] for i in range(3)]
+    composite = [[sum(ranked[i][g][r] for g in range(2)) / 2 for r in range(10)] for i in range(3)]
+    composite[0] = [max(composite[i][r] for i in range(3)) for r in range(10)]
+    best = sorted(((composite[i][r], -i, -r) for i in range(3) for r in range(10)), reverse=True)[: int(30 * 0.4)]
+    counts = [max(1, sum(1 for _, layer, _ in best if -layer == i)) for i in range(3)]
+    for i in range(3):
+        for g in range(2):
+            top = sorted(range(10), key=lambda j: -float(scores[i, g, j]))[: counts[i]]
+            assert [c for c in kept[i][g].tolist() if c >= 0] == sorted(top)
+    loose = asl.KVCompose(ratio=0.6, structured=False).kept(scores.clone())
+    heads = sorted(((ranked[i][g][r], i, g) for i in range(3) for g in range(2) for r in range(10)),
+                   reverse=True)[: int(60 * 0.4)]
+    for i in range(3):
+        for g in range(2):
+            assert int((loose[i][g] >= 0).sum()) == sum(1 for _, li, hg in heads if (li, hg) == (i, g))

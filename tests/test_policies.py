@@ -281,6 +281,8 @@ POLICIES = {
                                       asl.Chain(asl.SnapKV(ratio=0.4, window=4), asl.KeyDiff(ratio=0.5, window=2))),
     "kvzip": lambda: (None, asl.KVzip(ratio=0.5, chunk=64)),
     "kvgrad": lambda: (None, asl.KVgrad(ratio=0.5, chunk=64, layerwise=True)),
+    "kvcompose": lambda: (None, asl.KVCompose(ratio=0.6)),
+    "kvcompose(unstructured)": lambda: (None, asl.KVCompose(ratio=0.5, structured=False, keep_token_lower_bound=2)),
     "think(snapkv)": lambda: (None, asl.ThinK(asl.SnapKV(budget=30, window=4), key_channel_ratio=0.5, window=8)),
     "think": lambda: (None, asl.ThinK(key_channel_ratio=0.25, window=8)),
     "capkv": lambda: (None, asl.CapKV(budget=30, window=4, n_future_positions=16)),

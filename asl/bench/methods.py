@@ -40,7 +40,7 @@ from asl.bench.run.oracle import Oracle
 from asl.calibration import SCORING, asl_settings, scaled_layer
 from asl.presets import KVPRESS, PAPER, kvpress_settings, paper_settings
 from asl.policies.base import check_policies
-from asl.policies import (ASL, CAM, CAMDecoding, CUR, TOVA, LazyLLM, Compactor, Leverage, NonCausalAttention, AdaKV, ChunkKV, PerChunk, Merging, Blockwise, Chain, KVzip, KVgrad, ThinK, CapKV, EntropyGatedChunkKV, CriticalKV, DecodingEviction, ExpectedAttention, Finch, KeyRerotation, PerLayerRatio, ThresholdEviction, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
+from asl.policies import (ASL, CAM, CAMDecoding, CUR, TOVA, LazyLLM, Compactor, Leverage, NonCausalAttention, AdaKV, ChunkKV, PerChunk, Merging, Blockwise, Chain, KVzip, KVgrad, KVCompose, ThinK, CapKV, EntropyGatedChunkKV, CriticalKV, DecodingEviction, ExpectedAttention, Finch, KeyRerotation, PerLayerRatio, ThresholdEviction, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
                           KeyDiff, KNorm, LagKV, ObservedAttention, Proportional, PyramidInfer, PyramidInferDecode, PyramidKV,
                           RandomScores, ScorerEviction, SelectionPolicy, SnapKV, SqueezedAttention, StreamingLLM, TopP)
 
@@ -51,7 +51,7 @@ EVICTIONS = {"snapkv": SnapKV, "streaming": StreamingLLM, "topp": TopP, "pyramid
              "knorm": KNorm, "keydiff": KeyDiff, "random": RandomScores, "tova": TOVA,
              "observed-attention": ObservedAttention, "lagkv": LagKV, "expected-attention": ExpectedAttention,
              "cur": CUR, "simlayerkv": SimLayerKV, "finch": Finch, "leverage": Leverage,
-             "non-causal-attention": NonCausalAttention, "compactor": Compactor, "capkv": CapKV, "squeezed": SqueezedAttention, "kvzip": KVzip, "kvgrad": KVgrad}
+             "non-causal-attention": NonCausalAttention, "compactor": Compactor, "capkv": CapKV, "squeezed": SqueezedAttention, "kvzip": KVzip, "kvgrad": KVgrad, "kvcompose": KVCompose}
 # Allocators: an eviction that wraps a scorer eviction, written name(scorer, key=value...)
 WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional, "chunkkv": ChunkKV, "perchunk": PerChunk, "merging": Merging, "blockwise": Blockwise, "think": ThinK, "entropy-chunkkv": EntropyGatedChunkKV,
             "criticalkv": CriticalKV, "keyrerotation": KeyRerotation,
@@ -60,7 +60,7 @@ WRAPPERS = {"adakv": AdaKV, "pyramidkv": PyramidKV, "proportional": Proportional
 # A method that is a selection and an eviction in one paper: its name stands for both (its
 # arguments go to the first).
 ALIASES = {"pyramidinfer": ("pyramidinfer-prefill", "pyramidinfer-decode")}
-BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "leverage", "non-causal-attention", "compactor", "capkv", "squeezed", "kvzip", "kvgrad", "finch", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "perchunk", "merging", "blockwise", "think", "entropy-chunkkv", "criticalkv", "keyrerotation", "decoding", "perlayer", "dms", "cam", "cam-decoding", "fastkv", "asl", "gemfilter", "asl-2pass",
+BUILTIN = ("full", "snapkv", "streaming", "topp", "knorm", "keydiff", "random", "tova", "observed-attention", "lagkv", "expected-attention", "cur", "leverage", "non-causal-attention", "compactor", "capkv", "squeezed", "kvzip", "kvgrad", "kvcompose", "finch", "simlayerkv", "adakv", "pyramidkv", "proportional", "chunkkv", "perchunk", "merging", "blockwise", "think", "entropy-chunkkv", "criticalkv", "keyrerotation", "decoding", "perlayer", "dms", "cam", "cam-decoding", "fastkv", "asl", "gemfilter", "asl-2pass",
            "jaccard-stop", "entropy-stop", "lazyllm", "pyramidinfer", "pyramidinfer-prefill", "pyramidinfer-decode", "oracle")
 DESCRIPTIONS = {
     "full": "the full cache (no selection, no eviction)",
@@ -132,6 +132,9 @@ DESCRIPTIONS = {
     "kvgrad": "KVzip's replay, each entry's attention weighted by what it writes (||v W_O||) and how much the last "
               "hidden states move with the attention output (a gradient), kvgrad(ratio=0.5) (KVgrad; kvpress's "
               "KVgradPress); a forward and a backward pass per chunk of 512",
+    "kvcompose": "the prompt read again over its cache; entries scored by the attention it pays them, each layer's "
+                 "count from composite tokens ranked over all layers, kvcompose(ratio=0.5) (KVCompose, Akulov et al. "
+                 "2025; kvpress's KVComposePress)",
     "think": "wrapper around an eviction, think(snapkv,key_channel_ratio=0.5): the key channels the latest queries "
              "use least zeroed in the stored keys, per KV head (ThinK, Xu et al. 2024; kvpress's ThinKPress, composed "
              "after the scorer as its ComposedPress)",
@@ -411,7 +414,7 @@ def model_defaults(model_name: str, num_layers: int, config=None, calibration=No
         "gemfilter": {"layer": gemfilter_layer(model_type, num_layers)[0]},
         "jaccard-stop": {"l_min": scaled_layer(10, num_layers), **SCORING},
         "entropy-stop": {"l_min": scaled_layer(10, num_layers), **SCORING},
-        "pyramidinfer-prefill": {}, "pyramidinfer-decode": {}, "simlayerkv": {}, "lazyllm": {}, "squeezed": {}, "kvzip": {}, "kvgrad": {},
+        "pyramidinfer-prefill": {}, "pyramidinfer-decode": {}, "simlayerkv": {}, "lazyllm": {}, "squeezed": {}, "kvzip": {}, "kvgrad": {}, "kvcompose": {},
     }
     if preset == "paper":  # the run's budget and selection size stay the run's
         for name in PAPER:

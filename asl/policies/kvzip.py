@@ -96,7 +96,7 @@ class KVzip(EvictionPolicy):
             q, k, v = layer.project(h, *rope)
             keys, values = torch.cat([prompt[i][0], k], 2), torch.cat([prompt[i][1], v], 2)
             out, best = replay_attention(q, keys, values, n, start, end, min(self.n_sink, start))
-            scores.append(best)
+            scores.append(best.amax(1))  # the most of the group's query heads
             if i < len(model.layers) - 1:
                 h = layer.finish(h, out.to(h.dtype).transpose(1, 2).reshape(1, m, -1))
         return torch.stack(scores)
@@ -118,20 +118,21 @@ class KVzip(EvictionPolicy):
         return kept
 
 
-def replay_attention(q, keys, values, n: int, start: int, end: int, sink: int, rows: int = 256):
+def replay_attention(q, keys, values, n: int, start: int, end: int, sink: int, rows: int = 256, subset: bool = True):
     """The replay's attention and its scores, from one set of logits. q [1, H, m, d] the replay's
     queries; keys, values [1, G, n + m, d] the prompt's entries then the replay's own, which it
-    sees causally. Returns the attention output [1, H, m, d] (float32) and, per KV head, the most
-    any query of its group gives each chunk entry [start, end) when the softmax is taken over the
-    first `sink` entries, the chunk and the replay only [G, end - start]. In blocks of `rows`
-    queries, so the logits stay [H, rows, n + m]."""
+    sees causally. Returns the attention output [1, H, m, d] (float32) and, per query head (as
+    [G, group, end - start]), the most any replay query gives each entry of [start, end) when the
+    softmax is taken over the first `sink` entries, those and the replay only (KVzip's), or
+    with `subset=False` over everything it sees (KVCompose's). In blocks of `rows` queries, so the
+    logits stay [H, rows, n + m]."""
     _, heads, m, d = q.shape
     g = keys.shape[1]
     group = heads // g
     k, v = keys[0].float(), values[0].float()
     cols = torch.arange(n + m, device=q.device)
     out = torch.empty(1, heads, m, d, dtype=torch.float32, device=q.device)
-    best = torch.zeros(g, end - start, dtype=torch.float32, device=q.device)
+    best = torch.zeros(g, group, end - start, dtype=torch.float32, device=q.device)
     for r in range(0, m, rows):
         part = q[0, :, r:r + rows].float()  # [H, b, d]
         b = part.shape[1]
@@ -141,9 +142,10 @@ def replay_attention(q, keys, values, n: int, start: int, end: int, sink: int, r
         weights = logits.sub_(logits.amax(-1, keepdim=True)).exp_()  # unnormalised
         total = weights.sum(-1, keepdim=True)
         out[0, :, r:r + b] = torch.matmul(weights.view(g, group * b, n + m), v).view(heads, b, d) / total.view(heads, b, 1)
-        subset = weights[..., :sink].sum(-1, keepdim=True) + weights[..., start:end].sum(-1, keepdim=True) \
-            + weights[..., n:].sum(-1, keepdim=True)
-        best = torch.maximum(best, (weights[..., start:end] / subset).amax(dim=(1, 2)))
+        if subset:
+            total = weights[..., :sink].sum(-1, keepdim=True) + weights[..., start:end].sum(-1, keepdim=True) \
+                + weights[..., n:].sum(-1, keepdim=True)
+        best = torch.maximum(best, (weights[..., start:end] / total.view(g, group, b, 1)).amax(dim=2))
     return out, best
 
 
