@@ -14,7 +14,7 @@
 # prefill plus each method's own layers and decoding; the two-pass methods run alone. Decoding
 # dominates then: a short try (SAMPLES=1 LENGTH=1024, 1 thread beside other work) took about
 # 5 s a method-sample; at 4,096 tokens on 2 cores in bf16 expect about 240 s a sample for the
-# 43 methods, so 30 samples of 5 tasks is about 10 h and SAMPLES=15 about 5 h (resumable: a
+# 47 methods, so 30 samples of 5 tasks is about 11 h and SAMPLES=15 about 5.5 h (resumable: a
 # later run with SAMPLES=30 adds the rest to the same folder). The
 # folder's config.json refuses a resume with other settings or other library code: resume it
 # from the commit it records (`git worktree add runs/wt <commit>`), not from a newer one.
@@ -23,7 +23,10 @@
 # peak_kv_tokens); its static form composes with SnapKV at the budget. Squeezed Attention keeps
 # every entry (the full cache's KV) and is there for what its retrieval costs in answers; its
 # records' attended_share is what it saves. ThinK keeps SnapKV's entries with half of each key's
-# channels zeroed (no memory saved, as in kvpress).
+# channels zeroed (no memory saved, as in kvpress). KVzip, KVgrad and KVCompose evict 75% of the
+# prompt's entries over all layers together (the same mean KV, layers keeping different counts)
+# after a second reading of the prompt, which their TTFT includes; the chain keeps SnapKV's 2,048
+# then K-norm's 1,024 of those.
 # Left out, and why: topp and dms keep what a threshold says, not a budget; simlayerkv keeps
 # whole layers (its own budget); decoding(...) only differs from its scorer on answers longer
 # than its `every`; the oracle is not a method one could deploy (its runs are in
@@ -41,6 +44,7 @@ EVICTIONS=snapkv,streaming,knorm,keydiff,random,tova,observed-attention,lagkv,ex
 EVICTIONS+=,non-causal-attention,compactor,finch,"adakv(snapkv)","pyramidkv(snapkv)","chunkkv(snapkv)"
 EVICTIONS+=,"criticalkv(snapkv)","cam(knorm)","keyrerotation(knorm)",capkv,"merging(knorm)","perchunk(snapkv)"
 EVICTIONS+=,"entropy-chunkkv(snapkv)","blockwise(keydiff)","think(snapkv)",squeezed
+EVICTIONS+=,"kvzip(ratio=0.75)","kvgrad(ratio=0.75)","kvcompose(ratio=0.75)","snapkv(budget=2048)+knorm"
 "$PY" -m asl.bench --model qwen2.5-0.5b --lengths "$LENGTH" --samples "${SAMPLES:-30}" --seed 0 \
   --tasks kv_retrieval,niah_multikey_2,niah_multikey_3,niah_multiquery,vt \
   --budget "$BUDGET" --select-tokens "$BUDGET" --threads "${THREADS:-2}" --share-prefix --reference asl \
