@@ -47,7 +47,7 @@ NUMERIC_TESTS := tests/test_ops.py tests/test_policies.py tests/test_variants.py
 	tests/test_interop.py tests/test_real_model.py tests/test_dtype.py tests/test_allocate.py \
 	tests/test_transformers_habits.py tests/test_golden.py tests/test_golden_pyramidinfer.py tests/test_sweep.py \
 	tests/test_adaptive.py tests/test_kv_scorers.py tests/test_model_scorers.py tests/test_decode_eviction.py \
-	tests/test_sliding_window.py tests/test_lazyllm.py tests/test_squeezed.py
+	tests/test_sliding_window.py tests/test_lazyllm.py tests/test_squeezed.py tests/test_kvzip.py
 test-avx2: $(VENV)/.installed
 	cache=$$(mktemp -d) && ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 TORCHINDUCTOR_CACHE_DIR=$$cache \
 		$(PY) -m pytest -q $(NUMERIC_TESTS); status=$$?; rm -rf $$cache; exit $$status
