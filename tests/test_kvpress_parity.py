@@ -30,10 +30,13 @@ def test_our_scorers_keep_what_kvpress_keeps(tmp_path):
         if name != "lagkv":  # LagKV's scores are ranks in a partition, equal across partitions: most cuts split a
             assert f["layers_identical"] >= f["layers"] - 4, name  # tie, which torch.topk breaks its own way
     for name, rows in result["per_prompt"].items():  # the same cache gives the same answer
+        if name == "kvcompose(unstructured)":  # kvpress's keeps the second reading's entries in its cache too
+            continue
         for row in rows:
             if all(j == 1.0 for j in row["layer_jaccard"]) and row["kvpress"] is not None:
                 assert row["answer_equal"], (name, row)
-    assert "kvpress-parity.md" in {p.name for p in tmp_path.iterdir()}
+    assert all(row["kvpress"] is None for row in result["per_prompt"]["kvcompose"])  # kvpress's cut cache fails to
+    assert "kvpress-parity.md" in {p.name for p in tmp_path.iterdir()}  # decode: if that changes, compare answers
 
 
 @pytest.mark.slow  # two model loads and a kvpress process
