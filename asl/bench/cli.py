@@ -17,6 +17,7 @@ import sys
 import torch
 
 from asl.policies import PrefillInfo
+from asl.policies.base import decides_after_prefill
 from asl.presets import PAPER_MODELS, PRESETS
 from asl.bench.args import (Formatter, add_dtype, check_device, ints, model_config, one_line_errors, parse_tasks,
                             resolve_dtype_flag)
@@ -173,7 +174,10 @@ def resolve(args):
             if (spec.label, method.budget) in kept:
                 continue  # one run per budget the method really keeps
             if method.budget != budget and not (method.budget is None and getattr(args, "ratio", None)):
-                own = "a share of each layer's tokens" if method.budget is None else f"its own budget {method.budget}"
+                own = f"its own budget {method.budget}" if method.budget is not None else \
+                    "a share of the prompt's entries over all layers" if decides_after_prefill(method.eviction) \
+                    and not getattr(method.eviction, "layerwise", False) else \
+                    "a share of each layer's tokens"
                 print(f"asl.bench: {spec.label} runs at {own}, whatever --budget", file=sys.stderr)
             kept.add((spec.label, method.budget))
             methods.append(method)
