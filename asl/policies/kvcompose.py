@@ -11,7 +11,7 @@ import torch
 
 from .. import ops
 from .base import EvictionPolicy, LayerView, check_positive_int, is_number, keep_from_mask
-from .kvzip import keep_rows, replay_attention
+from .kvzip import check_global_attention, per_sequence, replay_attention
 
 
 @dataclass
@@ -47,19 +47,12 @@ class KVCompose(EvictionPolicy):
         return None  # every entry, until the second reading has scored them all
 
     def after_prefill(self, model, tokens, cache, tokenizer) -> list[torch.Tensor]:
-        if any(layer.window is not None or layer.self_attn.softcap for layer in model.layers):
-            raise ValueError(f"KVCompose: {model.config.model_type} has sliding-window layers or capped logits, "
-                             "which its second reading does not score")
-        width = tokens.valid.shape[1]
-        rows = []
-        for b in range(tokens.ids.shape[0]):
-            n = int(tokens.valid[b].sum())
-            if 2 * n > model.config.max_position_embeddings:
-                raise ValueError(f"KVCompose reads the prompt again after it: {2 * n} positions, past the model's "
-                                 f"{model.config.max_position_embeddings}")
-            kept = self.kept(self.scores(model, cache, b, tokens.ids[b:b + 1, width - n:], width - n))
-            rows.append([torch.where(cols >= 0, cols + (width - n), -1) for cols in kept])  # the cache's columns
-        return [keep_rows([row[i] for row in rows]) for i in range(len(model.layers))]
+        check_global_attention(model, type(self).__name__)
+        longest = int(tokens.valid.sum(-1).max())
+        if 2 * longest > model.config.max_position_embeddings:
+            raise ValueError(f"KVCompose reads the prompt again after it: {2 * longest} positions, past the model's "
+                             f"{model.config.max_position_embeddings}")
+        return per_sequence(tokens, lambda b, ids, pad: self.kept(self.scores(model, cache, b, ids[None], pad)))
 
     def scores(self, model, cache, b: int, ids: torch.Tensor, pad: int) -> torch.Tensor:
         """[L, G, n] sequence b's scores (its prompt `ids` [1, n], after `pad` columns of left
@@ -86,7 +79,7 @@ class KVCompose(EvictionPolicy):
     def kept(self, scores: torch.Tensor) -> list[torch.Tensor]:
         """Per layer, [G, k] the kept columns of one sequence's scores [L, G, n] (-1 pads)."""
         count, g, n = scores.shape
-        ranked = -torch.sort(-scores, dim=-1, stable=True).values  # [L, G, n] each head's scores, best first
+        ranked = scores.sort(dim=-1, descending=True).values  # [L, G, n] each head's scores, best first
         floor = max(1, self.keep_token_lower_bound)
         total = max(1, int(scores.numel() // g * (1 - self.ratio)))
         if self.structured:

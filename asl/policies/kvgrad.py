@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.decoder import attend
-from .kvzip import KVzip
+from .kvzip import KVzip, replay_attention
 
 
 @dataclass
@@ -18,15 +18,15 @@ class KVgrad(KVzip):
     KVzip, `v_c W_O` the value times the head's slice of the output projection (what the entry
     writes into the residual stream), `a_p` the layer's attention output at replay token p and
     `Phi = sum_p ||h_p||^2` over the last layer's output (before the final norm). One forward
-    and one backward pass per chunk of `chunk` tokens (kvpress's default 512), the model's
-    weights frozen and the stored cache read only."""
+    and one backward pass per chunk of `chunk` tokens (kvpress's default 512); the gradient is
+    asked of the attention outputs alone (`torch.autograd.grad`), so the weights and the stored
+    cache are only read and one model serves many threads."""
 
     chunk: int = 512
 
     def chunk_scores(self, model, prompt: list, replay: torch.Tensor, start: int, end: int) -> torch.Tensor:
         n, m = prompt[0][0].shape[2], replay.shape[1]
-        sink = min(self.n_sink, start)
-        attention, written = [], []
+        read, written = [], []  # per layer: the replay's queries and keys; its attention outputs
         with torch.inference_mode(False), torch.enable_grad():  # the cache and weights read only: the
             h, rope = model.embed(replay.clone(), torch.arange(n, n + m, device=replay.device)[None])  # graph holds
             h = h.detach().requires_grad_(True)  # the activations, and grad() asks for the written outputs only
@@ -34,8 +34,7 @@ class KVgrad(KVzip):
             for i, layer in enumerate(model.layers):
                 q, k, v = layer.project(h, *rope)
                 keys, values = torch.cat([prompt[i][0].clone(), k], 2), torch.cat([prompt[i][1].clone(), v], 2)
-                with torch.no_grad():
-                    attention.append(chunk_weights(q, keys, sink, start, end, n))
+                read.append((q.detach(), keys.detach()))
                 out = attend(q, keys, values, sees, layer.self_attn.softcap)
                 written.append(layer.self_attn.o_proj(out.transpose(1, 2).reshape(1, m, -1)))
                 h = layer.after_attention(h, written[-1])
@@ -43,25 +42,14 @@ class KVgrad(KVzip):
         scores = []
         with torch.no_grad():
             for i, layer in enumerate(model.layers):
-                g, group = attention[i].shape[:2]
+                q, keys = read[i]
+                sensitivity = gradients[i][0].float().norm(dim=-1)  # [m]: ||dPhi/da_p||
+                _, attention = replay_attention(q, keys, None, n, start, end, min(self.n_sink, start),
+                                                row_scale=sensitivity)  # [G, group, len]: max_p A_pc ||dPhi/da_p||
+                g, group = attention.shape[:2]
                 weight = layer.self_attn.o_proj.weight.float()
                 projection = weight.view(weight.shape[0], g, group, -1)  # [D, G, group, d]
                 values = prompt[i][1][0, :, start:end].float()  # [G, len, d]
                 written_norm = torch.einsum("jhgi,hti->hgtj", projection, values).norm(dim=-1)  # [G, group, len]
-                sensitivity = gradients[i][0].float().norm(dim=-1)  # [m]
-                product = attention[i] * written_norm[:, :, None, :] * sensitivity[None, None, :, None]
-                scores.append(product.amax(dim=(1, 2)))
+                scores.append((attention * written_norm).amax(dim=1))  # ||v W_O|| does not depend on p
         return torch.stack(scores)
-
-
-def chunk_weights(q: torch.Tensor, keys: torch.Tensor, sink: int, start: int, end: int, n: int) -> torch.Tensor:
-    """[G, group, m, end - start] float32: each replay query's softmax weight on each chunk entry,
-    the softmax over the first `sink` entries, the chunk and the replay (causally), as KVzip's."""
-    _, heads, m, d = q.shape
-    g = keys.shape[1]
-    subset = torch.cat([keys[:, :, :sink], keys[:, :, start:end], keys[:, :, n:]], 2)[0].float()  # [G, s, d]
-    logits = torch.matmul(q[0].float().reshape(g, heads // g * m, d), subset.transpose(1, 2)) * d ** -0.5
-    logits = logits.view(g, heads // g, m, -1)
-    own = torch.ones(m, m, dtype=torch.bool, device=q.device).tril()
-    logits[..., -m:] = logits[..., -m:].masked_fill(~own, float("-inf"))
-    return logits.softmax(-1)[..., sink:sink + end - start]

@@ -54,18 +54,9 @@ class KVzip(EvictionPolicy):
         if tokenizer is None:
             raise ValueError("KVzip writes a repeat prompt, so it needs the tokenizer: run it through asl.generate or "
                              "asl.compress with one")
-        if any(layer.window is not None or layer.self_attn.softcap for layer in model.layers):
-            raise ValueError(f"KVzip: {model.config.model_type} has sliding-window layers or capped logits, which its "
-                             "replay does not score (kvpress refuses Gemma 3 likewise)")
+        check_global_attention(model, type(self).__name__)
         texts = replay_texts(tokenizer)
-        width = tokens.valid.shape[1]
-        rows = []
-        for b in range(tokens.ids.shape[0]):
-            n = int(tokens.valid[b].sum())
-            ids = tokens.ids[b, width - n:].tolist()
-            kept = self._kept(self.scores(model, cache, b, ids, width - n, texts))
-            rows.append([torch.where(cols >= 0, cols + (width - n), -1) for cols in kept])  # the cache's columns
-        return [keep_rows([row[i] for row in rows]) for i in range(len(model.layers))]
+        return per_sequence(tokens, lambda b, ids, pad: self._kept(self.scores(model, cache, b, ids.tolist(), pad, texts)))
 
     def scores(self, model, cache, b: int, ids: list[int], pad: int, texts: dict) -> torch.Tensor:
         """[L, G, n] the replay's scores of sequence b's entries (its prompt `ids`, after `pad`
@@ -118,20 +109,22 @@ class KVzip(EvictionPolicy):
         return kept
 
 
-def replay_attention(q, keys, values, n: int, start: int, end: int, sink: int, rows: int = 256, subset: bool = True):
+def replay_attention(q, keys, values, n: int, start: int, end: int, sink: int, rows: int = 256, subset: bool = True,
+                     row_scale: torch.Tensor | None = None):
     """The replay's attention and its scores, from one set of logits. q [1, H, m, d] the replay's
     queries; keys, values [1, G, n + m, d] the prompt's entries then the replay's own, which it
     sees causally. Returns the attention output [1, H, m, d] (float32) and, per query head (as
     [G, group, end - start]), the most any replay query gives each entry of [start, end) when the
     softmax is taken over the first `sink` entries, those and the replay only (KVzip's), or
-    with `subset=False` over everything it sees (KVCompose's). In blocks of `rows` queries, so the
-    logits stay [H, rows, n + m]."""
+    with `subset=False` over everything it sees (KVCompose's); each query's weights times
+    `row_scale` [m] first, where given (KVgrad's gradient norms). `values=None`: no output (None).
+    In blocks of `rows` queries, so the logits stay [H, rows, n + m]."""
     _, heads, m, d = q.shape
     g = keys.shape[1]
     group = heads // g
-    k, v = keys[0].float(), values[0].float()
+    k = keys[0].float()
     cols = torch.arange(n + m, device=q.device)
-    out = torch.empty(1, heads, m, d, dtype=torch.float32, device=q.device)
+    out = None if values is None else torch.empty(1, heads, m, d, dtype=torch.float32, device=q.device)
     best = torch.zeros(g, group, end - start, dtype=torch.float32, device=q.device)
     for r in range(0, m, rows):
         part = q[0, :, r:r + rows].float()  # [H, b, d]
@@ -141,12 +134,36 @@ def replay_attention(q, keys, values, n: int, start: int, end: int, sink: int, r
         logits = logits.view(g, group, b, n + m).masked_fill_(unseen, float("-inf"))
         weights = logits.sub_(logits.amax(-1, keepdim=True)).exp_()  # unnormalised
         total = weights.sum(-1, keepdim=True)
-        out[0, :, r:r + b] = torch.matmul(weights.view(g, group * b, n + m), v).view(heads, b, d) / total.view(heads, b, 1)
+        if out is not None:
+            out[0, :, r:r + b] = torch.matmul(weights.view(g, group * b, n + m), values[0].float()).view(heads, b, d) \
+                / total.view(heads, b, 1)
         if subset:
             total = weights[..., :sink].sum(-1, keepdim=True) + weights[..., start:end].sum(-1, keepdim=True) \
                 + weights[..., n:].sum(-1, keepdim=True)
-        best = torch.maximum(best, (weights[..., start:end] / total.view(g, group, b, 1)).amax(dim=2))
+        chunk = weights[..., start:end] / total
+        if row_scale is not None:
+            chunk = chunk * row_scale[r:r + b, None].float()
+        best = torch.maximum(best, chunk.amax(dim=2))
     return out, best
+
+
+def check_global_attention(model, who: str) -> None:
+    """A second reading scores plain softmax attention: refused on sliding-window layers or capped logits."""
+    if any(layer.window is not None or layer.self_attn.softcap for layer in model.layers):
+        raise ValueError(f"{who}: {model.config.model_type} has sliding-window layers or capped logits, which its "
+                         "second reading of the prompt does not score (kvpress refuses Gemma 3 likewise)")
+
+
+def per_sequence(tokens, kept_of) -> list[torch.Tensor]:
+    """Per layer, [B, G, k] the cache's kept columns (-1 pads): `kept_of(b, ids, pad)` gives one
+    sequence's per-layer [G, k_b] columns of its own prompt `ids` (after `pad` columns of left
+    padding); they are moved past the padding and stacked."""
+    width = tokens.valid.shape[1]
+    rows = []
+    for b in range(tokens.ids.shape[0]):
+        pad = width - int(tokens.valid[b].sum())
+        rows.append([torch.where(cols >= 0, cols + pad, -1) for cols in kept_of(b, tokens.ids[b, pad:], pad)])
+    return [keep_rows([row[i] for row in rows]) for i in range(len(rows[0]))]
 
 
 def keep_rows(rows: list[torch.Tensor]) -> torch.Tensor:
