@@ -17,7 +17,7 @@ KVPRESS_PY = ROOT / ".venv-kvpress" / "bin" / "python"
 def test_our_scorers_keep_what_kvpress_keeps(tmp_path):
     if not KVPRESS_PY.exists():
         pytest.skip(".venv-kvpress missing (bash benchmarks/peers_env.sh)")
-    methods = ("knorm,tova,snapkv,lagkv,chunkkv(knorm),expected-attention,cur,criticalkv(expected-attention),finch,"
+    methods = ("knorm,tova,observed-attention,snapkv,lagkv,chunkkv(knorm),expected-attention,cur,criticalkv(expected-attention),finch,"
                "non-causal-attention,finch(chunk_length=128),capkv,merging(knorm),think(snapkv),snapkv+knorm,kvzip,kvgrad,kvcompose,kvcompose(unstructured)")
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kvpress_parity.py"), "--model", "smollm2-135m",
                     "--prompts", "2", "--tokens", "300", "--ratio", "0.6", "--new-tokens", "4", "--threads", "2",

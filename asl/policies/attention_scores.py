@@ -14,16 +14,17 @@ from .scorer import ScorerEviction
 
 
 def attention_rows(view: LayerView, rows: slice) -> torch.Tensor:
-    """Causal attention probabilities of the queries in columns `rows` over every column:
-    [B, H, r, n] float32, zero on padding and on the future."""
-    q = view.queries[:, :, rows].float()
-    h, g = q.shape[1], view.keys.shape[1]
-    keys = view.keys.float().repeat_interleave(h // g, dim=1)
-    logits = q @ keys.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    n = view.width
-    cols = torch.arange(n, device=q.device)
-    seen = (cols[None, :] <= torch.arange(n, device=q.device)[rows, None])[None, None] & view.valid[:, None, None, :]
-    return torch.softmax(logits.masked_fill(~seen, float("-inf")), dim=-1).nan_to_num(0.0)
+    """Causal attention probabilities of the queries in columns `rows` over the columns up to
+    the last of them (the later ones are their future): [B, H, r, rows.stop] float32, zero on
+    padding. Each query head reads its KV group's keys in place (no repeated copy)."""
+    stop = rows.stop
+    q, keys = view.queries[:, :, rows].float(), view.keys[:, :, :stop].float()
+    b, h, r, d = q.shape
+    g = keys.shape[1]
+    logits = (q.reshape(b, g, (h // g) * r, d) @ keys.transpose(-1, -2)).view(b, h, r, stop) / math.sqrt(d)
+    seen = torch.arange(stop - r, stop, device=q.device)[:, None] >= torch.arange(stop, device=q.device)  # [r, stop]
+    seen = seen[None, None] & view.valid[:, None, None, :stop]
+    return torch.softmax(logits.masked_fill_(~seen, float("-inf")), dim=-1).nan_to_num_(0.0)
 
 
 @dataclass
@@ -43,7 +44,7 @@ class ObservedAttention(ScorerEviction):
     """Observed attention (H2O, Zhang et al., NeurIPS 2023, arXiv 2306.14048; kvpress's
     ObservedAttentionPress): each entry's attention summed over every query that sees it,
     divided by how many do (kvpress's normalisation), per query head, summed per KV group.
-    Costs n^2 per head: computed `chunk` queries at a time. kvpress's is `window=0`, `ratio`."""
+    Costs n^2/2 per head: computed `chunk` queries at a time over the keys they see. kvpress's is `window=0`, `ratio`."""
 
     chunk: int = 256
     decodes = False  # every query's attention: a decoding cache keeps only the latest queries
@@ -56,6 +57,7 @@ class ObservedAttention(ScorerEviction):
         n = view.width
         total = torch.zeros(*view.queries.shape[:2], n, device=view.queries.device)
         for start in range(0, n, self.chunk):
-            total += attention_rows(view, slice(start, min(n, start + self.chunk))).sum(2)
+            stop = min(n, start + self.chunk)
+            total[..., :stop] += attention_rows(view, slice(start, stop)).sum(2)
         seen_by = (view.valid.flip(-1).cumsum(-1).flip(-1)).clamp(min=1)  # real queries at or after each column
         return (total / seen_by[:, None])[:, :, : n - self.window]
