@@ -18,7 +18,7 @@ from .models.interop import from_transformers
 from .models.loading import BUNDLED, load
 from .oracle import LayerOutcome, OracleResult, oracle_layer
 from .presets import preset
-from .sweep import SweepOutput, sweep
+from .sweep import SweepOutput, prompt_trunk, sweep
 from .policies import (ASL, CAM, CAMDecoding, SqueezedAttention, TOVA, LazyLLM, AdaKV, ChunkKV, PerChunk, Merging, Blockwise, Chain, KVzip, KVgrad, KVCompose, ThinK, CapKV, EntropyGatedChunkKV, CUR, Compactor, Leverage, NonCausalAttention, CriticalKV, ExpectedAttention, SimLayerKV, KeyRerotation, DecodingEviction, Finch, PerLayerRatio, ThresholdEviction, KeyDiff, KNorm, LagKV, ObservedAttention, RandomScores, EntropyStop, FittedStop, JaccardStop, Proportional, PyramidKV, ASLTwoPass, DecodeView, EvictionPolicy, FastKV, Full, GemFilter, LayerView, PrefillInfo,
                        PyramidInfer, PyramidInferDecode, ScorerEviction, ScorerSelection, Selection, SelectionPolicy,
                        SnapKV, StreamingLLM, TopP)
@@ -26,5 +26,5 @@ from .policies import (ASL, CAM, CAMDecoding, SqueezedAttention, TOVA, LazyLLM, 
 __all__ = [
     "ASL", "CAM", "CAMDecoding", "SqueezedAttention", "LazyLLM", "LagKV", "ChunkKV", "PerChunk", "Merging", "Blockwise", "Chain", "KVzip", "KVgrad", "KVCompose", "ThinK", "CapKV", "EntropyGatedChunkKV", "CUR", "Compactor", "Leverage", "NonCausalAttention", "CriticalKV", "ExpectedAttention", "SimLayerKV", "KeyRerotation", "DecodingEviction", "Finch", "PerLayerRatio", "ThresholdEviction", "TOVA", "KeyDiff", "KNorm", "ObservedAttention", "RandomScores", "AdaKV", "EntropyStop", "FittedStop", "JaccardStop", "Proportional", "PyramidKV", "Applied", "LayerOutcome", "SequenceTrace", "apply", "export", "ASLTwoPass", "BUNDLED", "CompressedContext", "DecodeView", "Decoder", "EvictionPolicy", "FastKV", "Full", "GemFilter", "GenerationOutput", "HookedModel",
     "LayerView", "ModelConfig", "PrefillInfo", "PyramidInfer", "PyramidInferDecode", "ScorerEviction", "ScorerSelection", "Selection", "SelectionPolicy", "SnapKV", "StreamingLLM", "Trace", "TopP",
-    "OracleResult", "SweepOutput", "compress", "from_transformers", "generate", "load", "oracle_layer", "preset", "resolve_dtype", "sweep",
+    "OracleResult", "SweepOutput", "compress", "from_transformers", "generate", "load", "oracle_layer", "preset", "prompt_trunk", "resolve_dtype", "sweep",
 ]

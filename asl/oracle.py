@@ -22,7 +22,7 @@ from .calibration.search import earliest_match, stable_match
 from .generation import decode_loop, encode, eos_ids, left_pad
 from .models.interop import as_decoder
 from .policies.fixed import FastKV
-from .prefill import AliveTokens, PrefillResult, full_trunk, prefill
+from .prefill import AliveTokens, PrefillResult, Trunk, full_trunk, prefill
 
 
 @dataclass
@@ -63,13 +63,15 @@ class OracleResult:
 @torch.inference_mode()
 def oracle_layer(model, tokenizer, prompt: str, select_tokens: int = 1024, layers=None, max_new_tokens: int = 32,
                  window: int = 32, kernel: int = 7, pooling: str = "avg", chat: bool = False,
-                 stop: list[str] | None = None, partials: bool = True) -> OracleResult:
+                 stop: list[str] | None = None, partials: bool = True, trunk: Trunk | None = None) -> OracleResult:
     """Per candidate layer (default: all but the last; on a model with sliding-window layers its
     global ones, where a selection is taken: docs/algorithms.md section 20), the greedy answer
     when selection happens after it (see the module docstring); `select_tokens` includes the window.
     `partials=False` decodes a candidate only until its first token that differs from the
     full cache's (the deepest candidate wholly): `matches` and the oracle layer are the same,
-    at a fraction of the decoding, but a differing layer's text is that prefix, its partial None."""
+    at a fraction of the decoding, but a differing layer's text is that prefix, its partial None.
+    `trunk`: this prompt's `asl.prompt_trunk`, shared with sweeps of it (its time counts as the
+    oracle's full prefill)."""
     decoder = as_decoder(model, tokenizer)
     c = decoder.config
     candidates = [l for l in range(c.num_layers - 1) if c.window(l) is None] if layers is None else list(layers)
@@ -86,10 +88,10 @@ def oracle_layer(model, tokenizer, prompt: str, select_tokens: int = 1024, layer
     device = decoder.lm_head.weight.device
     input_ids, valid = left_pad(ids, device)
     eos = torch.tensor(sorted(eos_ids(decoder, tokenizer)), device=device)
-
-    start = time.perf_counter()
-    trunk = full_trunk(decoder, AliveTokens.start(input_ids, valid))
-    prefill_s = time.perf_counter() - start
+    if trunk is None:
+        trunk = full_trunk(decoder, AliveTokens.start(input_ids, valid))
+    trunk.check_tokens(input_ids, valid)
+    prefill_s = trunk.seconds
     full = prefill(decoder, input_ids, valid, max_new_tokens, trunk=trunk)
     full_tokens = _answer(decoder, tokenizer, full, max_new_tokens, eos, stop)
     full_text = tokenizer.decode(full_tokens, skip_special_tokens=True)

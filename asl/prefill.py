@@ -64,6 +64,12 @@ class Trunk:
     output: torch.Tensor | None = None  # the last layer's output (its last token's row)
     logits: torch.Tensor | None = None
     layer_s: list = field(default_factory=list)  # [L] seconds from the pass's start to the end of each layer
+    seconds: float = 0.0  # the whole pass, logits included
+
+    def check_tokens(self, input_ids: torch.Tensor, valid: torch.Tensor) -> None:
+        """ValueError unless this pass was computed for these very tokens."""
+        if not (torch.equal(self.tokens.ids, input_ids) and torch.equal(self.tokens.valid, valid)):
+            raise ValueError("trunk: it was computed for other tokens than these")
 
 
 def full_trunk(model: Decoder, tokens: AliveTokens) -> Trunk:
@@ -72,6 +78,9 @@ def full_trunk(model: Decoder, tokens: AliveTokens) -> Trunk:
     h, rope = model.embed(tokens.ids, tokens.positions)
     trunk.logits = run_layers(model, h, tokens, 0, 0, record=trunk, rope=rope).logits
     trunk.layer_s = [t - start for t in trunk.layer_s]  # recorded as clock readings
+    if trunk.logits.is_cuda:
+        torch.cuda.synchronize(trunk.logits.device)
+    trunk.seconds = time.perf_counter() - start
     return trunk
 
 
@@ -185,8 +194,8 @@ def prefill(
     policy that scores by it (asl.Finch). `tokenizer`: the caller's, for an eviction that writes
     text of its own (asl.KVzip's repeat prompt)."""
     c = model.config
-    if trunk is not None and not (torch.equal(trunk.tokens.ids, input_ids) and torch.equal(trunk.tokens.valid, valid)):
-        raise ValueError("trunk: it was computed for other tokens than these")
+    if trunk is not None:
+        trunk.check_tokens(input_ids, valid)
     if trunk is not None and selection is not None and selection.restarts:
         raise ValueError(f"trunk: {type(selection).__name__} reruns the model from layer 0 after its selection; "
                          "only one-shot selections fork from a shared trunk")

@@ -7,16 +7,15 @@ selection, on its kept tokens: each answer and trace is what `generate` gives th
 docs/algorithms.md section 13 (the oracle is such a sweep)."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 
-from .generation import GenerationOutput, check_fits, encode, generate_ids, left_pad, sync
+from .generation import GenerationOutput, check_fits, encode, generate_ids, left_pad
 from .generation_settings import resolve
 from .models.interop import as_decoder
 from .policies.base import SelectionPolicy, check_policies
-from .prefill import AliveTokens, full_trunk
+from .prefill import AliveTokens, Trunk, full_trunk
 
 
 @dataclass
@@ -40,17 +39,35 @@ class SweepOutput:
 
 
 @torch.inference_mode()
+def prompt_trunk(model, tokenizer, prompt: str, chat: bool = False) -> Trunk:
+    """`prompt`'s full pass, recorded at every layer, for several sweeps and oracles of that
+    prompt to fork from (`sweep(..., trunk=)`, `oracle_layer(..., trunk=)`) instead of each
+    running it again: asl.bench calibrate reads a prompt's oracle, ASL ratios and rule signals
+    from one."""
+    _check_prompt(prompt)
+    decoder = as_decoder(model, tokenizer)
+    ids = encode(tokenizer, [prompt], chat)
+    check_fits(decoder, ids, 0)
+    return full_trunk(decoder, AliveTokens.start(*left_pad(ids, decoder.lm_head.weight.device)))
+
+
+def _check_prompt(prompt) -> None:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
+
+
+@torch.inference_mode()
 def sweep(model, tokenizer, prompt: str, selections: list[SelectionPolicy | None], eviction=None,
           max_new_tokens: int | None = None, stop: list[str] | None = None, chat: bool = False,
-          generation_config=None) -> SweepOutput:
+          generation_config=None, trunk: Trunk | None = None) -> SweepOutput:
     """`generate(model, tokenizer, prompt, selection=s, eviction=e, ...)` for every point (greedy),
     the full pass shared. A point's selection may be None (the full prefill: an eviction-only
     method, or the full cache itself). `eviction`: one policy (or None) for every point, or a
     list with one per point, so one full pass serves several evictions (kvpress's presses
     side by side). Two-pass selections (GemFilter, ASL two-pass) rerun the model from layer 0
-    and cannot share it: they are refused."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
+    and cannot share it: they are refused. `trunk`: this prompt's `prompt_trunk`, shared with
+    other sweeps or an oracle (its time is counted as the sweep's own)."""
+    _check_prompt(prompt)
     if not isinstance(selections, (list, tuple)) or not selections:
         raise ValueError(f"selections must be a non-empty list of selection policies (or None), got {selections!r}")
     evictions = list(eviction) if isinstance(eviction, (list, tuple)) else [eviction] * len(selections)
@@ -69,11 +86,9 @@ def sweep(model, tokenizer, prompt: str, selections: list[SelectionPolicy | None
     ids = encode(tokenizer, [prompt], chat)
     check_fits(decoder, ids, settings.max_new_tokens)  # before the trunk's work
     input_ids, valid = left_pad(ids, decoder.lm_head.weight.device)
-    sync(input_ids.device)
-    start = time.perf_counter()
-    trunk = full_trunk(decoder, AliveTokens.start(input_ids, valid))
-    sync(input_ids.device)
-    trunk_s = time.perf_counter() - start
+    if trunk is None:
+        trunk = full_trunk(decoder, AliveTokens.start(input_ids, valid))
+    trunk.check_tokens(input_ids, valid)
     outputs = [generate_ids(decoder, tokenizer, ids, settings, selection=s, eviction=e, single=True, trunk=trunk)
                for s, e in zip(selections, evictions)]
-    return SweepOutput(outputs, trunk_s, trunk.layer_s)
+    return SweepOutput(outputs, trunk.seconds, trunk.layer_s)

@@ -88,3 +88,34 @@ def test_a_trunk_of_other_tokens_is_refused(model):  # noqa: F811
     trunk = full_trunk(model, AliveTokens.start(ids, valid))
     with pytest.raises(ValueError, match="trunk: it was computed for other tokens"):
         prefill(model, ids.flip(-1), valid, 4, trunk=trunk)
+
+
+def test_one_trunk_serves_sweeps_and_the_oracle(model, monkeypatch):  # noqa: F811
+    """asl.prompt_trunk: a prompt's full pass shared by an oracle and a sweep (asl.bench
+    calibrate) gives what each computes alone, with every layer run once for both."""
+    text = prompt(15, 150)
+    oracle_alone = asl.oracle_layer(model, TOK, text, select_tokens=48, max_new_tokens=8, window=4, layers=[2, 6])
+    points = [asl.ASL(tau=0.6, l_min=2, l_obs=3, select_tokens=48, window=4), asl.FastKV(layer=5, select_tokens=48)]
+    sweep_alone = asl.sweep(model, TOK, text, points, max_new_tokens=8)
+    calls = [0] * LAYERS
+    for i, layer in enumerate(model.layers):
+        real = layer.project
+        monkeypatch.setattr(layer, "project", lambda *a, _real=real, _i=i, **k: (calls.__setitem__(_i, calls[_i] + 1),
+                                                                               _real(*a, **k))[1])
+    trunk = asl.prompt_trunk(model, TOK, text)
+    assert calls == [1] * LAYERS and trunk.seconds > 0
+    oracle = asl.oracle_layer(model, TOK, text, select_tokens=48, max_new_tokens=8, window=4, layers=[2, 6], trunk=trunk)
+    shared = asl.sweep(model, TOK, text, points, max_new_tokens=8, trunk=trunk)
+    assert [(o.layer, o.tokens, o.matches) for o in oracle.layers] == \
+        [(o.layer, o.tokens, o.matches) for o in oracle_alone.layers]
+    assert oracle.full_tokens == oracle_alone.full_tokens and oracle.prefill_s == trunk.seconds
+    for point, alone in zip(shared.outputs, sweep_alone.outputs):
+        assert_same_run(point, alone)
+    assert shared.trunk_s == trunk.seconds
+    other = asl.prompt_trunk(model, TOK, prompt(16, 150))
+    with pytest.raises(ValueError, match="trunk: it was computed for other tokens"):
+        asl.sweep(model, TOK, text, points, max_new_tokens=8, trunk=other)
+    with pytest.raises(ValueError, match="trunk: it was computed for other tokens"):
+        asl.oracle_layer(model, TOK, text, select_tokens=48, window=4, trunk=other)
+    with pytest.raises(ValueError, match="prompt must be a non-empty string"):
+        asl.prompt_trunk(model, TOK, " ")

@@ -147,22 +147,22 @@ def measure(model, tokenizer, prompt: Prompt, select_tokens: int, l_mins: list[i
             l_obs: int) -> tuple[PromptMeasure, float]:
     """One prompt: the oracle (every layer but the last), then one ASL run per l_min that never
     fires before the last layer, for its ratios, and one run of a rule that never fires, for
-    the other adaptive rules' signals. Also the oracle's cost in prefills."""
+    the other adaptive rules' signals, all forked from one full pass of the prompt (asl.sweep).
+    Also the oracle's cost in prefills."""
     import asl
     from asl.calibration import SCORING
 
     last = model.config.num_layers - 1
     stop = list(prompt.stop) or None
+    trunk = asl.prompt_trunk(model, tokenizer, prompt.text)
     result = asl.oracle_layer(model, tokenizer, prompt.text, select_tokens=select_tokens,
-                              max_new_tokens=prompt.max_new_tokens, stop=stop, partials=False, **SCORING)
-    ratios = {}
-    for l_min in l_mins:
-        policy = asl.ASL(tau=0.0, l_min=l_min, l_obs=min(l_obs, l_min + 1), select_tokens=select_tokens, l_max=last,
-                         **SCORING)
-        out = asl.generate(model, tokenizer, prompt.text, max_new_tokens=1, selection=policy)
-        ratios[l_min] = dict(out.trace.ratios)
-    recorder = _SignalsOnly(select_tokens=select_tokens, l_min=0, **SCORING)
-    signals = asl.generate(model, tokenizer, prompt.text, max_new_tokens=1, selection=recorder).trace.signals
+                              max_new_tokens=prompt.max_new_tokens, stop=stop, partials=False, trunk=trunk, **SCORING)
+    points = [asl.ASL(tau=0.0, l_min=l_min, l_obs=min(l_obs, l_min + 1), select_tokens=select_tokens, l_max=last,
+                      **SCORING) for l_min in l_mins]
+    points.append(_SignalsOnly(select_tokens=select_tokens, l_min=0, **SCORING))
+    outputs = asl.sweep(model, tokenizer, prompt.text, points, max_new_tokens=1, trunk=trunk).outputs
+    ratios = {l_min: dict(out.trace.ratios) for l_min, out in zip(l_mins, outputs)}
+    signals = outputs[-1].trace.signals
     return (PromptMeasure({o.layer: o.matches for o in result.layers}, ratios, result.prompt_tokens, prompt.held_out,
                           signals, prompt.label), result.cost)
 
