@@ -11,11 +11,14 @@
 #
 # --share-prefix runs each sample's methods on one full pass (asl.sweep): the evictions and the
 # one-shot selections read the layers they share from it, so a sample costs about one full
-# prefill plus each method's own layers and decoding; the two-pass methods run alone. Decoding
-# dominates then: a short try (SAMPLES=1 LENGTH=1024, 1 thread beside other work) took about
-# 5 s a method-sample; at 4,096 tokens on 2 cores in bf16 expect about 240 s a sample for the
-# 47 methods, so 30 samples of 5 tasks is about 11 h and SAMPLES=15 about 5.5 h (resumable: a
-# later run with SAMPLES=30 adds the rest to the same folder). The
+# prefill plus each method's own layers and decoding; the two-pass methods run alone.
+# Measured (qwen2.5-0.5b, 4,096 tokens, bf16, 2 threads beside other work, AMD EPYC with
+# avx512_bf16): one sample of the 47 methods takes about 12 minutes. KVzip, KVgrad and KVCompose,
+# which read the prompt a second time, take over half of it (about 150, 235 and 150 s of TTFT
+# each); the other methods' decoding most of the rest (about 5 s each). So SAMPLES=15 (75 samples)
+# is about 10-15 h and SAMPLES=30 twice that: a run of several sessions, resumed from its frozen
+# commit (a later run with SAMPLES=30 adds the rest to the same folder; samples run in order of
+# index, every task's sample i before any task's i+1, so a stopped run is balanced). The
 # folder's config.json refuses a resume with other settings or other library code: resume it
 # from the commit it records (`git worktree add runs/wt <commit>`), not from a newer one.
 #
