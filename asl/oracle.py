@@ -90,7 +90,6 @@ def oracle_layer(model, tokenizer, prompt: str, select_tokens: int = 1024, layer
     eos = torch.tensor(sorted(eos_ids(decoder, tokenizer)), device=device)
     if trunk is None:
         trunk = full_trunk(decoder, AliveTokens.start(input_ids, valid))
-    trunk.check_tokens(input_ids, valid)
     prefill_s = trunk.seconds
     full = prefill(decoder, input_ids, valid, max_new_tokens, trunk=trunk)
     full_tokens = _answer(decoder, tokenizer, full, max_new_tokens, eos, stop)

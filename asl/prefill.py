@@ -66,11 +66,6 @@ class Trunk:
     layer_s: list = field(default_factory=list)  # [L] seconds from the pass's start to the end of each layer
     seconds: float = 0.0  # the whole pass, logits included
 
-    def check_tokens(self, input_ids: torch.Tensor, valid: torch.Tensor) -> None:
-        """ValueError unless this pass was computed for these very tokens."""
-        if not (torch.equal(self.tokens.ids, input_ids) and torch.equal(self.tokens.valid, valid)):
-            raise ValueError("trunk: it was computed for other tokens than these")
-
 
 def full_trunk(model: Decoder, tokens: AliveTokens) -> Trunk:
     """The whole prompt through every layer, recording each (no cache, no policy)."""
@@ -194,8 +189,8 @@ def prefill(
     policy that scores by it (asl.Finch). `tokenizer`: the caller's, for an eviction that writes
     text of its own (asl.KVzip's repeat prompt)."""
     c = model.config
-    if trunk is not None:
-        trunk.check_tokens(input_ids, valid)
+    if trunk is not None and not (torch.equal(trunk.tokens.ids, input_ids) and torch.equal(trunk.tokens.valid, valid)):
+        raise ValueError("trunk: it was computed for other tokens than these")
     if trunk is not None and selection is not None and selection.restarts:
         raise ValueError(f"trunk: {type(selection).__name__} reruns the model from layer 0 after its selection; "
                          "only one-shot selections fork from a shared trunk")

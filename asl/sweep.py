@@ -88,7 +88,6 @@ def sweep(model, tokenizer, prompt: str, selections: list[SelectionPolicy | None
     input_ids, valid = left_pad(ids, decoder.lm_head.weight.device)
     if trunk is None:
         trunk = full_trunk(decoder, AliveTokens.start(input_ids, valid))
-    trunk.check_tokens(input_ids, valid)
     outputs = [generate_ids(decoder, tokenizer, ids, settings, selection=s, eviction=e, single=True, trunk=trunk)
                for s, e in zip(selections, evictions)]
     return SweepOutput(outputs, trunk.seconds, trunk.layer_s)
