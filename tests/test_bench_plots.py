@@ -209,3 +209,27 @@ def test_accuracy_vs_budget_needs_two_budgets(tmp_path):
     two = make_plots([], make_summary(snap_budgets=(128, 256)), tmp_path / "two")
     assert "accuracy_vs_budget.png" not in [p.name for p in one]
     assert "accuracy_vs_budget.png" in [p.name for p in two]
+
+
+def test_every_family_has_its_own_colour_and_marker():
+    from asl.bench.report.plots import family_styles
+
+    styles = family_styles(["full"] + [f"method{i}" for i in range(47)])  # a methods run has 47
+    assert styles["full"] == ("black", "*")
+    assert len(set(styles.values())) == 48
+
+
+def test_many_settings_label_the_front_only():
+    from asl.bench.report.plots import _pyplot, _tradeoff_panel, family_styles, pareto_front
+
+    plt = _pyplot()
+    rows = [dict(r, _family=method_family(r["method"])) for r in make_summary(snap_budgets=(64, 128, 256, 512, 1024))
+            if r["task"] == "qa"]
+    fig, ax = plt.subplots()
+    _tradeoff_panel(plt, ax, rows, "accuracy", "kv_mib", family_styles(r["_family"] for r in rows), show_labels=False)
+    front = pareto_front([(r["kv_bytes"], r["accuracy"]) for r in rows])
+    assert 1 < len(front) < len(rows)
+    labelled = sorted(t.get_text() for t in ax.texts)
+    assert labelled == sorted(f"{rows[i]['method']}" + (f"@{rows[i]['budget']}" if rows[i]["budget"] else "")
+                              for i in front)
+    plt.close(fig)

@@ -328,7 +328,7 @@ def _yerr(row, metric):
     return max(0.0, y - lo), max(0.0, hi - y)
 
 
-def _tradeoff_panel(plt, ax, rows, metric, xkey, colors, show_labels):
+def _tradeoff_panel(plt, ax, rows, metric, xkey, styles, show_labels):
     pts = []  # (x, y, row)
     for r in rows:
         y = as_number(r.get(metric))
@@ -347,14 +347,15 @@ def _tradeoff_panel(plt, ax, rows, metric, xkey, colors, show_labels):
     for fam, fp in fams.items():  # sweep line: the settings of one family in parameter order
         if len(fp) > 1 and fam != FULL_METHOD:
             fp = sorted(fp, key=lambda p: parameter_order(p[2]))
-            ax.plot([p[0] for p in fp], [p[1] for p in fp], color=colors[fam], lw=0.8, alpha=0.6, zorder=2)
+            ax.plot([p[0] for p in fp], [p[1] for p in fp], color=styles[fam][0], lw=0.8, alpha=0.6, zorder=2)
     for x, y, r in pts:
         err = _yerr(r, metric)
         full = r["_family"] == FULL_METHOD
-        ax.plot([x], [y], marker="*" if full else "o", ms=14 if full else 6, color=colors[r["_family"]],
+        color, marker = styles[r["_family"]]
+        ax.plot([x], [y], marker=marker, ms=14 if full else 6, color=color,
                 markeredgecolor="black", markeredgewidth=0.6, ls="none", zorder=4.5 if full else 4)
         if err is not None:  # light, so that the markers and the front stay readable
-            ax.errorbar([x], [y], yerr=[[err[0]], [err[1]]], fmt="none", ecolor=colors[r["_family"]],
+            ax.errorbar([x], [y], yerr=[[err[0]], [err[1]]], fmt="none", ecolor=color,
                         elinewidth=0.8, capsize=2, alpha=0.45, zorder=1.5)
         if full:
             ax.axhline(y, color="black", ls=":", lw=0.8, alpha=0.6, zorder=1)
@@ -378,10 +379,12 @@ def _tradeoff_panel(plt, ax, rows, metric, xkey, colors, show_labels):
         ax.step(fx, fy, where="post", color="black", ls="--", lw=1.3, alpha=0.7, zorder=2.5)
     ax.set_xlim(lo, hi)
     ax.grid(alpha=0.3)
-    if show_labels:  # coincident settings share one label; the others are placed where they overlap nothing
-        labels: dict[tuple, list[str]] = {}
-        for x, y, r in pts:
-            labels.setdefault((x, y), []).append(_setting_label(r))
+    # coincident settings share one label; the others are placed where they overlap nothing. Too many
+    # settings for a label each: the front's are labelled, the best of them being what a reader looks for
+    labels: dict[tuple, list[str]] = {}
+    for x, y, r in (pts if show_labels else [pts[i] for i in front]):
+        labels.setdefault((x, y), []).append(_setting_label(r))
+    if labels:
         place_labels(ax, [(x, y, " / ".join(labs)) for (x, y), labs in labels.items()])
 
 
@@ -441,6 +444,22 @@ def parameter_order(row) -> tuple:
     return (-1 if budget is None else budget, numbers, str(row.get("method")))
 
 
+_MARKERS = "os^Dv<>phP"
+
+
+def family_styles(families) -> dict:
+    """Each family's (colour, marker), distinct for up to 90 families: the ten colours, then
+    the same ten with the next marker (a methods run has over forty). The full cache is a black star."""
+    styles, k = {}, 0
+    for fam in families:
+        if fam == FULL_METHOD:
+            styles[fam] = ("black", "*")
+        else:
+            styles[fam] = (f"C{k % 10}", _MARKERS[(k // 10) % len(_MARKERS)])
+            k += 1
+    return styles
+
+
 _XLABELS = {"prefill_vs_full": "TTFT relative to full cache (ratio of medians)", "ttft_s": "TTFT (s, median)",
             "kv_mib": "KV cache (MiB)"}
 _YLABELS = {"accuracy": "accuracy (%)", "partial": "partial score (%)"}
@@ -454,13 +473,7 @@ def _plot_tradeoff(plt, summary, out: Path) -> list[Path]:
     if not rows:
         return []
     families = first_appearance(r["_family"] for r in rows)
-    colors, k = {}, 0
-    for fam in families:  # stable across figures; the full cache is black
-        if fam == FULL_METHOD:
-            colors[fam] = "black"
-        else:
-            colors[fam] = f"C{k % 10}"
-            k += 1
+    styles = family_styles(families)
     tasks = first_appearance(r.get("task") for r in rows)
     tasks = [t for t in tasks if t != ALL_TASKS] + [t for t in tasks if t == ALL_TASKS]
     task_names = _safe_names(tasks)
@@ -484,13 +497,13 @@ def _plot_tradeoff(plt, summary, out: Path) -> list[Path]:
             for i, metric in enumerate(metrics):
                 for j, xk in enumerate(xkeys):
                     ax = axes[i][j]
-                    _tradeoff_panel(plt, ax, lrows, metric, xk, colors, show_labels)
+                    _tradeoff_panel(plt, ax, lrows, metric, xk, styles, show_labels)
                     ax.set_xlabel(_XLABELS[xk])
                     ax.set_ylabel(_YLABELS[metric])
                     ax.set_title(f"{_YLABELS[metric].split(' (')[0]} vs {_XLABELS[xk].split(' (')[0]}", fontsize=10)
             fams = [f for f in families if any(r["_family"] == f for r in lrows)]
-            handles = [plt.Line2D([], [], marker="*" if f == FULL_METHOD else "o", ms=10 if f == FULL_METHOD else 6,
-                                  color=colors[f], markeredgecolor="black", markeredgewidth=0.6,
+            handles = [plt.Line2D([], [], marker=styles[f][1], ms=10 if f == FULL_METHOD else 6,
+                                  color=styles[f][0], markeredgecolor="black", markeredgewidth=0.6,
                                   lw=0.8 if f != FULL_METHOD else 0, label="full cache" if f == FULL_METHOD else f)
                        for f in fams]
             handles.append(plt.Line2D([], [], color="black", alpha=0.7, ls="--", lw=1.3, label="Pareto front"))
