@@ -266,3 +266,20 @@ def test_ratio_sizes_every_eviction_and_leaves_the_rest(capsys):
         parse(["--ratio", "0.5", "--methods", "adakv(snapkv)"])
     with pytest.raises(ValueError, match="--ratio: 'x' is not a number in"):
         parse(["--ratio", "x"])
+
+
+def test_the_methods_protocol_names_only_methods_that_resolve(tmp_path):
+    """benchmarks/methods_protocol.sh's --dry-run resolves every method of its list on qwen, so
+    a misspelt method or argument fails here, not hours into a run."""
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {"PATH": "/usr/bin:/bin", "PY": sys.executable, "DRY": "1", "SAMPLES": "1", "PYTHONPATH": str(root)}
+    done = subprocess.run(["bash", str(root / "benchmarks" / "methods_protocol.sh"), str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(re.findall(r"^  \S.* @ ", done.stdout, re.M)) == 49  # every method, each resolved
+    assert "entropy-stop(threshold=0.5) @ 1024" in done.stdout and "fastkv(layer=20) @ 1024" in done.stdout
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
