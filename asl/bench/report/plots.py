@@ -123,7 +123,7 @@ def _plot_niah(plt, records, out: Path, names) -> list[Path]:
     return paths
 
 
-MARKERS = "osD^vP*X"
+MARKERS = "osD^vPX<>"  # nine shapes against ten colours: 90 pairs; the full cache is a star
 
 
 def _plot_accuracy_vs_budget(plt, summary, out: Path) -> list[Path]:
@@ -135,7 +135,7 @@ def _plot_accuracy_vs_budget(plt, summary, out: Path) -> list[Path]:
     budgets = sorted({r["budget"] for r in rows if r.get("budget") is not None})
     if len(budgets) < 2:  # one budget is a point per method, not a curve: the trade-off plots show it
         return []
-    colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    styles = family_styles(methods)
     nr, nc = _grid(len(lengths), 3)
     fig, axes = plt.subplots(nr, nc, squeeze=False, figsize=(5.2 * nc, 4.0 * nr))
     for ax, length in zip(axes.flat, lengths):
@@ -145,10 +145,10 @@ def _plot_accuracy_vs_budget(plt, summary, out: Path) -> list[Path]:
             pts = sorted((r["budget"], r["accuracy"]) for r in mrows if r.get("budget") is not None)
             flat = [r["accuracy"] for r in mrows if r.get("budget") is None]
             if pts:  # hollow markers of distinct shapes: methods that coincide stay visible
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=MARKERS[methods.index(m) % len(MARKERS)],
-                        ms=8, mfc="none", mew=1.6, color=colors[m], label=m)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=styles[m][1],
+                        ms=8, mfc="none", mew=1.6, color=styles[m][0], label=m)
             for acc in flat:
-                ax.axhline(acc, color=colors[m], ls="--" if m == FULL_METHOD else ":", lw=1.5,
+                ax.axhline(acc, color=styles[m][0], ls="--" if m == FULL_METHOD else ":", lw=1.5,
                            label=f"{m} (no budget)" if m != FULL_METHOD else "full cache")
         if len(budgets) > 1:
             ax.set_xscale("log", base=2)
@@ -444,18 +444,16 @@ def parameter_order(row) -> tuple:
     return (-1 if budget is None else budget, numbers, str(row.get("method")))
 
 
-_MARKERS = "os^Dv<>phP"
-
-
 def family_styles(families) -> dict:
-    """Each family's (colour, marker), distinct for up to 90 families: the ten colours, then
-    the same ten with the next marker (a methods run has over forty). The full cache is a black star."""
+    """Each family's (colour, marker), both cycling (ten colours, nine shapes), so that up to 90
+    families differ (a methods run has over forty) and neighbours differ in both, which keeps
+    coinciding hollow markers visible. The full cache is a black star."""
     styles, k = {}, 0
     for fam in families:
         if fam == FULL_METHOD:
             styles[fam] = ("black", "*")
         else:
-            styles[fam] = (f"C{k % 10}", _MARKERS[(k // 10) % len(_MARKERS)])
+            styles[fam] = (f"C{k % 10}", MARKERS[k % len(MARKERS)])
             k += 1
     return styles
 
