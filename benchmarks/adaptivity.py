@@ -34,23 +34,18 @@ import dataclasses
 import math
 import pathlib
 
-import torch
-
 from asl.bench.report.rows import markdown, share
 from asl.bench.report.stats import mcnemar_exact, wilcoxon_p, wilson
-from asl.calibration.search import PromptMeasure, first_layer, kv_share, picked_layer
-from asl.policies.adaptive import SIGNALS, EntropyStop, FittedStop, JaccardStop
+from asl.calibration.search import RULE_THRESHOLDS, PromptMeasure, kv_share, picked_layer, rule_layer
+from asl.policies.adaptive import EntropyStop, FittedStop, JaccardStop
 
-THRESHOLDS = [round(0.05 * i, 2) for i in range(2, 20)]  # 0.10 .. 0.95
 CONFIDENCES = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
 
 
 def rule_picks(policy, l_min: int, last: int):
     """prompt -> the layer `policy` picks, replayed on the prompt's recorded signals with the
-    policy's own decision (`fires`), so the analysis applies exactly the rule that runs."""
-    def passes(row: dict[str, float]) -> bool:
-        return bool(policy.fires({name: torch.tensor([row[name]], dtype=torch.float64) for name in SIGNALS})[0])
-    return lambda m: first_layer(m.signals, passes, l_min, last)
+    policy's own decision (`fires`), as calibrate chooses the rules' thresholds."""
+    return lambda m: rule_layer(policy, m, l_min, last)
 
 
 def families(tune: list[PromptMeasure], l_min: int, num_layers: int, taus) -> dict[str, list[tuple[str, object]]]:
@@ -59,8 +54,10 @@ def families(tune: list[PromptMeasure], l_min: int, num_layers: int, taus) -> di
     out = {
         "fixed layer": [(f"layer {l}", lambda m, l=l: l) for l in range(last)],
         "ASL (tau)": [(f"tau {t:g}", lambda m, t=t: picked_layer(m.ratios[l_min], t, l_min, last)) for t in taus],
-        "JaccardStop": [(f"jaccard >= {t:g}", rule_picks(JaccardStop(threshold=t), l_min, last)) for t in THRESHOLDS],
-        "EntropyStop": [(f"entropy <= {t:g}", rule_picks(EntropyStop(threshold=t), l_min, last)) for t in THRESHOLDS],
+        "JaccardStop": [(f"jaccard >= {t:g}", rule_picks(JaccardStop(threshold=t), l_min, last))
+                        for t in RULE_THRESHOLDS],
+        "EntropyStop": [(f"entropy <= {t:g}", rule_picks(EntropyStop(threshold=t), l_min, last))
+                        for t in RULE_THRESHOLDS],
     }
     try:
         rule = FittedStop.fit([(m.signals, m.matches) for m in tune], l_min=l_min)

@@ -11,7 +11,7 @@ import asl
 from asl.bench import calibrate as cal
 from asl.bench.cli import main as bench_main
 from asl.calibration import FALLBACK_TAU, CalibrationError, read, settings_for, write
-from asl.calibration.search import PromptMeasure, choose, evaluate, kv_share, picked_layer
+from asl.calibration.search import PromptMeasure, choose, choose_rule, evaluate, kv_share, picked_layer
 from tiny import CharTokenizer, random_text, tiny_pair
 
 TOK = CharTokenizer()
@@ -144,6 +144,9 @@ def model_config():
     (lambda d: d.update(format=1), "field 'format' must be the integer 2"),
     (lambda d: d["figures"].update(held_out=None, target_met=True), "true with no held-out prompt"),
     (lambda d: d.update(model="another-model"), "field 'model' is 'another-model', not the model asked for"),
+    (lambda d: d["rules"]["jaccard-stop"].update(threshold=1.5), "field 'rules.jaccard-stop' must hold threshold"),
+    (lambda d: d["rules"]["entropy-stop"].update(l_min=LAYERS), "field 'rules.entropy-stop' must hold threshold"),
+    (lambda d: d.update(rules=[0.5]), "field 'rules' must be an object"),
 ])
 def test_bad_files_fail_naming_the_file_and_the_field(found, tmp_path, change, message):
     data = _file(found)
@@ -315,3 +318,59 @@ def test_the_file_keeps_every_measure_and_the_choice_follows_from_them(found):
     assert [m.held_out for m in measures] == [False, True, False, True]
     assert all(set(m.signals) == set(range(LAYERS)) and set(m.signals[0]) == {"depth", "jaccard", "entropy"}
                for m in measures)  # the other rules' signals at every layer, for the adaptivity analysis
+
+
+def signalled(jaccard: dict[int, float], entropy: dict[int, float], first_match: int, held_out=False) -> PromptMeasure:
+    """A prompt kept from `first_match` on, with the stopping rules' signals per layer."""
+    m = measure(first_match, held_out)
+    signals = {i: {"depth": i / (LAYERS - 1), "jaccard": jaccard.get(i, 0.0), "entropy": entropy.get(i, 1.0)}
+               for i in range(LAYERS)}
+    return PromptMeasure(m.matches, m.ratios, m.prompt_tokens, held_out, signals)
+
+
+def test_the_stopping_rules_thresholds_are_chosen_as_tau_is():
+    """Jaccard reaches 0.6 at layer 3 (too early: the answer changes) and 0.9 at 5 (kept):
+    0.9 is the cheapest threshold that keeps every answer; 0.95 never fires, the full cache,
+    which costs more. Ties (0.65 .. 0.9 pick the same layers) go to the one that fires latest."""
+    from asl.bench.calibrate import RULES
+
+    prompts = [signalled({3: 0.6, 4: 0.6, 5: 0.9, 6: 0.9}, {3: 0.5, 5: 0.2}, 5, held) for held in (False, True)] * 2
+    jaccard, entropy = (lambda t, cls=RULES[name][0]: cls(threshold=t) for name in ("jaccard-stop", "entropy-stop"))
+    c = choose_rule(prompts, jaccard, RULES["jaccard-stop"][1], 2, 1.0, LAYERS, 100)
+    assert c.met and c.best.tau == 0.9 and c.best.kv == pytest.approx(kv_share(5, 1000, 100, LAYERS))
+    assert [(o.tau, o.agree) for o in c.sweep if o.tau in (0.6, 0.65, 0.9, 0.95)] == [(0.95, 2), (0.9, 2), (0.65, 2),
+                                                                                   (0.6, 0)]  # latest-firing first
+    ascending = choose_rule(prompts, jaccard, sorted(RULES["jaccard-stop"][1]), 2, 1.0, LAYERS, 100)
+    assert ascending.best.tau == 0.65  # the same picks from 0.65 to 0.9: the first listed wins the tie
+    e = choose_rule(prompts, entropy, RULES["entropy-stop"][1], 2, 1.0, LAYERS, 100)
+    assert e.met and e.best.tau == 0.2  # entropy <= 0.5 fires at 3 and changes the answer; <= 0.2 at 5
+    assert choose_rule(prompts, entropy, RULES["entropy-stop"][1], 2, 0.0, LAYERS, 100).best.tau == 0.5  # cheaper
+
+
+def test_the_file_carries_the_rules_and_the_bench_runs_them(found, tmp_path):
+    from asl.bench.methods import model_defaults
+
+    assert set(found["rules"]) == {"jaccard-stop", "entropy-stop"}
+    data = _file(found, rules={"jaccard-stop": {**found["rules"]["jaccard-stop"], "threshold": 0.35},
+                               "entropy-stop": found["rules"]["entropy-stop"]})
+    path = write(tmp_path / "tiny.json", data)
+    defaults, why = model_defaults("tiny-qwen2", LAYERS, calibration=path)[:2]
+    assert defaults["jaccard-stop"]["threshold"] == 0.35 and "jaccard-stop threshold 0.35" in why
+    assert defaults["jaccard-stop"]["l_min"] == found["rules"]["jaccard-stop"]["l_min"] == found["asl"]["l_min"]
+    assert defaults["entropy-stop"]["threshold"] == found["rules"]["entropy-stop"]["threshold"]
+    older = write(tmp_path / "older.json", {k: v for k, v in data.items() if k != "rules"})  # before rules: hand-set
+    assert "threshold" not in model_defaults("tiny-qwen2", LAYERS, calibration=older)[0]["jaccard-stop"]
+
+
+@pytest.mark.parametrize("name, jaccard, entropy", [("qwen2.5-0.5b", 0.7, 0.5), ("smollm2-135m", 0.95, 0.1),
+                                                    ("gemma3-270m", 0.3, 0.65)])
+def test_the_bundled_rules_are_the_choice_from_the_published_records(name, jaccard, entropy):
+    """The bundled thresholds follow from the records in docs/results (benchmarks/calibration_rules.py);
+    qwen's are the settings tuned at 4,096 tokens in docs/results/adaptivity."""
+    from asl.bench.methods import model_defaults
+    from asl.calibration import bundled_file
+
+    rules = read(bundled_file(name))["rules"]
+    assert (rules["jaccard-stop"]["threshold"], rules["entropy-stop"]["threshold"]) == (jaccard, entropy)
+    defaults = model_defaults(name, read(bundled_file(name))["num_layers"])[0]
+    assert (defaults["jaccard-stop"]["threshold"], defaults["entropy-stop"]["threshold"]) == (jaccard, entropy)

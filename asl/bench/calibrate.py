@@ -28,12 +28,16 @@ from asl.atomic import write_atomic
 from asl.bench.args import (Formatter, add_dtype, check_device, ints, model_config, one_line_errors, parse_tasks,
                             resolve_dtype_flag)
 from asl.calibration.file import FORMAT
-from asl.calibration.search import PromptMeasure, check_grid, choose
-from asl.policies import JaccardStop
+from asl.calibration.search import RULE_THRESHOLDS, PromptMeasure, check_grid, choose, choose_rule
+from asl.policies import EntropyStop, JaccardStop
 
 # Prompts of an easy task (ASL may select early) and two retrieval tasks (it must not).
 DEFAULT_TASKS = "passkey,kv_retrieval,niah_single_2"
 DEFAULT_TAUS = [round(0.05 * i, 2) for i in range(1, 31)]  # 0.05 .. 1.5
+# The stopping rules calibrated beside ASL (the bench's names), each with its grid from the
+# threshold that fires latest: Jaccard >= t fires later the higher t, entropy <= t the lower.
+RULES = {"jaccard-stop": (JaccardStop, sorted(RULE_THRESHOLDS, reverse=True)),
+         "entropy-stop": (EntropyStop, sorted(RULE_THRESHOLDS))}
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,7 @@ def calibrate(model, tokenizer, prompts: list[Prompt], taus, l_mins, target: flo
                     "agreement_interval": list(c.interval) if held else None,
                     "target_tuned": c.tuned, "target_met": c.met,
                     "earliest_layers": [m.earliest for m in measures], "stable_layers": [m.stable for m in measures]},
+        "rules": rules(measures, best.l_min, target, layers, select_tokens),
         "measures": [m.as_json() for m in measures],  # every prompt's record: the choice can be redone from them
         "timing": {"oracle_cost_median": statistics.median(costs)},  # measured: the one part that varies
         "search": {"taus": sorted(set(taus)), "l_mins": sorted(set(l_mins)),
@@ -218,6 +223,21 @@ def calibrate(model, tokenizer, prompts: list[Prompt], taus, l_mins, target: flo
                    "sweep": [[o.l_min, o.tau, round(o.agreement, 4), round(o.kv, 4), round(o.too_early, 4),
                               round(o.layers_lost, 3)] for o in c.sweep]},
     }
+
+
+def rules(measures: list[PromptMeasure], l_min: int, target: float, layers: int, select_tokens: int) -> dict:
+    """Each stopping rule's threshold, chosen from the same records and at the same l_min as
+    ASL's tau (none from records without the rules' signals)."""
+    if not all(m.signals for m in measures):
+        return {}
+    out = {}
+    for name, (cls, thresholds) in RULES.items():
+        c = choose_rule(measures, lambda t, cls=cls: cls(threshold=t), thresholds, l_min, target, layers, select_tokens)
+        out[name] = {"threshold": c.best.tau, "l_min": l_min, "tuning": _figures(c.best),
+                     "held_out": _figures(c.held) if c.held else None,
+                     "agreement_interval": list(c.interval) if c.held else None,
+                     "target_tuned": c.tuned, "target_met": c.met}
+    return out
 
 
 def _figures(o) -> dict:

@@ -37,7 +37,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from asl.bench.run.oracle import Oracle
-from asl.calibration import SCORING, asl_settings, scaled_layer
+from asl.calibration import SCORING, asl_settings, rule_settings, scaled_layer
 from asl.presets import KVPRESS, PAPER, kvpress_settings, paper_settings
 from asl.policies.base import check_policies
 from asl.policies import (ASL, CAM, CAMDecoding, CUR, TOVA, LazyLLM, Compactor, Leverage, NonCausalAttention, AdaKV, ChunkKV, PerChunk, Merging, Blockwise, Chain, KVzip, KVgrad, KVCompose, ThinK, CapKV, EntropyGatedChunkKV, CriticalKV, DecodingEviction, ExpectedAttention, Finch, KeyRerotation, PerLayerRatio, ThresholdEviction, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
@@ -396,12 +396,16 @@ def gemfilter_layer(model_type: str | None, num_layers: int) -> tuple[int, str]:
 def model_defaults(model_name: str, num_layers: int, config=None, calibration=None,
                    preset: str | None = None) -> tuple[dict[str, dict], str, int | None]:
     """Every built-in policy's keyword arguments on this model, where ASL's come from, and the
-    selection size ASL's tau was calibrated at (None: not calibrated). ASL's
-    come from the `calibration` file when one is given, else the bundled one of this name or,
-    from the model's `config` (a ModelConfig), of this architecture, else the hand-set values:
-    the file is read here, once per run."""
+    selection size ASL's tau was calibrated at (None: not calibrated). ASL's, and the stopping
+    rules' thresholds where the file has them, come from the `calibration` file when one is
+    given, else the bundled one of this name or, from the model's `config` (a ModelConfig), of
+    this architecture, else the hand-set values: the file is read here, once per run."""
     model_type = getattr(config, "model_type", None)
     settings, why = asl_settings(model_name, num_layers, calibration, config)
+    rules = rule_settings(model_name, num_layers, calibration, config)
+    if rules:
+        why += "; the stopping rules calibrated there: " + ", ".join(
+            f"{name} threshold {r['threshold']:g}" for name, r in rules.items())
     asl = {k: settings[k] for k in ("tau", "l_min", "l_obs", *SCORING)}
     table = {
         "full": {}, "oracle": dict(SCORING), "snapkv": dict(SCORING), "streaming": {},
@@ -412,8 +416,8 @@ def model_defaults(model_name: str, num_layers: int, config=None, calibration=No
         "asl": asl, "asl-2pass": asl,
         "fastkv": {"layer": scaled_layer(15, num_layers), **SCORING},
         "gemfilter": {"layer": gemfilter_layer(model_type, num_layers)[0]},
-        "jaccard-stop": {"l_min": scaled_layer(10, num_layers), **SCORING},
-        "entropy-stop": {"l_min": scaled_layer(10, num_layers), **SCORING},
+        "jaccard-stop": {"l_min": scaled_layer(10, num_layers), **SCORING, **rules.get("jaccard-stop", {})},
+        "entropy-stop": {"l_min": scaled_layer(10, num_layers), **SCORING, **rules.get("entropy-stop", {})},
         "pyramidinfer-prefill": {}, "pyramidinfer-decode": {}, "simlayerkv": {}, "lazyllm": {}, "squeezed": {}, "kvzip": {}, "kvgrad": {}, "kvcompose": {},
     }
     if preset == "paper":  # the run's budget and selection size stay the run's

@@ -2,8 +2,8 @@
 strict reader, and the settings `asl.ASL.for_model` and the benchmark take from it
 (docs/algorithms.md section 14)."""
 from .defaults import (FALLBACK_TAU, PAPER_TAU, SCORING, asl_settings, bundled_file, config_of, fingerprint,
-                       scaled_layer, settings_for)
+                       rule_settings, scaled_layer, settings_for)
 from .file import CalibrationError, check, read, write
 
 __all__ = ["FALLBACK_TAU", "PAPER_TAU", "SCORING", "CalibrationError", "asl_settings", "bundled_file", "check",
-           "config_of", "fingerprint", "read", "scaled_layer", "settings_for", "write"]
+           "config_of", "fingerprint", "read", "rule_settings", "scaled_layer", "settings_for", "write"]

@@ -60,12 +60,8 @@ def asl_settings(name: str | None, num_layers: int, calibration=None, config=Non
     file of `name` (or, from `config`, of that architecture); else the fallback: tau 0.7 on the
     bundled models (hand-set), the paper's 0.3 on any other, l_min the paper's 10 of 32 layers
     scaled to this depth, l_obs 8 (at most l_min + 1)."""
-    path = pathlib.Path(calibration) if calibration is not None else bundled_file(name)
-    if path is None and config is not None:
-        path = _bundled_for_config(config)
-    if path is not None:
-        data = read(path, model=name, num_layers=num_layers,
-                    architecture=fingerprint(config) if config is not None else None)
+    data, path = calibration_file(name, num_layers, calibration, config)
+    if data is not None:
         a = data["asl"]
         settings = {k: a[k] for k in ("tau", "l_min", "l_obs", "window", "kernel", "pooling", "select_tokens")}
         return settings, f"calibrated ({path}: {judged(data)})"
@@ -74,6 +70,26 @@ def asl_settings(name: str | None, num_layers: int, calibration=None, config=Non
     why = "hand-set for the bundled model" if name in FALLBACK_TAU else "the paper's"
     return ({"tau": tau, "l_min": l_min, "l_obs": min(8, l_min + 1), **SCORING},
             f"not calibrated: tau {why}, l_min 10 of 32 layers scaled to {num_layers}")
+
+
+def calibration_file(name: str | None, num_layers: int, calibration=None, config=None):
+    """(the calibration that applies, read strictly, its path): `calibration` if given, else
+    the bundled file of `name` or, from `config`, of that architecture; (None, None) without one."""
+    path = pathlib.Path(calibration) if calibration is not None else bundled_file(name)
+    if path is None and config is not None:
+        path = _bundled_for_config(config)
+    if path is None:
+        return None, None
+    return read(path, model=name, num_layers=num_layers,
+                architecture=fingerprint(config) if config is not None else None), path
+
+
+def rule_settings(name: str | None, num_layers: int, calibration=None, config=None) -> dict[str, dict]:
+    """The stopping rules' calibrated settings (`calibrate` chooses their thresholds from the
+    same records as ASL's tau): {rule: {"threshold", "l_min"}}, empty without a file or rules."""
+    data, _ = calibration_file(name, num_layers, calibration, config)
+    rules = (data or {}).get("rules") or {}
+    return {rule: {"threshold": r["threshold"], "l_min": r["l_min"]} for rule, r in rules.items()}
 
 
 def judged(data: dict) -> str:

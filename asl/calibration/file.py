@@ -100,6 +100,7 @@ def check(data, where) -> dict:
         raise CalibrationError(f"calibration file {where}: field 'figures.target_met' is true with no held-out "
                                "prompt: only held-out agreement can meet the target")
     a, layers = data["asl"], data["num_layers"]
+    _check_rules(data.get("rules", {}), layers, where)
     if not 0 <= a["l_min"] < layers:
         raise CalibrationError(f"calibration file {where}: field 'asl.l_min' must be a layer of the model "
                                f"(0..{layers - 1}), got {a['l_min']}")
@@ -110,6 +111,19 @@ def check(data, where) -> dict:
         raise CalibrationError(f"calibration file {where}: field 'asl.select_tokens' must be larger than "
                                f"asl.window ({a['window']}), got {a['select_tokens']}")
     return data
+
+
+def _check_rules(rules, layers: int, where) -> None:
+    """The optional stopping rules' settings: {rule name: {threshold in [0, 1], l_min a layer, target_met}}."""
+    if not isinstance(rules, dict):
+        raise CalibrationError(f"calibration file {where}: field 'rules' must be an object, got {rules!r}")
+    for name, r in rules.items():
+        ok = (isinstance(r, dict) and _is_number(r.get("threshold")) and 0 <= r["threshold"] <= 1
+              and _is_int(r.get("l_min")) and 0 <= r["l_min"] < layers and isinstance(r.get("target_met"), bool))
+        if not ok:
+            raise CalibrationError(f"calibration file {where}: field 'rules.{name}' must hold threshold (a number "
+                                   f"in [0, 1]), l_min (a layer, 0..{layers - 1}) and target_met (true or false), "
+                                   f"got {r!r}")
 
 
 def read(path, model: str | None = None, num_layers: int | None = None, architecture: dict | None = None) -> dict:

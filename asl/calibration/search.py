@@ -77,7 +77,7 @@ class Outcome:
     earliest matching layer and the mean layers selected after the stable one."""
 
     l_min: int
-    tau: float
+    tau: float  # the candidate's threshold: ASL's tau, or a stopping rule's (choose_rule)
     n: int
     agree: int
     kv: float
@@ -109,17 +109,25 @@ def kv_share(layer: int, prompt_tokens: int, select_tokens: int, num_layers: int
 
 def evaluate(measures: list[PromptMeasure], l_min: int, tau: float, num_layers: int, select_tokens: int) -> Outcome:
     last = num_layers - 1
+    return outcome(measures, lambda m: picked_layer(m.ratios[l_min], tau, l_min, last), l_min, tau, num_layers,
+                   select_tokens)
+
+
+def outcome(measures: list[PromptMeasure], layer_of, l_min: int, value: float, num_layers: int,
+            select_tokens: int) -> Outcome:
+    """A candidate over `measures`, from the layer it picks on each (`layer_of(m)`)."""
+    last = num_layers - 1
     agree = early = lost = 0
     kv = 0.0
     for m in measures:
-        layer = picked_layer(m.ratios[l_min], tau, l_min, last)
+        layer = layer_of(m)
         agree += m.matches.get(layer, True)  # the last layer, or no selection: the full answer
         kv += kv_share(layer, m.prompt_tokens, select_tokens, num_layers)
         earliest, stable = m.earliest, m.stable
         early += earliest is None and layer < last or earliest is not None and layer < earliest
         lost += max(0, layer - (last if stable is None else stable))
     n = len(measures)
-    return Outcome(l_min, tau, n, agree, kv / n if n else float("nan"), early / n if n else 0.0,
+    return Outcome(l_min, value, n, agree, kv / n if n else float("nan"), early / n if n else 0.0,
                    lost / n if n else 0.0)
 
 
@@ -157,13 +165,53 @@ def choose(measures: list[PromptMeasure], taus, l_mins, target: float, num_layer
         raise ValueError("calibration needs at least one tuning prompt (held_out false)")
     sweep = [evaluate(tune, l_min, float(tau), num_layers, select_tokens) for l_min in sorted(set(l_mins))
              for tau in sorted(set(taus))]
+    return _judge(sweep, tune, held, target, lambda o: (o.tau, o.l_min),
+                  lambda o, prompts: evaluate(prompts, o.l_min, o.tau, num_layers, select_tokens))
+
+
+def _judge(sweep: list[Outcome], tune, held, target: float, later, judge) -> Choice:
+    """The cheapest candidate of `sweep` (on the tuning prompts) that reaches `target`, ties to
+    the higher agreement, then to `later` (the candidate that fires later on unseen prompts);
+    else the highest agreement, then the cheapest. `judge(best, held)` scores it held out."""
     needed = math.ceil(target * len(tune) - 1e-9)  # counts, so no float noise decides
     feasible = [o for o in sweep if o.agree >= needed]
     if feasible:
-        best = min(feasible, key=lambda o: (o.kv, -o.agree, o.tau, o.l_min))
+        best = min(feasible, key=lambda o: (o.kv, -o.agree, later(o)))
     else:
-        best = min(sweep, key=lambda o: (-o.agree, o.kv, o.tau, o.l_min))
-    judged = evaluate(held, best.l_min, best.tau, num_layers, select_tokens) if held else None
+        best = min(sweep, key=lambda o: (-o.agree, o.kv, later(o)))
+    judged = judge(best, held) if held else None
     met = bool(feasible) and judged is not None and judged.agree >= math.ceil(target * judged.n - 1e-9)
     interval = wilson(judged.agree, judged.n) if judged is not None else (None, None)
     return Choice(best, sweep, judged, interval, bool(feasible), met)
+
+
+RULE_THRESHOLDS = [round(0.05 * i, 2) for i in range(2, 20)]  # 0.10 .. 0.95, a rule's grid
+
+
+def rule_layer(rule, m: PromptMeasure, l_min: int, last: int) -> int:
+    """The layer a stopping rule (asl.policies.adaptive) picks on prompt m, replayed on its
+    recorded signals with the rule's own `fires`, so the choice applies exactly the rule that runs."""
+    import torch
+
+    def passes(row: dict[str, float]) -> bool:
+        return bool(rule.fires({k: torch.tensor([v], dtype=torch.float64) for k, v in row.items()})[0])
+    return first_layer(m.signals, passes, l_min, last)
+
+
+def choose_rule(measures: list[PromptMeasure], make_rule, thresholds, l_min: int, target: float, num_layers: int,
+                select_tokens: int) -> Choice:
+    """A stopping rule's threshold, chosen as ASL's tau is: the cheapest on the tuning prompts
+    whose agreement reaches `target`, judged on the held-out ones. `make_rule(threshold)` builds
+    the rule; `thresholds` run from the one that fires latest, which wins ties."""
+    tune = [m for m in measures if not m.held_out]
+    held = [m for m in measures if m.held_out]
+    if not tune:
+        raise ValueError("calibration needs at least one tuning prompt (held_out false)")
+    last = num_layers - 1
+    order = {t: i for i, t in enumerate(thresholds)}
+
+    def judge(t: float, prompts) -> Outcome:
+        rule = make_rule(t)
+        return outcome(prompts, lambda m: rule_layer(rule, m, l_min, last), l_min, t, num_layers, select_tokens)
+    sweep = [judge(t, tune) for t in thresholds]
+    return _judge(sweep, tune, held, target, lambda o: order[o.tau], lambda o, prompts: judge(o.tau, prompts))
