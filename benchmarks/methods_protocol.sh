@@ -8,6 +8,7 @@
 #
 #   bash benchmarks/methods_protocol.sh [OUT]          (default runs/methods-4096)
 #   SAMPLES=1 LENGTH=1024 BUDGET=256 bash benchmarks/methods_protocol.sh /tmp/try   (a short try)
+#   DRY=1 MODEL=smollm2-135m bash benchmarks/methods_protocol.sh /tmp/x   (resolve every method, run nothing)
 #
 # --share-prefix runs each sample's methods on one full pass (asl.sweep): the evictions and the
 # one-shot selections read the layers they share from it, so a sample costs about one full
@@ -58,7 +59,7 @@ EVICTIONS+=,non-causal-attention,compactor,finch,"adakv(snapkv)","pyramidkv(snap
 EVICTIONS+=,"criticalkv(snapkv)","cam(knorm)","keyrerotation(knorm)",capkv,"merging(knorm)","perchunk(snapkv)"
 EVICTIONS+=,"entropy-chunkkv(snapkv)","blockwise(keydiff)","think(snapkv)",squeezed
 EVICTIONS+=,"kvzip(ratio=0.75)","kvgrad(ratio=0.75)","kvcompose(ratio=0.75)","snapkv(budget=2048)+knorm"
-"$PY" -m asl.bench --model qwen2.5-0.5b --lengths "$LENGTH" --samples "${SAMPLES:-30}" --seed 0 \
+"$PY" -m asl.bench --model "${MODEL:-qwen2.5-0.5b}" --lengths "$LENGTH" --samples "${SAMPLES:-30}" --seed 0 \
   --tasks kv_retrieval,niah_multikey_2,niah_multikey_3,niah_multiquery,vt \
   --budget "$BUDGET" --select-tokens "$BUDGET" --threads "${THREADS:-2}" --share-prefix --reference asl \
   --methods "full,$SELECTIONS,$COMPOSED,pyramidinfer,$EVICTIONS" --out "$OUT" ${DRY:+--dry-run}
