@@ -202,7 +202,10 @@ def test_the_command_writes_a_file_for_model_reads(model, monkeypatch, tmp_path,
     assert bench_main(["calibrate", *argv]) == 0
     data = read(out, model="tiny-qwen2", num_layers=LAYERS)
     assert data["prompts"]["source"] == "file" and data["figures"]["n"] == 3 and data["asl"]["tau"] in (0.2, 0.6, 1.1)
-    assert "chosen: tau" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "chosen: tau" in printed
+    for name, r in data["rules"].items():  # the stopping rules' choice is printed with ASL's
+        assert f"{name}: threshold {r['threshold']:g}: tuning " in printed
     assert asl.ASL.for_model("tiny-qwen2", calibration=out).tau == data["asl"]["tau"]
     # the bench takes it with --calibration: ASL's defaults come from the file
     from asl.bench.methods import default_params, model_defaults, parse_methods

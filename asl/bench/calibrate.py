@@ -386,4 +386,10 @@ def summary_text(data: dict) -> str:
     lines.append("  l_min   tau  agreement  kv_share  too_early  layers_lost   (tuning prompts)")
     lines += [f"  {lm:>5} {tau:>5g} {100 * ag:>9.1f}% {100 * kv:>8.1f}% {100 * e:>9.1f}% {lost:>12.2f}"
               for lm, tau, ag, kv, e, lost in data["search"]["sweep"]]
+    for name, r in data.get("rules", {}).items():  # chosen from the same records, the same way
+        held = r["held_out"]
+        lines.append(f"{name}: threshold {r['threshold']:g}: tuning {100 * r['tuning']['agreement']:.0f}% at "
+                     f"{100 * r['tuning']['kv_share']:.0f}% of the KV"
+                     + (f"; held out {100 * held['agreement']:.0f}% at {100 * held['kv_share']:.0f}%, target "
+                        f"{'met' if r['target_met'] else 'NOT met'}" if held else ""))
     return "\n".join(lines)
