@@ -37,7 +37,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from asl.bench.run.oracle import Oracle
-from asl.calibration import SCORING, asl_settings, rule_settings, scaled_layer
+from asl.calibration import SCORING, asl_settings, calibration_file, rule_settings, scaled_layer
 from asl.presets import KVPRESS, PAPER, kvpress_settings, paper_settings
 from asl.policies.base import check_policies
 from asl.policies import (ASL, CAM, CAMDecoding, CUR, TOVA, LazyLLM, Compactor, Leverage, NonCausalAttention, AdaKV, ChunkKV, PerChunk, Merging, Blockwise, Chain, KVzip, KVgrad, KVCompose, ThinK, CapKV, EntropyGatedChunkKV, CriticalKV, DecodingEviction, ExpectedAttention, Finch, KeyRerotation, PerLayerRatio, ThresholdEviction, SimLayerKV, ASLTwoPass, EntropyStop, EvictionPolicy, FastKV, Full, GemFilter, JaccardStop,
@@ -401,8 +401,9 @@ def model_defaults(model_name: str, num_layers: int, config=None, calibration=No
     given, else the bundled one of this name or, from the model's `config` (a ModelConfig), of
     this architecture, else the hand-set values: the file is read here, once per run."""
     model_type = getattr(config, "model_type", None)
-    settings, why = asl_settings(model_name, num_layers, calibration, config)
-    rules = rule_settings(model_name, num_layers, calibration, config)
+    found = calibration_file(model_name, num_layers, calibration, config)
+    settings, why = asl_settings(model_name, num_layers, calibration, config, found=found)
+    rules = rule_settings(found[0])
     if rules:
         why += "; the stopping rules calibrated there: " + ", ".join(
             f"{name} threshold {r['threshold']:g}" for name, r in rules.items())

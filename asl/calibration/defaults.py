@@ -53,14 +53,14 @@ def _bundled_for_config(config) -> pathlib.Path | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def asl_settings(name: str | None, num_layers: int, calibration=None, config=None) -> tuple[dict, str]:
+def asl_settings(name: str | None, num_layers: int, calibration=None, config=None, found=None) -> tuple[dict, str]:
     """({tau, l_min, l_obs, window, kernel, pooling[, select_tokens]}, where they come from).
 
     `calibration`: a file to use (it must name `name` when a name is given); else the bundled
     file of `name` (or, from `config`, of that architecture); else the fallback: tau 0.7 on the
     bundled models (hand-set), the paper's 0.3 on any other, l_min the paper's 10 of 32 layers
-    scaled to this depth, l_obs 8 (at most l_min + 1)."""
-    data, path = calibration_file(name, num_layers, calibration, config)
+    scaled to this depth, l_obs 8 (at most l_min + 1). `found`: calibration_file's answer, read before."""
+    data, path = found if found is not None else calibration_file(name, num_layers, calibration, config)
     if data is not None:
         a = data["asl"]
         settings = {k: a[k] for k in ("tau", "l_min", "l_obs", "window", "kernel", "pooling", "select_tokens")}
@@ -84,10 +84,10 @@ def calibration_file(name: str | None, num_layers: int, calibration=None, config
                 architecture=fingerprint(config) if config is not None else None), path
 
 
-def rule_settings(name: str | None, num_layers: int, calibration=None, config=None) -> dict[str, dict]:
-    """The stopping rules' calibrated settings (`calibrate` chooses their thresholds from the
-    same records as ASL's tau): {rule: {"threshold", "l_min"}}, empty without a file or rules."""
-    data, _ = calibration_file(name, num_layers, calibration, config)
+def rule_settings(data: dict | None) -> dict[str, dict]:
+    """The stopping rules' calibrated settings in a calibration (`calibrate` chooses their
+    thresholds from the same records as ASL's tau): {rule: {"threshold", "l_min"}}, empty
+    without a file (None) or without rules."""
     rules = (data or {}).get("rules") or {}
     return {rule: {"threshold": r["threshold"], "l_min": r["l_min"]} for rule, r in rules.items()}
 
