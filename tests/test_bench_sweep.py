@@ -50,3 +50,20 @@ def test_run_groups_each_samples_jobs_that_share(model, monkeypatch):  # noqa: F
     assert calls == {"sweep": 4, "alone": 2}  # per sample: GemFilter alone between two sweeps of two jobs
     alone = run(model, TOK, jobs, 0, set(), lambda r: None, show=False)
     assert [{k: r[k] for k in SAME} for r in shared] == [{k: r[k] for k in SAME} for r in alone]
+
+
+def test_the_warm_up_sweeps_what_the_run_will_sweep(model, monkeypatch):  # noqa: F811
+    s = sample("t1", 0)
+    monkeypatch.setattr(runner, "make_sample", lambda task, tok, length, index, seed: s)
+    jobs = [job(m, s) for m in ("full", "fastkv(layer=2)", "gemfilter(layer=2)", "snapkv")]
+    jobs += [job("snapkv", s)]  # a method warms up once, whatever its samples
+    calls = []
+    real_sweep, real_job = runner.run_sweep, runner.run_job
+    monkeypatch.setattr(runner, "run_sweep",
+                        lambda *a: (calls.append([j.method.label for j in a[3]]), real_sweep(*a))[1])
+    monkeypatch.setattr(runner, "run_job", lambda *a: (calls.append(a[3].method.label), real_job(*a))[1])
+    runner.warm_up(model, TOK, jobs, 150, share_prefix=True)
+    assert calls == [["full", "fastkv(layer=2)", "snapkv"], "gemfilter(layer=2)"]
+    calls.clear()
+    runner.warm_up(model, TOK, jobs, 150)
+    assert calls == ["full", "fastkv(layer=2)", "gemfilter(layer=2)", "snapkv"]

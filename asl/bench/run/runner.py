@@ -126,15 +126,21 @@ def _record(sample: Sample, job: Job, text: str, measured: dict) -> dict:
     }
 
 
-def warm_up(model, tokenizer, jobs: list[Job], length: int) -> None:
+def warm_up(model, tokenizer, jobs: list[Job], length: int, share_prefix: bool = False) -> None:
     """One short run per method first (at its first budget), so one-time costs (kernels,
-    lazy imports) stay out of the timings."""
+    lazy imports) stay out of the timings. `share_prefix`: the methods the run will sweep
+    warm up as one sweep too (the same code paths, one full pass instead of one each)."""
     sample = make_sample("passkey", tokenizer, length, 0, seed=-1)
     first = {}
     for job in jobs:
-        first.setdefault(job.method.label, job)
+        first.setdefault(job.method.label, Job("passkey", sample.length, 0, 0, job.method))
+    shared = [job for job in first.values() if share_prefix and shares_prefix(job, sample)]
+    if len(shared) > 1:
+        run_sweep(model, tokenizer, sample, shared)
+    swept = {id(job) for job in shared} if len(shared) > 1 else set()
     for job in first.values():
-        run_job(model, tokenizer, sample, Job("passkey", sample.length, 0, 0, job.method))
+        if id(job) not in swept:
+            run_job(model, tokenizer, sample, job)
 
 
 def run(model, tokenizer, jobs: list[Job], seed: int, done: set, write, rank_label: str = "",

@@ -187,7 +187,8 @@ class Session:
         records, interrupted = [], False
         try:
             if any(j.key not in done for j in mine):
-                warm_up(model, tokenizer, jobs, min(min(args.lengths), max(512, 2 * max(args.budget) + 64)))
+                warm_up(model, tokenizer, jobs, min(min(args.lengths), max(512, 2 * max(args.budget) + 64)),
+                        share_prefix=args.share_prefix and args.repeats == 1 and not args.compile)
             records = run(model, tokenizer, mine, args.seed, done, appender.write,
                           rank_label="" if ranks.world == 1 else f"[{ranks.rank}]", show=True, compile=args.compile,
                           repeats=args.repeats, share_prefix=args.share_prefix)
