@@ -17,7 +17,7 @@ ROOT=$PWD
 WT=runs/wt-$COMMIT
 if [[ ! -d $WT ]]; then
   git worktree add -f "$WT" "$COMMIT" >/dev/null
-  cp asl/_C*.so "$WT/asl/"
+  cp asl/_C*.so "$WT/asl/" 2>/dev/null || true  # the built ops, where they were built
   ln -s "$ROOT/.venv" "$WT/.venv"
   if [[ -d .venv-kvpress ]]; then ln -s "$ROOT/.venv-kvpress" "$WT/.venv-kvpress"; fi
 fi

@@ -21,6 +21,6 @@ if [[ ! -f docs/results/calibration-agreement/calibration-qwen2.5-0.5b-16384.jso
 fi
 # Issue 37 item 7: the 49 methods at 4,096 tokens, 15 samples of each of five tasks (75 samples).
 if [[ ! -f docs/results/methods-4096/samples.jsonl ]]; then
-  bash benchmarks/long_run.sh 5f66c80 runs/methods-4096.log \
+  bash benchmarks/long_run.sh aad8b3c runs/methods-4096.log \
     "SAMPLES=15 THREADS=${THREADS_METHODS:-1} bash benchmarks/methods_protocol.sh \$ROOT/$CK/methods-4096"
 fi
