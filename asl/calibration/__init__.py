@@ -5,5 +5,5 @@ from .defaults import (FALLBACK_TAU, PAPER_TAU, SCORING, asl_settings, bundled_f
                        fingerprint, rule_settings, scaled_layer, settings_for)
 from .file import CalibrationError, check, read, write
 
-__all__ = ["FALLBACK_TAU", "PAPER_TAU", "SCORING", "CalibrationError", "asl_settings", "bundled_file", "calibration_file", "check",
-           "config_of", "fingerprint", "read", "rule_settings", "scaled_layer", "settings_for", "write"]
+__all__ = ["FALLBACK_TAU", "PAPER_TAU", "SCORING", "CalibrationError", "asl_settings", "bundled_file", "calibration_file",
+           "check", "config_of", "fingerprint", "read", "rule_settings", "scaled_layer", "settings_for", "write"]

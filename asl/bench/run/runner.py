@@ -137,10 +137,15 @@ def warm_up(model, tokenizer, jobs: list[Job], length: int, share_prefix: bool =
     shared = [job for job in first.values() if share_prefix and shares_prefix(job, sample)]
     if len(shared) > 1:
         run_sweep(model, tokenizer, sample, shared)
-    swept = {id(job) for job in shared} if len(shared) > 1 else set()
+    swept = {id(job) for job in shared if len(shared) > 1}
     for job in first.values():
         if id(job) not in swept:
             run_job(model, tokenizer, sample, job)
+
+
+def sweeps(share_prefix: bool, repeats: int, compile: bool) -> bool:
+    """Whether --share-prefix takes effect: a sweep times each method once and runs eagerly."""
+    return share_prefix and repeats == 1 and not compile
 
 
 def run(model, tokenizer, jobs: list[Job], seed: int, done: set, write, rank_label: str = "",
@@ -153,7 +158,7 @@ def run(model, tokenizer, jobs: list[Job], seed: int, done: set, write, rank_lab
                file=sys.stdout, disable=not show, dynamic_ncols=True,
                mininterval=0.5 if sys.stdout.isatty() else 60)
     same = lambda a, b: (a.task, a.length, a.index) == (b.task, b.length, b.index)  # noqa: E731
-    sweeping = share_prefix and repeats == 1 and not compile
+    sweeping = sweeps(share_prefix, repeats, compile)
     try:
         i = 0
         while i < len(todo):

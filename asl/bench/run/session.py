@@ -16,7 +16,7 @@ from asl.bench.run import dist, store
 from asl.bench.report import method_params, report
 from asl.bench.run.fingerprint import differences
 from asl.models.dtype import describe_cpu
-from asl.bench.run.runner import plan, run, set_threads, warm_up
+from asl.bench.run.runner import plan, run, set_threads, sweeps, warm_up
 
 # What a resume must match exactly in config.json: a run of other settings or code would mix.
 IDENTITY = ("format", "run")
@@ -188,7 +188,7 @@ class Session:
         try:
             if any(j.key not in done for j in mine):
                 warm_up(model, tokenizer, jobs, min(min(args.lengths), max(512, 2 * max(args.budget) + 64)),
-                        share_prefix=args.share_prefix and args.repeats == 1 and not args.compile)
+                        share_prefix=sweeps(args.share_prefix, args.repeats, args.compile))
             records = run(model, tokenizer, mine, args.seed, done, appender.write,
                           rank_label="" if ranks.world == 1 else f"[{ranks.rank}]", show=True, compile=args.compile,
                           repeats=args.repeats, share_prefix=args.share_prefix)
