@@ -183,6 +183,19 @@ def test_a_second_process_on_the_same_out_fails_at_once(done_run, capsys):
     assert "is in use by asl.bench pid" in err
 
 
+def test_a_rerun_of_a_policy_with_a_tuple_field_resumes(tmp_path):
+    """LazyLLM's `pruning` is a tuple, which config.json holds as a list: the rerun must still
+    be the same run (it was refused, so a long LazyLLM run could not resume)."""
+    out = tmp_path / "run"
+    args = [*BASE, "--methods", "lazyllm", "--out", str(out)]
+    assert main(args) == 0
+    assert isinstance(json.loads((out / "config.json").read_text())["policies"]["lazyllm @ 64"][0]["fields"]["pruning"],
+                      list)
+    before = lines(out)
+    assert main(args) == 0
+    assert lines(out) == before
+
+
 def test_added_methods_extend_the_configuration_and_the_report(done_run, capsys):
     assert main([*BASE, "--methods", "full,streaming", "--out", str(done_run)]) == 0
     config = json.loads((done_run / "config.json").read_text())

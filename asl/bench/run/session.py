@@ -3,6 +3,7 @@ summary table, files and plots on rank 0. And the read-only report of a run fold
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
 import platform
@@ -30,6 +31,7 @@ def check_resume(out: pathlib.Path, settings: dict, force: bool) -> dict:
     which discards that run's results first, naming each file), and always when the folder
     holds files the bench writes but no config.json of the bench (a model folder, say):
     `force` only ever removes what the bench wrote."""
+    settings = json.loads(json.dumps(settings))  # as config.json will hold them: a tuple field reads back as a list
     old = store.load_settings(out)
     if old is None:
         ours = bench_files(out)
