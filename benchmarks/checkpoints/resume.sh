@@ -16,6 +16,6 @@ if ! grep -qE "avx512_bf16|amx_bf16" /proc/cpuinfo; then
 fi
 # Issue 37 item 7: the 49 methods at 4,096 tokens, 15 samples of each of five tasks (75 samples).
 if [[ ! -f docs/results/methods-4096/samples.jsonl ]]; then
-  bash benchmarks/long_run.sh aad8b3c runs/methods-4096.log \
+  bash benchmarks/long_run.sh c9886c5 runs/methods-4096.log \
     "SAMPLES=15 THREADS=${THREADS_METHODS:-2} bash benchmarks/methods_protocol.sh \$ROOT/$CK/methods-4096"
 fi
