@@ -67,3 +67,21 @@ def test_the_warm_up_sweeps_what_the_run_will_sweep(model, monkeypatch):  # noqa
     calls.clear()
     runner.warm_up(model, TOK, jobs, 150)
     assert calls == ["full", "fastkv(layer=2)", "gemfilter(layer=2)", "snapkv"]
+
+
+def test_the_warm_up_keeps_its_warnings_to_itself(model, monkeypatch):  # noqa: F811
+    """An ASL that never selects warns on a real sample; on the warm-up's throw-away prompt the
+    same warning would mislead (it names no sample of the run), so it is silenced there."""
+    import warnings
+
+    s = sample("t1", 0)
+    monkeypatch.setattr(runner, "make_sample", lambda task, tok, length, index, seed: s)
+    never = job("asl(tau=0.000001,l_min=2)", s)
+    with warnings.catch_warnings(record=True) as alone:
+        warnings.simplefilter("always")
+        run_job(model, TOK, s, never)
+    assert any("never selected" in str(w.message) for w in alone)
+    with warnings.catch_warnings(record=True) as warm:
+        warnings.simplefilter("always")
+        runner.warm_up(model, TOK, [never], 150, share_prefix=True)
+    assert not warm

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import statistics
 import sys
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -129,7 +130,15 @@ def _record(sample: Sample, job: Job, text: str, measured: dict) -> dict:
 def warm_up(model, tokenizer, jobs: list[Job], length: int, share_prefix: bool = False) -> None:
     """One short run per method first (at its first budget), so one-time costs (kernels,
     lazy imports) stay out of the timings. `share_prefix`: the methods the run will sweep
-    warm up as one sweep too (the same code paths, one full pass instead of one each)."""
+    warm up as one sweep too (the same code paths, one full pass instead of one each). Its
+    warnings are silenced: they would speak of a throw-away prompt (an ASL that never selected
+    on it, say) as if of the run."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _warm_up(model, tokenizer, jobs, length, share_prefix)
+
+
+def _warm_up(model, tokenizer, jobs: list[Job], length: int, share_prefix: bool) -> None:
     sample = make_sample("passkey", tokenizer, length, 0, seed=-1)
     first = {}
     for job in jobs:
