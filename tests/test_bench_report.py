@@ -406,3 +406,29 @@ def test_rows_align_numbers_right_and_refuse_a_ragged_row():
     assert rows.share(13, 15, 0.62, 0.96) == "87% [62, 96] of 15"
     with pytest.raises(ValueError, match="2 cells for 3 columns"):
         rows.text(["a", "b", "c"], [["1", "2"]])
+
+
+def test_many_methods_against_asl_are_holm_adjusted(tmp_path, capsys):
+    """Ten methods that each lose 6 of 20 samples to ASL (p = 0.031 alone) are not wins once
+    twelve methods are tested in the column ("+": Holm's p = 0.34); one that loses 12 (p = 0.0005)
+    still is ("*"). The report writes the tests with both p to vs_reference.csv / .json."""
+    from asl.bench.report import report
+    from asl.bench.report.vs_reference import FIELDS, reference_tests
+
+    wrong = {"asl": 0, "full": 0, "bad": 12, **{f"m{i}": 6 for i in range(10)}}
+    recs = [_rec("kv", 100, i, m, None if m == "full" else 64, float(i >= k), 0.1)
+            for m, k in wrong.items() for i in range(20)]
+    s, c = summarize(recs), compare(recs)
+    tests = {r["method"]: r for r in reference_tests(s, c) if r["task"] == "kv"}
+    assert sorted(tests) == sorted(set(wrong) - {"asl"}) and {r["tests"] for r in tests.values()} == {12}
+    assert (tests["bad"]["method_only"], tests["bad"]["reference_only"]) == (0, 12)
+    assert tests["bad"]["holm_p"] == pytest.approx(12 * 2 / 2**12)
+    assert tests["m3"]["mcnemar_p"] == pytest.approx(2 / 2**6) and tests["m3"]["holm_p"] == pytest.approx(11 * 2 / 2**6)
+    table = format_table(s, c)
+    assert _cells(table, "bad")[0][3] == "*" and _cells(table, "full")[0][3] == ""
+    assert re.search(r"^m3 +\d+ \[\d+,\d+\]\+", table, re.MULTILINE), table
+    report(recs, tmp_path, {}, plots=False)
+    with open(tmp_path / "vs_reference.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == FIELDS and {r["method"] for r in rows if r["task"] == "kv"} == set(tests)
+    assert json.loads((tmp_path / "vs_reference.json").read_text()) == json.loads(json.dumps(reference_tests(s, c)))

@@ -3,11 +3,14 @@ import math
 import statistics
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from asl.bench.report.stats import (
     COMPARISON_FIELDS,
     bootstrap_mean_ci,
     compare,
+    holm,
     mcnemar_exact,
     paired_bootstrap_diff,
     wilcoxon_p,
@@ -204,3 +207,20 @@ def test_compare_pairs_on_ids_not_positions():
     recs += [_r("t", 10, i, *B, float(i % 2)) for i in reversed(range(4))]  # same outcomes, other order
     (row,) = [r for r in compare(recs) if r["task"] == "t"]
     assert (row["n"], row["a_only"], row["b_only"], row["mcnemar_p"]) == (4, 0, 0, 1.0)
+
+
+def test_holm_hand_worked():
+    # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> kept non-decreasing: 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.2, 0.9]) == pytest.approx([0.4, 0.9])
+    assert holm([0.6, 0.7]) == [1.0, 1.0]  # capped
+    assert holm([]) == [] and holm([0.03]) == [0.03]
+
+
+@given(st.lists(st.floats(0, 1), max_size=30))
+def test_holm_never_lowers_a_p_and_keeps_their_order(ps):
+    adjusted = holm(ps)
+    assert all(p <= a <= 1 for p, a in zip(ps, adjusted))
+    assert all(adjusted[i] <= adjusted[j] for i in range(len(ps)) for j in range(len(ps)) if ps[i] < ps[j])
+    # Holm rejects at least what Bonferroni (every p times m) rejects
+    assert sum(a < 0.05 for a in adjusted) >= sum(p * len(ps) < 0.05 for p in ps)

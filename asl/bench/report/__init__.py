@@ -5,8 +5,9 @@ from __future__ import annotations
 import pathlib
 
 from .stats import compare
-from .summary import summarize, write_comparisons, write_summary
+from .summary import summarize, write_comparisons, write_summary, write_vs_reference
 from .table import format_table
+from .vs_reference import reference_tests
 
 
 def method_params(settings: dict) -> dict[str, dict]:
@@ -24,6 +25,7 @@ def report(records: list[dict], out: pathlib.Path, params: dict, plots: bool, re
     comparisons = compare(records)
     write_summary(summary, out)
     write_comparisons(comparisons, out)
+    write_vs_reference(reference_tests(summary, comparisons, reference), out)
     print()
     print(format_table(summary, comparisons, reference))
     if plots:
@@ -31,4 +33,4 @@ def report(records: list[dict], out: pathlib.Path, params: dict, plots: bool, re
 
         paths = make_plots(records, summary, out, params)
         print(f"\nplots: {', '.join(p.name for p in paths)}")
-    print(f"results: {out}/ (samples.jsonl, summary.csv, summary.json, comparisons.csv, config.json)")
+    print(f"results: {out}/ (samples.jsonl, summary.csv, summary.json, comparisons.csv, vs_reference.csv, config.json)")

@@ -9,6 +9,7 @@ the interval around a score and the p-value of a difference, pairing methods on 
     mcnemar_exact(b, c)                 -> p               paired binary outcomes
     paired_bootstrap_diff(a, b)         -> (diff, lo, hi)  paired mean difference
     wilcoxon_p(a, b)                    -> p               paired graded outcomes
+    holm(pvalues)                       -> [p, ...]        adjusted for testing many at once
     compare(records)                    -> [row, ...]      every pair of methods, see COMPARISON_FIELDS
 
 The tests are scipy.stats'; the bootstrap is a plain percentile bootstrap, deterministic by seed.
@@ -24,7 +25,7 @@ import numpy as np
 
 from asl.interval import wilson  # noqa: F401 (the bench's intervals: one formula)
 
-__all__ = ["COMPARISON_FIELDS", "CORRECT_EPS", "bootstrap_mean_ci", "compare", "correct", "mcnemar_exact",
+__all__ = ["COMPARISON_FIELDS", "CORRECT_EPS", "bootstrap_mean_ci", "compare", "correct", "holm", "mcnemar_exact",
            "paired_bootstrap_diff", "wilcoxon_p", "wilson"]
 
 CORRECT_EPS = 1e-9  # a score counts as "fully correct" when score >= 1 - CORRECT_EPS
@@ -136,6 +137,20 @@ def _wilcoxon(d: tuple) -> float:
     agree on most samples repeat the same few multisets."""
     p = float(_st().wilcoxon(d, zero_method="zsplit").pvalue)
     return p if math.isfinite(p) else 1.0
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of m p-values tested together, in their given order: the
+    i-th smallest is multiplied by m - i + 1, kept non-decreasing, capped at 1. Rejecting where
+    the adjusted p < alpha holds the chance of any false win at alpha (with 48 methods each
+    tested at 0.05, about 2.4 would be "significant" by chance alone)."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted, running = [1.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(pvalues[i])))
+        adjusted[i] = running
+    return adjusted
 
 
 # --------------------------------------------------------------------------------------------

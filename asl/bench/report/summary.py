@@ -320,3 +320,11 @@ def write_comparisons(rows: list[dict], out_dir) -> None:
     out_dir/comparisons.json (a list of records, COMPARISON_FIELDS), each atomically. Kept apart
     from summary.json, which stays a list of summary rows for existing readers."""
     _write_rows(rows, COMPARISON_FIELDS, out_dir, "comparisons")
+
+
+def write_vs_reference(rows: list[dict], out_dir) -> None:
+    """Write each method's test against its reference (asl.bench.report.vs_reference, with the
+    Holm-adjusted p the table's markers use) to out_dir/vs_reference.csv and .json, atomically."""
+    from .vs_reference import FIELDS
+
+    _write_rows(rows, FIELDS, out_dir, "vs_reference")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from . import vs_oracle
+from . import vs_oracle, vs_reference
 from .stats import ALL_TASKS
-from .summary import ASL_FAMILY, SIGNIFICANT_P, as_number, first_appearance, mean_of, method_family, sorted_layers
+from .summary import as_number, first_appearance, mean_of, sorted_layers
+from .vs_reference import chosen_reference, reference_method, reference_tests  # noqa: F401 (re-exported)
 
 
 TASK_W = 7      # max characters of a task column header
@@ -63,45 +64,6 @@ def format_layers(layers: dict | None) -> str:
     if not layers:
         return "-"
     return " ".join(f"{k}:{v}" for k, v in sorted_layers(layers).items())
-
-
-def reference_method(key: tuple, keys, families: dict) -> tuple | None:
-    """The ASL method a row is tested against: the same regime, i.e. "asl+<eviction>" for a
-    family ending in "+<eviction>", else "asl", at the same budget. Among several settings of it
-    (a tau sweep) the one labelled exactly so, else none. A budget-free row (the full cache) uses
-    the ASL method of the only budget present, if there is one. None for the reference itself."""
-    method, budget = key
-    fam = families.get(key) or method_family(method)
-    target = f"{ASL_FAMILY}+{fam.rsplit('+', 1)[1]}" if "+" in fam else ASL_FAMILY
-    cands = [k for k in keys if (families.get(k) or method_family(k[0])) == target]
-    same = [k for k in cands if k[1] == budget]
-    if not same and budget is None and len({k[1] for k in cands}) == 1:
-        same = cands
-    if len(same) > 1:
-        same = [k for k in same if k[0] == target]
-    ref = same[0] if len(same) == 1 else None
-    return None if ref == key else ref
-
-
-def chosen_reference(key: tuple, keys, label: str) -> tuple | None:
-    """The row of method `label` a row is tested against (--reference): the same budget, else
-    its only budget (the full cache has none). None for the reference itself."""
-    cands = [k for k in keys if k[0] == label]
-    same = [k for k in cands if k[1] == key[1]] or (cands if len(cands) == 1 else [])
-    ref = same[0] if len(same) == 1 else None
-    return None if ref == key else ref
-
-
-def _pvalues(comparisons) -> dict[tuple, float]:
-    """(task, length, method key, method key) -> McNemar p, both orders."""
-    out: dict[tuple, float] = {}
-    for c in comparisons or ():
-        p = as_number(c.get("mcnemar_p"))
-        if p is None:
-            continue
-        a, b = (c.get("method_a"), c.get("budget_a")), (c.get("method_b"), c.get("budget_b"))
-        out[(c.get("task"), c.get("length"), a, b)] = out[(c.get("task"), c.get("length"), b, a)] = p
-    return out
 
 
 def _acc_text(row) -> str:
@@ -192,8 +154,7 @@ def _grid(labels: dict, heads: list[str], cells: dict, tail_head: str = "", tail
 COST_HEAD = f" {'TTFT s':>7} {'TPOT ms':>7} {'KV MiB':>7} {'vsFull':>6}  ASL layers"
 
 
-def _block(length, block: list[dict], tasks, abbr: dict, pvalues: dict, cut: dict,
-           reference: str | None = None) -> list[str]:
+def _block(length, block: list[dict], tasks, abbr: dict, marked: dict, cut: dict) -> list[str]:
     """One length's accuracy table (with intervals, markers and costs) and its partial block;
     the labels it had to cut are added to `cut`."""
     keys = first_appearance((r["method"], r["budget"]) for r in block)
@@ -203,15 +164,12 @@ def _block(length, block: list[dict], tasks, abbr: dict, pvalues: dict, cut: dic
     cut.update(block_cut)
     cols = [t for t in tasks if any(r["task"] == t for r in block)] + [ALL_TASKS]
     cell = {(r["task"], r["method"], r["budget"]): r for r in block}
-    families = {(r["method"], r["budget"]): r.get("family") for r in block if r.get("family")}
     rows = {k: {t: (_all_row(cell, k, cols[:-1]) if t == ALL_TASKS else cell.get((t, *k))) for t in cols}
             for k in keys}
 
     texts: dict[tuple, list[str]] = {}
     for k in keys:
-        ref = chosen_reference(k, keys, reference) if reference else reference_method(k, keys, families)
-        marks = ["*" if ref and pvalues.get((t, length, k, ref), 1.0) < SIGNIFICANT_P else " " for t in cols]
-        texts[k] = [_acc_text(rows[k][t]) + mark for t, mark in zip(cols, marks)]
+        texts[k] = [_acc_text(rows[k][t]) + marked.get((t, length, *k), " ") for t in cols]
     heads = [abbr.get(t, t) for t in cols]
     grid = _grid(labels, [h + " " for h in heads], texts, COST_HEAD,
                  {k: _cost_cells(rows[k][ALL_TASKS]) for k in keys})
@@ -239,7 +197,9 @@ def _partial_block(labels: dict, cols, heads, rows) -> list[str]:
 
 
 LEGEND = "[lo,hi]: 95% interval (Wilson on fully-correct counts; bootstrap of the mean if scores are fractional)"
-LEGEND_MARK = "*: p<0.05 vs the ASL method of its regime (exact McNemar on the n paired samples, fully correct or not)"
+LEGEND_MARK = ("*: p<0.05 vs the ASL method of its regime (exact McNemar on the n paired samples, fully correct or not),"
+               " Holm-adjusted over the methods of the column\n+: p<0.05 before that adjustment only: a difference to"
+               " confirm, not a win (vs_reference.csv has both p)")
 
 
 def format_table(summary: list[dict], comparisons: list[dict] | None = None, reference: str | None = None) -> str:
@@ -250,7 +210,8 @@ def format_table(summary: list[dict], comparisons: list[dict] | None = None, ref
 
     With ``comparisons`` (asl.bench.report.stats.compare), a cell is marked "*" when the exact McNemar
     test between its method and the ASL method of its regime (reference_method) gives p < 0.05
-    on that task, so a difference the samples cannot support is not read as one. With
+    on that task after Holm's adjustment over the column's tests, "+" when only the unadjusted p
+    does (vs_reference), so a difference the samples cannot support is not read as one. With
     `reference` (a method label, --reference) every row is tested against that method instead."""
     if not summary:
         return "(no results)"
@@ -262,9 +223,9 @@ def format_table(summary: list[dict], comparisons: list[dict] | None = None, ref
     abbreviated = {t: a for t, a in abbr.items() if a != str(t)}
     if abbreviated:
         lines.append("tasks: " + ", ".join(f"{a}={t}" for t, a in abbreviated.items()))
-    pvalues, cut = _pvalues(comparisons), {}
+    marked, cut = vs_reference.marks(reference_tests(summary, comparisons, reference)), {}
     for length in lengths:
-        lines += _block(length, [r for r in summary if r["length"] == length], tasks, abbr, pvalues, cut, reference)
+        lines += _block(length, [r for r in summary if r["length"] == length], tasks, abbr, marked, cut)
     lines += vs_oracle.format_lines(summary)
     mark = LEGEND_MARK if reference is None else LEGEND_MARK.replace("the ASL method of its regime", reference)
     lines += ["", LEGEND] + ([mark] if comparisons is not None else [])

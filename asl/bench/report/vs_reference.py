@@ -1,0 +1,86 @@
+"""Each method against its reference, per task and length: the ASL method of its regime (or the
+method given as --reference), the exact McNemar p on the paired samples, and that p adjusted by
+Holm over every method tested against a reference in the same column (task and length). With
+dozens of methods, uncorrected p < 0.05 calls a few differences wins by chance; the adjusted p
+does not (stats.holm). The table's markers, and vs_reference.csv / .json, come from here."""
+from __future__ import annotations
+
+from .stats import ALL_TASKS, holm
+from .summary import ASL_FAMILY, SIGNIFICANT_P, as_number, first_appearance, method_family
+
+FIELDS = ["task", "length", "method", "budget", "reference", "reference_budget", "n", "method_only",
+          "reference_only", "mcnemar_p", "holm_p", "tests"]
+
+
+def reference_method(key: tuple, keys, families: dict) -> tuple | None:
+    """The ASL method a row is tested against: the same regime, i.e. "asl+<eviction>" for a
+    family ending in "+<eviction>", else "asl", at the same budget. Among several settings of it
+    (a tau sweep) the one labelled exactly so, else none. A budget-free row (the full cache) uses
+    the ASL method of the only budget present, if there is one. None for the reference itself."""
+    method, budget = key
+    fam = families.get(key) or method_family(method)
+    target = f"{ASL_FAMILY}+{fam.rsplit('+', 1)[1]}" if "+" in fam else ASL_FAMILY
+    cands = [k for k in keys if (families.get(k) or method_family(k[0])) == target]
+    same = [k for k in cands if k[1] == budget]
+    if not same and budget is None and len({k[1] for k in cands}) == 1:
+        same = cands
+    if len(same) > 1:
+        same = [k for k in same if k[0] == target]
+    ref = same[0] if len(same) == 1 else None
+    return None if ref == key else ref
+
+
+def chosen_reference(key: tuple, keys, label: str) -> tuple | None:
+    """The row of method `label` a row is tested against (--reference): the same budget, else
+    its only budget (the full cache has none). None for the reference itself."""
+    cands = [k for k in keys if k[0] == label]
+    same = [k for k in cands if k[1] == key[1]] or (cands if len(cands) == 1 else [])
+    ref = same[0] if len(same) == 1 else None
+    return None if ref == key else ref
+
+
+def _paired(comparisons) -> dict[tuple, tuple]:
+    """(task, length, key, other key) -> (n, key only right, other only right, McNemar p), both orders."""
+    out: dict[tuple, tuple] = {}
+    for c in comparisons or ():
+        p = as_number(c.get("mcnemar_p"))
+        if p is None:
+            continue
+        a, b = (c.get("method_a"), c.get("budget_a")), (c.get("method_b"), c.get("budget_b"))
+        task, length, n = c.get("task"), c.get("length"), c.get("n")
+        out[(task, length, a, b)] = (n, c.get("a_only"), c.get("b_only"), p)
+        out[(task, length, b, a)] = (n, c.get("b_only"), c.get("a_only"), p)
+    return out
+
+
+def reference_tests(summary: list[dict], comparisons: list[dict] | None, reference: str | None = None) -> list[dict]:
+    """One row (FIELDS) per method, task column ("all" included) and length that has a reference
+    and a paired comparison with it; `holm_p` is adjusted over the `tests` rows of its column."""
+    paired = _paired(comparisons)
+    rows: list[dict] = []
+    for length in first_appearance(r["length"] for r in summary):
+        block = [r for r in summary if r["length"] == length]
+        keys = first_appearance((r["method"], r["budget"]) for r in block)
+        families = {(r["method"], r["budget"]): r.get("family") for r in block if r.get("family")}
+        refs = {k: chosen_reference(k, keys, reference) if reference else reference_method(k, keys, families)
+                for k in keys}
+        columns = [t for t in first_appearance(r["task"] for r in block) if t != ALL_TASKS] + [ALL_TASKS]
+        for task in columns:
+            tested = [(k, refs[k], paired[(task, length, k, refs[k])]) for k in keys
+                      if refs[k] and (task, length, k, refs[k]) in paired]
+            adjusted = holm([p for *_, (_, _, _, p) in tested])
+            for (key, ref, (n, mine, theirs, p)), p_holm in zip(tested, adjusted):
+                rows.append({"task": task, "length": length, "method": key[0], "budget": key[1], "reference": ref[0],
+                             "reference_budget": ref[1], "n": n, "method_only": mine, "reference_only": theirs,
+                             "mcnemar_p": p, "holm_p": p_holm, "tests": len(tested)})
+    return rows
+
+
+def marks(tests: list[dict]) -> dict[tuple, str]:
+    """(task, length, method, budget) -> "*" where the Holm-adjusted p < 0.05, "+" where only the
+    uncorrected p is (a difference to confirm, not to call a win)."""
+    out = {}
+    for r in tests:
+        mark = "*" if r["holm_p"] < SIGNIFICANT_P else "+" if r["mcnemar_p"] < SIGNIFICANT_P else " "
+        out[(r["task"], r["length"], r["method"], r["budget"])] = mark
+    return out
