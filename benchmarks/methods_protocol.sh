@@ -4,7 +4,8 @@
 # both regimes where they apply (docs/algorithms.md section 10): a selection alone (the KV of
 # the layers before its selection kept whole) and composed with SnapKV at the budget.
 # qwen2.5-0.5b, five hard tasks, 30 samples each, into ONE resumable folder, so every
-# comparison is paired on the same samples against ASL and the full cache.
+# comparison is paired on the same samples against the ASL of its regime (asl alone, or
+# asl+snapkv at the budget; docs/bench.md) and the full cache.
 #
 #   bash benchmarks/methods_protocol.sh [OUT]          (default runs/methods-4096)
 #   SAMPLES=1 LENGTH=1024 BUDGET=256 bash benchmarks/methods_protocol.sh /tmp/try   (a short try)
@@ -63,5 +64,5 @@ EVICTIONS+=,"entropy-chunkkv(snapkv)","blockwise(keydiff)","think(snapkv)",squee
 EVICTIONS+=,"kvzip(ratio=0.75)","kvgrad(ratio=0.75)","kvcompose(ratio=0.75)","snapkv(budget=2048)+knorm"
 "$PY" -m asl.bench --model "${MODEL:-qwen2.5-0.5b}" --lengths "$LENGTH" --samples "${SAMPLES:-30}" --seed 0 \
   --tasks kv_retrieval,niah_multikey_2,niah_multikey_3,niah_multiquery,vt \
-  --budget "$BUDGET" --select-tokens "$BUDGET" --threads "${THREADS:-2}" --share-prefix --reference asl \
+  --budget "$BUDGET" --select-tokens "$BUDGET" --threads "${THREADS:-2}" --share-prefix \
   --methods "full,$SELECTIONS,$COMPOSED,pyramidinfer,$EVICTIONS" --out "$OUT" ${DRY:+--dry-run}

@@ -278,6 +278,19 @@ def test_reference_method():
     sweep = [("asl(tau=0.3)", 64), ("asl(tau=0.5)", 64), ("fastkv", 64)]
     assert reference_method(("fastkv", 64), sweep, {k: "asl" for k in sweep[:2]}) is None  # no plain "asl"
     assert reference_method(("fastkv", 64), sweep[1:], {sweep[1]: "asl"}) == ("asl(tau=0.5)", 64)  # the only one
+    # a method at the budget: ASL with its eviction, else ASL+SnapKV, and an eviction alone lacking both, ASL alone
+    budget = [("asl", 64), ("asl+snapkv", 64), ("asl+knorm", 64), ("knorm", 64), ("tova", 64), ("adakv(snapkv)", 64),
+              ("fastkv+streaming", 64), ("snapkv(budget=128)+knorm", 64), ("mypkg:Mine", 64)]
+    fam = {k: method_family(k[0]) for k in budget} | {("adakv(snapkv)", 64): "adakv(snapkv)"}
+    assert reference_method(("knorm", 64), budget, fam) == ("asl+knorm", 64)
+    assert reference_method(("tova", 64), budget, fam) == ("asl+snapkv", 64)
+    assert reference_method(("adakv(snapkv)", 64), budget, fam) == ("asl+snapkv", 64)
+    assert reference_method(("fastkv+streaming", 64), budget, fam) == ("asl+snapkv", 64)
+    assert reference_method(("snapkv(budget=128)+knorm", 64), budget, fam) == ("asl+knorm", 64)
+    assert reference_method(("mypkg:Mine", 64), budget, fam) == ("asl", 64)  # a custom class is not imported
+    assert reference_method(("asl+knorm", 64), budget, fam) is None
+    assert reference_method(("tova", 64), [("asl", 64), ("tova", 64)], fam) == ("asl", 64)
+    assert reference_method(("fastkv+streaming", 64), [("asl", 64), ("fastkv+streaming", 64)], fam) is None
 
 
 def test_format_table_intervals_markers_and_partial():

@@ -13,21 +13,42 @@ FIELDS = ["task", "length", "method", "budget", "reference", "reference_budget",
 
 
 def reference_method(key: tuple, keys, families: dict) -> tuple | None:
-    """The ASL method a row is tested against: the same regime, i.e. "asl+<eviction>" for a
-    family ending in "+<eviction>", else "asl", at the same budget. Among several settings of it
-    (a tau sweep) the one labelled exactly so, else none. A budget-free row (the full cache) uses
-    the ASL method of the only budget present, if there is one. None for the reference itself."""
+    """The ASL method a row is tested against, in its regime (docs/algorithms.md section 10) and
+    at its budget: a selection alone against "asl"; a method at the budget (an eviction, alone
+    or after a selection) against ASL with the same eviction ("asl+<eviction>"), else against
+    "asl+snapkv" (ASL at a budget as the paper composes it), and an eviction alone, lacking
+    both, against "asl". Among several settings of it (a tau sweep) the one labelled exactly so,
+    else none. A budget-free row (the full cache) uses the ASL method of the only budget present,
+    if there is one. None for the reference itself."""
     method, budget = key
     fam = families.get(key) or method_family(method)
-    target = f"{ASL_FAMILY}+{fam.rsplit('+', 1)[1]}" if "+" in fam else ASL_FAMILY
-    cands = [k for k in keys if (families.get(k) or method_family(k[0])) == target]
-    same = [k for k in cands if k[1] == budget]
-    if not same and budget is None and len({k[1] for k in cands}) == 1:
-        same = cands
-    if len(same) > 1:
-        same = [k for k in same if k[0] == target]
-    ref = same[0] if len(same) == 1 else None
-    return None if ref == key else ref
+    for target in _targets(fam):
+        cands = [k for k in keys if (families.get(k) or method_family(k[0])) == target]
+        same = [k for k in cands if k[1] == budget]
+        if not same and budget is None and len({k[1] for k in cands}) == 1:
+            same = cands
+        if len(same) > 1:
+            same = [k for k in same if k[0] == target]
+        if len(same) == 1:
+            return None if same[0] == key else same[0]
+    return None
+
+
+def _targets(family: str) -> list[str]:
+    """The ASL families a method's family is compared with, in order of preference."""
+    at_budget = f"{ASL_FAMILY}+snapkv"
+    if "+" in family:
+        return list(dict.fromkeys([f"{ASL_FAMILY}+{family.rsplit('+', 1)[1]}", at_budget]))
+    if _is_eviction(method_family(family)):
+        return list(dict.fromkeys([f"{ASL_FAMILY}+{family}", at_budget, ASL_FAMILY]))
+    return [ASL_FAMILY]
+
+
+def _is_eviction(name: str) -> bool:
+    """A built-in eviction or allocator (a custom class is not imported here: it is read as a selection)."""
+    from asl.bench.methods import EVICTIONS, WRAPPERS
+
+    return name in EVICTIONS or name in WRAPPERS
 
 
 def chosen_reference(key: tuple, keys, label: str) -> tuple | None:
