@@ -445,3 +445,25 @@ def test_many_methods_against_asl_are_holm_adjusted(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == FIELDS and {r["method"] for r in rows if r["task"] == "kv"} == set(tests)
     assert json.loads((tmp_path / "vs_reference.json").read_text()) == json.loads(json.dumps(reference_tests(s, c)))
+
+
+def test_the_forest_plot_draws_each_paired_difference(tmp_path):
+    """vs_reference.png: per length, each method's paired difference from its reference, in
+    points; ten samples where fastkv is right on 4 and ASL on all: -60 points, inside its interval."""
+    from asl.bench.report.forest import differences, plot_vs_reference
+    from asl.bench.report.vs_reference import reference_tests
+
+    recs = [dict(_rec(t, length, i, m, 64, float(m == "asl" or i < 2), 0.1), partial=1.0 if m == "asl" else 0.5)
+            for length in (100, 200) for t in ("kv", "qa") for i in range(5) for m in ("asl", "fastkv")]
+    tests = reference_tests(summarize(recs), compare(recs))
+    pooled = next(t for t in tests if t["task"] == "all" and t["length"] == 100)
+    diff, lo, hi = differences(recs, pooled, "accuracy")
+    assert diff == pytest.approx(-60) and lo <= diff <= hi
+    assert differences(recs, pooled, "partial")[0] == pytest.approx(-50)
+    assert differences([{k: v for k, v in r.items() if k != "partial"} for r in recs], pooled, "partial") is None
+    per_task = next(t for t in tests if t["task"] == "kv" and t["length"] == 100)
+    assert differences(recs, per_task, "accuracy")[0] == pytest.approx(-60)
+    paths = plot_vs_reference(recs, tests, tmp_path)
+    assert sorted(p.name for p in paths) == ["vs_reference_100.png", "vs_reference_200.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+    assert plot_vs_reference(recs, [], tmp_path / "none") == [] and not (tmp_path / "none").exists()

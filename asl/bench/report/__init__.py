@@ -25,12 +25,15 @@ def report(records: list[dict], out: pathlib.Path, params: dict, plots: bool, re
     comparisons = compare(records)
     write_summary(summary, out)
     write_comparisons(comparisons, out)
-    write_vs_reference(reference_tests(summary, comparisons, reference), out)
+    tests = reference_tests(summary, comparisons, reference)
+    write_vs_reference(tests, out)
     print()
     print(format_table(summary, comparisons, reference))
     if plots:
         from .plots import make_plots
 
-        paths = make_plots(records, summary, out, params)
+        from .forest import plot_vs_reference
+
+        paths = make_plots(records, summary, out, params) + plot_vs_reference(records, tests, out)
         print(f"\nplots: {', '.join(p.name for p in paths)}")
     print(f"results: {out}/ (samples.jsonl, summary.csv, summary.json, comparisons.csv, vs_reference.csv, config.json)")

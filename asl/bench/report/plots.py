@@ -12,6 +12,9 @@ make_plots(records, summary, out_dir) writes into out_dir/"plots":
   tradeoff_<task>[_<length>].png accuracy (and partial score) vs TTFT relative to full and vs KV MiB,
                                 one point per method setting, families joined, Pareto front dashed;
                                 per task and "all", one file per length when there are several
+and, from asl.bench.report.forest (written by the report beside these):
+  vs_reference[_<length>].png   each method's paired difference from the ASL of its regime, with
+                                its interval, filled where the Holm-adjusted test calls it
 """
 from __future__ import annotations
 

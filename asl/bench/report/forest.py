@@ -1,0 +1,89 @@
+"""plots/vs_reference[_<length>].png: every method against the ASL of its regime in one picture.
+
+With dozens of methods, a trade-off plot crowds; the question "which differ from ASL, and by how
+much?" is answered by one row per method (over all tasks): its paired difference from its
+reference in accuracy and in partial score, in points, with the paired bootstrap 95% interval.
+A filled marker is a difference the table calls a win or a loss (Holm-adjusted exact McNemar
+p < 0.05, vs_reference); a hollow one is not, whatever its interval looks like.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .plots import _pyplot, _save, safe_name
+from .stats import ALL_TASKS, _partial_of, correct, paired_bootstrap_diff
+from .summary import SIGNIFICANT_P, first_appearance
+
+METRICS = {"accuracy": lambda r: float(correct(r.get("score"))), "partial": _partial_of}
+TITLES = {"accuracy": "fully correct answers: method - reference (points)",
+          "partial": "partial score: method - reference (points)"}
+
+
+def differences(records: list[dict], test: dict, metric: str) -> tuple[float, float, float] | None:
+    """The paired mean difference (x100) of `metric` between a test's method and its reference
+    over the samples both ran (all tasks: paired by task and id), with its bootstrap interval;
+    None when a record lacks the metric."""
+    def runs(method, budget):
+        return {(r.get("task"), r.get("id")): r for r in records if r.get("length") == test["length"]
+                and r.get("method") == method and r.get("budget") == budget
+                and test["task"] in (ALL_TASKS, r.get("task"))}
+
+    mine, ref = runs(test["method"], test["budget"]), runs(test["reference"], test["reference_budget"])
+    shared = [k for k in mine if k in ref]
+    a = [METRICS[metric](mine[k]) for k in shared]
+    b = [METRICS[metric](ref[k]) for k in shared]
+    if not shared or None in a or None in b:
+        return None
+    diff, lo, hi = paired_bootstrap_diff(a, b)
+    return 100 * diff, 100 * lo, 100 * hi
+
+
+def plot_vs_reference(records: list[dict], tests: list[dict], out_dir) -> list[Path]:
+    """One figure per length of the pooled ("all") tests (asl.bench.report.vs_reference); none
+    without tests. Rows in the table's order, colour by reference."""
+    pooled = [t for t in tests if t["task"] == ALL_TASKS]
+    lengths = first_appearance(t["length"] for t in pooled)
+    if not pooled:
+        return []
+    plt = _pyplot()
+    out = Path(out_dir) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    colours = {ref: f"C{i % 10}" for i, ref in enumerate(first_appearance((t["reference"], t["reference_budget"])
+                                                                         for t in pooled))}
+    paths = []
+    for length in lengths:
+        rows = [t for t in pooled if t["length"] == length]
+        data = {m: [differences(records, t, m) for t in rows] for m in METRICS}
+        metrics = [m for m in METRICS if any(d is not None for d in data[m])]
+        fig, axes = plt.subplots(1, len(metrics), sharey=True, squeeze=False,
+                                 figsize=(6.0 * len(metrics), 0.26 * len(rows) + 1.9))
+        for ax, metric in zip(axes[0], metrics):
+            _panel(ax, rows, data[metric], colours, filled=metric == "accuracy")
+            ax.set_title(TITLES[metric], fontsize=10)
+        axes[0][0].set_yticks(range(len(rows)), [_row_label(t) for t in rows], fontsize=8)
+        axes[0][0].set_ylim(len(rows) - 0.5, -0.5)
+        n = max(t["n"] for t in rows)
+        fig.suptitle(f"each method against the ASL of its regime, all tasks, length {length} (n = {n} paired samples);"
+                     " filled: Holm-adjusted McNemar p < 0.05", fontsize=10)
+        fig.tight_layout()
+        stem = "vs_reference" + (f"_{safe_name(length)}" if len(lengths) > 1 else "")
+        paths.append(_save(plt, fig, out / f"{stem}.png", tight=False))
+    return paths
+
+
+def _row_label(test: dict) -> str:
+    return f"{test['method']}  [vs {test['reference']}]"
+
+
+def _panel(ax, rows: list[dict], diffs: list, colours: dict, filled: bool) -> None:
+    for y, (test, d) in enumerate(zip(rows, diffs)):
+        if d is None:
+            continue
+        diff, lo, hi = d
+        colour = colours[(test["reference"], test["reference_budget"])]
+        solid = filled and test["holm_p"] < SIGNIFICANT_P
+        ax.errorbar([diff], [y], xerr=[[diff - lo], [hi - diff]], fmt="o", ms=5, color=colour, capsize=2, lw=1,
+                    markerfacecolor=colour if solid else "white", markeredgecolor=colour)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlim(-105, 105)
