@@ -233,3 +233,21 @@ def test_many_settings_label_the_front_only():
     assert labelled == sorted(f"{rows[i]['method']}" + (f"@{rows[i]['budget']}" if rows[i]["budget"] else "")
                               for i in front)
     plt.close(fig)
+
+
+def test_a_cost_axis_spread_over_a_few_fold_is_drawn_in_log_scale():
+    """TTFT ratios of 0.3-1.02 stay linear; one method reading the prompt twice (8.6x) turns the
+    axis to log, so the crowd near 1 is not squeezed into one column."""
+    from asl.bench.report.plots import _pyplot, _tradeoff_panel, family_styles
+
+    plt = _pyplot()
+    rows = [dict(r, _family=method_family(r["method"])) for r in make_summary() if r["task"] == "qa"]
+    slow = dict(rows[-1], method="kvgrad", _family="kvgrad", prefill_vs_full=8.6)
+    scales = []
+    for panel_rows in (rows, rows + [slow]):
+        fig, ax = plt.subplots()
+        styles = family_styles(r["_family"] for r in panel_rows)
+        _tradeoff_panel(plt, ax, panel_rows, "accuracy", "prefill_vs_full", styles, show_labels=True)
+        scales.append(ax.get_xscale())
+        plt.close(fig)
+    assert scales == ["linear", "log"]

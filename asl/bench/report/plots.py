@@ -331,6 +331,11 @@ def _yerr(row, metric):
     return max(0.0, y - lo), max(0.0, hi - y)
 
 
+# Past this spread of a cost axis (largest / smallest) it is drawn in log scale: a methods run's
+# TTFT ratios span 0.6 to 8.6 (second readings of the prompt), and linear, the 0.6-1.2 crowd is one column.
+LOG_SPREAD = {"kv_mib": 10.0, "prefill_vs_full": 4.0, "ttft_s": 4.0}
+
+
 def _tradeoff_panel(plt, ax, rows, metric, xkey, styles, show_labels):
     pts = []  # (x, y, row)
     for r in rows:
@@ -363,7 +368,7 @@ def _tradeoff_panel(plt, ax, rows, metric, xkey, styles, show_labels):
         if full:
             ax.axhline(y, color="black", ls=":", lw=0.8, alpha=0.6, zorder=1)
     xs = [p[0] for p in pts]
-    if xkey == "kv_mib" and min(xs) > 0 and max(xs) / min(xs) > 10:
+    if min(xs) > 0 and max(xs) / min(xs) > LOG_SPREAD[xkey]:  # a few far points would crowd the rest at one edge
         from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
         ax.set_xscale("log")
         if math.log10(max(xs) / min(xs)) <= 3:  # few decades: 1-2-5 ticks, else only one tick would show
