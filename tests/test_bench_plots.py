@@ -146,9 +146,9 @@ def test_tradeoff_missing_fields_and_many_points(tmp_path, kw):
 
 
 def test_tradeoff_partial_row_only_when_present(tmp_path):
-    from asl.bench.report.plots import _pyplot
+    from asl.bench.report.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     seen = []
     orig = plt.subplots
 
@@ -181,9 +181,9 @@ def test_tradeoff_degenerate_rows(tmp_path):
 
 
 def test_labels_are_placed_where_they_overlap_nothing():
-    from asl.bench.report.plots import _overlap, _pyplot, place_labels
+    from asl.bench.report.plots import _overlap, pyplot, place_labels
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     items = [(1.0 + 0.02 * i, 50 + 0.4 * i, f"asl(tau=0.{i})@512") for i in range(6)]  # a tight cluster
     ax.plot([x for x, _, _ in items], [y for _, y, _ in items], "o")
@@ -220,9 +220,9 @@ def test_every_family_has_its_own_colour_and_marker():
 
 
 def test_many_settings_label_the_front_only():
-    from asl.bench.report.plots import _pyplot, _tradeoff_panel, family_styles, pareto_front
+    from asl.bench.report.plots import pyplot, _tradeoff_panel, family_styles, pareto_front
 
-    plt = _pyplot()
+    plt = pyplot()
     rows = [dict(r, _family=method_family(r["method"])) for r in make_summary(snap_budgets=(64, 128, 256, 512, 1024))
             if r["task"] == "qa"]
     fig, ax = plt.subplots()
@@ -238,9 +238,9 @@ def test_many_settings_label_the_front_only():
 def test_a_cost_axis_spread_over_a_few_fold_is_drawn_in_log_scale():
     """TTFT ratios of 0.3-1.02 stay linear; one method reading the prompt twice (8.6x) turns the
     axis to log, so the crowd near 1 is not squeezed into one column."""
-    from asl.bench.report.plots import _pyplot, _tradeoff_panel, family_styles
+    from asl.bench.report.plots import pyplot, _tradeoff_panel, family_styles
 
-    plt = _pyplot()
+    plt = pyplot()
     rows = [dict(r, _family=method_family(r["method"])) for r in make_summary() if r["task"] == "qa"]
     slow = dict(rows[-1], method="kvgrad", _family="kvgrad", prefill_vs_full=8.6)
     scales = []

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pathlib
 
 from .stats import compare
-from .summary import summarize, write_comparisons, write_summary, write_vs_reference
+from .summary import summarize, write_comparisons, write_summary
 from .table import format_table
-from .vs_reference import reference_tests
+from .vs_reference import reference_tests, write_vs_reference
 
 
 def method_params(settings: dict) -> dict[str, dict]:

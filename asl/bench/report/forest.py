@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .plots import _pyplot, _save, safe_name
-from .stats import ALL_TASKS, _partial_of, correct, paired_bootstrap_diff
+from .plots import pyplot, safe_name, save_figure
+from .stats import ALL_TASKS, partial_of, correct, paired_bootstrap_diff
 from .summary import SIGNIFICANT_P, first_appearance
 
-METRICS = {"accuracy": lambda r: float(correct(r.get("score"))), "partial": _partial_of}
+METRICS = {"accuracy": lambda r: float(correct(r.get("score"))), "partial": partial_of}
 TITLES = {"accuracy": "fully correct answers: method - reference (points)",
           "partial": "partial score: method - reference (points)"}
 
@@ -45,7 +45,7 @@ def plot_vs_reference(records: list[dict], tests: list[dict], out_dir) -> list[P
     lengths = first_appearance(t["length"] for t in pooled)
     if not pooled:
         return []
-    plt = _pyplot()
+    plt = pyplot()
     out = Path(out_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)
     colours = {ref: f"C{i % 10}" for i, ref in enumerate(first_appearance((t["reference"], t["reference_budget"])
@@ -67,7 +67,7 @@ def plot_vs_reference(records: list[dict], tests: list[dict], out_dir) -> list[P
                      " filled: Holm-adjusted McNemar p < 0.05", fontsize=10)
         fig.tight_layout()
         stem = "vs_reference" + (f"_{safe_name(length)}" if len(lengths) > 1 else "")
-        paths.append(_save(plt, fig, out / f"{stem}.png", tight=False))
+        paths.append(save_figure(plt, fig, out / f"{stem}.png", tight=False))
     return paths
 
 

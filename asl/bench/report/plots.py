@@ -51,14 +51,14 @@ def _safe_names(labels) -> dict:
     return out
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
 
 
-def _save(plt, fig, path: Path, tight: bool = True) -> Path:
+def save_figure(plt, fig, path: Path, tight: bool = True) -> Path:
     if tight:
         fig.tight_layout()
     try:
@@ -122,7 +122,7 @@ def _plot_niah(plt, records, out: Path, names) -> list[Path]:
             ax.axis("off")
         if im is not None:
             fig.colorbar(im, ax=axes.ravel().tolist(), label="mean score", shrink=0.9)
-        paths.append(_save(plt, fig, out / f"niah_{names[method]}.png", tight=False))
+        paths.append(save_figure(plt, fig, out / f"niah_{names[method]}.png", tight=False))
     return paths
 
 
@@ -165,7 +165,7 @@ def _plot_accuracy_vs_budget(plt, summary, out: Path) -> list[Path]:
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(lengths):]:
         ax.axis("off")
-    return [_save(plt, fig, out / "accuracy_vs_budget.png")]
+    return [save_figure(plt, fig, out / "accuracy_vs_budget.png")]
 
 
 def _plot_selection_layers(plt, records, out: Path, names) -> list[Path]:
@@ -200,7 +200,7 @@ def _plot_selection_layers(plt, records, out: Path, names) -> list[Path]:
                 ax.legend(fontsize=7)
         for ax in list(axes.flat)[len(tasks):]:
             ax.axis("off")
-        paths.append(_save(plt, fig, out / f"selection_layers_{names[method]}.png"))
+        paths.append(save_figure(plt, fig, out / f"selection_layers_{names[method]}.png"))
     return paths
 
 
@@ -241,7 +241,7 @@ def _plot_ratios(plt, records, out: Path, names, method_params) -> list[Path]:
         ax.set_ylabel("variance ratio")
         ax.set_title(f"{method}: per-layer ratio ({len(recs)} samples)", fontsize=10)
         ax.grid(alpha=0.3)
-        paths.append(_save(plt, fig, out / f"ratios_{names[method]}.png"))
+        paths.append(save_figure(plt, fig, out / f"ratios_{names[method]}.png"))
     return paths
 
 
@@ -282,7 +282,7 @@ def _plot_vs_oracle(plt, records, out: Path, names) -> list[Path]:
         fig.legend(handles=handles, loc="lower center", ncols=3, fontsize=8, frameon=False)
         fig.suptitle(f"{method} vs the oracle ({len(matched)} samples; area = samples)", fontsize=10)
         fig.tight_layout(rect=(0, 0.05, 1, 1))
-        paths.append(_save(plt, fig, out / f"vs_oracle_{names[method]}.png", tight=False))
+        paths.append(save_figure(plt, fig, out / f"vs_oracle_{names[method]}.png", tight=False))
     return paths
 
 
@@ -520,7 +520,7 @@ def _plot_tradeoff(plt, summary, out: Path) -> list[Path]:
                          + (f" (up to {int(n)} samples per point)" if n else "")
                          + ("; higher and further left is better"), fontsize=11)
             stem = f"tradeoff_{task_names[task]}" + (f"_{safe_name(length)}" if len(lengths) > 1 else "")
-            paths.append(_save(plt, fig, out / f"{stem}.png", tight=False))
+            paths.append(save_figure(plt, fig, out / f"{stem}.png", tight=False))
     return paths
 
 
@@ -536,7 +536,7 @@ def make_plots(records: list[dict], summary: list[dict], out_dir,
         summary = summarize(records)
     if not records and not summary:
         return []
-    plt = _pyplot()
+    plt = pyplot()
     out = Path(out_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)
     names = _safe_names(first_appearance([r.get("method") for r in records] + [r.get("method") for r in summary]))

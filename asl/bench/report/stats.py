@@ -26,7 +26,7 @@ import numpy as np
 from asl.interval import wilson  # noqa: F401 (the bench's intervals: one formula)
 
 __all__ = ["COMPARISON_FIELDS", "CORRECT_EPS", "bootstrap_mean_ci", "compare", "correct", "holm", "mcnemar_exact",
-           "paired_bootstrap_diff", "wilcoxon_p", "wilson"]
+           "paired_bootstrap_diff", "partial_of", "wilcoxon_p", "wilson"]
 
 CORRECT_EPS = 1e-9  # a score counts as "fully correct" when score >= 1 - CORRECT_EPS
 ALL_TASKS = "all"  # the task of pooled rows (asl.bench.report.summary uses the same)
@@ -162,7 +162,7 @@ def correct(score) -> bool:
     return score is not None and float(score) >= 1.0 - CORRECT_EPS
 
 
-def _partial_of(r: dict):
+def partial_of(r: dict):
     v = r.get("partial")
     if v is None or isinstance(v, bool):
         return None
@@ -184,7 +184,7 @@ def _compare_pair(ra: list[dict], rb: list[dict], **boot) -> dict:
     row = {"n": n, "acc_a": 100.0 * sum(ca) / n, "acc_b": 100.0 * sum(cb) / n, "a_only": a_only, "b_only": b_only,
            "mcnemar_p": mcnemar_exact(a_only, b_only), "partial_a": None, "partial_b": None, "partial_diff": None,
            "partial_diff_lo": None, "partial_diff_hi": None, "wilcoxon_p": None}
-    pa, pb = [_partial_of(r) for r in ra], [_partial_of(r) for r in rb]
+    pa, pb = [partial_of(r) for r in ra], [partial_of(r) for r in rb]
     if None not in pa and None not in pb:
         diff, lo, hi = paired_bootstrap_diff(pa, pb, **boot)
         row.update(partial_a=_pct(float(np.mean(pa))), partial_b=_pct(float(np.mean(pb))), partial_diff=_pct(diff),

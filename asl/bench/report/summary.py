@@ -292,7 +292,7 @@ def _csv_value(k: str, v):
     return "" if v is None else v
 
 
-def _write_rows(rows: list[dict], fields: list[str], out_dir, stem: str) -> None:
+def write_rows(rows: list[dict], fields: list[str], out_dir, stem: str) -> None:
     """out_dir/<stem>.csv (None as empty) and out_dir/<stem>.json (a list of records), each
     written to a temp file then os.replace'd, so a reader never sees half a file."""
     import io
@@ -312,19 +312,12 @@ def _write_rows(rows: list[dict], fields: list[str], out_dir, stem: str) -> None
 def write_summary(summary: list[dict], out_dir) -> None:
     """Write out_dir/summary.csv (selection_layers as a JSON string, None as empty) and
     out_dir/summary.json (a list of records, SUMMARY_FIELDS). Each file is written atomically."""
-    _write_rows(summary, SUMMARY_FIELDS, out_dir, "summary")
+    write_rows(summary, SUMMARY_FIELDS, out_dir, "summary")
 
 
 def write_comparisons(rows: list[dict], out_dir) -> None:
     """Write the paired comparisons (asl.bench.report.stats.compare) to out_dir/comparisons.csv and
     out_dir/comparisons.json (a list of records, COMPARISON_FIELDS), each atomically. Kept apart
     from summary.json, which stays a list of summary rows for existing readers."""
-    _write_rows(rows, COMPARISON_FIELDS, out_dir, "comparisons")
+    write_rows(rows, COMPARISON_FIELDS, out_dir, "comparisons")
 
-
-def write_vs_reference(rows: list[dict], out_dir) -> None:
-    """Write each method's test against its reference (asl.bench.report.vs_reference, with the
-    Holm-adjusted p the table's markers use) to out_dir/vs_reference.csv and .json, atomically."""
-    from .vs_reference import FIELDS
-
-    _write_rows(rows, FIELDS, out_dir, "vs_reference")

@@ -6,7 +6,7 @@ does not (stats.holm). The table's markers, and vs_reference.csv / .json, come f
 from __future__ import annotations
 
 from .stats import ALL_TASKS, holm
-from .summary import ASL_FAMILY, SIGNIFICANT_P, as_number, first_appearance, method_family
+from .summary import ASL_FAMILY, SIGNIFICANT_P, as_number, first_appearance, method_family, write_rows
 
 FIELDS = ["task", "length", "method", "budget", "reference", "reference_budget", "n", "method_only",
           "reference_only", "mcnemar_p", "holm_p", "tests"]
@@ -105,3 +105,8 @@ def marks(tests: list[dict]) -> dict[tuple, str]:
         mark = "*" if r["holm_p"] < SIGNIFICANT_P else "+" if r["mcnemar_p"] < SIGNIFICANT_P else " "
         out[(r["task"], r["length"], r["method"], r["budget"])] = mark
     return out
+
+
+def write_vs_reference(rows: list[dict], out_dir) -> None:
+    """The tests (reference_tests) to out_dir/vs_reference.csv and .json, each atomically."""
+    write_rows(rows, FIELDS, out_dir, "vs_reference")
