@@ -1,6 +1,9 @@
 """asl.bench.report.stats on hand-made inputs, against values computed independently of scipy."""
+import itertools
 import math
 import statistics
+
+import numpy as np
 
 import pytest
 from hypothesis import given
@@ -13,6 +16,7 @@ from asl.bench.report.stats import (
     holm,
     mcnemar_exact,
     paired_bootstrap_diff,
+    signed_rank_exact_p,
     wilcoxon_p,
     wilson,
 )
@@ -112,6 +116,56 @@ def test_wilcoxon_p():
     p = wilcoxon_p([0.9, 0.1, 0.5, 0.5], [0.1, 0.9, 0.5, 0.4])
     assert 0.0 < p <= 1.0
 
+
+def signed_rank_p_by_hand(d):
+    """Every sign flip of the non-zero differences, R+ with average ranks of |d| and half of each
+    zero's rank, two-sided p = 2 * the smaller tail (capped at 1)."""
+    ad = [abs(x) for x in d]
+    rank = [sum(y < x for y in ad) + (sum(y == x for y in ad) + 1) / 2 for x in ad]
+    half_zeros = sum(r for r, x in zip(rank, d) if x == 0) / 2
+    observed = sum(r for r, x in zip(rank, d) if x > 0) + half_zeros
+    null = [half_zeros + sum(r for r, x, s in zip(rank, d, signs) if x != 0 and s)
+            for signs in itertools.product([0, 1], repeat=len(d))]
+    less = sum(v <= observed + 1e-9 for v in null) / len(null)
+    greater = sum(v >= observed - 1e-9 for v in null) / len(null)
+    return min(1.0, 2 * min(less, greater))
+
+
+def test_signed_rank_exact_p_on_a_hand_worked_case():
+    # d = (0, 1, 2, 3): ranks 1..4, R+ = 2 + 3 + 4 + 1/2 = 9.5; the flips of (2, 3, 4) give
+    # 0.5 + {0, 2, 3, 4, 5, 6, 7, 9}: only 9.5 reaches 9.5, so p = 2 * 1/8
+    assert signed_rank_exact_p(np.array([0.0, 1.0, 2.0, 3.0])) == pytest.approx(0.25)
+    assert wilcoxon_p([1.0, 2.0, 3.0, 4.0], [1.0, 1.0, 1.0, 1.0]) == pytest.approx(0.25)
+
+
+@given(st.lists(st.sampled_from([-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0]), min_size=1, max_size=10))
+def test_signed_rank_exact_p_is_the_sign_flip_enumeration(d):
+    # small value sets force ties and zeros, the case scipy answers by permutation
+    assert signed_rank_exact_p(np.array(d)) == pytest.approx(signed_rank_p_by_hand(d), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_wilcoxon_p_small_samples_match_scipy_permutation_test(seed):
+    # what scipy's method "auto" returns for n <= 13 with ties or zeros, one flip at a time
+    from scipy import stats
+
+    rng = np.random.default_rng(seed)
+    d = np.round(rng.normal(size=9 + seed), 1)
+    d[0] = 0.0
+    expected = stats.wilcoxon(d, zero_method="zsplit", method=stats.PermutationMethod()).pvalue
+    assert wilcoxon_p(d, np.zeros_like(d)) == pytest.approx(expected, abs=1e-12)
+
+
+def test_wilcoxon_p_small_samples_do_not_run_scipys_flip_by_flip_permutation(monkeypatch):
+    # scipy takes seconds per such test (a 49-method report at 13 samples: about an hour)
+    from scipy import stats
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("scipy.stats.wilcoxon called for a small sample")
+
+    monkeypatch.setattr(stats, "wilcoxon", refuse)
+    d = [0.0, 0.0, 0.1, 0.1, -0.2, 0.3, 0.3, 0.3, -0.4, 0.5, 0.6, 0.6, 0.7]  # 13, zeros and ties
+    assert wilcoxon_p(d, [0.0] * len(d)) == pytest.approx(signed_rank_p_by_hand(d), abs=1e-12)
 
 # --------------------------------------------------------------------------------------------
 # compare
