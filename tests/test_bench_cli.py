@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from asl.bench.run import runner
+from asl.bench.run import runner, store
 from asl.bench.cli import main
 
 pytestmark = pytest.mark.slow  # python -m asl.bench end to end (make test-fast leaves them out)
@@ -26,6 +26,37 @@ def records(out) -> list[dict]:
 def without_timing(rs):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rs]
 
+
+def test_a_samples_file_replaced_mid_run_loses_no_record(tmp_path, monkeypatch):
+    """What `git stash` and `pop` of a committed run folder did to a running bench: the file was
+    replaced, the run went on appending to the unlinked one it held, and its kill lost them."""
+    out = tmp_path / "run"
+    path = out / "samples.jsonl"
+    args = [*BASE, "--methods", "full,snapkv", "--samples", "2", "--out", str(out)]
+    real_run_job, state = runner.run_job, {"replaced": False, "after": 0}
+
+    def replaced_then_interrupted(*a, **kw):
+        done = store.read_jsonl(path)
+        if not state["replaced"] and len(done) >= 2:
+            tmp = out / "older.jsonl"
+            tmp.write_text(json.dumps(done[0]) + "\n")
+            os.replace(tmp, path)  # an older copy, a new file, as git writes it
+            state["replaced"] = True
+        elif state["replaced"]:
+            state["after"] += 1
+            if state["after"] == 3:
+                raise KeyboardInterrupt
+        return real_run_job(*a, **kw)
+
+    monkeypatch.setattr(runner, "run_job", replaced_then_interrupted)
+    with pytest.warns(UserWarning, match="appended again the 1 of this run's 2 records"):
+        assert main(args) == 130
+    kept = records(out)
+    assert len(kept) == 5 and len({(r["id"], r["method"]) for r in kept}) == 5
+    monkeypatch.setattr(runner, "run_job", real_run_job)
+    assert main(args) == 0
+    rs = records(out)
+    assert len(rs) == 2 * 2 * 2 and all(r in rs for r in kept)  # resumed: the five kept, not rerun
 
 @pytest.mark.parametrize("argv, message", [
     (["--tasks", "passkey,nope"], "--tasks: unknown task(s) nope; allowed: passkey"),

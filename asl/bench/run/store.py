@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import warnings
 
 from asl.atomic import write_atomic
 
@@ -47,21 +48,57 @@ def load_done(out: pathlib.Path) -> dict[tuple, dict]:
 
 
 class Appender:
-    """Appends records durably: flush + fsync per line, after cutting any partial last line."""
+    """Appends records durably: flush + fsync per line, after cutting any partial last line.
+
+    The file is held open across appends, so one replaced under the run (a `git stash` or
+    `checkout` of a committed run folder) would take every later record into the unlinked old
+    file, silently lost at the run's end or kill. Before each append the path is checked to
+    still name the open file; if not, the new file gets back what this run wrote and it lacks."""
 
     def __init__(self, path: pathlib.Path):
         self.path = path
-        if path.exists():
-            data = path.read_bytes()
+        self._written: list[dict] = []
+        self._f = self._open()
+
+    def _open(self):
+        if self.path.exists():
+            data = self.path.read_bytes()
             if data and not data.endswith(b"\n"):
-                with open(path, "r+b") as f:
+                with open(self.path, "r+b") as f:
                     f.truncate(data.rfind(b"\n") + 1)
-        self._f = open(path, "a")  # noqa: SIM115 - held open across appends, closed in close()
+        return open(self.path, "a")  # noqa: SIM115 - held open across appends, closed in close()
+
+    def _replaced(self) -> bool:
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        held = os.fstat(self._f.fileno())
+        return (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)
+
+    def _rejoin(self) -> None:
+        """Reopen the path and append this run's records the new file lacks (by record_key)."""
+        if not self.path.parent.is_dir():
+            raise ValueError(f"--out {self.path.parent} was removed while the run wrote {self.path.name}; stopped")
+        self._f.close()
+        present = {record_key(r) for r in read_jsonl(self.path)}
+        self._f = self._open()
+        missing = [r for r in self._written if record_key(r) not in present]
+        for r in missing:
+            self._f.write(json.dumps(r) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        warnings.warn(f"{self.path} was replaced or removed while the run wrote it (a git stash or checkout of the "
+                      f"run folder?); appended again the {len(missing)} of this run's {len(self._written)} records it "
+                      "lacked", stacklevel=3)
 
     def write(self, record: dict) -> None:
+        if self._replaced():
+            self._rejoin()
         self._f.write(json.dumps(record) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
+        self._written.append(record)
 
     def close(self) -> None:
         self._f.close()
