@@ -49,7 +49,7 @@ def test_a_samples_file_replaced_mid_run_loses_no_record(tmp_path, monkeypatch):
         return real_run_job(*a, **kw)
 
     monkeypatch.setattr(runner, "run_job", replaced_then_interrupted)
-    with pytest.warns(UserWarning, match="appended again the 1 of this run's 2 records"):
+    with pytest.warns(UserWarning, match="appended again the 1 of the 2 records"):
         assert main(args) == 130
     kept = records(out)
     assert len(kept) == 5 and len({(r["id"], r["method"]) for r in kept}) == 5

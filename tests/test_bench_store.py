@@ -37,37 +37,30 @@ def test_appends_whole_lines_and_cuts_a_partial_last_one(tmp_path):
     assert keys(path) == [store.record_key(rec(i)) for i in range(3)]
 
 
-def test_a_file_replaced_by_an_older_copy_gets_back_this_runs_records(tmp_path):
+def test_a_file_replaced_by_an_older_copy_gets_back_the_records_it_lacks(tmp_path):
     path = tmp_path / "samples.jsonl"
     replace_with(path, [rec(0)])  # committed before the run
     appender = store.Appender(path)
     for i in (1, 2, 3):
         appender.write(rec(i))
-    replace_with(path, [rec(0), rec(1)])  # git checkout of a commit that held records 0 and 1
-    with pytest.warns(UserWarning, match="appended again the 2 of this run's 3 records"):
+    replace_with(path, [rec(1)])  # another file holding record 1 alone: record 0, from before the run, too comes back
+    with pytest.warns(UserWarning, match="appended again the 3 of the 4 records"):
         appender.write(rec(4))
     appender.write(rec(5))
     appender.close()
-    assert keys(path) == [store.record_key(rec(i)) for i in range(6)]  # each once, in the order written
+    assert keys(path) == [store.record_key(rec(i)) for i in (1, 0, 2, 3, 4, 5)]  # each once
 
 
-def test_a_stash_and_pop_loses_nothing(tmp_path):
+@pytest.mark.parametrize("change, lacked", [
+    (lambda path: replace_with(path, [rec(0)]), 0),  # git stash and pop: the same content, another file
+    (lambda path: path.unlink(), 1),
+])
+def test_a_stash_and_pop_or_a_removed_file_loses_nothing(tmp_path, change, lacked):
     path = tmp_path / "samples.jsonl"
     appender = store.Appender(path)
     appender.write(rec(0))
-    replace_with(path, [rec(0)])  # the same content, another file
-    with pytest.warns(UserWarning, match="appended again the 0 of this run's 1 records"):
-        appender.write(rec(1))
-    appender.close()
-    assert keys(path) == [store.record_key(rec(0)), store.record_key(rec(1))]
-
-
-def test_a_removed_file_is_written_again(tmp_path):
-    path = tmp_path / "samples.jsonl"
-    appender = store.Appender(path)
-    appender.write(rec(0))
-    path.unlink()
-    with pytest.warns(UserWarning, match="replaced or removed"):
+    change(path)
+    with pytest.warns(UserWarning, match=f"appended again the {lacked} of the 1 records"):
         appender.write(rec(1))
     appender.close()
     assert keys(path) == [store.record_key(rec(0)), store.record_key(rec(1))]

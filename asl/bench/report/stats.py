@@ -151,18 +151,19 @@ def _wilcoxon(d: tuple) -> float:
 
 
 def signed_rank_exact_p(d: np.ndarray) -> float:
-    """Two-sided p of the zero-split signed-rank sum R+ under all 2**n sign flips of d (the
-    exact permutation null, ties and zeros included; scipy.stats.permutation_test's counting and
+    """Two-sided p of the zero-split signed-rank sum R+ under all sign flips of d (the exact
+    permutation null, ties and zeros included; scipy.stats.permutation_test's counting and
     tolerance). A zero's rank counts half to R+ whatever its sign, so only the others flip."""
     ranks = _st().rankdata(np.abs(d))
     zero = d == 0
-    observed = ranks[d > 0].sum() + ranks[zero].sum() / 2
-    n = d.size
-    positive = (np.arange(2**n)[:, None] >> np.arange(n)) & 1
-    null = positive[:, ~zero] @ ranks[~zero] + ranks[zero].sum() / 2
+    half_zeros = ranks[zero].sum() / 2
+    observed = ranks[d > 0].sum() + half_zeros
+    m = int(np.count_nonzero(~zero))
+    positive = (np.arange(2**m)[:, None] >> np.arange(m)) & 1
+    null = positive @ ranks[~zero] + half_zeros
     gamma = abs(np.finfo(float).eps * 100 * observed)
-    less = np.count_nonzero(null <= observed + gamma) / 2**n
-    greater = np.count_nonzero(null >= observed - gamma) / 2**n
+    less = np.count_nonzero(null <= observed + gamma) / 2**m
+    greater = np.count_nonzero(null >= observed - gamma) / 2**m
     return float(min(1.0, 2 * min(less, greater)))
 
 

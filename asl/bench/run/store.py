@@ -24,10 +24,12 @@ def record_key(r: dict) -> tuple:
 
 def read_jsonl(path: pathlib.Path) -> list[dict]:
     """Whole lines only: a line cut short by a kill is ignored (and dropped on the next append)."""
-    if not path.exists():
-        return []
+    return parse_jsonl(path.read_text()) if path.exists() else []
+
+
+def parse_jsonl(text: str) -> list[dict]:
     records = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             records.append(json.loads(line))
         except (json.JSONDecodeError, RecursionError):
@@ -53,11 +55,10 @@ class Appender:
     The file is held open across appends, so one replaced under the run (a `git stash` or
     `checkout` of a committed run folder) would take every later record into the unlinked old
     file, silently lost at the run's end or kill. Before each append the path is checked to
-    still name the open file; if not, the new file gets back what this run wrote and it lacks."""
+    still name the open file; if not, the new file gets the old one's records it lacks."""
 
     def __init__(self, path: pathlib.Path):
         self.path = path
-        self._written: list[dict] = []
         self._f = self._open()
 
     def _open(self):
@@ -66,7 +67,7 @@ class Appender:
             if data and not data.endswith(b"\n"):
                 with open(self.path, "r+b") as f:
                     f.truncate(data.rfind(b"\n") + 1)
-        return open(self.path, "a")  # noqa: SIM115 - held open across appends, closed in close()
+        return open(self.path, "a+")  # noqa: SIM115 - held open across appends, closed in close(); read by _rejoin
 
     def _replaced(self) -> bool:
         try:
@@ -77,20 +78,22 @@ class Appender:
         return (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)
 
     def _rejoin(self) -> None:
-        """Reopen the path and append this run's records the new file lacks (by record_key)."""
+        """Reopen the path and append the records of the held (old) file that it lacks (by record_key)."""
         if not self.path.parent.is_dir():
             raise ValueError(f"--out {self.path.parent} was removed while the run wrote {self.path.name}; stopped")
+        self._f.seek(0)
+        old = parse_jsonl(self._f.read())
         self._f.close()
         present = {record_key(r) for r in read_jsonl(self.path)}
         self._f = self._open()
-        missing = [r for r in self._written if record_key(r) not in present]
+        missing = [r for r in old if record_key(r) not in present]
         for r in missing:
             self._f.write(json.dumps(r) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
         warnings.warn(f"{self.path} was replaced or removed while the run wrote it (a git stash or checkout of the "
-                      f"run folder?); appended again the {len(missing)} of this run's {len(self._written)} records it "
-                      "lacked", stacklevel=3)
+                      f"run folder?); appended again the {len(missing)} of the {len(old)} records it had that the "
+                      "new file lacked", stacklevel=3)
 
     def write(self, record: dict) -> None:
         if self._replaced():
@@ -98,7 +101,6 @@ class Appender:
         self._f.write(json.dumps(record) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
-        self._written.append(record)
 
     def close(self) -> None:
         self._f.close()
