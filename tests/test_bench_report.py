@@ -467,3 +467,24 @@ def test_the_forest_plot_draws_each_paired_difference(tmp_path):
     assert sorted(p.name for p in paths) == ["vs_reference_100.png", "vs_reference_200.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
     assert plot_vs_reference(recs, [], tmp_path / "none") == [] and not (tmp_path / "none").exists()
+
+
+def test_each_test_against_the_reference_carries_its_cost():
+    """A method that matches ASL with more KV or a longer prefill is not at ASL's budget: each
+    vs_reference row gives the method's KV bytes and TTFT over its reference's, per task and
+    pooled, and the forest plot's row label shows them (here the full cache: 100 tokens of KV
+    against ASL's 64, a TTFT of 0.5 s against 0.2 s)."""
+    from asl.bench.report.forest import row_label
+    from asl.bench.report.vs_reference import reference_tests
+
+    recs = [_rec(t, 100, i, m, budget, 1.0, ttft) for t in ("kv", "qa") for i in range(4)
+            for m, budget, ttft in (("asl", 64, 0.2), ("full", None, 0.5))]
+    tests = reference_tests(summarize(recs), compare(recs))
+    assert {(t["task"], t["method"], t["reference"]) for t in tests} == {(k, "full", "asl") for k in ("kv", "qa", "all")}
+    for t in tests:
+        assert t["kv_ratio"] == pytest.approx((100_000 + 1.5) / (64_000 + 1.5))
+        assert t["ttft_ratio"] == pytest.approx(2.5)
+    assert row_label(tests[-1]) == "full  [vs asl]  KV  1.56x  TTFT  2.50x"
+    no_ttft = [dict(r, ttft_s=None) if r["method"] == "full" else r for r in recs]
+    pooled = reference_tests(summarize(no_ttft), compare(no_ttft))[-1]
+    assert pooled["ttft_ratio"] is None and row_label(pooled) == "full  [vs asl]  KV  1.56x"

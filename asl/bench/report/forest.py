@@ -4,7 +4,9 @@ With dozens of methods, a trade-off plot crowds; the question "which differ from
 much?" is answered by one row per method (over all tasks): its paired difference from its
 reference in accuracy and in partial score, in points, with the paired bootstrap 95% interval.
 A filled marker is a difference the table calls a win or a loss (Holm-adjusted exact McNemar
-p < 0.05, vs_reference); a hollow one is not, whatever its interval looks like.
+p < 0.05, vs_reference); a hollow one is not, whatever its interval looks like. Each row's label
+gives its cost against the reference (KV bytes and TTFT, x the reference's), so a gain bought
+with more KV or a longer prefill reads as such.
 """
 from __future__ import annotations
 
@@ -55,24 +57,31 @@ def plot_vs_reference(records: list[dict], tests: list[dict], out_dir) -> list[P
         rows = [t for t in pooled if t["length"] == length]
         data = {m: [differences(records, t, m) for t in rows] for m in METRICS}
         metrics = [m for m in METRICS if any(d is not None for d in data[m])]
+        labels = [row_label(t) for t in rows]
+        label_width = 0.06 * max(map(len, labels))  # inches of 8-point monospace
         fig, axes = plt.subplots(1, len(metrics), sharey=True, squeeze=False,
-                                 figsize=(6.0 * len(metrics), 0.26 * len(rows) + 1.9))
+                                 figsize=(4.5 * len(metrics) + label_width, 0.26 * len(rows) + 1.9))
         for ax, metric in zip(axes[0], metrics):
             _panel(ax, rows, data[metric], colours, filled=metric == "accuracy")
             ax.set_title(TITLES[metric], fontsize=10)
-        axes[0][0].set_yticks(range(len(rows)), [_row_label(t) for t in rows], fontsize=8)
+        axes[0][0].set_yticks(range(len(rows)), labels, fontsize=8,
+                                 fontfamily="monospace")  # the cost columns line up
         axes[0][0].set_ylim(len(rows) - 0.5, -0.5)
         n = max(t["n"] for t in rows)
         fig.suptitle(f"each method against the ASL of its regime, all tasks, length {length} (n = {n} paired samples);"
-                     " filled: Holm-adjusted McNemar p < 0.05", fontsize=10)
+                     " filled: Holm-adjusted McNemar p < 0.05;\nKV and TTFT: the method's cost, x the reference's",
+                     fontsize=10)
         fig.tight_layout()
         stem = "vs_reference" + (f"_{safe_name(length)}" if len(lengths) > 1 else "")
         paths.append(save_figure(plt, fig, out / f"{stem}.png", tight=False))
     return paths
 
 
-def _row_label(test: dict) -> str:
-    return f"{test['method']}  [vs {test['reference']}]"
+def row_label(test: dict) -> str:
+    """"snapkv  [vs asl+snapkv]  KV 1.00x  TTFT 1.17x": the method, its reference, its cost."""
+    cost = "".join(f"  {name} {test[field]:5.2f}x" for name, field in (("KV", "kv_ratio"), ("TTFT", "ttft_ratio"))
+                   if test.get(field) is not None)
+    return f"{test['method']}  [vs {test['reference']}]{cost}"
 
 
 def _panel(ax, rows: list[dict], diffs: list, colours: dict, filled: bool) -> None:

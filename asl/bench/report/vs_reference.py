@@ -2,14 +2,17 @@
 method given as --reference), the exact McNemar p on the paired samples, and that p adjusted by
 Holm over every method tested against a reference in the same column (task and length). With
 dozens of methods, uncorrected p < 0.05 calls a few differences wins by chance; the adjusted p
-does not (stats.holm). The table's markers, and vs_reference.csv / .json, come from here."""
+does not (stats.holm). Beside each test, what the method costs against its reference (KV bytes
+and TTFT as ratios): a method that wins with four times the KV, or five times the prefill, is
+not at the reference's budget, and the row says so. The table's markers, and vs_reference.csv /
+.json, come from here."""
 from __future__ import annotations
 
 from .stats import ALL_TASKS, holm
 from .summary import ASL_FAMILY, SIGNIFICANT_P, as_number, first_appearance, method_family, write_rows
 
 FIELDS = ["task", "length", "method", "budget", "reference", "reference_budget", "n", "method_only",
-          "reference_only", "mcnemar_p", "holm_p", "tests"]
+          "reference_only", "mcnemar_p", "holm_p", "tests", "kv_ratio", "ttft_ratio"]
 
 
 def reference_method(key: tuple, keys, families: dict) -> tuple | None:
@@ -86,6 +89,7 @@ def reference_tests(summary: list[dict], comparisons: list[dict] | None, referen
         refs = {k: chosen_reference(k, keys, reference) if reference else reference_method(k, keys, families)
                 for k in keys}
         columns = [t for t in first_appearance(r["task"] for r in block) if t != ALL_TASKS] + [ALL_TASKS]
+        rows_at = {(r["task"], r["method"], r["budget"]): r for r in block}
         for task in columns:
             tested = [(k, refs[k], paired[(task, length, k, refs[k])]) for k in keys
                       if refs[k] and (task, length, k, refs[k]) in paired]
@@ -93,8 +97,20 @@ def reference_tests(summary: list[dict], comparisons: list[dict] | None, referen
             for (key, ref, (n, mine, theirs, p)), p_holm in zip(tested, adjusted):
                 rows.append({"task": task, "length": length, "method": key[0], "budget": key[1], "reference": ref[0],
                              "reference_budget": ref[1], "n": n, "method_only": mine, "reference_only": theirs,
-                             "mcnemar_p": p, "holm_p": p_holm, "tests": len(tested)})
+                             "mcnemar_p": p, "holm_p": p_holm, "tests": len(tested),
+                             **costs(rows_at.get((task, *key)), rows_at.get((task, *ref)))})
     return rows
+
+
+def costs(mine: dict | None, ref: dict | None) -> dict:
+    """kv_ratio: the method's mean KV bytes over its reference's; ttft_ratio: its median TTFT over
+    the reference's (summary rows of the same task column: in "all", means of the per-task values).
+    None where either lacks the figure."""
+    def ratio(field):
+        a, b = (as_number((row or {}).get(field)) for row in (mine, ref))
+        return a / b if a is not None and b else None
+
+    return {"kv_ratio": ratio("kv_bytes"), "ttft_ratio": ratio("ttft_s")}
 
 
 def marks(tests: list[dict]) -> dict[tuple, str]:
