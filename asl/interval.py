@@ -6,10 +6,11 @@ import math
 from statistics import NormalDist
 
 
-def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float | None, float | None]:
+def wilson(successes: float, n: int, confidence: float = 0.95) -> tuple[float | None, float | None]:
     """Wilson score interval (no continuity correction, as scipy's `method="wilson"`): unlike
     the normal approximation it stays inside [0, 1] and is not zero-width at 0 or n successes,
-    which small cells hit often. n == 0 -> (None, None)."""
+    which small cells hit often. `successes` may be fractional: the sum of scores in [0, 1]
+    (the bench's interval of a mean score). n == 0 -> (None, None)."""
     if n <= 0:
         return None, None
     z = NormalDist().inv_cdf(0.5 + confidence / 2)

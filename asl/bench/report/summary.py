@@ -19,7 +19,7 @@ from pathlib import Path
 from asl.atomic import write_atomic
 
 from . import vs_oracle
-from .stats import ALL_TASKS, COMPARISON_FIELDS, bootstrap_mean_ci, correct, wilson
+from .stats import ALL_TASKS, COMPARISON_FIELDS, correct, mean_interval
 
 SUMMARY_FIELDS = ["task", "length", "method", "family", "budget", "select_tokens", "n", "accuracy", "accuracy_lo",
                   "accuracy_hi", "partial", "partial_lo", "partial_hi", "ttft_s", "tpot_s", "kv_bytes",
@@ -121,15 +121,13 @@ def _pct_pair(lo, hi):
 
 
 def accuracy_interval(scores) -> tuple[float | None, float | None]:
-    """95% interval of the accuracy (%): Wilson on the fully-correct count when every score is 0
-    or 1, else (fractional scores, e.g. ruler_all with several references) the bootstrap interval
-    of the mean score, which is what the accuracy is."""
+    """95% interval of the accuracy (%), the mean score: Wilson's (stats.mean_interval), which
+    for 0/1 scores is Wilson on the fully-correct count, and for fractional ones (ruler_all with
+    several references) the binomial worst case of a mean in [0, 1]."""
     vals = [v for v in (as_number(x) for x in scores) if v is not None]
     if not vals:
         return None, None
-    if all(correct(v) or v <= 1e-9 for v in vals):
-        return _pct_pair(*wilson(sum(correct(v) for v in vals), len(vals), CONFIDENCE))
-    return _pct_pair(*bootstrap_mean_ci(vals, CONFIDENCE))
+    return _pct_pair(*mean_interval([1.0 if correct(v) else v for v in vals], CONFIDENCE))
 
 
 def _partials(recs) -> list[float] | None:
@@ -139,11 +137,12 @@ def _partials(recs) -> list[float] | None:
 
 
 def partial_stats(recs) -> tuple[float | None, float | None, float | None]:
-    """(mean, lo, hi) of the records' partial scores in %, bootstrap interval; Nones without them."""
+    """(mean, lo, hi) of the records' partial scores in %, Wilson's interval of a mean in [0, 1]
+    (stats.mean_interval); Nones without them."""
     vals = _partials(recs)
     if vals is None:
         return None, None, None
-    return (100.0 * statistics.fmean(vals), *_pct_pair(*bootstrap_mean_ci(vals, CONFIDENCE)))
+    return (100.0 * statistics.fmean(vals), *_pct_pair(*mean_interval(vals, CONFIDENCE)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,9 +157,9 @@ def summarize(records: list[dict]) -> list[dict]:
     "full" at the same task and length (None without a "full" row); selection_layers:
     {str(layer) or "none": count} for methods that ever select, {} otherwise.
     family: the most common record "family", else the label without "(...)" (method_family).
-    accuracy_lo / accuracy_hi: the 95% interval of accuracy (accuracy_interval: Wilson on the
-    fully-correct count when scores are 0/1, bootstrap of the mean score when fractional).
-    partial / partial_lo / partial_hi: 100 * mean partial score and its bootstrap interval; None
+    accuracy_lo / accuracy_hi: the 95% interval of accuracy (accuracy_interval: Wilson's with the
+    mean score as the proportion; on 0/1 scores, Wilson on the fully-correct count).
+    partial / partial_lo / partial_hi: 100 * mean partial score and its interval (the same); None
     unless every record of the group has a ``partial``.
 
     The "all" rows average the per-task rows of the same (length, method, budget): accuracy,
