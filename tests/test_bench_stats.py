@@ -17,6 +17,7 @@ from asl.bench.report.stats import (
     mcnemar_exact,
     mean_interval,
     paired_bootstrap_diff,
+    paired_proportion_diff,
     signed_rank_exact_p,
     wilcoxon_p,
     wilson,
@@ -307,3 +308,29 @@ def test_holm_never_lowers_a_p_and_keeps_their_order(ps):
     assert all(adjusted[i] <= adjusted[j] for i in range(len(ps)) for j in range(len(ps)) if ps[i] < ps[j])
     # Holm rejects at least what Bonferroni (every p times m) rejects
     assert sum(a < 0.05 for a in adjusted) >= sum(p * len(ps) < 0.05 for p in ps)
+
+
+def test_the_paired_accuracy_difference_is_newcombes():
+    """Newcombe's square-and-add interval for paired proportions, against the published example
+    (Cavo et al. 2012 in Fagerland, Lydersen and Laake, Statistical Analysis of Contingency
+    Tables, ch. 8: both right 59, first only 6, second only 16, neither 80 -> -0.0621 [-0.1186,
+    -0.0046]); agreement on every sample is an interval around 0, not a point."""
+    a = [1] * 59 + [1] * 6 + [0] * 16 + [0] * 80
+    b = [1] * 59 + [0] * 6 + [1] * 16 + [0] * 80
+    diff, lo, hi = paired_proportion_diff(a, b)
+    assert (round(diff, 4), round(lo, 4), round(hi, 4)) == (-0.0621, -0.1186, -0.0046)
+    rdiff, rlo, rhi = paired_proportion_diff(b, a)  # the order swapped: the interval mirrored
+    assert (rdiff, rlo, rhi) == pytest.approx((-diff, -hi, -lo))
+    same, lo, hi = paired_proportion_diff([1] * 20 + [0] * 5, [1] * 20 + [0] * 5)
+    assert same == 0 and -0.2 < lo < -0.05 and hi == pytest.approx(-lo)
+    assert paired_proportion_diff([], []) == (None, None, None)
+    with pytest.raises(ValueError, match="0/1 outcomes"):
+        paired_proportion_diff([0.5, 1], [1, 1])
+
+
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=60))
+def test_the_paired_accuracy_interval_holds_its_estimate_inside_minus_one_to_one(pairs):
+    a, b = [x for x, _ in pairs], [y for _, y in pairs]
+    diff, lo, hi = paired_proportion_diff(a, b)
+    assert -1 - 1e-12 <= lo <= diff <= hi <= 1 + 1e-12
+    assert diff == pytest.approx((sum(a) - sum(b)) / len(a))
