@@ -196,7 +196,7 @@ def _partial_block(labels: dict, cols, heads, rows) -> list[str]:
     return ["", "partial (%)"] + _grid(labels, [f"{h:>4}" for h in heads], cells)
 
 
-LEGEND = "[lo,hi]: 95% interval (Wilson on fully-correct counts; bootstrap of the mean if scores are fractional)"
+LEGEND = "[lo,hi]: 95% interval (Wilson's, at the mean score: on 0/1 scores, Wilson on the fully-correct count)"
 LEGEND_MARK = ("*: p<0.05 vs the ASL method of its regime (exact McNemar on the n paired samples, fully correct or"
                " not), Holm-adjusted over the methods of the column\n+: p<0.05 before that adjustment only: a difference to"
                " confirm, not a win (vs_reference.csv has both p)")
