@@ -489,3 +489,22 @@ def test_each_test_against_the_reference_carries_its_cost():
     no_ttft = [dict(r, ttft_s=None) if r["method"] == "full" else r for r in recs]
     pooled = reference_tests(summarize(no_ttft), compare(no_ttft))[-1]
     assert pooled["ttft_ratio"] is None and row_label(pooled) == "full  [vs asl]  KV  1.56x"
+
+
+def test_the_report_writes_the_tests_against_the_reference_as_a_markdown_table(tmp_path):
+    """vs_reference.md: per length, the references' rows first, then each method pooled over the
+    tasks with its accuracy and interval, cost against its reference and the paired test, `*`
+    where the Holm-adjusted p is below 0.05 (here fastkv loses 12 of 20 samples to ASL)."""
+    from asl.bench.report import report
+
+    recs = [_rec(t, 100, i, m, budget, float(m != "fastkv" or i >= 6), ttft) for t in ("kv", "qa") for i in range(10)
+            for m, budget, ttft in (("asl", 64, 0.2), ("fastkv", 64, 0.1), ("full", None, 0.4))]
+    report(recs, tmp_path, {}, plots=False)
+    lines = (tmp_path / "vs_reference.md").read_text().splitlines()
+    assert lines[0].startswith("**length 100** (2 methods against their reference")
+    assert lines[2].startswith("| method | against | n | accuracy % [95%] |")
+    assert lines[4] == "| **asl** | (reference) | 20 | 100.0 [84, 100] | - | 1.00 | 1.00 |  |  |  |"
+    fastkv = next(line for line in lines if line.startswith("| fastkv |"))
+    lo, hi = (round(100 * x) for x in wilson(8, 20))
+    assert fastkv == f"| fastkv | asl | 20 | 40.0 [{lo}, {hi}] | - | 1.00 | 0.50 | 0 / 12 | 5e-4 | 1e-3 * |"  # Holm: 2 x 2 / 2**12
+    assert next(line for line in lines if line.startswith("| full |")).endswith("| 1.56 | 2.00 | 0 / 0 | 1 | 1 |")

@@ -26,7 +26,7 @@ def report(records: list[dict], out: pathlib.Path, params: dict, plots: bool, re
     write_summary(summary, out)
     write_comparisons(comparisons, out)
     tests = reference_tests(summary, comparisons, reference)
-    write_vs_reference(tests, out)
+    write_vs_reference(tests, out, summary)
     print()
     print(format_table(summary, comparisons, reference))
     if plots:
@@ -36,4 +36,5 @@ def report(records: list[dict], out: pathlib.Path, params: dict, plots: bool, re
 
         paths = make_plots(records, summary, out, params) + plot_vs_reference(records, tests, out)
         print(f"\nplots: {', '.join(p.name for p in paths)}")
-    print(f"results: {out}/ (samples.jsonl, summary.csv, summary.json, comparisons.csv, vs_reference.csv, config.json)")
+    print(f"results: {out}/ (samples.jsonl, summary.csv, summary.json, comparisons.csv, vs_reference.csv, "
+          "vs_reference.md, config.json)")

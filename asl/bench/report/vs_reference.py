@@ -5,9 +5,14 @@ dozens of methods, uncorrected p < 0.05 calls a few differences wins by chance; 
 does not (stats.holm). Beside each test, what the method costs against its reference (KV bytes
 and TTFT as ratios): a method that wins with four times the KV, or five times the prefill, is
 not at the reference's budget, and the row says so. The table's markers, and vs_reference.csv /
-.json, come from here."""
+.json / .md, come from here."""
 from __future__ import annotations
 
+from pathlib import Path
+
+from asl.atomic import write_atomic
+
+from . import rows as tabulate
 from .stats import ALL_TASKS, holm
 from .summary import ASL_FAMILY, SIGNIFICANT_P, as_number, first_appearance, method_family, write_rows
 
@@ -123,6 +128,54 @@ def marks(tests: list[dict]) -> dict[tuple, str]:
     return out
 
 
-def write_vs_reference(rows: list[dict], out_dir) -> None:
-    """The tests (reference_tests) to out_dir/vs_reference.csv and .json, each atomically."""
+def write_vs_reference(rows: list[dict], out_dir, summary: list[dict] | None = None) -> None:
+    """The tests (reference_tests) to out_dir/vs_reference.csv and .json, and with the summary
+    rows their Markdown table (markdown_table) to vs_reference.md, each atomically."""
     write_rows(rows, FIELDS, out_dir, "vs_reference")
+    if summary is not None and rows:
+        write_atomic(Path(out_dir) / "vs_reference.md", markdown_table(rows, summary))
+
+
+MD_HEADERS = ["method", "against", "n", "accuracy % [95%]", "partial %", "KV x ref", "TTFT x ref",
+              "it right, ref wrong / reverse", "McNemar p", "Holm p"]
+
+
+def markdown_table(tests: list[dict], summary: list[dict]) -> str:
+    """Per length, one row per method over all tasks pooled: its accuracy with the 95% interval,
+    partial score, cost against its reference (KV bytes and TTFT, x the reference's) and the
+    paired test, the references' own rows first. What a results page pastes: every figure in it
+    comes from summary.csv and vs_reference.csv."""
+    cells = {(r["length"], r["method"], r["budget"]): r for r in summary if r["task"] == ALL_TASKS}
+    parts = []
+    for length in first_appearance(t["length"] for t in tests if t["task"] == ALL_TASKS):
+        pooled = [t for t in tests if t["task"] == ALL_TASKS and t["length"] == length]
+        refs = first_appearance((t["reference"], t["reference_budget"]) for t in pooled)
+        body = [[f"**{m}**", "(reference)", *_cell(cells.get((length, m, b))), "1.00", "1.00", "", "", ""]
+                for m, b in refs]
+        for t in pooled:
+            n, acc, part = _cell(cells.get((length, t["method"], t["budget"])))
+            body.append([t["method"], t["reference"], str(t["n"]), acc, part, _ratio(t.get("kv_ratio")),
+                         _ratio(t.get("ttft_ratio")), f"{t['method_only']} / {t['reference_only']}",
+                         _p(t["mcnemar_p"]), _p(t["holm_p"]) + (" *" if t["holm_p"] < SIGNIFICANT_P else "")])
+        parts.append(f"**length {length}** ({len(pooled)} methods against their reference; `*`: Holm-adjusted "
+                     f"p < {SIGNIFICANT_P})\n\n" + tabulate.markdown(MD_HEADERS, body))
+    return "\n\n".join(parts) + "\n"
+
+
+def _cell(row: dict | None) -> list[str]:
+    """n, "accuracy [lo, hi]" and partial of a summary row, "-" where absent."""
+    if row is None:
+        return ["-", "-", "-"]
+    acc = f"{row['accuracy']:.1f}"
+    if row.get("accuracy_lo") is not None:
+        acc += f" [{row['accuracy_lo']:.0f}, {row['accuracy_hi']:.0f}]"
+    part = "-" if row.get("partial") is None else f"{row['partial']:.1f}"
+    return [str(row["n"]), acc, part]
+
+
+def _ratio(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _p(p: float) -> str:
+    return f"{p:.2g}" if p >= 0.001 else f"{p:.0e}".replace("e-0", "e-")  # 0.012, 4e-5
