@@ -313,3 +313,21 @@ def test_the_code_hash_leaves_out_exactly_the_read_only_bench_files():
     assert {"methods.py", "run/runner.py", "run/oracle.py", "run/memory.py", "tasks/__init__.py",
             "tasks/scoring.py", "tasks/ruler.py"} <= hashed
     assert not any(h.startswith("report/") or h in ("cli.py", "run/session.py") for h in hashed)
+
+
+def test_force_discards_every_file_the_report_writes(tmp_path):
+    """--force leaves no file of an old report behind to be read with the new one's: each file
+    the report writes (vs_reference.md included) is one the discard removes."""
+    from asl.bench.report import report
+    from asl.bench.run.session import bench_files, discard
+
+    recs = [{"id": f"kv/100/{i}", "task": "kv", "length": 100, "index": i, "method": m, "budget": 64,
+             "score": float(i % 2), "partial": 0.5, "ttft_s": 0.1, "tpot_s": 0.01, "kv_bytes": 1000,
+             "peak_mem_bytes": None, "selection_layer": None, "ratios": []} for i in range(4) for m in ("asl", "fastkv")]
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    report(recs, tmp_path, {}, plots=False)
+    written = {p.name for p in tmp_path.iterdir()}
+    assert "vs_reference.md" in written
+    assert {p.name for p in bench_files(tmp_path)} == written
+    discard(tmp_path)
+    assert list(tmp_path.iterdir()) == []

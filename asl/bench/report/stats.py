@@ -37,7 +37,7 @@ _CHUNK = 2**22  # bootstrap elements drawn at once (bounds memory for large pool
 _CACHE_MAX = 2**21  # resample-count matrices up to this many entries are kept for reuse
 
 COMPARISON_FIELDS = ["task", "length", "method_a", "budget_a", "method_b", "budget_b", "n", "acc_a", "acc_b",
-                     "a_only", "b_only", "mcnemar_p", "partial_a", "partial_b", "partial_diff", "partial_diff_lo",
+                     "a_only", "b_only", "mcnemar_p", "acc_diff", "acc_diff_lo", "acc_diff_hi", "partial_a", "partial_b", "partial_diff", "partial_diff_lo",
                      "partial_diff_hi", "wilcoxon_p"]
 
 
@@ -255,8 +255,10 @@ def _compare_pair(ra: list[dict], rb: list[dict], **boot) -> dict:
     a_only = sum(x and not y for x, y in zip(ca, cb))
     b_only = sum(y and not x for x, y in zip(ca, cb))
     n = len(ra)
+    diff, lo, hi = paired_proportion_diff(ca, cb, boot.get("confidence", 0.95))
     row = {"n": n, "acc_a": 100.0 * sum(ca) / n, "acc_b": 100.0 * sum(cb) / n, "a_only": a_only, "b_only": b_only,
-           "mcnemar_p": mcnemar_exact(a_only, b_only), "partial_a": None, "partial_b": None, "partial_diff": None,
+           "mcnemar_p": mcnemar_exact(a_only, b_only), "acc_diff": _pct(diff), "acc_diff_lo": _pct(lo),
+           "acc_diff_hi": _pct(hi), "partial_a": None, "partial_b": None, "partial_diff": None,
            "partial_diff_lo": None, "partial_diff_hi": None, "wilcoxon_p": None}
     pa, pb = [partial_of(r) for r in ra], [partial_of(r) for r in rb]
     if None not in pa and None not in pb:
@@ -287,7 +289,8 @@ def compare(records, confidence: float = 0.95, resamples: int = 2000, seed: int 
 
     acc_a / acc_b are the % of samples *fully correct* (score >= 1 - 1e-9), and a_only / b_only
     / mcnemar_p count the same binarisation: McNemar needs right/wrong outcomes, so a fractional
-    score (ruler_all with several references) counts as wrong. The graded comparison is in
+    score (ruler_all with several references) counts as wrong. acc_diff: acc_a - acc_b in points,
+    with Newcombe's paired interval (acc_diff_lo / acc_diff_hi; paired_proportion_diff). The graded comparison is in
     partial_*: means x100, the paired bootstrap interval of a - b, and Wilcoxon's p. They are None
     unless every paired record has a ``partial`` (older records lack it).
 

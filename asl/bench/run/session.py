@@ -22,7 +22,7 @@ from asl.bench.run.runner import plan, run, set_threads, sweeps, warm_up
 # What a resume must match exactly in config.json: a run of other settings or code would mix.
 IDENTITY = ("format", "run")
 RESULTS = ("samples.jsonl", "summary.csv", "summary.json", "comparisons.csv", "comparisons.json", "vs_reference.csv",
-           "vs_reference.json")
+           "vs_reference.json", "vs_reference.md")
 
 
 def check_resume(out: pathlib.Path, settings: dict, force: bool) -> dict:
