@@ -91,7 +91,8 @@ def test_summarize_counts_order_and_values():
 
     a = _row(s, "sum", 1024, "asl", 128)
     assert a["accuracy"] == pytest.approx(50.0)
-    assert (a["accuracy_lo"], a["accuracy_hi"]) == pytest.approx(tuple(100 * x for x in wilson(1.5, 3)))  # 0.5 thrice: not a point
+    # fractional: 0.5 three times is not a point
+    assert (a["accuracy_lo"], a["accuracy_hi"]) == pytest.approx(tuple(100 * x for x in wilson(1.5, 3)))
     assert a["ttft_s"] == pytest.approx(1.024 * 3 * 0.25 + 1)
     assert a["select_tokens"] == 256
     assert a["selection_layers"] == {"3": 1, "8": 1, "none": 1}
@@ -481,7 +482,8 @@ def test_each_test_against_the_reference_carries_its_cost():
     recs = [_rec(t, 100, i, m, budget, 1.0, ttft) for t in ("kv", "qa") for i in range(4)
             for m, budget, ttft in (("asl", 64, 0.2), ("full", None, 0.5))]
     tests = reference_tests(summarize(recs), compare(recs))
-    assert {(t["task"], t["method"], t["reference"]) for t in tests} == {(k, "full", "asl") for k in ("kv", "qa", "all")}
+    assert {(t["task"], t["method"], t["reference"]) for t in tests} == {
+        (k, "full", "asl") for k in ("kv", "qa", "all")}
     for t in tests:
         assert t["kv_ratio"] == pytest.approx((100_000 + 1.5) / (64_000 + 1.5))
         assert t["ttft_ratio"] == pytest.approx(2.5)
@@ -506,5 +508,6 @@ def test_the_report_writes_the_tests_against_the_reference_as_a_markdown_table(t
     assert lines[4] == "| **asl** | (reference) | 20 | 100.0 [84, 100] | - | 1.00 | 1.00 |  |  |  |"
     fastkv = next(line for line in lines if line.startswith("| fastkv |"))
     lo, hi = (round(100 * x) for x in wilson(8, 20))
-    assert fastkv == f"| fastkv | asl | 20 | 40.0 [{lo}, {hi}] | - | 1.00 | 0.50 | 0 / 12 | 5e-4 | 1e-3 * |"  # Holm: 2 x 2 / 2**12
+    # Holm over the two methods: 2 x 2 / 2**12
+    assert fastkv == f"| fastkv | asl | 20 | 40.0 [{lo}, {hi}] | - | 1.00 | 0.50 | 0 / 12 | 5e-4 | 1e-3 * |"
     assert next(line for line in lines if line.startswith("| full |")).endswith("| 1.56 | 2.00 | 0 / 0 | 1 | 1 |")

@@ -323,7 +323,8 @@ def test_force_discards_every_file_the_report_writes(tmp_path):
 
     recs = [{"id": f"kv/100/{i}", "task": "kv", "length": 100, "index": i, "method": m, "budget": 64,
              "score": float(i % 2), "partial": 0.5, "ttft_s": 0.1, "tpot_s": 0.01, "kv_bytes": 1000,
-             "peak_mem_bytes": None, "selection_layer": None, "ratios": []} for i in range(4) for m in ("asl", "fastkv")]
+             "peak_mem_bytes": None, "selection_layer": None, "ratios": []}
+            for i in range(4) for m in ("asl", "fastkv")]
     (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     report(recs, tmp_path, {}, plots=False)
     written = {p.name for p in tmp_path.iterdir()}

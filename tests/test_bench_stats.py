@@ -255,7 +255,8 @@ def test_compare_counts_and_tests():
     assert ab["mcnemar_p"] == pytest.approx(mcnemar_by_hand(3, 0))
     newcombe = paired_proportion_diff([1] * 9 + [0], [1] * 6 + [0] * 4)  # 6 both, 3 a only, 1 neither
     assert (ab["acc_diff"], ab["acc_diff_lo"], ab["acc_diff_hi"]) == pytest.approx(tuple(100 * x for x in newcombe))
-    assert ab["acc_diff"] == pytest.approx(30.0) and ab["acc_diff_lo"] < 0  # 3 / 0 of 10 is no sure gain (McNemar p 0.25)
+    # 3 / 0 of 10 is no sure gain (McNemar p 0.25)
+    assert ab["acc_diff"] == pytest.approx(30.0) and ab["acc_diff_lo"] < 0
     pa = [1.0] * 9 + [0.5]
     pb = [1.0] * 6 + [0.25] * 4
     assert ab["partial_a"] == pytest.approx(100 * statistics.fmean(pa))

@@ -29,7 +29,8 @@ import numpy as np
 from asl.interval import wilson  # noqa: F401 (the bench's intervals: one formula)
 
 __all__ = ["COMPARISON_FIELDS", "CORRECT_EPS", "bootstrap_mean_ci", "compare", "correct", "holm", "mcnemar_exact",
-           "mean_interval", "paired_bootstrap_diff", "paired_proportion_diff", "partial_of", "signed_rank_exact_p", "wilcoxon_p", "wilson"]
+           "mean_interval", "newcombe_interval", "paired_bootstrap_diff", "paired_proportion_diff", "partial_of",
+           "signed_rank_exact_p", "wilcoxon_p", "wilson"]
 
 CORRECT_EPS = 1e-9  # a score counts as "fully correct" when score >= 1 - CORRECT_EPS
 ALL_TASKS = "all"  # the task of pooled rows (asl.bench.report.summary uses the same)
@@ -37,8 +38,8 @@ _CHUNK = 2**22  # bootstrap elements drawn at once (bounds memory for large pool
 _CACHE_MAX = 2**21  # resample-count matrices up to this many entries are kept for reuse
 
 COMPARISON_FIELDS = ["task", "length", "method_a", "budget_a", "method_b", "budget_b", "n", "acc_a", "acc_b",
-                     "a_only", "b_only", "mcnemar_p", "acc_diff", "acc_diff_lo", "acc_diff_hi", "partial_a", "partial_b", "partial_diff", "partial_diff_lo",
-                     "partial_diff_hi", "wilcoxon_p"]
+                     "a_only", "b_only", "mcnemar_p", "acc_diff", "acc_diff_lo", "acc_diff_hi", "partial_a",
+                     "partial_b", "partial_diff", "partial_diff_lo", "partial_diff_hi", "wilcoxon_p"]
 
 
 def _st():
@@ -143,20 +144,25 @@ def paired_bootstrap_diff(a: Sequence[float], b: Sequence[float], confidence: fl
 def paired_proportion_diff(a: Sequence[bool], b: Sequence[bool],
                            confidence: float = 0.95) -> tuple[float | None, float | None, float | None]:
     """Difference of two proportions on paired 0/1 outcomes (a right minus b right, over n) and
-    Newcombe's square-and-add interval for it (Statist. Med. 1998, 17:2635, method 10; as
-    Fagerland, Lydersen and Laake's contingencytables computes it): the two Wilson intervals
-    combined with their estimated correlation. Unlike a bootstrap of the differences, it is not
-    a point at 0 when the methods agree on every sample (25 agreements: about [-13, 13] points).
-    Empty -> (None, None, None)."""
+    its interval (newcombe_interval). Empty -> (None, None, None)."""
     _paired(a, b)  # the shapes checked
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.size == 0:
         return None, None, None
     if not np.isin(x, (0.0, 1.0)).all() or not np.isin(y, (0.0, 1.0)).all():
         raise ValueError("paired_proportion_diff takes 0/1 outcomes; for graded scores use paired_bootstrap_diff")
-    n = x.size
     both, a_only, b_only = int((x * y).sum()), int((x * (1 - y)).sum()), int(((1 - x) * y).sum())
-    neither = n - both - a_only - b_only
+    return newcombe_interval(both, a_only, b_only, x.size - both - a_only - b_only, confidence)
+
+
+def newcombe_interval(both: int, a_only: int, b_only: int, neither: int,
+                      confidence: float = 0.95) -> tuple[float, float, float]:
+    """(a - b, lo, hi) from the paired counts: Newcombe's square-and-add interval (Statist. Med.
+    1998, 17:2635, method 10; as Fagerland, Lydersen and Laake's contingencytables computes it),
+    the two Wilson intervals combined with their estimated correlation. Unlike a bootstrap of the
+    differences, it is not a point at 0 when the methods agree on every sample (25 agreements:
+    about [-13, 13] points)."""
+    n = both + a_only + b_only + neither
     p1, p2 = (both + a_only) / n, (both + b_only) / n
     (l1, u1), (l2, u2) = wilson(both + a_only, n, confidence), wilson(both + b_only, n, confidence)
     margins = (both + a_only) * (b_only + neither) * (both + b_only) * (a_only + neither)
@@ -255,7 +261,8 @@ def _compare_pair(ra: list[dict], rb: list[dict], **boot) -> dict:
     a_only = sum(x and not y for x, y in zip(ca, cb))
     b_only = sum(y and not x for x, y in zip(ca, cb))
     n = len(ra)
-    diff, lo, hi = paired_proportion_diff(ca, cb, boot.get("confidence", 0.95))
+    both = sum(x and y for x, y in zip(ca, cb))
+    diff, lo, hi = newcombe_interval(both, a_only, b_only, n - both - a_only - b_only, boot["confidence"])
     row = {"n": n, "acc_a": 100.0 * sum(ca) / n, "acc_b": 100.0 * sum(cb) / n, "a_only": a_only, "b_only": b_only,
            "mcnemar_p": mcnemar_exact(a_only, b_only), "acc_diff": _pct(diff), "acc_diff_lo": _pct(lo),
            "acc_diff_hi": _pct(hi), "partial_a": None, "partial_b": None, "partial_diff": None,
@@ -290,8 +297,8 @@ def compare(records, confidence: float = 0.95, resamples: int = 2000, seed: int 
     acc_a / acc_b are the % of samples *fully correct* (score >= 1 - 1e-9), and a_only / b_only
     / mcnemar_p count the same binarisation: McNemar needs right/wrong outcomes, so a fractional
     score (ruler_all with several references) counts as wrong. acc_diff: acc_a - acc_b in points,
-    with Newcombe's paired interval (acc_diff_lo / acc_diff_hi; paired_proportion_diff). The graded comparison is in
-    partial_*: means x100, the paired bootstrap interval of a - b, and Wilcoxon's p. They are None
+    with Newcombe's paired interval (acc_diff_lo / acc_diff_hi; newcombe_interval). The graded
+    comparison is in partial_*: means x100, the paired bootstrap interval of a - b, and Wilcoxon's p. They are None
     unless every paired record has a ``partial`` (older records lack it).
 
     Samples are matched by ``id`` (and task for "all"); a sample only one method ran is left out.

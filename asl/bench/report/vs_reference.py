@@ -153,7 +153,7 @@ def markdown_table(tests: list[dict], summary: list[dict]) -> str:
         body = [[f"**{m}**", "(reference)", *_cell(cells.get((length, m, b))), "1.00", "1.00", "", "", ""]
                 for m, b in refs]
         for t in pooled:
-            n, acc, part = _cell(cells.get((length, t["method"], t["budget"])))
+            _, acc, part = _cell(cells.get((length, t["method"], t["budget"])))
             body.append([t["method"], t["reference"], str(t["n"]), acc, part, _ratio(t.get("kv_ratio")),
                          _ratio(t.get("ttft_ratio")), f"{t['method_only']} / {t['reference_only']}",
                          _p(t["mcnemar_p"]), _p(t["holm_p"]) + (" *" if t["holm_p"] < SIGNIFICANT_P else "")])
