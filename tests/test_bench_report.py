@@ -511,3 +511,29 @@ def test_the_report_writes_the_tests_against_the_reference_as_a_markdown_table(t
     # Holm over the two methods: 2 x 2 / 2**12
     assert fastkv == f"| fastkv | asl | 20 | 40.0 [{lo}, {hi}] | - | 1.00 | 0.50 | 0 / 12 | 5e-4 | 1e-3 * |"
     assert next(line for line in lines if line.startswith("| full |")).endswith("| 1.56 | 2.00 | 0 / 0 | 1 | 1 |")
+
+
+def test_the_report_of_an_unfinished_run_says_how_much_of_its_plan_it_holds(tmp_path, capsys):
+    """A folder read while its run appends (or after it stopped) holds part of its plan, some
+    methods a sample ahead of others: the report says how much, above the table and at the head
+    of vs_reference.md, so a preview is not pasted as the result. Planned: 2 tasks x 3 samples x
+    2 methods; done: 2 whole samples per task, one method of a third, and one record outside the
+    plan, which does not count."""
+    from asl.bench.report import report
+    from asl.bench.report.coverage import coverage
+
+    settings = {"policies": {"full @ None": [], "asl @ 64": []}, "tasks": ["kv", "qa"], "lengths": [100], "samples": 3}
+    whole = [_rec(t, 100, i, m, b, 1.0, 0.1) for t in ("kv", "qa") for i in range(2) for m, b in (("full", None),
+                                                                                                  ("asl", 64))]
+    recs = [*whole, _rec("kv", 100, 2, "full", None, 1.0, 0.1), _rec("kv", 100, 7, "asl", 64, 1.0, 0.1)]
+    cov = coverage(recs, settings)
+    assert cov == {"planned": 12, "done": 9, "samples_planned": 6, "samples_whole": 4}
+    report(recs, tmp_path, {}, plots=False, coverage=cov)
+    caveat = "unfinished run: 9 of the 12 planned runs, 4 of 6 samples whole; every figure here is a preview"
+    assert caveat in capsys.readouterr().out
+    assert (tmp_path / "vs_reference.md").read_text().startswith(f"> **{caveat}")
+    done = coverage(whole, dict(settings, samples=2))
+    assert done == {"planned": 8, "done": 8, "samples_planned": 4, "samples_whole": 4}
+    report(whole, tmp_path, {}, plots=False, coverage=done)
+    assert "unfinished" not in capsys.readouterr().out
+    assert (tmp_path / "vs_reference.md").read_text().startswith("**length 100**")

@@ -209,6 +209,8 @@ def test_report_only_reads_the_folder_and_writes_only_the_summaries(done_run, ca
     config, samples = (done_run / "config.json").read_bytes(), (done_run / "samples.jsonl").read_bytes()
     (done_run / "summary.json").unlink()
     assert main(["--out", str(done_run), "--report-only", "--no-plots"]) == 0  # no other flag needed
+    n = len(lines(done_run))
+    assert f"{n} runs in {done_run} ({n} of the {n} planned" in capsys.readouterr().out
     assert (done_run / "config.json").read_bytes() == config and (done_run / "samples.jsonl").read_bytes() == samples
     summary = json.loads((done_run / "summary.json").read_text())
     assert {r["method"] for r in summary} >= {"full", "snapkv"}

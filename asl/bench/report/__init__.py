@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
+from .coverage import unfinished
 from .stats import compare
 from .summary import summarize, write_comparisons, write_summary
 from .table import format_table
@@ -19,15 +20,20 @@ def method_params(settings: dict) -> dict[str, dict]:
     return out
 
 
-def report(records: list[dict], out: pathlib.Path, params: dict, plots: bool, reference: str | None = None) -> None:
-    """The summary and comparison files, the table printed, the plots."""
+def report(records: list[dict], out: pathlib.Path, params: dict, plots: bool, reference: str | None = None,
+           coverage: dict | None = None) -> None:
+    """The summary and comparison files, the table printed, the plots. `coverage`
+    (asl.bench.report.coverage) of an unfinished run heads the table and vs_reference.md."""
     summary = summarize(records)
     comparisons = compare(records)
     write_summary(summary, out)
     write_comparisons(comparisons, out)
     tests = reference_tests(summary, comparisons, reference)
-    write_vs_reference(tests, out, summary)
+    caveat = unfinished(coverage)
+    write_vs_reference(tests, out, summary, caveat)
     print()
+    if caveat:
+        print(f"** {caveat} **\n")
     print(format_table(summary, comparisons, reference))
     if plots:
         from .plots import make_plots

@@ -128,12 +128,14 @@ def marks(tests: list[dict]) -> dict[tuple, str]:
     return out
 
 
-def write_vs_reference(rows: list[dict], out_dir, summary: list[dict] | None = None) -> None:
+def write_vs_reference(rows: list[dict], out_dir, summary: list[dict] | None = None, caveat: str | None = None) -> None:
     """The tests (reference_tests) to out_dir/vs_reference.csv and .json, and with the summary
-    rows their Markdown table (markdown_table) to vs_reference.md, each atomically."""
+    rows their Markdown table (markdown_table) to vs_reference.md, each atomically; `caveat`
+    (an unfinished run's) heads the Markdown, which a results page pastes."""
     write_rows(rows, FIELDS, out_dir, "vs_reference")
     if summary is not None and rows:
-        write_atomic(Path(out_dir) / "vs_reference.md", markdown_table(rows, summary))
+        head = f"> **{caveat}**\n\n" if caveat else ""
+        write_atomic(Path(out_dir) / "vs_reference.md", head + markdown_table(rows, summary))
 
 
 MD_HEADERS = ["method", "against", "n", "accuracy % [95%]", "partial %", "KV x ref", "TTFT x ref",

@@ -15,6 +15,7 @@ import torch
 
 from asl.bench.run import dist, store
 from asl.bench.report import method_params, report
+from asl.bench.report.coverage import coverage
 from asl.bench.run.fingerprint import differences
 from asl.models.dtype import describe_cpu
 from asl.bench.run.runner import plan, run, set_threads, sweeps, warm_up
@@ -109,8 +110,10 @@ def report_folder(out: pathlib.Path, plots: bool = True, reference: str | None =
         print(f"python -m asl.bench: error: --reference {reference!r} is not a method of {out}: "
               f"{', '.join(map(str, methods))}", file=sys.stderr)
         return 2
-    print(f"{len(records)} runs in {out}")
-    report(records, out, method_params(settings), plots, reference)
+    cov = coverage(records, settings)
+    print(f"{len(records)} runs in {out} ({cov['done']:,} of the {cov['planned']:,} planned, {cov['samples_whole']:,} "
+          f"of {cov['samples_planned']:,} samples whole)")
+    report(records, out, method_params(settings), plots, reference, cov)
     return 0
 
 
@@ -213,7 +216,7 @@ class Session:
         if ranks.main:
             everything = store.consolidate(self.out, order, gathered)
             report(ordered(everything, settings), self.out, method_params(settings), not args.no_plots,
-                   args.reference)
+                   args.reference, coverage(everything, settings))
         dist.barrier(ranks)
         return 0
 
