@@ -471,6 +471,22 @@ def test_the_forest_plot_draws_each_paired_difference(tmp_path):
     assert plot_vs_reference(recs, [], tmp_path / "none") == [] and not (tmp_path / "none").exists()
 
 
+def test_the_forest_plot_of_an_unfinished_run_says_so_in_its_title(tmp_path, monkeypatch):
+    """A figure is pasted without its table: an unfinished run's caveat heads its title."""
+    from asl.bench.report import forest
+    from asl.bench.report.vs_reference import reference_tests
+
+    titles, save = [], forest.save_figure
+    monkeypatch.setattr(forest, "save_figure", lambda plt, fig, *a, **k: titles.append(fig._suptitle.get_text())
+                        or save(plt, fig, *a, **k))
+    recs = [_rec("kv", 100, i, m, 64, float(m == "asl" or i < 2), 0.1) for i in range(5) for m in ("asl", "fastkv")]
+    tests = reference_tests(summarize(recs), compare(recs))
+    forest.plot_vs_reference(recs, tests, tmp_path, caveat="unfinished run: 10 of the 20 planned runs")
+    forest.plot_vs_reference(recs, tests, tmp_path)
+    assert titles[0].startswith("unfinished run: 10 of the 20 planned runs\neach method against the ASL")
+    assert titles[1].startswith("each method against the ASL")
+
+
 def test_each_test_against_the_reference_carries_its_cost():
     """A method that matches ASL with more KV or a longer prefill is not at ASL's budget: each
     vs_reference row gives the method's KV bytes and TTFT over its reference's, per task and

@@ -40,7 +40,7 @@ def report(records: list[dict], out: pathlib.Path, params: dict, plots: bool, re
 
         from .forest import plot_vs_reference
 
-        paths = make_plots(records, summary, out, params) + plot_vs_reference(records, tests, out)
+        paths = make_plots(records, summary, out, params) + plot_vs_reference(records, tests, out, caveat)
         print(f"\nplots: {', '.join(p.name for p in paths)}")
     print(f"results: {out}/ (samples.jsonl, summary.csv, summary.json, comparisons.csv, vs_reference.csv, "
           "vs_reference.md, config.json)")
