@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from collections import Counter
 
+from asl.bench.tasks import sample_id
+
 
 def coverage(records: list[dict], settings: dict) -> dict:
     """planned / done runs and samples of the plan in `settings` (config.json: its tasks, lengths,
     samples, and one run per sample for each entry of `policies`); records outside the plan do
     not count. A sample is whole when every method has run on it."""
     per_sample = len(settings.get("policies", {}))
-    ids = [f"{task}/{length}/{index}" for index in range(settings.get("samples", 0))
+    ids = [sample_id(task, length, index) for index in range(settings.get("samples", 0))
            for length in settings.get("lengths", []) for task in settings.get("tasks", [])]
     counts = Counter(r.get("id") for r in records)
     return {"planned": len(ids) * per_sample, "done": sum(min(counts[i], per_sample) for i in ids),

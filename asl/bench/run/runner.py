@@ -15,7 +15,7 @@ from asl.bench.run.oracle import measure as measure_oracle
 from asl.bench.tasks import scoring
 from asl.bench.run.memory import PeakMemory
 from asl.bench.methods import Method
-from asl.bench.tasks import Sample, make_sample
+from asl.bench.tasks import Sample, make_sample, sample_id
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Job:
 
     @property
     def key(self) -> tuple:
-        return (f"{self.task}/{self.length}/{self.index}", self.method.label, self.method.budget)
+        return (sample_id(self.task, self.length, self.index), self.method.label, self.method.budget)
 
 
 def plan(tasks, lengths, samples, methods: list[Method]) -> list[Job]:

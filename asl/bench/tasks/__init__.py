@@ -22,6 +22,11 @@ from asl.bench.tasks.ruler import NIAH_DEPTHS, RULER_TASKS
 __all__ = ["NIAH_DEPTHS", "TASKS", "Sample", "Task", "make_sample", "task_rng"]
 
 
+def sample_id(task: str, length: int, index: int) -> str:
+    """What names a sample in the records (their "id"), in the run's plan and in its report."""
+    return f"{task}/{length}/{index}"
+
+
 @dataclasses.dataclass(frozen=True)
 class Sample:
     task: str
@@ -37,7 +42,7 @@ class Sample:
 
     @property
     def id(self) -> str:
-        return f"{self.task}/{self.length}/{self.index}"
+        return sample_id(self.task, self.length, self.index)
 
 
 @dataclasses.dataclass(frozen=True)
