@@ -471,20 +471,37 @@ def test_the_forest_plot_draws_each_paired_difference(tmp_path):
     assert plot_vs_reference(recs, [], tmp_path / "none") == [] and not (tmp_path / "none").exists()
 
 
-def test_the_forest_plot_of_an_unfinished_run_says_so_in_its_title(tmp_path, monkeypatch):
-    """A figure is pasted without its table: an unfinished run's caveat heads its title."""
-    from asl.bench.report import forest
-    from asl.bench.report.vs_reference import reference_tests
+def test_every_figure_of_an_unfinished_run_says_so_above_it(tmp_path, monkeypatch):
+    """A figure is pasted without its table: an unfinished run's caveat goes above each figure
+    the report draws (forest plot included), the figure growing to hold it; a finished run's
+    figures carry none. Here asl ran on 5 samples of a planned 6, fastkv on 4."""
+    import struct
 
-    titles, save = [], forest.save_figure
-    monkeypatch.setattr(forest, "save_figure", lambda plt, fig, *a, **k: titles.append(fig._suptitle.get_text())
-                        or save(plt, fig, *a, **k))
-    recs = [_rec("kv", 100, i, m, 64, float(m == "asl" or i < 2), 0.1) for i in range(5) for m in ("asl", "fastkv")]
-    tests = reference_tests(summarize(recs), compare(recs))
-    forest.plot_vs_reference(recs, tests, tmp_path, caveat="unfinished run: 10 of the 20 planned runs")
-    forest.plot_vs_reference(recs, tests, tmp_path)
-    assert titles[0].startswith("unfinished run: 10 of the 20 planned runs\neach method against the ASL")
-    assert titles[1].startswith("each method against the ASL")
+    from asl.bench.report import forest, plots, report
+    from asl.bench.report.coverage import coverage
+
+    texts, save = {}, plots.save_figure
+
+    def spy(plt, fig, path, *a, **k):
+        out = save(plt, fig, path, *a, **k)
+        texts[path.name] = (" ".join(t.get_text() for t in fig.texts), struct.unpack(">II", path.read_bytes()[16:24]))
+        return out
+
+    monkeypatch.setattr(plots, "save_figure", spy)
+    monkeypatch.setattr(forest, "save_figure", spy)
+    recs = [_rec("kv", 100, i, m, 64, float(m == "asl" or i < 2), 0.1 + 0.1 * (m == "asl")) for i in range(5)
+            for m in ("asl", "fastkv") if (i, m) != (4, "fastkv")]
+    settings = {"policies": {"asl @ 64": [], "fastkv @ 64": []}, "tasks": ["kv"], "lengths": [100], "samples": 6}
+    report(recs, tmp_path / "part", {}, plots=True, coverage=coverage(recs, settings))
+    part = dict(texts)
+    texts.clear()
+    whole = [r for r in recs if r["index"] < 4]
+    report(whole, tmp_path / "whole", {}, plots=True, coverage=coverage(whole, dict(settings, samples=4)))
+    assert part.keys() == texts.keys() == {"tradeoff_kv.png", "tradeoff_all.png", "vs_reference.png"}
+    for name, (text, size) in part.items():
+        assert "unfinished run: 9 of the 12 planned runs, 4 of 6 samples whole" in text.replace("\n", " "), name
+        assert "unfinished" not in texts[name][0], name
+    assert part["vs_reference.png"][1][1] > texts["vs_reference.png"][1][1]  # taller by the caveat's lines
 
 
 def test_each_test_against_the_reference_carries_its_cost():
@@ -548,8 +565,10 @@ def test_the_report_of_an_unfinished_run_says_how_much_of_its_plan_it_holds(tmp_
     caveat = "unfinished run: 9 of the 12 planned runs, 4 of 6 samples whole; every figure here is a preview"
     assert caveat in capsys.readouterr().out
     assert (tmp_path / "vs_reference.md").read_text().startswith(f"> **{caveat}")
+    assert json.loads((tmp_path / "coverage.json").read_text()) == dict(cov, finished=False)
     done = coverage(whole, dict(settings, samples=2))
     assert done == {"planned": 8, "done": 8, "samples_planned": 4, "samples_whole": 4}
     report(whole, tmp_path, {}, plots=False, coverage=done)
     assert "unfinished" not in capsys.readouterr().out
     assert (tmp_path / "vs_reference.md").read_text().startswith("**length 100**")
+    assert json.loads((tmp_path / "coverage.json").read_text()) == dict(done, finished=True)

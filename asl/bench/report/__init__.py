@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
-from .coverage import unfinished
+from .coverage import unfinished, write_coverage
 from .stats import compare
 from .summary import summarize, write_comparisons, write_summary
 from .table import format_table
@@ -23,13 +23,16 @@ def method_params(settings: dict) -> dict[str, dict]:
 def report(records: list[dict], out: pathlib.Path, params: dict, plots: bool, reference: str | None = None,
            coverage: dict | None = None) -> None:
     """The summary and comparison files, the table printed, the plots. `coverage`
-    (asl.bench.report.coverage) of an unfinished run heads the table and vs_reference.md."""
+    (asl.bench.report.coverage) goes to coverage.json; an unfinished run's heads the table,
+    vs_reference.md and every plot."""
     summary = summarize(records)
     comparisons = compare(records)
     write_summary(summary, out)
     write_comparisons(comparisons, out)
     tests = reference_tests(summary, comparisons, reference)
     caveat = unfinished(coverage)
+    if coverage:
+        write_coverage(coverage, out)
     write_vs_reference(tests, out, summary, caveat)
     print()
     if caveat:
@@ -40,7 +43,7 @@ def report(records: list[dict], out: pathlib.Path, params: dict, plots: bool, re
 
         from .forest import plot_vs_reference
 
-        paths = make_plots(records, summary, out, params) + plot_vs_reference(records, tests, out, caveat)
+        paths = make_plots(records, summary, out, params, caveat) + plot_vs_reference(records, tests, out, caveat)
         print(f"\nplots: {', '.join(p.name for p in paths)}")
     print(f"results: {out}/ (samples.jsonl, summary.csv, summary.json, comparisons.csv, vs_reference.csv, "
-          "vs_reference.md, config.json)")
+          f"vs_reference.md, {'coverage.json, ' if coverage else ''}config.json)")

@@ -4,8 +4,11 @@ command asked for, some methods one sample ahead of others: the report says so, 
 is not read as the result."""
 from __future__ import annotations
 
+import json
+import pathlib
 from collections import Counter
 
+from asl.atomic import write_atomic
 from asl.bench.tasks import sample_id
 
 
@@ -27,3 +30,10 @@ def unfinished(cov: dict | None) -> str | None:
         return None
     return (f"unfinished run: {cov['done']:,} of the {cov['planned']:,} planned runs, {cov['samples_whole']:,} of "
             f"{cov['samples_planned']:,} samples whole; every figure here is a preview, not the run's result")
+
+
+def write_coverage(cov: dict, out_dir) -> None:
+    """out_dir/coverage.json: the counts and `finished`, for a reader of summary.json or
+    vs_reference.csv, which carry no caveat line, to check before quoting them."""
+    text = json.dumps(dict(cov, finished=unfinished(cov) is None), indent=1) + "\n"
+    write_atomic(pathlib.Path(out_dir) / "coverage.json", text)

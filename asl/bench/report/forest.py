@@ -45,7 +45,7 @@ def differences(records: list[dict], test: dict, metric: str) -> tuple[float, fl
 def plot_vs_reference(records: list[dict], tests: list[dict], out_dir, caveat: str | None = None) -> list[Path]:
     """One figure per length of the pooled ("all") tests (asl.bench.report.vs_reference); none
     without tests. Rows in the table's order, colour by reference; `caveat` (an unfinished run's)
-    heads each title, as a figure gets pasted without its table."""
+    heads each figure (plots.save_figure)."""
     pooled = [t for t in tests if t["task"] == ALL_TASKS]
     lengths = first_appearance(t["length"] for t in pooled)
     if not pooled:
@@ -62,7 +62,7 @@ def plot_vs_reference(records: list[dict], tests: list[dict], out_dir, caveat: s
         metrics = [m for m in METRICS if any(d is not None for d in data[m])]
         labels = [row_label(t) for t in rows]
         label_width = 0.06 * max(map(len, labels))  # inches of 8-point monospace
-        height = 0.26 * len(rows) + 1.9 + (0.2 if caveat else 0)
+        height = 0.26 * len(rows) + 1.9
         fig, axes = plt.subplots(1, len(metrics), sharey=True, squeeze=False,
                                  figsize=(4.5 * len(metrics) + label_width, height))
         for ax, metric in zip(axes[0], metrics):
@@ -74,10 +74,10 @@ def plot_vs_reference(records: list[dict], tests: list[dict], out_dir, caveat: s
         n = max(t["n"] for t in rows)
         title = (f"each method against the ASL of its regime, all tasks, length {length} (n = {n} paired samples);"
                  " filled: Holm-adjusted McNemar p < 0.05;\nKV and TTFT: the method's cost, x the reference's")
-        fig.suptitle(title if caveat is None else f"{caveat}\n{title}", fontsize=10)
+        fig.suptitle(title, fontsize=10)
         fig.tight_layout()
         stem = "vs_reference" + (f"_{safe_name(length)}" if len(lengths) > 1 else "")
-        paths.append(save_figure(plt, fig, out / f"{stem}.png", tight=False))
+        paths.append(save_figure(plt, fig, out / f"{stem}.png", tight=False, caveat=caveat))
     return paths
 
 

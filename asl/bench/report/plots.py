@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -58,12 +59,18 @@ def pyplot():
     return plt
 
 
-def save_figure(plt, fig, path: Path, tight: bool = True) -> Path:
+def save_figure(plt, fig, path: Path, tight: bool = True, caveat: str | None = None) -> Path:
+    """Write `fig` to `path` (atomically) and close it. `caveat` (an unfinished run's, from
+    asl.bench.report.coverage) goes in red above everything else in the figure, which grows to
+    hold it: a figure gets pasted without the table that says the run is unfinished."""
     if tight:
         fig.tight_layout()
+    if caveat:  # about 13 characters of 9-point text per inch of width
+        text = textwrap.fill(caveat, width=max(40, int(13 * fig.get_figwidth())))
+        fig.text(0.5, 1.0, text, ha="center", va="bottom", fontsize=9, color="firebrick")
     try:
         with replacing(path) as tmp:
-            fig.savefig(tmp, dpi=DPI)
+            fig.savefig(tmp, dpi=DPI, **({"bbox_inches": "tight", "pad_inches": 0.15} if caveat else {}))
     finally:
         plt.close(fig)
     return path
@@ -81,7 +88,7 @@ def _budget_str(b) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _plot_niah(plt, records, out: Path, names) -> list[Path]:
+def _plot_niah(plt, records, out: Path, names, caveat=None) -> list[Path]:
     niah = [r for r in records if r.get("task") == "niah" and r.get("depth") is not None
             and as_number(r.get("score")) is not None]
     if not niah:
@@ -122,14 +129,14 @@ def _plot_niah(plt, records, out: Path, names) -> list[Path]:
             ax.axis("off")
         if im is not None:
             fig.colorbar(im, ax=axes.ravel().tolist(), label="mean score", shrink=0.9)
-        paths.append(save_figure(plt, fig, out / f"niah_{names[method]}.png", tight=False))
+        paths.append(save_figure(plt, fig, out / f"niah_{names[method]}.png", tight=False, caveat=caveat))
     return paths
 
 
 MARKERS = "osD^vPX<>"  # nine shapes against ten colours: 90 pairs; the full cache is a star
 
 
-def _plot_accuracy_vs_budget(plt, summary, out: Path) -> list[Path]:
+def _plot_accuracy_vs_budget(plt, summary, out: Path, caveat=None) -> list[Path]:
     rows = [r for r in summary if r.get("task") == ALL_TASKS and as_number(r.get("accuracy")) is not None]
     if not any(r.get("budget") is not None for r in rows):
         return []
@@ -165,10 +172,10 @@ def _plot_accuracy_vs_budget(plt, summary, out: Path) -> list[Path]:
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(lengths):]:
         ax.axis("off")
-    return [save_figure(plt, fig, out / "accuracy_vs_budget.png")]
+    return [save_figure(plt, fig, out / "accuracy_vs_budget.png", caveat=caveat)]
 
 
-def _plot_selection_layers(plt, records, out: Path, names) -> list[Path]:
+def _plot_selection_layers(plt, records, out: Path, names, caveat=None) -> list[Path]:
     paths = []
     for method in first_appearance(r["method"] for r in records):
         recs = [r for r in records if r["method"] == method]
@@ -200,11 +207,11 @@ def _plot_selection_layers(plt, records, out: Path, names) -> list[Path]:
                 ax.legend(fontsize=7)
         for ax in list(axes.flat)[len(tasks):]:
             ax.axis("off")
-        paths.append(save_figure(plt, fig, out / f"selection_layers_{names[method]}.png"))
+        paths.append(save_figure(plt, fig, out / f"selection_layers_{names[method]}.png", caveat=caveat))
     return paths
 
 
-def _plot_ratios(plt, records, out: Path, names, method_params) -> list[Path]:
+def _plot_ratios(plt, records, out: Path, names, method_params, caveat=None) -> list[Path]:
     paths = []
     for method in first_appearance(r["method"] for r in records):
         recs = [r for r in records if r["method"] == method and r.get("ratios")]
@@ -241,14 +248,14 @@ def _plot_ratios(plt, records, out: Path, names, method_params) -> list[Path]:
         ax.set_ylabel("variance ratio")
         ax.set_title(f"{method}: per-layer ratio ({len(recs)} samples)", fontsize=10)
         ax.grid(alpha=0.3)
-        paths.append(save_figure(plt, fig, out / f"ratios_{names[method]}.png"))
+        paths.append(save_figure(plt, fig, out / f"ratios_{names[method]}.png", caveat=caveat))
     return paths
 
 
 _VS_COLORS = {"too early": "C3", "at the layer needed": "C2", "later than needed": "C1"}
 
 
-def _plot_vs_oracle(plt, records, out: Path, names) -> list[Path]:
+def _plot_vs_oracle(plt, records, out: Path, names, caveat=None) -> list[Path]:
     """Per ASL-like method (one that records ratios), a panel per task: its layer against the
     oracle's; a marker's area counts the samples there, its colour says early / exact / late."""
     by_method = defaultdict(list)
@@ -282,7 +289,7 @@ def _plot_vs_oracle(plt, records, out: Path, names) -> list[Path]:
         fig.legend(handles=handles, loc="lower center", ncols=3, fontsize=8, frameon=False)
         fig.suptitle(f"{method} vs the oracle ({len(matched)} samples; area = samples)", fontsize=10)
         fig.tight_layout(rect=(0, 0.05, 1, 1))
-        paths.append(save_figure(plt, fig, out / f"vs_oracle_{names[method]}.png", tight=False))
+        paths.append(save_figure(plt, fig, out / f"vs_oracle_{names[method]}.png", tight=False, caveat=caveat))
     return paths
 
 
@@ -471,7 +478,7 @@ _XLABELS = {"prefill_vs_full": "TTFT relative to full cache (ratio of medians)",
 _YLABELS = {"accuracy": "accuracy (%)", "partial": "partial score (%)"}
 
 
-def _plot_tradeoff(plt, summary, out: Path) -> list[Path]:
+def _plot_tradeoff(plt, summary, out: Path, caveat=None) -> list[Path]:
     """Accuracy (and partial score) against prefill time and KV memory: a method is only better than another
     if it wins on the trade-off, so every setting is a point and the Pareto front is drawn."""
     rows = [dict(r, _family=r.get("family") or method_family(r.get("method"))) for r in summary
@@ -520,16 +527,17 @@ def _plot_tradeoff(plt, summary, out: Path) -> list[Path]:
                          + (f" (up to {int(n)} samples per point)" if n else "")
                          + ("; higher and further left is better"), fontsize=11)
             stem = f"tradeoff_{task_names[task]}" + (f"_{safe_name(length)}" if len(lengths) > 1 else "")
-            paths.append(save_figure(plt, fig, out / f"{stem}.png", tight=False))
+            paths.append(save_figure(plt, fig, out / f"{stem}.png", tight=False, caveat=caveat))
     return paths
 
 
 def make_plots(records: list[dict], summary: list[dict], out_dir,
-               method_params: dict[str, dict] | None = None) -> list[Path]:
+               method_params: dict[str, dict] | None = None, caveat: str | None = None) -> list[Path]:
     """Write the plots into out_dir/"plots" and return their paths; a plot whose data is absent is skipped.
 
     method_params maps a method label to its parameters (e.g. {"asl": {"tau": 0.7, "l_min": 8}});
-    tau (and l_min) are drawn on that method's ratio curves when given.
+    tau (and l_min) are drawn on that method's ratio curves when given. `caveat` (an unfinished
+    run's) heads every figure (save_figure).
     """
     records = list(records or [])
     if summary is None:
@@ -541,10 +549,10 @@ def make_plots(records: list[dict], summary: list[dict], out_dir,
     out.mkdir(parents=True, exist_ok=True)
     names = _safe_names(first_appearance([r.get("method") for r in records] + [r.get("method") for r in summary]))
     paths: list[Path] = []
-    paths += _plot_niah(plt, records, out, names)
-    paths += _plot_accuracy_vs_budget(plt, summary, out)
-    paths += _plot_selection_layers(plt, records, out, names)
-    paths += _plot_ratios(plt, records, out, names, method_params)
-    paths += _plot_vs_oracle(plt, records, out, names)
-    paths += _plot_tradeoff(plt, summary, out)
+    paths += _plot_niah(plt, records, out, names, caveat=caveat)
+    paths += _plot_accuracy_vs_budget(plt, summary, out, caveat=caveat)
+    paths += _plot_selection_layers(plt, records, out, names, caveat=caveat)
+    paths += _plot_ratios(plt, records, out, names, method_params, caveat=caveat)
+    paths += _plot_vs_oracle(plt, records, out, names, caveat=caveat)
+    paths += _plot_tradeoff(plt, summary, out, caveat=caveat)
     return paths
