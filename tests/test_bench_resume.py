@@ -217,6 +217,19 @@ def test_report_only_reads_the_folder_and_writes_only_the_summaries(done_run, ca
     assert (done_run / "comparisons.csv").exists()
 
 
+def test_report_only_says_which_lines_of_a_damaged_folder_it_skips_or_overrides(done_run, capsys):
+    """A record line lost in the middle (a bad merge, an edit) and a record written twice with
+    different results are named on stderr, before the figures, and the report still runs."""
+    path = done_run / "samples.jsonl"
+    text = path.read_text().splitlines()
+    again = json.dumps(dict(json.loads(text[0]), score=1 - json.loads(text[0])["score"]))
+    path.write_text("\n".join([text[0], "<<<<<<< HEAD", *text[1:], again]) + "\n")
+    assert main(["--out", str(done_run), "--report-only", "--no-plots"]) == 0
+    err = capsys.readouterr().err
+    assert "samples.jsonl line 2 holds no record; skipped" in err
+    assert f"samples.jsonl line {len(text) + 2} repeats the key" in err and "of line 1: a different record" in err
+
+
 def test_report_only_on_a_folder_without_a_run_creates_nothing(tmp_path, capsys):
     out = tmp_path / "empty"
     assert main(["--out", str(out), "--report-only"]) == 2
@@ -328,9 +341,9 @@ def test_force_discards_every_file_the_report_writes(tmp_path):
              "peak_mem_bytes": None, "selection_layer": None, "ratios": []}
             for i in range(4) for m in ("asl", "fastkv")]
     (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    report(recs, tmp_path, {}, plots=False)
+    report(recs, tmp_path, {}, plots=False, coverage={"planned": 8, "done": 8, "samples_planned": 4, "samples_whole": 4})
     written = {p.name for p in tmp_path.iterdir()}
-    assert "vs_reference.md" in written
+    assert {"vs_reference.md", "coverage.json"} <= written
     assert {p.name for p in bench_files(tmp_path)} == written
     discard(tmp_path)
     assert list(tmp_path.iterdir()) == []

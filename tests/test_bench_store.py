@@ -2,6 +2,7 @@
 under a running bench (what `git stash` / `git checkout` of a committed run folder does)."""
 import json
 import os
+import pathlib
 import warnings
 
 import pytest
@@ -77,3 +78,36 @@ def test_a_removed_folder_stops_the_run_naming_it(tmp_path):
         appender.write(rec(1))
     assert not out.exists()  # not re-created
     appender.close()
+
+
+def test_damage_names_each_line_a_reader_skips_or_overrides_but_not_a_cut_last_line(tmp_path):
+    """A reader drops a line that holds no record and keeps the later of two records with one
+    key, silently: damage() names them, line by line, so a hand-edited, badly merged or
+    truncated-in-the-middle file is caught before its figures are quoted. The last line a kill
+    cut short is what a run leaves, not damage; a clean file has none."""
+    path = tmp_path / "samples.jsonl"
+    lines = [json.dumps(rec(0)), json.dumps(rec(1)), '{"id": "s2", "meth', json.dumps(rec(0)), "[1, 2]",
+             json.dumps(dict(rec(1), score=0.0)), json.dumps({"id": "s9"})]
+    path.write_text("\n".join(lines) + "\n" + '{"id": "cut short')
+    assert store.damage(tmp_path) == [
+        "samples.jsonl line 3 holds no record; skipped",
+        "samples.jsonl line 4 repeats the key ('s0', 'snapkv', 64) of line 1: the same record",
+        "samples.jsonl line 5 holds no record; skipped",
+        "samples.jsonl line 6 repeats the key ('s1', 'snapkv', 64) of line 2: a different record; the later one is used",
+        "samples.jsonl line 7 holds no record; skipped"]
+    assert [r["score"] for r in store.load_done(tmp_path).values()] == [1.0, 0.0]  # what the reader does
+    (tmp_path / "samples.rank1.jsonl").write_text(json.dumps(rec(3)) + "\nnot json\n")
+    assert store.damage(tmp_path)[-1] == "samples.rank1.jsonl line 2 holds no record; skipped"
+    path.write_text("".join(json.dumps(rec(i)) + "\n" for i in range(3)) + '{"id": "cut')
+    (tmp_path / "samples.rank1.jsonl").unlink()
+    assert store.damage(tmp_path) == [] and store.damage(tmp_path / "absent") == []
+
+
+def test_every_committed_run_folder_reads_whole():
+    """The results and checkpoints in the repository: no record line lost or written twice,
+    so their figures come from every record they hold."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    folders = sorted({p.parent for top in ("docs/results", "benchmarks") for p in (root / top).rglob("samples.jsonl")})
+    assert folders
+    for folder in folders:
+        assert store.damage(folder) == [], folder

@@ -23,7 +23,7 @@ from asl.bench.run.runner import plan, run, set_threads, sweeps, warm_up
 # What a resume must match exactly in config.json: a run of other settings or code would mix.
 IDENTITY = ("format", "run")
 RESULTS = ("samples.jsonl", "summary.csv", "summary.json", "comparisons.csv", "comparisons.json", "vs_reference.csv",
-           "vs_reference.json", "vs_reference.md")
+           "vs_reference.json", "vs_reference.md", "coverage.json")
 
 
 def check_resume(out: pathlib.Path, settings: dict, force: bool) -> dict:
@@ -84,6 +84,15 @@ def bench_files(out: pathlib.Path) -> list[pathlib.Path]:
     return [p for p in [*(out / name for name in RESULTS), *store.shard_files(out), out / "plots"] if p.exists()]
 
 
+def warn_damage(out: pathlib.Path, limit: int = 10) -> None:
+    """Say, on stderr, which lines of the run's files a reader skips or overrides (store.damage)."""
+    problems = store.damage(out)
+    for line in problems[:limit]:
+        print(f"asl.bench: warning: {out}: {line}", file=sys.stderr)
+    if len(problems) > limit:
+        print(f"asl.bench: warning: {out}: and {len(problems) - limit} more such lines", file=sys.stderr)
+
+
 def discard(out: pathlib.Path) -> list[str]:
     """--force: remove the folder's results (records, summaries, plots), keep the folder;
     returns the names removed."""
@@ -104,6 +113,7 @@ def report_folder(out: pathlib.Path, plots: bool = True, reference: str | None =
     if settings is None:
         print(f"python -m asl.bench: error: --out {out} holds no config.json: nothing to report", file=sys.stderr)
         return 2
+    warn_damage(out)
     records = ordered(store.load_done(out).values(), settings)  # read only: a run may still be appending
     methods = list(dict.fromkeys(r.get("method") for r in records))
     if reference is not None and reference not in methods:
@@ -184,6 +194,8 @@ class Session:
         model, tokenizer = asl.load(self.folder, dtype=getattr(torch, args.dtype), device=device)
         jobs = plan(args.tasks, args.lengths, args.samples, self.methods)
         order = {j.key: i for i, j in enumerate(jobs)}
+        if ranks.main:
+            warn_damage(self.out)
         done = set(store.load_done(self.out))
         mine = [j for j in jobs if ranks.mine(j.group)]
         if ranks.main:

@@ -27,14 +27,43 @@ def read_jsonl(path: pathlib.Path) -> list[dict]:
     return parse_jsonl(path.read_text()) if path.exists() else []
 
 
+def _record(line: str) -> dict | None:
+    """The record on `line`, or None where it holds none (cut short, or not JSON of a record)."""
+    try:
+        r = json.loads(line)
+        record_key(r)
+    except (ValueError, KeyError, TypeError, RecursionError):  # JSONDecodeError is a ValueError
+        return None
+    return r
+
+
 def parse_jsonl(text: str) -> list[dict]:
-    records = []
-    for line in text.splitlines():
-        try:
-            records.append(json.loads(line))
-        except (json.JSONDecodeError, RecursionError):
+    return [r for r in map(_record, text.splitlines()) if r is not None]
+
+
+def damage(out: pathlib.Path) -> list[str]:
+    """What a reader of the run's files skips or overrides without a word, line by line: a whole
+    line that holds no record (a line a kill cut short, at the end, is not damage: the run
+    leaves it), and a record whose key an earlier line had (the later one is used). A file
+    damaged by hand, a bad merge or a copy is then said to be so before its figures are read."""
+    problems = []
+    for path in [out / SAMPLES, *shard_files(out)]:
+        if not path.exists():
             continue
-    return records
+        *lines, _cut = path.read_text().split("\n")
+        seen: dict[tuple, tuple[int, str]] = {}
+        for n, line in enumerate(lines, 1):
+            r = _record(line)
+            if r is None:
+                problems.append(f"{path.name} line {n} holds no record; skipped")
+                continue
+            key = record_key(r)
+            if key in seen:
+                first, text = seen[key]
+                what = "the same record" if text == line else "a different record; the later one is used"
+                problems.append(f"{path.name} line {n} repeats the key {key} of line {first}: {what}")
+            seen[key] = (n, line)
+    return problems
 
 
 def shard_files(out: pathlib.Path) -> list[pathlib.Path]:
