@@ -550,15 +550,16 @@ def test_the_report_of_an_unfinished_run_says_how_much_of_its_plan_it_holds(tmp_
     """A folder read while its run appends (or after it stopped) holds part of its plan, some
     methods a sample ahead of others: the report says how much, above the table and at the head
     of vs_reference.md, so a preview is not pasted as the result. Planned: 2 tasks x 3 samples x
-    2 methods; done: 2 whole samples per task, one method of a third, and one record outside the
-    plan, which does not count."""
+    2 methods; done: 2 whole samples per task, one method of a third, and two records outside the
+    plan (a sample not planned, a method not planned), which do not count."""
     from asl.bench.report import report
     from asl.bench.report.coverage import coverage
 
     settings = {"policies": {"full @ None": [], "asl @ 64": []}, "tasks": ["kv", "qa"], "lengths": [100], "samples": 3}
     whole = [_rec(t, 100, i, m, b, 1.0, 0.1) for t in ("kv", "qa") for i in range(2) for m, b in (("full", None),
                                                                                                   ("asl", 64))]
-    recs = [*whole, _rec("kv", 100, 2, "full", None, 1.0, 0.1), _rec("kv", 100, 7, "asl", 64, 1.0, 0.1)]
+    recs = [*whole, _rec("kv", 100, 2, "full", None, 1.0, 0.1), _rec("kv", 100, 7, "asl", 64, 1.0, 0.1),
+            _rec("kv", 100, 2, "fastkv", 64, 1.0, 0.1)]  # a method not planned: kv/2 is not whole
     cov = coverage(recs, settings)
     assert cov == {"planned": 12, "done": 9, "samples_planned": 6, "samples_whole": 4}
     report(recs, tmp_path, {}, plots=False, coverage=cov)
@@ -572,3 +573,31 @@ def test_the_report_of_an_unfinished_run_says_how_much_of_its_plan_it_holds(tmp_
     assert "unfinished" not in capsys.readouterr().out
     assert (tmp_path / "vs_reference.md").read_text().startswith("**length 100**")
     assert json.loads((tmp_path / "coverage.json").read_text()) == dict(done, finished=True)
+
+
+def test_a_budget_sweep_names_each_row_with_its_budget_in_vs_reference_and_the_forest_plot(tmp_path, monkeypatch):
+    """Two budgets: each method and its reference appear twice, told apart only by the budget
+    ("fastkv@32 against asl@32"), in vs_reference.md and the forest plot's labels as in the text
+    table. A report that then has no test (one budget of asl, fastkv at another) removes the
+    earlier vs_reference.md rather than leave its figures beside the new, empty csv."""
+    from asl.bench.report import forest, report
+    from asl.bench.report.vs_reference import reference_tests
+
+    recs = [_rec(t, 100, i, m, b, float(m == "asl" or i < 2 + (b == 64)), 0.1) for t in ("kv", "qa") for i in range(4)
+            for m, b in (("asl", 64), ("asl", 32), ("fastkv", 64), ("fastkv", 32))]
+    report(recs, tmp_path, {}, plots=False)
+    rows = [line.split(" | ")[:2] for line in (tmp_path / "vs_reference.md").read_text().splitlines()
+            if line.startswith("| ") and "---" not in line][1:]
+    assert sorted(rows) == [["| **asl@32**", "(reference)"], ["| **asl@64**", "(reference)"],
+                            ["| fastkv@32", "asl@32"], ["| fastkv@64", "asl@64"]]
+    tests = reference_tests(summarize(recs), compare(recs))
+    labels, save = [], forest.save_figure
+    monkeypatch.setattr(forest, "save_figure", lambda plt, fig, *a, **k: labels.extend(
+        t.get_text() for t in fig.axes[0].get_yticklabels()) or save(plt, fig, *a, **k))
+    forest.plot_vs_reference(recs, tests, tmp_path)
+    assert sorted(label.split("  KV")[0] for label in labels) == ["fastkv@32  [vs asl@32]", "fastkv@64  [vs asl@64]"]
+    assert forest.row_label(tests[0]).startswith("fastkv  [vs asl]")  # one budget: no need to say it
+    one = [r for r in recs if (r["method"], r["budget"]) in (("asl", 64), ("fastkv", 32))]
+    report(one, tmp_path, {}, plots=False)
+    assert not (tmp_path / "vs_reference.md").exists()
+    assert json.loads((tmp_path / "vs_reference.json").read_text()) == []

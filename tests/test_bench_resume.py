@@ -341,7 +341,8 @@ def test_force_discards_every_file_the_report_writes(tmp_path):
              "peak_mem_bytes": None, "selection_layer": None, "ratios": []}
             for i in range(4) for m in ("asl", "fastkv")]
     (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    report(recs, tmp_path, {}, plots=False, coverage={"planned": 8, "done": 8, "samples_planned": 4, "samples_whole": 4})
+    whole = {"planned": 8, "done": 8, "samples_planned": 4, "samples_whole": 4}
+    report(recs, tmp_path, {}, plots=False, coverage=whole)
     written = {p.name for p in tmp_path.iterdir()}
     assert {"vs_reference.md", "coverage.json"} <= written
     assert {p.name for p in bench_files(tmp_path)} == written

@@ -93,7 +93,8 @@ def test_damage_names_each_line_a_reader_skips_or_overrides_but_not_a_cut_last_l
         "samples.jsonl line 3 holds no record; skipped",
         "samples.jsonl line 4 repeats the key ('s0', 'snapkv', 64) of line 1: the same record",
         "samples.jsonl line 5 holds no record; skipped",
-        "samples.jsonl line 6 repeats the key ('s1', 'snapkv', 64) of line 2: a different record; the later one is used",
+        "samples.jsonl line 6 repeats the key ('s1', 'snapkv', 64) of line 2: a different record; the later one is "
+        "used",
         "samples.jsonl line 7 holds no record; skipped"]
     assert [r["score"] for r in store.load_done(tmp_path).values()] == [1.0, 0.0]  # what the reader does
     (tmp_path / "samples.rank1.jsonl").write_text(json.dumps(rec(3)) + "\nnot json\n")

@@ -27,8 +27,8 @@ from pathlib import Path
 from asl.atomic import replacing
 
 from . import vs_oracle
-from .summary import (ALL_TASKS, FULL_METHOD, NO_LAYER, as_number, first_appearance, layer_key, method_family, selects,
-                      summarize)
+from .summary import (ALL_TASKS, FULL_METHOD, NO_LAYER, as_number, first_appearance, layer_key, method_at,
+                      method_family, selects, summarize)
 
 DPI = 120
 
@@ -326,8 +326,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def _setting_label(row) -> str:
-    b = row.get("budget")
-    return str(row.get("method")) if b is None else f"{row.get('method')}@{b}"
+    return method_at(row.get("method"), row.get("budget"))
 
 
 def _yerr(row, metric):

@@ -94,6 +94,18 @@ def first_appearance(values) -> list:
     return out
 
 
+def shows_budget(keys) -> bool:
+    """Whether rows keyed (method, budget) need their budget to be told apart: several budgets,
+    or one method at more than one (a budget sweep)."""
+    keys = set(keys)
+    return len({b for _, b in keys if b is not None}) > 1 or any(c > 1 for c in Counter(m for m, _ in keys).values())
+
+
+def method_at(method, budget, show_budget: bool = True) -> str:
+    """A row's name: "fastkv@512" (the budget shown, where there is one), else "fastkv"."""
+    return f"{method}@{budget}" if show_budget and budget is not None else str(method)
+
+
 def _common(values):
     """The single value shared by all, else the most common non-None value, else None."""
     vals = [v for v in values if v is not None]

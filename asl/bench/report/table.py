@@ -3,11 +3,10 @@ paired tests' marks and the costs."""
 from __future__ import annotations
 
 import re
-from collections import Counter
 
 from . import vs_oracle, vs_reference
 from .stats import ALL_TASKS
-from .summary import as_number, first_appearance, mean_of, sorted_layers
+from .summary import as_number, first_appearance, mean_of, method_at, shows_budget, sorted_layers
 from .vs_reference import chosen_reference, reference_method, reference_tests  # noqa: F401 (re-exported)
 
 
@@ -88,8 +87,8 @@ def _block_labels(keys, show_budget: bool) -> tuple[dict[tuple, str], dict[str, 
     unique within the block, and {cut label: full label} for those that had to be cut."""
     labels, cut = {}, {}
     for m, b in keys:
-        tail = f"@{b}" if show_budget and b is not None else ""
-        full = lab = f"{m}{tail}"
+        full = lab = method_at(m, b, show_budget)
+        tail = full[len(str(m)):]
         i = 1
         while len(lab) > LABEL_W or lab in labels.values():
             mark = "" if i == 1 else str(i)
@@ -159,7 +158,7 @@ def _block(length, block: list[dict], tasks, abbr: dict, marked: dict, cut: dict
     the labels it had to cut are added to `cut`."""
     keys = first_appearance((r["method"], r["budget"]) for r in block)
     budgets = {b for _, b in keys if b is not None}
-    show_budget = len(budgets) > 1 or any(c > 1 for c in Counter(m for m, _ in keys).values())
+    show_budget = shows_budget(keys)
     labels, block_cut = _block_labels(keys, show_budget)
     cut.update(block_cut)
     cols = [t for t in tasks if any(r["task"] == t for r in block)] + [ALL_TASKS]

@@ -14,7 +14,8 @@ from asl.atomic import write_atomic
 
 from . import rows as tabulate
 from .stats import ALL_TASKS, holm
-from .summary import ASL_FAMILY, SIGNIFICANT_P, as_number, first_appearance, method_family, write_rows
+from .summary import (ASL_FAMILY, SIGNIFICANT_P, as_number, first_appearance, method_at, method_family, shows_budget,
+                      write_rows)
 
 FIELDS = ["task", "length", "method", "budget", "reference", "reference_budget", "n", "method_only",
           "reference_only", "mcnemar_p", "holm_p", "tests", "kv_ratio", "ttft_ratio"]
@@ -130,12 +131,15 @@ def marks(tests: list[dict]) -> dict[tuple, str]:
 
 def write_vs_reference(rows: list[dict], out_dir, summary: list[dict] | None = None, caveat: str | None = None) -> None:
     """The tests (reference_tests) to out_dir/vs_reference.csv and .json, and with the summary
-    rows their Markdown table (markdown_table) to vs_reference.md, each atomically; `caveat`
-    (an unfinished run's) heads the Markdown, which a results page pastes."""
+    rows their Markdown table (markdown_table) to vs_reference.md, each atomically (no rows: no
+    table); `caveat` (an unfinished run's) heads the Markdown, which a results page pastes."""
     write_rows(rows, FIELDS, out_dir, "vs_reference")
+    md = Path(out_dir) / "vs_reference.md"
     if summary is not None and rows:
         head = f"> **{caveat}**\n\n" if caveat else ""
-        write_atomic(Path(out_dir) / "vs_reference.md", head + markdown_table(rows, summary))
+        write_atomic(md, head + markdown_table(rows, summary))
+    elif summary is not None:
+        md.unlink(missing_ok=True)  # an earlier report's table must not stand beside this report's empty csv
 
 
 MD_HEADERS = ["method", "against", "n", "accuracy % [95%]", "partial %", "KV x ref", "TTFT x ref",
@@ -145,18 +149,20 @@ MD_HEADERS = ["method", "against", "n", "accuracy % [95%]", "partial %", "KV x r
 def markdown_table(tests: list[dict], summary: list[dict]) -> str:
     """Per length, one row per method over all tasks pooled: its accuracy with the 95% interval,
     partial score, cost against its reference (KV bytes and TTFT, x the reference's) and the
-    paired test, the references' own rows first. What a results page pastes: every figure in it
-    comes from summary.csv and vs_reference.csv."""
+    paired test, the references' own rows first ("fastkv@512" where the budget tells rows apart).
+    What a results page pastes: every figure in it comes from summary.csv and vs_reference.csv."""
     cells = {(r["length"], r["method"], r["budget"]): r for r in summary if r["task"] == ALL_TASKS}
     parts = []
     for length in first_appearance(t["length"] for t in tests if t["task"] == ALL_TASKS):
         pooled = [t for t in tests if t["task"] == ALL_TASKS and t["length"] == length]
         refs = first_appearance((t["reference"], t["reference_budget"]) for t in pooled)
-        body = [[f"**{m}**", "(reference)", *_cell(cells.get((length, m, b))), "1.00", "1.00", "", "", ""]
-                for m, b in refs]
+        show = shows_budget([*refs, *((t["method"], t["budget"]) for t in pooled)])
+        body = [[f"**{method_at(m, b, show)}**", "(reference)", *_cell(cells.get((length, m, b))), "1.00", "1.00", "",
+                 "", ""] for m, b in refs]
         for t in pooled:
             _, acc, part = _cell(cells.get((length, t["method"], t["budget"])))
-            body.append([t["method"], t["reference"], str(t["n"]), acc, part, _ratio(t.get("kv_ratio")),
+            names = [method_at(t[m], t[b], show) for m, b in (("method", "budget"), ("reference", "reference_budget"))]
+            body.append([*names, str(t["n"]), acc, part, _ratio(t.get("kv_ratio")),
                          _ratio(t.get("ttft_ratio")), f"{t['method_only']} / {t['reference_only']}",
                          _p(t["mcnemar_p"]), _p(t["holm_p"]) + (" *" if t["holm_p"] < SIGNIFICANT_P else "")])
         parts.append(f"**length {length}** ({len(pooled)} methods against their reference; `*`: Holm-adjusted "
