@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
-from .coverage import unfinished, write_coverage
+from .coverage import policy_label, unfinished, write_coverage
 from .stats import compare
 from .summary import summarize, write_comparisons, write_summary
 from .table import format_table
@@ -15,7 +15,7 @@ def method_params(settings: dict) -> dict[str, dict]:
     """label -> the fields of its policies, merged (what the plots annotate: tau, l_min)."""
     out = {}
     for key, policies in settings.get("policies", {}).items():
-        label = key.rsplit(" @ ", 1)[0]
+        label = policy_label(key)
         out.setdefault(label, {}).update({k: v for p in policies for k, v in p.get("fields", {}).items()})
     return out
 

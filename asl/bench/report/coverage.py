@@ -12,15 +12,25 @@ from asl.atomic import write_atomic
 from asl.bench.tasks import sample_id
 
 
+def policy_key(label: str, budget) -> str:
+    """What config.json lists a method's policies under: "fastkv @ 1024" (its label and budget)."""
+    return f"{label} @ {budget}"
+
+
+def policy_label(key: str) -> str:
+    """The label of a policy_key."""
+    return key.rsplit(" @ ", 1)[0]
+
+
 def coverage(records: list[dict], settings: dict) -> dict:
     """planned / done runs and samples of the plan in `settings` (config.json: its tasks, lengths,
     samples, and one run per sample for each entry of `policies`); records outside the plan do
     not count. A sample is whole when every method has run on it."""
-    planned = set(settings.get("policies", {}))  # "label @ budget", as session.run_settings keys them
+    planned = set(settings.get("policies", {}))
     per_sample = len(planned)
     ids = [sample_id(task, length, index) for index in range(settings.get("samples", 0))
            for length in settings.get("lengths", []) for task in settings.get("tasks", [])]
-    counts = Counter(r.get("id") for r in records if f"{r.get('method')} @ {r.get('budget')}" in planned)
+    counts = Counter(r.get("id") for r in records if policy_key(r.get("method"), r.get("budget")) in planned)
     return {"planned": len(ids) * per_sample, "done": sum(min(counts[i], per_sample) for i in ids),
             "samples_planned": len(ids), "samples_whole": sum(counts[i] >= per_sample for i in ids)}
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from .plots import pyplot, safe_name, save_figure
 from .stats import ALL_TASKS, correct, paired_bootstrap_diff, paired_proportion_diff, partial_of
-from .summary import SIGNIFICANT_P, first_appearance, method_at, shows_budget
+from .summary import SIGNIFICANT_P, first_appearance
+from .vs_reference import row_names
 
 METRICS = {"accuracy": lambda r: float(correct(r.get("score"))), "partial": partial_of}
 TITLES = {"accuracy": "fully correct answers: method - reference (points)",
@@ -60,9 +61,7 @@ def plot_vs_reference(records: list[dict], tests: list[dict], out_dir, caveat: s
         rows = [t for t in pooled if t["length"] == length]
         data = {m: [differences(records, t, m) for t in rows] for m in METRICS}
         metrics = [m for m in METRICS if any(d is not None for d in data[m])]
-        show = shows_budget((t[m], t[b]) for t in rows for m, b in (("method", "budget"),
-                                                                     ("reference", "reference_budget")))
-        labels = [row_label(t, show) for t in rows]
+        labels = [row_label(t, names) for t, names in zip(rows, row_names(rows))]
         label_width = 0.06 * max(map(len, labels))  # inches of 8-point monospace
         height = 0.26 * len(rows) + 1.9
         fig, axes = plt.subplots(1, len(metrics), sharey=True, squeeze=False,
@@ -83,13 +82,12 @@ def plot_vs_reference(records: list[dict], tests: list[dict], out_dir, caveat: s
     return paths
 
 
-def row_label(test: dict, show_budget: bool = False) -> str:
-    """"snapkv  [vs asl+snapkv]  KV 1.00x  TTFT 1.17x": the method, its reference, its cost (with
-    their budgets, "snapkv@512", where rows need them to be told apart)."""
+def row_label(test: dict, names: tuple[str, str] | None = None) -> str:
+    """"snapkv  [vs asl+snapkv]  KV 1.00x  TTFT 1.17x": the method, its reference (`names`, from
+    vs_reference.row_names, where a budget sweep needs "snapkv@512"), its cost."""
     cost = "".join(f"  {name} {test[field]:5.2f}x" for name, field in (("KV", "kv_ratio"), ("TTFT", "ttft_ratio"))
                    if test.get(field) is not None)
-    method, ref = (method_at(test[m], test[b], show_budget) for m, b in (("method", "budget"),
-                                                                         ("reference", "reference_budget")))
+    method, ref = names or (test["method"], test["reference"])
     return f"{method}  [vs {ref}]{cost}"
 
 

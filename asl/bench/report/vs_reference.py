@@ -146,6 +146,14 @@ MD_HEADERS = ["method", "against", "n", "accuracy % [95%]", "partial %", "KV x r
               "it right, ref wrong / reverse", "McNemar p", "Holm p"]
 
 
+def row_names(tests: list[dict]) -> list[tuple[str, str]]:
+    """(method, reference) as each test's row names them: "fastkv@512" and "asl@512" where the
+    budget tells rows apart (a budget sweep), else "fastkv" and "asl"."""
+    keys = [((t["method"], t["budget"]), (t["reference"], t["reference_budget"])) for t in tests]
+    show = shows_budget(key for pair in keys for key in pair)
+    return [(method_at(*mine, show), method_at(*ref, show)) for mine, ref in keys]
+
+
 def markdown_table(tests: list[dict], summary: list[dict]) -> str:
     """Per length, one row per method over all tasks pooled: its accuracy with the 95% interval,
     partial score, cost against its reference (KV bytes and TTFT, x the reference's) and the
@@ -155,14 +163,13 @@ def markdown_table(tests: list[dict], summary: list[dict]) -> str:
     parts = []
     for length in first_appearance(t["length"] for t in tests if t["task"] == ALL_TASKS):
         pooled = [t for t in tests if t["task"] == ALL_TASKS and t["length"] == length]
-        refs = first_appearance((t["reference"], t["reference_budget"]) for t in pooled)
-        show = shows_budget([*refs, *((t["method"], t["budget"]) for t in pooled)])
-        body = [[f"**{method_at(m, b, show)}**", "(reference)", *_cell(cells.get((length, m, b))), "1.00", "1.00", "",
-                 "", ""] for m, b in refs]
-        for t in pooled:
+        names = row_names(pooled)
+        refs = {(t["reference"], t["reference_budget"]): ref for t, (_, ref) in zip(pooled, names)}
+        body = [[f"**{name}**", "(reference)", *_cell(cells.get((length, *key))), "1.00", "1.00", "", "", ""]
+                for key, name in refs.items()]
+        for t, pair in zip(pooled, names):
             _, acc, part = _cell(cells.get((length, t["method"], t["budget"])))
-            names = [method_at(t[m], t[b], show) for m, b in (("method", "budget"), ("reference", "reference_budget"))]
-            body.append([*names, str(t["n"]), acc, part, _ratio(t.get("kv_ratio")),
+            body.append([*pair, str(t["n"]), acc, part, _ratio(t.get("kv_ratio")),
                          _ratio(t.get("ttft_ratio")), f"{t['method_only']} / {t['reference_only']}",
                          _p(t["mcnemar_p"]), _p(t["holm_p"]) + (" *" if t["holm_p"] < SIGNIFICANT_P else "")])
         parts.append(f"**length {length}** ({len(pooled)} methods against their reference; `*`: Holm-adjusted "

@@ -15,7 +15,7 @@ import torch
 
 from asl.bench.run import dist, store
 from asl.bench.report import method_params, report
-from asl.bench.report.coverage import coverage
+from asl.bench.report.coverage import coverage, policy_key
 from asl.bench.run.fingerprint import differences
 from asl.models.dtype import describe_cpu
 from asl.bench.run.runner import plan, run, set_threads, sweeps, warm_up
@@ -255,7 +255,7 @@ def run_settings(args, methods, model_config, threads: int, world: int, folder: 
     from asl.bench.run.fingerprint import code_hash, git_commit, model_hash
     from asl.bench.methods import effective_fields
 
-    policies = {f"{m.label} @ {m.budget}": effective_fields(m) for m in methods}
+    policies = {policy_key(m.label, m.budget): effective_fields(m) for m in methods}
     return {
         "format": 2,
         "run": {"model": args.model, "dtype": args.dtype, "seed": args.seed, "device": args.device,
