@@ -2,9 +2,8 @@
 
 With dozens of methods, a trade-off plot crowds; the question "which differ from ASL, and by how
 much?" is answered by one row per method (over all tasks): its paired difference from its
-reference in accuracy and in partial score, in points, with a paired 95% interval (Newcombe's for
-the 0/1 accuracy, not a point where the two agree on every sample; a paired bootstrap for the
-partial score).
+reference in accuracy and in partial score, in points, with a paired 95% interval (Newcombe's,
+for the partial score on each pair's four shares: not a point where the two agree on every sample).
 A filled marker is a difference the table calls a win or a loss (Holm-adjusted exact McNemar
 p < 0.05, vs_reference); a hollow one is not, whatever its interval looks like. Each row's label
 gives its cost against the reference (KV bytes and TTFT, x the reference's), so a gain bought
@@ -15,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .plots import pyplot, safe_name, save_figure
-from .stats import ALL_TASKS, correct, paired_bootstrap_diff, paired_proportion_diff, partial_of
+from .stats import ALL_TASKS, correct, paired_proportion_diff, paired_score_diff, partial_of
 from .summary import SIGNIFICANT_P, first_appearance
 from .vs_reference import row_names
 
@@ -27,7 +26,8 @@ TITLES = {"accuracy": "fully correct answers: method - reference (points)",
 def differences(records: list[dict], test: dict, metric: str) -> tuple[float, float, float] | None:
     """The paired mean difference (x100) of `metric` between a test's method and its reference
     over the samples both ran (all tasks: paired by task and id), with its interval (Newcombe's
-    for accuracy, a paired bootstrap for the partial score); None when a record lacks the metric."""
+    for accuracy, the same on the four shares of each pair for the partial score:
+    stats.paired_score_diff); None when a record lacks the metric."""
     def runs(method, budget):
         return {(r.get("task"), r.get("id")): r for r in records if r.get("length") == test["length"]
                 and r.get("method") == method and r.get("budget") == budget
@@ -39,7 +39,7 @@ def differences(records: list[dict], test: dict, metric: str) -> tuple[float, fl
     b = [METRICS[metric](ref[k]) for k in shared]
     if not shared or None in a or None in b:
         return None
-    diff, lo, hi = (paired_proportion_diff if metric == "accuracy" else paired_bootstrap_diff)(a, b)
+    diff, lo, hi = (paired_proportion_diff if metric == "accuracy" else paired_score_diff)(a, b)
     return 100 * diff, 100 * lo, 100 * hi
 
 

@@ -8,14 +8,17 @@ the interval around a score and the p-value of a difference, pairing methods on 
     mean_interval(scores)               -> (lo, hi)        interval of a mean score in [0, 1]
     bootstrap_mean_ci(values)           -> (lo, hi)        percentile bootstrap (paired differences)
     mcnemar_exact(b, c)                 -> p               paired binary outcomes
-    paired_bootstrap_diff(a, b)         -> (diff, lo, hi)  paired mean difference
+    paired_bootstrap_diff(a, b)         -> (diff, lo, hi)  paired mean difference, percentile bootstrap
     paired_proportion_diff(a, b)        -> (diff, lo, hi)  paired 0/1 outcomes (Newcombe)
+    paired_score_diff(a, b)             -> (diff, lo, hi)  paired scores in [0, 1] (Newcombe on shares)
     wilcoxon_p(a, b)                    -> p               paired graded outcomes
     holm(pvalues)                       -> [p, ...]        adjusted for testing many at once
     compare(records)                    -> [row, ...]      every pair of methods, see COMPARISON_FIELDS
 
 The tests are scipy.stats' (the small-sample signed-rank p is computed here as scipy defines it,
-faster); the bootstrap is a plain percentile bootstrap, deterministic by seed.
+faster). The report's intervals are Wilson's and Newcombe's, which do not shrink to a point where
+scores repeat; the percentile bootstrap (deterministic by seed) is kept as the baseline
+docs/bench.md measures them against.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import numpy as np
 from asl.interval import wilson  # noqa: F401 (the bench's intervals: one formula)
 
 __all__ = ["COMPARISON_FIELDS", "CORRECT_EPS", "bootstrap_mean_ci", "compare", "correct", "holm", "mcnemar_exact",
-           "mean_interval", "newcombe_interval", "paired_bootstrap_diff", "paired_proportion_diff", "partial_of",
+           "mean_interval", "newcombe_interval", "paired_bootstrap_diff", "paired_proportion_diff", "paired_score_diff", "partial_of",
            "signed_rank_exact_p", "wilcoxon_p", "wilson"]
 
 CORRECT_EPS = 1e-9  # a score counts as "fully correct" when score >= 1 - CORRECT_EPS
@@ -86,7 +89,7 @@ def bootstrap_mean_ci(values: Sequence[float], confidence: float = 0.95, resampl
 
 def _resampled_means(x: np.ndarray, resamples: int, seed: int) -> np.ndarray:
     """The means of `resamples` resamples of x with replacement. The draws depend only on
-    (n, resamples, seed), so for small n they are drawn once and reused: compare() runs thousands."""
+    (n, resamples, seed), so for small n they are drawn once and reused across calls."""
     n = x.size
     if n * resamples <= _CACHE_MAX:
         return _draw_counts(n, resamples, seed) @ x / n
@@ -147,21 +150,40 @@ def paired_proportion_diff(a: Sequence[bool], b: Sequence[bool],
     its interval (newcombe_interval). Empty -> (None, None, None)."""
     _paired(a, b)  # the shapes checked
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if not np.isin(x, (0.0, 1.0)).all() or not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("paired_proportion_diff takes 0/1 outcomes; for graded scores use paired_score_diff")
+    return paired_score_diff(x, y, confidence)
+
+
+def paired_score_diff(a: Sequence[float], b: Sequence[float],
+                      confidence: float = 0.95) -> tuple[float | None, float | None, float | None]:
+    """Mean of a - b over paired scores in [0, 1] and its interval: Newcombe's (newcombe_interval)
+    on each pair's four shares, both min(a, b), a alone a - min, b alone b - min, neither
+    1 - max(a, b), which for 0/1 scores are the paired counts. As a cell's mean_interval takes
+    the binomial worst case at the mean score, this takes it at the four shares: it is not a point
+    where the two agree on every sample (a percentile bootstrap of the differences is [0, 0] there,
+    and held a difference of 1 point in 36% of 15-sample draws), and wider than it need be where
+    the differences are small and graded (docs/bench.md). Empty -> (None, None, None)."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    _paired(x, y)
     if x.size == 0:
         return None, None, None
-    if not np.isin(x, (0.0, 1.0)).all() or not np.isin(y, (0.0, 1.0)).all():
-        raise ValueError("paired_proportion_diff takes 0/1 outcomes; for graded scores use paired_bootstrap_diff")
-    both, a_only, b_only = int((x * y).sum()), int((x * (1 - y)).sum()), int(((1 - x) * y).sum())
-    return newcombe_interval(both, a_only, b_only, x.size - both - a_only - b_only, confidence)
+    for name, v in (("a", x), ("b", y)):
+        if ((v < -CORRECT_EPS) | (v > 1.0 + CORRECT_EPS)).any():
+            raise ValueError(f"paired scores must lie in [0, 1]; {name} runs from {v.min()} to {v.max()}")
+    x, y = np.clip(x, 0.0, 1.0), np.clip(y, 0.0, 1.0)
+    low, high = np.minimum(x, y), np.maximum(x, y)
+    both, a_only, b_only = math.fsum(low), math.fsum(x - low), math.fsum(y - low)
+    return newcombe_interval(both, a_only, b_only, max(0.0, x.size - both - a_only - b_only), confidence)
 
 
-def newcombe_interval(both: int, a_only: int, b_only: int, neither: int,
+def newcombe_interval(both: float, a_only: float, b_only: float, neither: float,
                       confidence: float = 0.95) -> tuple[float, float, float]:
     """(a - b, lo, hi) from the paired counts: Newcombe's square-and-add interval (Statist. Med.
     1998, 17:2635, method 10; as Fagerland, Lydersen and Laake's contingencytables computes it),
     the two Wilson intervals combined with their estimated correlation. Unlike a bootstrap of the
     differences, it is not a point at 0 when the methods agree on every sample (25 agreements:
-    about [-13, 13] points)."""
+    about [-13, 13] points). The counts may be fractional: paired_score_diff's shares."""
     n = both + a_only + b_only + neither
     p1, p2 = (both + a_only) / n, (both + b_only) / n
     (l1, u1), (l2, u2) = wilson(both + a_only, n, confidence), wilson(both + b_only, n, confidence)
@@ -254,7 +276,7 @@ def _pct(x: float | None) -> float | None:
     return None if x is None else 100.0 * x
 
 
-def _compare_pair(ra: list[dict], rb: list[dict], **boot) -> dict:
+def _compare_pair(ra: list[dict], rb: list[dict], confidence: float) -> dict:
     """The comparison fields of two methods' records, paired position by position."""
     ca = [correct(r.get("score")) for r in ra]
     cb = [correct(r.get("score")) for r in rb]
@@ -262,20 +284,20 @@ def _compare_pair(ra: list[dict], rb: list[dict], **boot) -> dict:
     b_only = sum(y and not x for x, y in zip(ca, cb))
     n = len(ra)
     both = sum(x and y for x, y in zip(ca, cb))
-    diff, lo, hi = newcombe_interval(both, a_only, b_only, n - both - a_only - b_only, boot["confidence"])
+    diff, lo, hi = newcombe_interval(both, a_only, b_only, n - both - a_only - b_only, confidence)
     row = {"n": n, "acc_a": 100.0 * sum(ca) / n, "acc_b": 100.0 * sum(cb) / n, "a_only": a_only, "b_only": b_only,
            "mcnemar_p": mcnemar_exact(a_only, b_only), "acc_diff": _pct(diff), "acc_diff_lo": _pct(lo),
            "acc_diff_hi": _pct(hi), "partial_a": None, "partial_b": None, "partial_diff": None,
            "partial_diff_lo": None, "partial_diff_hi": None, "wilcoxon_p": None}
     pa, pb = [partial_of(r) for r in ra], [partial_of(r) for r in rb]
     if None not in pa and None not in pb:
-        diff, lo, hi = paired_bootstrap_diff(pa, pb, **boot)
+        diff, lo, hi = paired_score_diff(pa, pb, confidence)
         row.update(partial_a=_pct(float(np.mean(pa))), partial_b=_pct(float(np.mean(pb))), partial_diff=_pct(diff),
                    partial_diff_lo=_pct(lo), partial_diff_hi=_pct(hi), wilcoxon_p=wilcoxon_p(pa, pb))
     return row
 
 
-def _pair_rows(task, length, by_method: dict[tuple, dict], rank: dict, **boot) -> list[dict]:
+def _pair_rows(task, length, by_method: dict[tuple, dict], rank: dict, confidence: float) -> list[dict]:
     """One row per unordered pair of methods with at least one shared sample key (a before b in rank)."""
     rows = []
     for (ma, ba), (mb, bb) in combinations(sorted(by_method, key=rank.__getitem__), 2):
@@ -284,12 +306,12 @@ def _pair_rows(task, length, by_method: dict[tuple, dict], rank: dict, **boot) -
         if not shared:
             continue
         row = {"task": task, "length": length, "method_a": ma, "budget_a": ba, "method_b": mb, "budget_b": bb}
-        row.update(_compare_pair([da[k] for k in shared], [db[k] for k in shared], **boot))
+        row.update(_compare_pair([da[k] for k in shared], [db[k] for k in shared], confidence))
         rows.append(row)
     return rows
 
 
-def compare(records, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> list[dict]:
+def compare(records, confidence: float = 0.95) -> list[dict]:
     """Paired comparison of every pair of methods (a method is its label and budget; budget may
     be None) on the samples both ran, per (task, length), plus a pooled task "all" row per
     (length, pair) pairing over every sample of every task. Fields: COMPARISON_FIELDS.
@@ -298,14 +320,13 @@ def compare(records, confidence: float = 0.95, resamples: int = 2000, seed: int 
     / mcnemar_p count the same binarisation: McNemar needs right/wrong outcomes, so a fractional
     score (ruler_all with several references) counts as wrong. acc_diff: acc_a - acc_b in points,
     with Newcombe's paired interval (acc_diff_lo / acc_diff_hi; newcombe_interval). The graded
-    comparison is in partial_*: means x100, the paired bootstrap interval of a - b, and Wilcoxon's p. They are None
+    comparison is in partial_*: means x100, the paired interval of a - b (paired_score_diff), and Wilcoxon's p. They are None
     unless every paired record has a ``partial`` (older records lack it).
 
     Samples are matched by ``id`` (and task for "all"); a sample only one method ran is left out.
     Row order: tasks in first-appearance order then "all", lengths ascending, pairs in
     first-appearance order of the methods.
     """
-    boot = {"confidence": confidence, "resamples": resamples, "seed": seed}
     cells: dict[tuple, dict[tuple, dict]] = {}   # (task, length) -> method -> id -> record
     pooled: dict = {}                            # length -> method -> (task, id) -> record
     rank: dict[tuple, int] = {}                  # method -> first appearance
@@ -320,9 +341,9 @@ def compare(records, confidence: float = 0.95, resamples: int = 2000, seed: int 
     task_rank = {t: i for i, t in enumerate(dict.fromkeys(t for t, _ in cells))}
     rows: list[dict] = []
     for task, length in sorted(cells, key=lambda k: (task_rank[k[0]], _length_key(k[1]))):
-        rows += _pair_rows(task, length, cells[(task, length)], rank, **boot)
+        rows += _pair_rows(task, length, cells[(task, length)], rank, confidence)
     for length in sorted(pooled, key=_length_key):
-        rows += _pair_rows(ALL_TASKS, length, pooled[length], rank, **boot)
+        rows += _pair_rows(ALL_TASKS, length, pooled[length], rank, confidence)
     return rows
 
 
