@@ -23,8 +23,8 @@
 # index, every task's sample i before any task's i+1, so a stopped run is balanced). The
 # folder's config.json refuses a resume with other settings or other library code: resume it
 # from the commit it records (`git worktree add runs/wt <commit>`), not from a newer one. The run
-# of record writes into benchmarks/checkpoints/methods-4096, committed each session, and
-# `bash benchmarks/checkpoints/resume.sh` resumes it so (benchmarks/checkpoints/README.md).
+# of record (SAMPLES=15, from c9886c5, resumed over six sessions through benchmarks/checkpoints/)
+# is docs/results/methods-4096; its README gives the figures and how to add the other 15 samples.
 #
 # Tuned settings: ASL runs at its calibrated tau (the bundled calibration), so the stopping rules
 # of our own run at theirs too, and the fixed layer a user would tune runs beside FastKV's own
