@@ -38,7 +38,6 @@ __all__ = ["COMPARISON_FIELDS", "CORRECT_EPS", "bootstrap_mean_ci", "compare", "
 CORRECT_EPS = 1e-9  # a score counts as "fully correct" when score >= 1 - CORRECT_EPS
 ALL_TASKS = "all"  # the task of pooled rows (asl.bench.report.summary uses the same)
 _CHUNK = 2**22  # bootstrap elements drawn at once (bounds memory for large pooled n)
-_CACHE_MAX = 2**21  # resample-count matrices up to this many entries are kept for reuse
 
 COMPARISON_FIELDS = ["task", "length", "method_a", "budget_a", "method_b", "budget_b", "n", "acc_a", "acc_b",
                      "a_only", "b_only", "mcnemar_p", "acc_diff", "acc_diff_lo", "acc_diff_hi", "partial_a",
@@ -88,25 +87,12 @@ def bootstrap_mean_ci(values: Sequence[float], confidence: float = 0.95, resampl
 
 
 def _resampled_means(x: np.ndarray, resamples: int, seed: int) -> np.ndarray:
-    """The means of `resamples` resamples of x with replacement. The draws depend only on
-    (n, resamples, seed), so for small n they are drawn once and reused across calls."""
+    """The means of `resamples` resamples of x with replacement, drawn a chunk of rows at a time."""
     n = x.size
-    if n * resamples <= _CACHE_MAX:
-        return _draw_counts(n, resamples, seed) @ x / n
     rng = np.random.default_rng(seed)
     rows = max(1, _CHUNK // n)
     return np.concatenate([x[rng.integers(0, n, size=(min(rows, resamples - i), n))].mean(axis=1)
                            for i in range(0, resamples, rows)])
-
-
-@lru_cache(maxsize=16)
-def _draw_counts(n: int, resamples: int, seed: int) -> np.ndarray:
-    """(resamples, n): how often each position is drawn in each resample."""
-    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    flat = (idx + n * np.arange(resamples)[:, None]).ravel()
-    counts = np.bincount(flat, minlength=resamples * n).reshape(resamples, n).astype(float)
-    counts.flags.writeable = False
-    return counts
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,7 +134,6 @@ def paired_proportion_diff(a: Sequence[bool], b: Sequence[bool],
                            confidence: float = 0.95) -> tuple[float | None, float | None, float | None]:
     """Difference of two proportions on paired 0/1 outcomes (a right minus b right, over n) and
     its interval (newcombe_interval). Empty -> (None, None, None)."""
-    _paired(a, b)  # the shapes checked
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if not np.isin(x, (0.0, 1.0)).all() or not np.isin(y, (0.0, 1.0)).all():
         raise ValueError("paired_proportion_diff takes 0/1 outcomes; for graded scores use paired_score_diff")
